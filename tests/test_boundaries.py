@@ -1,0 +1,60 @@
+"""Package boundaries from docs/ARCHITECTURE.md, checked on the source.
+
+The probe runs on training machines that install only torch + httpx, the dashboard talks to the
+server over HTTP only, and the server knows neither: an import across these lines would make an
+extra fail to install or run on its own, so it is a bug even when every package happens to be
+installed.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FORBIDDEN = {
+    "probe": {"server", "dashboard", "migrations"},
+    "server": {"probe", "dashboard"},
+    "dashboard": {"server", "probe", "migrations"},
+    "migrations": {"probe", "dashboard"},
+}
+# The only heavy third-party modules each side may import.
+FORBIDDEN_THIRD_PARTY = {
+    "probe": {"fastapi", "sqlalchemy", "alembic", "dash", "plotly", "uvicorn"},
+    "dashboard": {"torch", "sqlalchemy", "alembic"},
+    "server": {"torch", "dash", "plotly"},
+}
+
+
+def _imported_top_levels(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _sources(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_does_not_import_across_boundary(package: str) -> None:
+    offenders = []
+    banned = FORBIDDEN[package] | FORBIDDEN_THIRD_PARTY.get(package, set())
+    for path in _sources(package):
+        rel = path.relative_to(ROOT)
+        for name in _imported_top_levels(path) & banned:
+            offenders.append(f"{rel} imports {name}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_every_package_has_sources() -> None:
+    for package in FORBIDDEN:
+        assert _sources(package), f"{package}/ has no Python sources"

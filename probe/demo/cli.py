@@ -1,0 +1,61 @@
+"""``optiscope demo``: the command a new user runs first (registered through the ``optiscope.cli`` entry point).
+
+Only argument parsing lives here; the work is in :mod:`probe.demo.orchestrator`, imported when the
+command runs so that ``optiscope --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``optiscope demo`` to the ``optiscope`` console script."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="serve the dashboard and train real models live with every optimizer",
+        description=(
+            "Start the server and dashboard on localhost (embedded SQLite under OPTISCOPE_HOME), train small "
+            "real models live with AdamW, Muon, NorMuon, KFAC, FOP and InfoBatch, then print a time-to-target "
+            "comparison. Re-running adds new runs; nothing is deleted."
+        ),
+    )
+    parser.add_argument("--port", type=int, default=None,
+                        help="port on 127.0.0.1 (default 8000, or a free one when 8000 is taken)")
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: all trainings end within a minute")
+    parser.add_argument("--exit-when-done", action="store_true",
+                        help="stop the server once the trainings and the comparison are done")
+    parser.add_argument("--home", type=Path, default=None,
+                        help="data directory (default $OPTISCOPE_HOME or ~/.optiscope)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="trainings at a time (default 2 on a small CPU machine)")
+    parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from probe.demo.orchestrator import DemoConfig, run_demo
+
+    if args.workers is not None and args.workers < 1:
+        raise SystemExit(f"optiscope demo: --workers must be >= 1, got {args.workers}")
+    home = args.home or Path(os.environ.get("OPTISCOPE_HOME") or "~/.optiscope")
+    config = DemoConfig(
+        home=Path(home).expanduser(),
+        port=args.port,
+        quick=args.quick,
+        exit_when_done=args.exit_when_done,
+        workers=args.workers,
+        gpu=False if args.cpu else None,
+    )
+    try:
+        result = run_demo(config)
+    except KeyboardInterrupt:
+        return 130
+    except RuntimeError as exc:
+        print(f"optiscope demo: {exc}")
+        return 1
+    return 0 if result.ok else 1

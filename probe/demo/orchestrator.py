@@ -1,0 +1,517 @@
+"""Run the demo: serve, train every spec live in a small pool of subprocesses, then compare.
+
+Why subprocesses everywhere: the server (and the dashboard it mounts) must stay responsive while the
+CPU trains, and a training that crashes must not take the others down. The orchestrator itself never
+imports the server or the dashboard — it starts ``optiscope serve`` like a user would and talks HTTP,
+so the demo exercises exactly the path a real user's training takes (probe → HTTP → store → dashboard).
+
+Children report progress on stdout as ``@@optiscope {json}`` lines (see :mod:`probe.demo.train`); every
+other line of their output goes to a log file under ``$OPTISCOPE_HOME/demo/logs``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import httpx
+
+from probe.demo.specs import PROGRESS_PREFIX, Comparison, RunSpec, build_specs, comparisons
+
+__all__ = ["DemoConfig", "DemoResult", "RunOutcome", "run_demo", "PROGRESS_PREFIX", "compare_counts"]
+
+PROJECT = "demo"
+DEFAULT_PORT = 8000
+HEALTH_TIMEOUT_S = 90.0
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What ``optiscope demo`` was asked to do."""
+
+    home: Path
+    port: int | None = None  # None: 8000, or a free port when 8000 is taken
+    quick: bool = False
+    exit_when_done: bool = False
+    workers: int | None = None  # None: 2 on small machines (the issue's "at most 2 on 2 cores")
+    gpu: bool | None = None  # None: use CUDA when available
+    out: TextIO = sys.stdout
+
+
+@dataclass
+class RunOutcome:
+    """One training subprocess, as the orchestrator saw it."""
+
+    spec: RunSpec
+    run_id: str | None = None
+    returncode: int | None = None
+    wall_s: float = 0.0
+    report: dict[str, Any] = field(default_factory=dict)
+    status: str | None = None  # the server's view after the run ended
+    lost: dict[str, Any] = field(default_factory=dict)  # sent ≠ stored, per key; empty when nothing was lost
+    log_path: Path | None = None
+
+
+@dataclass
+class DemoResult:
+    """The demo's end state (also written to ``$OPTISCOPE_HOME/demo/sessions/<session>.json``)."""
+
+    session: str
+    url: str
+    runs: list[RunOutcome]
+    tables: list[dict[str, Any]]
+    wall_s: float
+
+    @property
+    def ok(self) -> bool:
+        return all(r.returncode == 0 and r.status == "finished" and not r.lost for r in self.runs)
+
+
+# --------------------------------------------------------------------------------------------------
+# server
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _choose_port(requested: int | None) -> int:
+    if requested is not None:
+        if requested and not _port_is_free(requested):
+            raise RuntimeError(f"port {requested} on 127.0.0.1 is in use; pass another --port")
+        return requested or _free_port()
+    return DEFAULT_PORT if _port_is_free(DEFAULT_PORT) else _free_port()
+
+
+class _Server:
+    """``optiscope serve`` on loopback in a subprocess, with its output in a log file."""
+
+    def __init__(self, *, home: Path, port: int, log_path: Path) -> None:
+        self.home = home
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "OPTISCOPE_HOME": str(home)}
+        env.pop("OPTISCOPE_DATABASE_URL", None)  # the demo is the embedded default: SQLite under home
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "probe.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # our Ctrl-C handling stops it in order, after the trainings
+        )
+
+    def wait_healthy(self, timeout: float = HEALTH_TIMEOUT_S) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"optiscope serve exited with code {self.process.returncode}:\n{_tail(self.log_path)}"
+                    )
+                try:
+                    answer = client.get(f"{self.url}/api/v1/health")
+                    if answer.status_code == 200:
+                        return dict(answer.json())
+                except httpx.HTTPError as exc:
+                    last_error = exc
+                time.sleep(0.2)
+        raise RuntimeError(f"optiscope serve did not answer /api/v1/health in {timeout:.0f} s ({last_error})")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _read_token(home: Path, timeout: float = 10.0) -> str:
+    """The plaintext local token that ``optiscope serve`` writes for loopback use."""
+    path = home / "local-token"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and (token := path.read_text(encoding="utf-8").strip()):
+            return token
+        time.sleep(0.1)
+    raise RuntimeError(f"optiscope serve did not write {path}")
+
+
+# --------------------------------------------------------------------------------------------------
+# trainings
+
+
+class _Progress:
+    """One tqdm bar per run on a terminal; plain start/finish lines otherwise (CI logs, pipes)."""
+
+    def __init__(self, specs: list[RunSpec], out: TextIO) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+        self._bars: dict[str, Any] = {}
+        self._interactive = out.isatty()
+        width = max(len(s.name) for s in specs)
+        if self._interactive:
+            from tqdm import tqdm
+
+            for position, spec in enumerate(specs):
+                self._bars[spec.name] = tqdm(
+                    total=1, desc=spec.name.ljust(width), position=position, leave=True, file=out,
+                    unit="step", dynamic_ncols=True, bar_format="{desc} {bar} {n_fmt}/{total_fmt} {postfix}",
+                )
+
+    def started(self, spec: RunSpec, run_id: str, url: str) -> None:
+        if not self._interactive:
+            self._print(f"[{spec.name}] started: {url}/runs/{run_id}")
+
+    def update(self, spec: RunSpec, step: int, total: int, postfix: str) -> None:
+        bar = self._bars.get(spec.name)
+        if bar is None:
+            return
+        with self._lock:
+            if bar.total != total:
+                bar.total = total
+            bar.n = step
+            bar.set_postfix_str(postfix, refresh=False)
+            bar.refresh()
+
+    def finished(self, outcome: RunOutcome) -> None:
+        final = outcome.report.get("final", {})
+        detail = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, (int, float)))
+        state = "finished" if outcome.returncode == 0 else f"FAILED (exit {outcome.returncode}; log {outcome.log_path})"
+        if self._interactive:
+            bar = self._bars[outcome.spec.name]
+            with self._lock:
+                bar.set_postfix_str(f"{state} {outcome.wall_s:.0f}s {detail}", refresh=True)
+        else:
+            self._print(f"[{outcome.spec.name}] {state} in {outcome.wall_s:.1f} s  {detail}")
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+    def _print(self, line: str) -> None:
+        with self._lock:
+            print(line, file=self._out, flush=True)
+
+
+def _train_one(
+    spec: RunSpec,
+    *,
+    env: dict[str, str],
+    session: str,
+    logs: Path,
+    reports: Path,
+    url: str,
+    progress: _Progress,
+) -> RunOutcome:
+    outcome = RunOutcome(spec=spec, log_path=logs / f"{spec.name}.log")
+    report_path = reports / f"{spec.name}.json"
+    cmd = [
+        sys.executable, "-m", "probe.demo.train",
+        "--spec", spec.to_json(),
+        "--project", PROJECT,
+        "--tag", "demo",
+        "--tag", f"session-{session}",
+        "--tag", spec.group,
+        "--report", str(report_path),
+    ]
+    started = time.monotonic()
+    with open(outcome.log_path, "w", encoding="utf-8") as log:
+        child = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=log, env=env, text=True, bufsize=1, start_new_session=False
+        )
+        assert child.stdout is not None  # noqa: S101 - Popen(stdout=PIPE) always sets it
+        for line in child.stdout:
+            if not line.startswith(PROGRESS_PREFIX):
+                log.write(line)
+                continue
+            try:
+                message = json.loads(line[len(PROGRESS_PREFIX):])
+            except json.JSONDecodeError:
+                log.write(line)
+                continue
+            if message.get("event") == "run":
+                outcome.run_id = str(message["id"])
+                progress.started(spec, outcome.run_id, url)
+            elif message.get("event") == "progress":
+                postfix = " ".join(
+                    f"{k}={v:.3g}" for k, v in message.items() if k not in ("event", "step", "total")
+                    and isinstance(v, (int, float))
+                )
+                progress.update(spec, int(message["step"]), int(message["total"]), postfix)
+        outcome.returncode = child.wait()
+    outcome.wall_s = time.monotonic() - started
+    if report_path.is_file():
+        outcome.report = json.loads(report_path.read_text(encoding="utf-8"))
+        outcome.run_id = outcome.run_id or outcome.report.get("run_id")
+    progress.finished(outcome)
+    return outcome
+
+
+def compare_counts(report: dict[str, Any], keys: dict[str, Any]) -> dict[str, Any]:
+    """Points the training handed to the probe (``report``) vs points the server stored (``/keys``).
+
+    Returns only the mismatches, ``{"scalar:<key>": [sent, stored], "array:<key>|<layer>": [...]}``;
+    an empty dict means nothing was lost (and nothing duplicated).
+    """
+    stored_scalars = {row["key"]: int(row["count"]) for row in keys.get("scalars", [])}
+    stored_arrays = {f"{row['key']}|{row['layer']}": int(row["count"]) for row in keys.get("arrays", [])}
+    lost: dict[str, Any] = {}
+    for kind, sent, stored in (
+        ("scalar", report.get("scalars", {}), stored_scalars),
+        ("array", report.get("arrays", {}), stored_arrays),
+    ):
+        for key in sorted(set(sent) | set(stored)):
+            if int(sent.get(key, 0)) != stored.get(key, 0):
+                lost[f"{kind}:{key}"] = [int(sent.get(key, 0)), stored.get(key, 0)]
+    return lost
+
+
+def _verify(outcomes: list[RunOutcome], client: httpx.Client) -> None:
+    """Fill each outcome's server status and sent-vs-stored mismatches."""
+    for outcome in outcomes:
+        if not outcome.run_id:
+            continue
+        answer = client.get(f"/api/v1/runs/{outcome.run_id}")
+        if answer.status_code == 200:
+            outcome.status = answer.json().get("status")
+        if outcome.report:
+            keys = client.get(f"/api/v1/runs/{outcome.run_id}/keys")
+            keys.raise_for_status()
+            outcome.lost = compare_counts(outcome.report, keys.json())
+            if outcome.report.get("dropped"):
+                outcome.lost["dropped_by_client"] = outcome.report["dropped"]
+
+
+# --------------------------------------------------------------------------------------------------
+# time-to-target
+
+
+def _time_to_target(
+    comparison: Comparison, outcomes: list[RunOutcome], client: httpx.Client
+) -> dict[str, Any] | None:
+    runs = [o for o in outcomes if o.spec.group == comparison.group and o.run_id]
+    baseline = next((o for o in runs if o.spec.name == comparison.baseline), None)
+    if not runs or baseline is None:
+        return None
+    ordered = [baseline, *[o for o in runs if o is not baseline]]
+    params: list[tuple[str, str | float]] = [("run_id", o.run_id or "") for o in ordered]
+    params += [
+        ("key", comparison.key),
+        ("target", comparison.target),
+        ("direction", comparison.direction),
+        ("baseline", baseline.run_id or ""),
+    ]
+    answer = client.get("/api/v1/time-to-target", params=params)
+    answer.raise_for_status()
+    table = dict(answer.json())
+    names = {o.run_id: o.spec.name for o in ordered}
+    for row in table.get("rows", []):
+        row["name"] = names.get(row.get("run_id"), row.get("name"))
+        final = next((o.report.get("final", {}) for o in ordered if o.run_id == row.get("run_id")), {})
+        row["final"] = final.get(comparison.key)
+    table.update(group=comparison.group, title=comparison.title, claim=comparison.claim)
+    return table
+
+
+def format_table(table: dict[str, Any]) -> str:
+    """Render one ``/time-to-target`` answer as the plain-text table the demo prints."""
+
+    def num(value: Any, fmt: str) -> str:
+        return "—" if value is None else format(value, fmt)
+
+    sign = "≥" if table.get("direction") == "above" else "≤"
+    lines = [
+        f"{table['group']}: {table['title']}",
+        f"  target {table['key']} {sign} {table['target']:g}; speedup = baseline ÷ run (> 1 is faster)",
+        f"  claim checked: {table['claim']}",
+        f"  {'run':<16} {'reached':>7} {'step':>6} {'time_s':>7} {'samples':>8} {'final':>7}"
+        f" {'×steps':>7} {'×time':>6} {'×samples':>8}",
+    ]
+    for row in table.get("rows", []):
+        lines.append(
+            f"  {row['name']:<16} {('yes' if row['reached'] else 'no'):>7} {num(row.get('step'), 'd'):>6}"
+            f" {num(row.get('time_s'), '.1f'):>7} {num(row.get('samples_seen'), '.0f'):>8}"
+            f" {num(row.get('final'), '.3f'):>7} {num(row.get('speedup_steps'), '.2f'):>7}"
+            f" {num(row.get('speedup_time'), '.2f'):>6} {num(row.get('speedup_samples'), '.2f'):>8}"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# the demo
+
+
+def _detect_gpu() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _default_workers(gpu: bool) -> int:
+    cpus = os.cpu_count() or 1
+    if gpu:
+        return 3
+    return max(1, min(2, cpus)) if cpus <= 4 else min(4, cpus // 2)
+
+
+def run_demo(config: DemoConfig, *, on_ready: Callable[[str], None] | None = None) -> DemoResult:
+    """Serve, train all runs, verify, print the time-to-target tables; serve until Ctrl-C unless told not to.
+
+    Never deletes anything under ``config.home``: every invocation adds a new session of runs to the
+    same store, so earlier demos stay browsable next to the new one.
+    """
+    out = config.out
+    started = time.monotonic()
+    home = config.home.expanduser().resolve()
+    session = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid()}"
+    demo_dir = home / "demo"
+    logs = demo_dir / "logs" / session
+    reports = demo_dir / "reports" / session
+    for path in (logs, reports, demo_dir / "sessions"):
+        path.mkdir(parents=True, exist_ok=True)
+
+    gpu = _detect_gpu() if config.gpu is None else config.gpu
+    specs = build_specs(quick=config.quick, gpu=gpu)
+    workers = config.workers or _default_workers(gpu)
+    server = _Server(home=home, port=_choose_port(config.port), log_path=logs / "server.log")
+    try:
+        health = server.wait_healthy()
+        token = _read_token(home)
+        print(
+            f"Optiscope is serving at {server.url}/  (API {server.url}/api/v1, {health.get('database')} "
+            f"under {home})",
+            file=out,
+            flush=True,
+        )
+        print(
+            f"Training {len(specs)} runs ({'quick' if config.quick else 'full'}, "
+            f"{'GPU' if gpu else 'CPU'}, {workers} at a time); open the URL to watch them live.",
+            file=out,
+            flush=True,
+        )
+        if on_ready is not None:
+            on_ready(server.url)
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        env = {
+            **os.environ,
+            "OPTISCOPE_URL": server.url,
+            "OPTISCOPE_TOKEN": token,
+            "OPTISCOPE_HOME": str(home),
+            "OMP_NUM_THREADS": str(threads),
+            "PYTHONUNBUFFERED": "1",
+        }
+        progress = _Progress(specs, out)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [
+                    pool.submit(
+                        _train_one, spec, env=env, session=session, logs=logs, reports=reports,
+                        url=server.url, progress=progress,
+                    )
+                    for spec in specs
+                ]
+                outcomes = [f.result() for f in futures]
+        finally:
+            progress.close()
+
+        with httpx.Client(base_url=server.url, timeout=30.0, headers={"Authorization": f"Bearer {token}"}) as client:
+            _verify(outcomes, client)
+            tables = [t for c in comparisons(quick=config.quick) if (t := _time_to_target(c, outcomes, client))]
+
+        result = DemoResult(session=session, url=server.url, runs=outcomes, tables=tables,
+                            wall_s=time.monotonic() - started)
+        _write_session(demo_dir / "sessions" / f"{session}.json", result)
+        _print_summary(result, out)
+        if not config.exit_when_done:
+            print(f"Still serving at {server.url}/ — press Ctrl-C to stop.", file=out, flush=True)
+            server.process.wait()
+        return result
+    except KeyboardInterrupt:
+        print("\nStopping.", file=out, flush=True)
+        raise
+    finally:
+        server.stop()
+
+
+def _write_session(path: Path, result: DemoResult) -> None:
+    record = {
+        "session": result.session,
+        "url": result.url,
+        "wall_s": result.wall_s,
+        "ok": result.ok,
+        "runs": [
+            {
+                "name": o.spec.name,
+                "group": o.spec.group,
+                "optimizer": o.spec.optimizer,
+                "infobatch": o.spec.infobatch,
+                "run_id": o.run_id,
+                "returncode": o.returncode,
+                "status": o.status,
+                "wall_s": o.wall_s,
+                "lost": o.lost,
+                "report": o.report,
+            }
+            for o in result.runs
+        ],
+        "tables": result.tables,
+    }
+    path.write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def _print_summary(result: DemoResult, out: TextIO) -> None:
+    print("", file=out)
+    for table in result.tables:
+        print(format_table(table), file=out)
+        print("", file=out)
+    failed = [o for o in result.runs if o.returncode != 0 or o.status != "finished"]
+    lossy = [o for o in result.runs if o.lost]
+    sent = sum(sum(o.report.get("scalars", {}).values()) + sum(o.report.get("arrays", {}).values())
+               for o in result.runs)
+    for o in failed:
+        print(f"run {o.spec.name} did not finish (exit {o.returncode}, status {o.status}); log: {o.log_path}",
+              file=out)
+        print(_tail(o.log_path) if o.log_path else "", file=out)
+    for o in lossy:
+        print(f"run {o.spec.name}: sent ≠ stored for {o.lost}", file=out)
+    if not failed and not lossy:
+        print(f"All {len(result.runs)} runs finished; {sent} points sent = {sent} stored "
+              f"(nothing lost). Demo took {result.wall_s:.0f} s.", file=out)
+    print(f"Compare them: {result.url}/compare", file=out, flush=True)

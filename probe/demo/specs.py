@@ -1,0 +1,186 @@
+"""The demo's runs: which model, data, optimizer and budget each training gets, and how they are compared.
+
+Three comparisons, each a small-scale check of a paper's headline claim (ALGORITHMS.md §1.9, §2.9,
+§4.7, §5.7), read off the server's ``/time-to-target`` exactly as the dashboard's compare page does:
+
+* ``vision``: digits CNN at a *large* batch (about a third of the training set per step, the regime the
+  FOP paper targets) with AdamW (baseline), ``torch.optim.Muon`` + AdamW, our NorMuon, KFAC and FOP —
+  steps / seconds / samples to a test accuracy.
+* ``long-tail``: the long-tailed digits with AdamW on all data (baseline) vs AdamW + InfoBatch — does
+  pruning save samples without losing accuracy?
+* ``language``: the tiny char GPT with AdamW (baseline), Muon and NorMuon — to a validation loss.
+
+Budgets are fixed step counts (so a run is reproducible), sized so that on a 2-core CPU with two
+trainings at a time the full demo ends within 5 minutes and ``--quick`` within a minute; on a GPU the
+models and budgets are scaled up. ``max_seconds`` is only a safety net against a very slow machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["RunSpec", "Comparison", "build_specs", "comparisons", "PROGRESS_PREFIX"]
+
+# Training children print progress on stdout as ``PROGRESS_PREFIX + json`` lines; the orchestrator parses them.
+PROGRESS_PREFIX = "@@optiscope "
+
+Task = Literal["digits", "digits_lt", "chars"]
+OptimizerName = Literal["adamw", "muon", "normuon", "kfac", "fop"]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one training subprocess needs; JSON round-trips through :meth:`to_json`."""
+
+    name: str
+    group: str
+    task: Task
+    optimizer: OptimizerName
+    steps: int  # total optimizer steps (chars); ignored when ``epochs`` is set
+    batch_size: int
+    lr: float  # AdamW lr, or the lr of the non-matrix AdamW group in hybrid runs
+    matrix_lr: float | None = None  # Muon-family lr for hidden matrices
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    eval_every: int = 10
+    epochs: int = 0  # image tasks train whole epochs, so InfoBatch's shorter epochs show as fewer steps
+    infobatch: bool = False
+    seed: int = 0
+    model: dict[str, Any] = field(default_factory=dict)
+    optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    monitor: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    max_seconds: float = 240.0
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunSpec":
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One time-to-target table: runs of ``group``, compared on ``key`` against the ``baseline`` run."""
+
+    group: str
+    title: str
+    key: str
+    target: float
+    direction: Literal["below", "above"]
+    baseline: str  # a RunSpec.name
+    claim: str  # the paper claim this table checks, in one line
+
+
+def comparisons(*, quick: bool) -> list[Comparison]:
+    """The tables the demo prints; quick runs are short, so their targets are easier."""
+    return [
+        Comparison(
+            group="vision",
+            title="digits CNN, large batch — steps/time to test accuracy",
+            key="val_acc",
+            target=0.90 if quick else 0.96,
+            direction="above",
+            baseline="digits-adamw",
+            claim="FOP reaches the target faster than KFAC and AdamW at large batch (FOP paper, Table 1)",
+        ),
+        Comparison(
+            group="long-tail",
+            title="long-tailed digits — samples to balanced test accuracy",
+            key="val_acc",
+            target=0.70 if quick else 0.85,
+            direction="above",
+            baseline="lt-adamw",
+            claim="InfoBatch saves ~40% of the samples without losing accuracy (InfoBatch, ICLR 2024)",
+        ),
+        Comparison(
+            group="language",
+            title="char GPT on stdlib source — steps/time to validation loss",
+            key="val_loss",
+            target=2.9 if quick else 2.0,
+            direction="below",
+            baseline="gpt-adamw",
+            claim="Muon ~1.35x faster than AdamW; NorMuon faster than Muon (Muon blog; NorMuon abstract)",
+        ),
+    ]
+
+
+def build_specs(*, quick: bool, gpu: bool = False, seed: int = 0) -> list[RunSpec]:
+    """The demo's runs, in launch order (the longest first, so two workers finish together)."""
+    device = "cuda" if gpu else "cpu"
+    scale = 4 if gpu else 1  # GPU: 4× wider models, same recipes
+    # Large batch: 512 of the 1,438 training images per step, i.e. 3 steps per epoch.
+    v_epochs, v_batch, v_eval = (14, 512, 3) if quick else (80, 512, 6)
+    # Long-tailed: ~590 images, batch 64, ~10 steps per full epoch (fewer while InfoBatch prunes).
+    lt_epochs, lt_batch, lt_eval = (8, 64, 5) if quick else (40, 64, 10)
+    g_steps, g_eval = (40, 10) if quick else (700, 25)
+    digits_model = {"channels": 16 * scale, "hidden": 128 * scale}
+    gpt_model = {"d_model": 64 * scale, "n_layer": 2 if not gpu else 4, "n_head": 4, "block_size": 64 * (2 if gpu else 1)}
+    # Diagnostics cadence: dense enough for a full panel in a 40-step quick run, cheap enough for the budget.
+    v_monitor = {"every": 5 if quick else 10}
+    g_monitor = {"every": 5 if quick else 25}
+    max_s = 50.0 if quick else 240.0
+    common = {"seed": seed, "device": device, "max_seconds": max_s}
+
+    language = [
+        RunSpec(
+            name=f"gpt-{opt}",
+            group="language",
+            task="chars",
+            optimizer=opt,  # type: ignore[arg-type]
+            steps=g_steps,
+            batch_size=32,
+            lr=3e-3,
+            matrix_lr=None if opt == "adamw" else 0.02,
+            weight_decay=0.0,
+            warmup_steps=max(1, g_steps // 20),
+            eval_every=g_eval,
+            model=gpt_model,
+            monitor=g_monitor,
+            **common,
+        )
+        for opt in ("adamw", "muon", "normuon")
+    ]
+    vision = [
+        RunSpec(
+            name=f"digits-{opt}",
+            group="vision",
+            task="digits",
+            optimizer=opt,  # type: ignore[arg-type]
+            steps=0,
+            epochs=v_epochs,
+            batch_size=v_batch,
+            lr={"adamw": 3e-3, "muon": 3e-3, "normuon": 3e-3, "kfac": 0.05, "fop": 0.05}[opt],
+            matrix_lr=0.02 if opt in ("muon", "normuon") else None,
+            warmup_steps=3,
+            eval_every=v_eval,
+            model=digits_model,
+            monitor={**v_monitor, "gdiff": opt == "fop"},
+            **common,
+        )
+        for opt in ("adamw", "muon", "normuon", "kfac", "fop")
+    ]
+    long_tail = [
+        RunSpec(
+            name=f"lt-{'infobatch' if ib else 'adamw'}",
+            group="long-tail",
+            task="digits_lt",
+            optimizer="adamw",
+            steps=0,
+            epochs=lt_epochs,
+            batch_size=lt_batch,
+            lr=3e-3,
+            warmup_steps=5,
+            eval_every=lt_eval,
+            infobatch=ib,
+            model=digits_model,
+            monitor=v_monitor,
+            **common,
+        )
+        for ib in (False, True)
+    ]
+    return [*language, *vision, *long_tail]

@@ -1,0 +1,366 @@
+"""Muon: momentum orthogonalized by Newton–Schulz (Keller Jordan et al., 2024).
+
+torch ≥ 2.9 ships ``torch.optim.Muon``; this class reproduces its update (a test checks equality at
+matching settings) and adds what the probe and real training need:
+
+* **Batched Newton–Schulz.** Same-shape matrices of a group are stacked and orthogonalized by one
+  batched matmul chain (``torch.optim.Muon`` runs one chain per matrix).
+* **Hybrid groups.** Groups tagged ``use_muon=False`` (see :func:`probe.optim.hybrid_param_groups`)
+  are stepped with bias-corrected AdamW, so one optimizer object covers the whole model and step
+  hooks / ``state_dict`` work as usual.
+* **Introspection** for ``probe.diagnostics`` (``introspect``, ``last_internals``; zero cost when off).
+* **Non-finite guard** without host synchronisation (below).
+* **Distributed** round-robin ownership of matrices (``distributed=True``; ``probe.optim._distributed``).
+
+Update of a matrix parameter W (m×n, conv weights viewed as (C_out, C_in·kh·kw)), per step::
+
+    M ← β·M + (1−β)·G                      (EMA momentum, torch/Keller form)
+    U ← (1−β)·G + β·M  if nesterov else M
+    O ← NS5(U)                              (probe.optim._orthogonalize.newton_schulz5)
+    W ← W·(1 − η·λ) − η·s(m, n)·O
+
+Decisions on ALGORITHMS.md ambiguities (§6.3):
+
+* Scale rule ``adjust_lr_fn``: ``"original"`` (default) is Keller's s = √max(1, m/n) (update RMS
+  1/√fan_in); ``"match_rms_adamw"`` is Moonlight's s = 0.2·√max(m, n) (RMS 0.2). The names are
+  torch.optim.Muon's. Weight decay always uses the unadjusted η (as torch and Moonlight do).
+* Conv weights: m, n are those of the flattened (C_out, C_in·kh·kw) matrix, not Keller's kh/kw of
+  the 4-D grad (§1.5 calls that a quirk); so conv layers get the same RMS rule as linear layers.
+* Unlike Keller's code the Nesterov blend is *not* written into ``p.grad``: the gradient a probe
+  reads after ``step()`` is the raw gradient.
+* Non-finite gradients: if a parameter's gradient contains NaN/Inf, that parameter's whole step is
+  skipped (momentum, weights and weight decay untouched) and ``state["nonfinite_skips"]`` (0-d int64
+  tensor) is incremented; it is also reported in ``last_internals`` as ``nonfinite_skips``. The test
+  is a device-side mask (finite ‖G‖_F), so there is no host synchronisation. A gradient whose norm
+  overflows float32 (finite entries, ‖G‖ > 3.4e38) counts as non-finite too.
+* ``grad is None`` parameters are skipped entirely (no momentum decay, no weight decay), as in
+  torch.optim. (Keller's distributed Muon substitutes zeros to keep ranks in step; our distributed
+  path instead assumes every rank sees the same set of gradients, which DDP guarantees.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, ParamsT
+
+from probe.optim._orthogonalize import (
+    NS_COEFFICIENTS,
+    NS_STEPS,
+    ORTHOGONALIZER_NAME,
+    default_ns_dtype,
+    newton_schulz5,
+    validate_ns_dtype,
+)
+
+__all__ = ["Muon", "muon_momentum", "shape_scale", "ADJUST_LR_FNS"]
+
+ADJUST_LR_FNS: tuple[str, ...] = ("original", "match_rms_adamw")
+#: Moonlight's "match AdamW" update RMS.
+MATCH_RMS: float = 0.2
+
+
+def shape_scale(rows: int, cols: int, adjust_lr_fn: str) -> float:
+    """Multiplier applied to the orthogonalized update of a rows×cols matrix (see module doc)."""
+    if adjust_lr_fn == "original":
+        return math.sqrt(max(1.0, rows / cols))
+    if adjust_lr_fn == "match_rms_adamw":
+        return MATCH_RMS * math.sqrt(max(rows, cols))
+    raise ValueError(f"Invalid adjust_lr_fn: {adjust_lr_fn!r} (must be one of {ADJUST_LR_FNS})")
+
+
+def muon_momentum(G: Tensor, M: Tensor, ok: Tensor, *, momentum: float, nesterov: bool) -> Tensor:
+    """EMA momentum update of a batch, in place on ``M``; returns the Newton–Schulz input U.
+
+    Args:
+        G: (B, m, n) gradients; rows with ``ok == False`` may hold NaN/Inf.
+        M: (B, m, n) momentum buffers, updated in place (untouched where ``ok`` is False).
+        ok: (B,) bool, True where the gradient is finite.
+        momentum: β.
+        nesterov: return (1−β)·G + β·M instead of M.
+
+    Returns:
+        U (B, m, n); finite wherever ``ok`` is True (and wherever M was finite).
+    """
+    okb = ok.view(-1, 1, 1)
+    G = torch.where(okb, G, M)  # lerp(M, M, w) == M: a skipped row leaves M bit-identical
+    M.lerp_(G, 1.0 - momentum)
+    return G.lerp(M, momentum) if nesterov else M.clone()
+
+
+def _check_unit_interval(name: str, value: Any, *, closed_right: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value and (value <= 1.0 if closed_right else value < 1.0)
+    if not ok:
+        bound = "[0, 1]" if closed_right else "[0, 1)"
+        raise ValueError(f"Invalid {name}: {value} (must be in {bound})")
+
+
+def _check_nonneg(name: str, value: Any) -> None:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0.0 and math.isfinite(value)):
+        raise ValueError(f"Invalid {name}: {value} (must be a finite number >= 0)")
+
+
+class Muon(Optimizer):
+    """Muon for hidden matrices, with AdamW for the ``use_muon=False`` groups.
+
+    Args:
+        params: parameters or groups. Groups may carry ``use_muon`` (default True). In a
+            ``use_muon`` group every parameter must have ≥ 2 dims; use
+            :func:`probe.optim.hybrid_param_groups` to route the rest to AdamW.
+        lr: learning rate η (default 0.02, Keller's). AdamW groups usually set their own.
+        momentum: β of the EMA momentum (default 0.95).
+        weight_decay: decoupled weight decay λ, applied as W ← W(1 − ηλ) (default 0).
+        nesterov: use the Nesterov blend (default True).
+        ns_steps: Newton–Schulz iterations (default 5).
+        ns_coefficients: quintic coefficients (a, b, c) (default Keller's).
+        ns_dtype: Newton–Schulz working dtype; ``None`` = bf16 on CUDA, float32 on CPU (float64
+            for float64 parameters).
+        adjust_lr_fn: ``"original"`` (√max(1, m/n), default) or ``"match_rms_adamw"`` (0.2·√max(m, n)).
+        betas: AdamW (β₁, β₂) for ``use_muon=False`` groups (default (0.9, 0.95), Keller's aux Adam).
+        eps: AdamW ε for ``use_muon=False`` groups (default 1e-10, Keller's aux Adam).
+        introspect: fill :attr:`last_internals` on each step (default False).
+        distributed: round-robin the matrices over the ranks of ``process_group`` (torch.distributed
+            must be initialised; gradients must already be averaged, e.g. by DDP). Default False.
+        process_group: process group for ``distributed`` (default: the world group).
+
+    Attributes:
+        orthogonalizer: ``"newton_schulz5"``, recorded by the probe.
+        introspect: when True, ``step()`` stores per-parameter ``pre_orth`` (the 2-D Newton–Schulz
+            input U), ``post_orth`` (its output O, before the shape scale) and ``nonfinite_skips``
+            in :attr:`last_internals` (detached views, on the parameter's device).
+        last_internals: ``{param: {key: tensor}}`` of the last introspected step.
+        last_global_internals: ``{}`` for the Muon family (the orthogonalizer is a class attribute).
+
+    Example:
+        >>> # xdoctest: +SKIP
+        >>> opt = Muon(hybrid_param_groups(model), lr=0.02)
+        >>> loss_fn(model(x), y).backward(); opt.step(); opt.zero_grad()
+    """
+
+    orthogonalizer: str = ORTHOGONALIZER_NAME
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        weight_decay: float = 0.0,
+        nesterov: bool = True,
+        ns_steps: int = NS_STEPS,
+        ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+        ns_dtype: torch.dtype | None = None,
+        adjust_lr_fn: str = "original",
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-10,
+        *,
+        introspect: bool = False,
+        distributed: bool = False,
+        process_group: Any = None,
+        **extra_defaults: Any,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            ns_coefficients=ns_coefficients,
+            ns_dtype=ns_dtype,
+            adjust_lr_fn=adjust_lr_fn,
+            betas=betas,
+            eps=eps,
+            use_muon=True,
+            **extra_defaults,
+        )
+        self._validate_group(defaults, params=())
+        self.introspect: bool = introspect
+        self.last_internals: dict[Tensor, dict[str, Tensor]] = {}
+        self.last_global_internals: dict[str, Tensor] = {}
+        self.distributed = distributed
+        self.process_group = process_group
+        if distributed:
+            from probe.optim._distributed import check_initialized
+
+            check_initialized(process_group)
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ validation
+    def _validate_group(self, group: dict[str, Any], params: Iterable[Tensor]) -> None:
+        """Raise ValueError naming the first invalid hyperparameter (or 1-D Muon parameter)."""
+        _check_nonneg("lr", group["lr"])
+        _check_nonneg("weight_decay", group["weight_decay"])
+        _check_unit_interval("momentum", group["momentum"])
+        ns_steps = group["ns_steps"]
+        if not (isinstance(ns_steps, int) and not isinstance(ns_steps, bool) and 1 <= ns_steps <= 100):
+            raise ValueError(f"Invalid ns_steps: {ns_steps} (must be an int in [1, 100])")
+        coeffs = group["ns_coefficients"]
+        if not (isinstance(coeffs, (tuple, list)) and len(coeffs) == 3 and all(isinstance(c, (int, float)) for c in coeffs)):
+            raise ValueError(f"Invalid ns_coefficients: {coeffs} (must be a tuple of 3 floats (a, b, c))")
+        validate_ns_dtype(group["ns_dtype"])
+        if group["adjust_lr_fn"] not in ADJUST_LR_FNS:
+            raise ValueError(f"Invalid adjust_lr_fn: {group['adjust_lr_fn']!r} (must be one of {ADJUST_LR_FNS})")
+        if not isinstance(group["nesterov"], bool):
+            raise ValueError(f"Invalid nesterov: {group['nesterov']} (must be a bool)")
+        betas = group["betas"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"Invalid betas: {betas} (must be a pair (beta1, beta2))")
+        _check_unit_interval("betas[0]", betas[0])
+        _check_unit_interval("betas[1]", betas[1])
+        _check_nonneg("eps", group["eps"])
+        if group["use_muon"]:
+            for p in params:
+                if p.ndim < 2:
+                    raise ValueError(
+                        f"{type(self).__name__} got a {p.ndim}-D parameter of shape {tuple(p.shape)} in a use_muon group; "
+                        "matrix optimizers need >= 2-D weights. Route it to AdamW: put it in a group with "
+                        "use_muon=False, e.g. with probe.optim.hybrid_param_groups(model)."
+                    )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group after checking its hyperparameters and (for ``use_muon``) parameter shapes."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self._validate_group(group, group["params"])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # Checkpoints from before a hyperparameter existed load with the default.
+        for group in self.param_groups:
+            group.setdefault("use_muon", True)
+            group.setdefault("adjust_lr_fn", "original")
+            group.setdefault("ns_dtype", None)
+        self.__dict__.setdefault("introspect", False)
+        self.__dict__.setdefault("last_internals", {})
+        self.__dict__.setdefault("last_global_internals", {})
+        self.__dict__.setdefault("distributed", False)
+        self.__dict__.setdefault("process_group", None)
+
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Perform one optimization step; re-evaluates ``closure`` with grad enabled if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.introspect:
+            self.last_internals = {}
+        for group in self.param_groups:
+            if group["use_muon"]:
+                self._step_matrices(group)
+            else:
+                self._step_adamw(group)
+        return loss
+
+    def _step_matrices(self, group: dict[str, Any]) -> None:
+        buckets: dict[tuple[Any, ...], list[Tensor]] = {}
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            if torch.is_complex(p):
+                raise RuntimeError(f"{type(self).__name__} does not support complex parameters")
+            buckets.setdefault((tuple(p.shape), p.dtype, p.device), []).append(p)
+        if self.distributed:
+            from probe.optim._distributed import step_buckets_round_robin
+
+            step_buckets_round_robin(self, group, list(buckets.values()), self.process_group)
+        else:
+            for params in buckets.values():
+                self._update_bucket(group, params)
+
+    def _update_bucket(self, group: dict[str, Any], params: Sequence[Tensor]) -> None:
+        """Apply the full update to a list of same-shape parameters (one batched NS)."""
+        p0 = params[0]
+        rows, cols = p0.shape[0], math.prod(p0.shape[1:])
+        mats = [p.view(rows, cols) for p in params]
+        states = [self.state[p] for p in params]
+        for p, st in zip(params, states):
+            if "momentum_buffer" not in st:
+                st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                st["nonfinite_skips"] = torch.zeros((), dtype=torch.int64, device=p.device)
+                self._init_extra_state(p, st, rows, cols)
+        bufs = [st["momentum_buffer"].view(rows, cols) for st in states]
+
+        G = torch.stack([p.grad.reshape(rows, cols) for p in params])  # type: ignore[union-attr]
+        ok = torch.isfinite(torch.linalg.vector_norm(G, dim=(-2, -1)))
+        M = torch.stack(bufs)
+        U = muon_momentum(G, M, ok, momentum=group["momentum"], nesterov=group["nesterov"])
+        torch._foreach_copy_(bufs, list(M.unbind(0)))
+
+        ns_dtype = group["ns_dtype"] or default_ns_dtype(p0.device, p0.dtype)
+        O = newton_schulz5(U, steps=group["ns_steps"], coefficients=tuple(group["ns_coefficients"]), dtype=ns_dtype)
+        D, scale, extra = self._direction(group, params, states, O, ok, rows, cols)
+
+        lr = group["lr"]
+        okf = ok.to(p0.dtype)
+        # The shape scale is folded into the float32/64 step size (as torch's ``add_(alpha=)``) rather
+        # than multiplied into a bf16 D, which would round it to 8 bits.
+        step_size = (okf * (-lr * scale)).view(-1, 1, 1)
+        delta = D * step_size  # promotes a bf16 D to the parameter dtype
+        if delta.dtype != p0.dtype:
+            delta = delta.to(p0.dtype)
+        wd = group["weight_decay"]
+        if wd != 0.0:
+            torch._foreach_mul_(mats, list((1.0 - okf * (lr * wd)).unbind(0)))
+        torch._foreach_add_(mats, list(delta.unbind(0)))
+        torch._foreach_add_([st["nonfinite_skips"] for st in states], list((~ok).to(torch.int64).unbind(0)))
+
+        if self.introspect:
+            for i, (p, st) in enumerate(zip(params, states)):
+                entry = {"pre_orth": U[i], "post_orth": O[i], "nonfinite_skips": st["nonfinite_skips"].clone()}
+                entry.update({k: v[i] for k, v in extra.items()})
+                self.last_internals[p] = entry
+
+    # Hooks that NorMuon overrides ------------------------------------------------
+    def _init_extra_state(self, p: Tensor, state: dict[str, Any], rows: int, cols: int) -> None:
+        """Create algorithm-specific state (Muon has none beyond momentum)."""
+
+    def _direction(
+        self,
+        group: dict[str, Any],
+        params: Sequence[Tensor],
+        states: Sequence[dict[str, Any]],
+        O: Tensor,
+        ok: Tensor,
+        rows: int,
+        cols: int,
+    ) -> tuple[Tensor, float, dict[str, Tensor]]:
+        """Update direction D and scalar scale (update = −η·scale·D), plus extra introspection tensors."""
+        return O, shape_scale(rows, cols, group["adjust_lr_fn"]), {}
+
+    # ------------------------------------------------------------------ AdamW groups
+    def _step_adamw(self, group: dict[str, Any]) -> None:
+        """Bias-corrected AdamW with the same non-finite guard (skip the parameter, count it)."""
+        beta1, beta2 = group["betas"]
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            st = self.state[p]
+            if "step" not in st:
+                st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["nonfinite_skips"] = torch.zeros((), dtype=torch.int64, device=p.device)
+            ok = torch.isfinite(torch.linalg.vector_norm(p.grad))
+            okf = ok.to(p.dtype)
+            g = torch.where(ok, p.grad, 0.0)
+            st["step"].add_(ok.to(torch.float32))
+            st["nonfinite_skips"].add_((~ok).to(torch.int64))
+            st["exp_avg"].lerp_(g, okf * (1.0 - beta1))
+            st["exp_avg_sq"].mul_(1.0 - okf * (1.0 - beta2)).addcmul_(g, g, value=1.0 - beta2)
+            t = st["step"].clamp(min=1.0)  # a never-stepped parameter has t = 0; its update is masked anyway
+            bc1 = 1.0 - torch.pow(beta1, t)
+            bc2 = 1.0 - torch.pow(beta2, t)
+            denom = (st["exp_avg_sq"].sqrt() / bc2.sqrt().to(p.dtype)).add_(eps)  # torch.optim.AdamW's grouping
+            if wd != 0.0:
+                p.mul_(1.0 - okf * (lr * wd))
+            p.sub_(st["exp_avg"] / denom * (okf * lr / bc1.to(p.dtype)))

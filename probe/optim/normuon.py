@@ -1,0 +1,179 @@
+"""NorMuon: Muon plus per-neuron (per output row) second-moment normalization (Li et al., 2025).
+
+After Newton–Schulz, rows of O have unequal norms (tall shapes: row norms are √leverage; inexact NS
+adds more, ALGORITHMS.md §2.4/P9). NorMuon keeps an EMA v of each row's mean square and divides
+each row by √v, so every neuron gets a comparable step. State per matrix: momentum (rows×cols) plus
+v (rows), i.e. rows extra scalars over Muon.
+
+Update of a matrix W (m×n; conv weights viewed as (C_out, C_in·kh·kw)), after Muon's momentum and
+O = NS5(U)::
+
+    r  = mean_cols(O ⊙ O)                      (m,)
+    v ← β₂·v + (1−β₂)·r                         (no bias correction)
+    Ô = O ⊘ (√v + ε)                            (row-wise)
+    "original":        Ô ← Ô·‖O‖_F/(‖Ô‖_F + ε)·√max(1, m/n)     (official code, default)
+    "match_rms_adamw": Ô ← Ô·0.2·√(mn)/(‖Ô‖_F + ε)               (paper: RMS(Ô) = 0.2)
+    W ← W·(1 − η·λ) − η·Ô
+
+Decisions on ALGORITHMS.md §6.2 (the paper and the official code differ):
+
+* Defaults reproduce the official code (zichongli5/NorMuon d45c9a4): lr 0.02, momentum 0.95,
+  beta2 0.95, eps 1e-10 (outside the sqrt), weight_decay 0, Nesterov on, 5 NS steps, the
+  Frobenius-preserving rescale and Keller's √max(1, m/n). The paper's "RMS = 0.2·lr" rule is
+  ``adjust_lr_fn="match_rms_adamw"`` (pair it with ``nesterov=False`` for the paper's plain momentum).
+  Weight decay uses the unadjusted η in both forms (paper step 6).
+* ε is added outside the square root (official code); the same ε guards the rescale's denominator,
+  so an all-zero update stays exactly 0 (§2.4).
+* Conv weights are flattened to (C_out, C_in·kh·kw) and normalised per output channel (the official
+  code's per-kernel-row statistic looks unintended, §2.4); v has shape (C_out,).
+* v is stored flat with shape (rows,) (P11's (m, 1) is the same m scalars), in float32 (float64 for
+  float64 parameters) even when NS runs in bf16; the normalisation is computed in that dtype.
+* The statistic is per row of the stored tensor, i.e. per output neuron for ``nn.Linear``'s
+  (out, in) layout (§2.3). Weights stored (in, out) are normalised per input; transpose them at the
+  model level if that matters.
+* Non-finite gradients skip the parameter exactly as in Muon, and leave v untouched.
+
+Introspection (``introspect=True``) adds ``v`` (rows,) and ``normalized`` (Ô after the rescale,
+before the shape factor, 2-D) to Muon's ``pre_orth``/``post_orth``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from probe.optim._orthogonalize import NS_COEFFICIENTS, NS_STEPS
+from probe.optim.muon import MATCH_RMS, Muon, _check_unit_interval, shape_scale
+
+__all__ = ["NorMuon", "normuon_normalize"]
+
+
+def normuon_normalize(
+    O: Tensor,
+    v: Tensor,
+    ok: Tensor,
+    *,
+    beta2: float,
+    eps: float,
+    adjust_lr_fn: str,
+) -> tuple[Tensor, float]:
+    """Row-normalise a batch of NS outputs and update v in place.
+
+    Args:
+        O: (B, m, n) Newton–Schulz outputs (any float dtype; computed in ``v.dtype``).
+        v: (B, m) second moments, updated in place where ``ok`` is True.
+        ok: (B,) bool; False rows leave v bit-identical (their output is discarded by the caller).
+        beta2: EMA factor of v.
+        eps: added to √v and to the rescale's denominator.
+        adjust_lr_fn: ``"original"`` or ``"match_rms_adamw"`` (see module doc).
+
+    Returns:
+        (normalized, scale): Ô after the rescale (in ``v.dtype``) and the shape factor still to apply
+        (√max(1, m/n) for ``"original"``, 1 for ``"match_rms_adamw"``).
+    """
+    m, n = O.shape[-2], O.shape[-1]
+    Of = O.to(v.dtype)
+    row_ms = Of.square().mean(dim=-1)  # (B, m)
+    v.lerp_(row_ms, (ok.to(v.dtype) * (1.0 - beta2)).view(-1, 1))
+    On = Of / (v.sqrt().add_(eps)).unsqueeze(-1)
+    norm_new = torch.linalg.vector_norm(On, dim=(-2, -1), keepdim=True)
+    if adjust_lr_fn == "original":
+        target = torch.linalg.vector_norm(Of, dim=(-2, -1), keepdim=True)
+        return On * (target / (norm_new + eps)), shape_scale(m, n, "original")
+    if adjust_lr_fn == "match_rms_adamw":
+        return On * (MATCH_RMS * math.sqrt(m * n) / (norm_new + eps)), 1.0
+    raise ValueError(f"Invalid adjust_lr_fn: {adjust_lr_fn!r}")
+
+
+class NorMuon(Muon):
+    """NorMuon for hidden matrices, AdamW for ``use_muon=False`` groups.
+
+    Args:
+        params: parameters or groups (see :class:`probe.optim.Muon`).
+        lr: learning rate η (default 0.02).
+        momentum: β₁ of the EMA momentum (default 0.95).
+        beta2: β₂ of the per-row second moment (default 0.95).
+        eps: in ``use_muon`` groups, ε of the row normalisation (default 1e-10); in
+            ``use_muon=False`` groups, AdamW's ε (the same default as Keller's aux Adam).
+        weight_decay: decoupled weight decay λ (default 0).
+        nesterov: Nesterov blend (default True, official code).
+        ns_steps, ns_coefficients, ns_dtype: Newton–Schulz settings (see Muon).
+        adjust_lr_fn: ``"original"`` (official code, default) or ``"match_rms_adamw"`` (paper).
+        betas: AdamW betas for ``use_muon=False`` groups (default (0.9, 0.95)).
+        introspect, distributed, process_group: see Muon.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        beta2: float = 0.95,
+        eps: float = 1e-10,
+        weight_decay: float = 0.0,
+        nesterov: bool = True,
+        ns_steps: int = NS_STEPS,
+        ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+        ns_dtype: torch.dtype | None = None,
+        adjust_lr_fn: str = "original",
+        betas: tuple[float, float] = (0.9, 0.95),
+        *,
+        introspect: bool = False,
+        distributed: bool = False,
+        process_group: Any = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            ns_coefficients=ns_coefficients,
+            ns_dtype=ns_dtype,
+            adjust_lr_fn=adjust_lr_fn,
+            betas=betas,
+            eps=eps,
+            introspect=introspect,
+            distributed=distributed,
+            process_group=process_group,
+            beta2=beta2,
+        )
+
+    def _validate_group(self, group: dict[str, Any], params: Iterable[Tensor]) -> None:
+        super()._validate_group(group, params)
+        _check_unit_interval("beta2", group["beta2"])
+        eps = group["eps"]
+        if group["use_muon"] and not eps > 0.0:
+            raise ValueError(f"Invalid eps: {eps} (must be > 0 for NorMuon's row normalisation)")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("beta2", 0.95)
+
+    def _init_extra_state(self, p: Tensor, state: dict[str, Any], rows: int, cols: int) -> None:
+        state["v"] = torch.zeros(rows, dtype=torch.promote_types(p.dtype, torch.float32), device=p.device)
+
+    def _direction(
+        self,
+        group: dict[str, Any],
+        params: Sequence[Tensor],
+        states: Sequence[dict[str, Any]],
+        O: Tensor,
+        ok: Tensor,
+        rows: int,
+        cols: int,
+    ) -> tuple[Tensor, float, dict[str, Tensor]]:
+        vs = [st["v"] for st in states]
+        V = torch.stack(vs)
+        normalized, scale = normuon_normalize(
+            O, V, ok, beta2=group["beta2"], eps=group["eps"], adjust_lr_fn=group["adjust_lr_fn"]
+        )
+        torch._foreach_copy_(vs, list(V.unbind(0)))
+        return normalized, scale, {"v": V, "normalized": normalized}

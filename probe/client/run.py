@@ -1,0 +1,447 @@
+"""``probe.init()`` and ``Run``: the user-facing side of the client.
+
+``Run.log`` is on the training loop's hot path, so it does the least possible: stamp the time,
+copy the (small) dict, append a tuple to a bounded deque, return. No lock, no I/O, no tensor
+synchronisation — tensors stay tensors until the sender thread copies many of them at once. A
+``Run`` never raises into training after ``init``: failures are counted (``run.dropped``,
+``run.problems``) and warned about once.
+
+How a run ends:
+
+* ``run.finish()``, leaving a ``with`` block normally, or interpreter exit (``atexit``) → finished;
+* an exception leaving the ``with`` block, or an uncaught exception (``sys.excepthook``) → crashed;
+* a killed process cannot say anything: heartbeats stop and the server's reaper marks the run
+  crashed; ``optiscope sync`` does the same for a spool that a dead process left unfinished.
+
+Distributed (``torch.distributed`` or the ``RANK``/``WORLD_SIZE`` variables): by default only
+rank 0 logs and the other ranks get a disabled run whose methods do nothing. With
+``log_all_ranks=True`` every rank logs into rank 0's run: rank 0 chooses the id and broadcasts it
+(``OPTISCOPE_RUN_ID`` overrides, for launchers without a process group); rank ``r > 0`` prefixes
+its keys with ``"rank<r>."`` (``rank1.loss``, ``rank1.grad_norm/fc1.weight``) and tags its events
+with ``data["rank"]``; rank 0's keys stay plain so every dashboard view works unchanged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Literal
+
+import httpx
+
+from probe.client import protocol
+from probe.client.batching import ARRAY, EVENT, SCALARS, BatchBuilder
+from probe.client.config import ClientConfig
+from probe.client.problems import Problems
+from probe.client.sender import Sender
+from probe.client.spool import RunSpool, SpoolBusy
+from probe.client.transport import Backoff, Transport
+
+Mode = Literal["online", "offline", "disabled"]
+_MODES = ("online", "offline", "disabled")
+
+_time = time.time
+
+
+class Run:
+    """A run being logged. Create it with :func:`init`.
+
+    Attributes:
+        id: run id (``uuid4().hex`` unless given), also the spool directory name.
+        project, name: as shown in the dashboard.
+        rank, world_size: this process's place in a distributed job.
+        mode: ``"online"``, ``"offline"`` or ``"disabled"`` (also: a rank that does not log).
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        project: str,
+        name: str,
+        mode: Mode,
+        rank: int = 0,
+        world_size: int = 1,
+        sender: Sender | None = None,
+        problems: Problems | None = None,
+        finish_timeout: float = 30.0,
+    ) -> None:
+        self.id = run_id
+        self.project = project
+        self.name = name
+        self.mode = mode
+        self.rank = rank
+        self.world_size = world_size
+        self._sender = sender
+        self._problems = problems or Problems(f"[{run_id[:8]}]")
+        self._finish_timeout = finish_timeout
+        self._q = sender.queue if sender is not None else None
+        self._maxlen = sender.queue.maxlen or 0 if sender is not None else 0
+        self._high_water = sender.high_water if sender is not None else 0
+        self._next_step = 0
+        self._finish_lock = threading.Lock()
+        self.status: str = "running" if sender is not None else "disabled"
+
+    # -- logging (hot path) ------------------------------------------------------------------------
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Queue scalar metrics (floats, ints or 1-element tensors) at ``step``.
+
+        ``step=None`` continues from the last step (+1). Returns in about a microsecond; never
+        touches the network and never synchronises a tensor. Tensors are read later, in the
+        sender thread: do not modify one in place after logging it.
+        """
+        q = self._q
+        if q is None:
+            return
+        try:
+            if step is None:
+                step = self._next_step
+            self._next_step = step + 1
+            if len(q) >= self._maxlen:
+                self._queue_full()
+            q.append((SCALARS, dict(metrics), step, _time()))
+            if len(q) >= self._high_water:
+                self._sender.wake.set()  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - never raise into training
+            self._problems.report("log", f"run.log failed ({exc!r}); record dropped")
+
+    def log_array(self, key: str, values: Any, *, step: int, layer: str = "") -> None:
+        """Queue a vector (spectrum, per-neuron norms, histogram) of ``key``/``layer`` at ``step``."""
+        q = self._q
+        if q is None:
+            return
+        try:
+            if len(q) >= self._maxlen:
+                self._queue_full()
+            q.append((ARRAY, key, values, step, layer, _time()))
+        except Exception as exc:  # noqa: BLE001
+            self._problems.report("log", f"run.log_array failed ({exc!r}); record dropped")
+
+    def log_event(
+        self,
+        key: str,
+        message: str,
+        *,
+        step: int | None = None,
+        layer: str | None = None,
+        level: str = "warning",
+        kind: str = "alert",
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Queue an event (by default a warning-level alert, e.g. ``key="nonfinite"``)."""
+        q = self._q
+        if q is None:
+            return
+        try:
+            if len(q) >= self._maxlen:
+                self._queue_full()
+            q.append((EVENT, key, message, step, layer, level, kind, data, _time()))
+        except Exception as exc:  # noqa: BLE001
+            self._problems.report("log", f"run.log_event failed ({exc!r}); record dropped")
+
+    def _queue_full(self) -> None:
+        sender = self._sender
+        assert sender is not None
+        sender.queue_dropped += 1
+        self._problems.report(
+            "queue_full",
+            f"more than {self._maxlen} records waiting for the sender: dropping the oldest (counted in run.dropped)",
+        )
+
+    # -- delivery and end ---------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything logged so far reached the server (offline: the spool).
+
+        Returns False on timeout or when data is waiting in the spool because of an outage.
+        """
+        if self._sender is None:
+            return True
+        try:
+            return self._sender.flush(timeout)
+        except Exception as exc:  # noqa: BLE001
+            self._problems.report("flush", f"flush failed ({exc!r})")
+            return False
+
+    def finish(self, status: str = "finished") -> None:
+        """End the run: deliver (or spool) what is queued, then mark it ``status`` on the server.
+
+        Idempotent; called for you by the context manager, ``atexit`` and ``sys.excepthook``.
+        Waits at most ``ClientConfig.finish_timeout``; whatever is not delivered by then stays
+        in the spool for ``optiscope sync``.
+        """
+        if status not in ("finished", "crashed"):
+            raise ValueError(f"Invalid status: {status!r} (must be 'finished' or 'crashed')")
+        with self._finish_lock:
+            if self.status in ("finished", "crashed", "disabled"):
+                return
+            self.status = status
+            self._q = None  # later log calls are no-ops
+        _LIVE.discard(self)
+        sender = self._sender
+        assert sender is not None
+        try:
+            if not sender.close(status, self._finish_timeout):  # type: ignore[arg-type]
+                self._problems.report(
+                    "finish_timeout",
+                    f"finish() gave up after {self._finish_timeout}s; undelivered batches stay in the spool",
+                )
+        except Exception as exc:  # noqa: BLE001
+            self._problems.report("finish", f"finish failed ({exc!r})")
+        finally:
+            if sender.transport is not None and not sender.is_alive():
+                sender.transport.close()  # closes only a client the transport made itself
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.finish("crashed" if exc_type is not None else "finished")
+
+    # -- what went wrong ----------------------------------------------------------------------------
+
+    @property
+    def dropped(self) -> int:
+        """Records that will never reach the server: queue or spool full, rejected by the server
+        (4xx), or not convertible to a number."""
+        return self._sender.lost if self._sender is not None else 0
+
+    @property
+    def problems(self) -> dict[str, int]:
+        """Counts of every failure kind seen so far (each was warned about once)."""
+        return dict(self._problems.counts)
+
+    @property
+    def spool_dir(self) -> str | None:
+        """Where this run's undelivered data lives (None for a disabled run)."""
+        sender = self._sender
+        if sender is None or sender.spool is None:
+            return None
+        return str(sender.spool.directory)
+
+    @property
+    def sender(self) -> Sender | None:
+        """The background sender (for diagnostics and tests; not needed for logging)."""
+        return self._sender
+
+    def __repr__(self) -> str:
+        return f"Run(id={self.id!r}, project={self.project!r}, name={self.name!r}, mode={self.mode!r}, rank={self.rank})"
+
+
+# -- process-wide hooks (installed by the first init, never at import) -----------------------------
+
+_LIVE: weakref.WeakSet[Run] = weakref.WeakSet()
+_hooks_lock = threading.Lock()
+_hooks_installed = False
+
+
+def _finish_all(status: str) -> None:
+    for run in list(_LIVE):
+        try:
+            run.finish(status)
+        except Exception:  # noqa: BLE001 - at exit, nothing may raise
+            pass
+
+
+def _install_hooks() -> None:
+    global _hooks_installed
+    with _hooks_lock:
+        if _hooks_installed:
+            return
+        _hooks_installed = True
+        atexit.register(_finish_all, "finished")
+        previous = sys.excepthook
+
+        def excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+            try:
+                previous(exc_type, exc, tb)  # the traceback first: finishing may take a moment
+            finally:
+                _finish_all("crashed")
+
+        sys.excepthook = excepthook
+        if hasattr(os, "register_at_fork"):
+            # A forked child (DataLoader worker) inherits the runs but not the sender thread:
+            # logging there would only fill a queue nobody drains.
+            os.register_at_fork(after_in_child=_disable_in_child)
+
+
+def _disable_in_child() -> None:
+    for run in list(_LIVE):
+        run._q = None
+        run.status = "disabled"
+    _LIVE.clear()
+
+
+# -- init --------------------------------------------------------------------------------------------
+
+
+def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int, Any]:
+    """``(rank, world_size, dist module or None)`` from arguments, torch.distributed or env."""
+    torch = sys.modules.get("torch")
+    dist = getattr(torch, "distributed", None) if torch is not None else None
+    active = dist is not None and dist.is_available() and dist.is_initialized()
+    if rank is None:
+        rank = dist.get_rank() if active else int(os.environ.get("RANK", "0") or 0)
+    if world_size is None:
+        world_size = dist.get_world_size() if active else int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return rank, max(1, world_size), dist if active else None
+
+
+def _shared_run_id(run_id: str | None, rank: int, world_size: int, dist: Any, problems: Problems) -> str:
+    if run_id:
+        return run_id
+    env_id = os.environ.get("OPTISCOPE_RUN_ID")
+    if env_id:
+        return env_id
+    chosen = [protocol.new_run_id() if rank == 0 else None]
+    if dist is not None and world_size > 1:
+        dist.broadcast_object_list(chosen, src=0)
+    elif rank != 0:
+        problems.report(
+            "no_shared_id",
+            "log_all_ranks=True but no process group and no OPTISCOPE_RUN_ID: this rank logs into its own run",
+        )
+        chosen = [protocol.new_run_id()]
+    return str(chosen[0])
+
+
+def init(
+    project: str = "default",
+    name: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    tags: Sequence[str] | None = None,
+    *,
+    url: str | None = None,
+    token: str | None = None,
+    mode: Mode | None = None,
+    optimizer: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    log_all_ranks: bool = False,
+    run_id: str | None = None,
+    home: str | os.PathLike[str] | None = None,
+    settings: ClientConfig | None = None,
+    client: httpx.Client | None = None,
+) -> Run:
+    """Start a run and its background sender; never touches the network itself.
+
+    Args:
+        project, name, config, tags, optimizer: run metadata (``config`` may hold anything; values
+            that are not JSON become strings).
+        url, token: server and credentials; default ``OPTISCOPE_URL``/``OPTISCOPE_TOKEN``, then the
+            files of a local ``optiscope serve`` (see :class:`~probe.client.config.ClientConfig`).
+        mode: ``"online"`` (default, or ``OPTISCOPE_MODE``), ``"offline"`` (spool only; deliver
+            later with ``optiscope sync``) or ``"disabled"`` (every call is a no-op).
+        rank, world_size: override what torch.distributed / ``RANK`` / ``WORLD_SIZE`` say.
+        log_all_ranks: every rank logs into one shared run (keys of rank r > 0 get ``rank<r>.``);
+            must be the same on every rank, since rank 0 broadcasts the run id.
+        run_id: choose the id (``[A-Za-z0-9_-]{1,64}``); default ``uuid4().hex``.
+        home: data directory (default ``OPTISCOPE_HOME`` or ``~/.optiscope``).
+        settings: tuning (flush interval, limits); url/token/home arguments still override it.
+        client: an ``httpx.Client`` to send through (tests pass ``TestClient(app)``).
+
+    Raises:
+        ValueError: for an unknown ``mode`` or a malformed ``run_id``.
+    """
+    mode = mode or os.environ.get("OPTISCOPE_MODE") or "online"  # type: ignore[assignment]
+    if mode not in _MODES:
+        raise ValueError(f"Invalid mode: {mode!r} (must be one of {', '.join(_MODES)})")
+    if run_id is not None and not protocol.RUN_ID_PATTERN.match(run_id):
+        raise ValueError(f"Invalid run_id: {run_id!r} (must match [A-Za-z0-9_-]{{1,64}})")
+    if settings is None:
+        settings = ClientConfig.from_env(url, token, home)
+    elif url is not None or token is not None or home is not None:
+        resolved = ClientConfig.from_env(url or settings.url, token or settings.token, home or settings.home)
+        settings = settings.replace(url=resolved.url, token=resolved.token, home=resolved.home)
+
+    problems = Problems()
+    rank_, world_size_, dist = _distributed(rank, world_size)
+    if log_all_ranks and mode != "disabled":
+        run_id = _shared_run_id(run_id, rank_, world_size_, dist, problems)
+    run_id = run_id or (protocol.new_run_id() if rank_ == 0 else os.environ.get("OPTISCOPE_RUN_ID", ""))
+    problems._prefix = f"[{run_id[:8]}]"
+    name = name or f"run-{run_id[:8]}"  # derived from the id, so every rank proposes the same name
+
+    if mode == "disabled" or (rank_ != 0 and not log_all_ranks):
+        return Run(run_id=run_id, project=project, name=name, mode="disabled", rank=rank_, world_size=world_size_)
+
+    create_body: protocol.RunCreate = {
+        "id": run_id,
+        "project": project,
+        "name": name,
+        "config": protocol.encode_json_value(dict(config or {})),
+        "tags": [str(t) for t in (tags or [])],
+        "optimizer": optimizer,
+        "host": socket.gethostname(),
+        "world_size": world_size_,
+        "rank": rank_,
+    }
+    owns_run = rank_ == 0
+    spool: RunSpool | None = None
+    try:
+        spool = RunSpool.create(
+            settings.spool_dir,
+            run_id if owns_run else f"{run_id}.r{rank_}",
+            create_body,
+            owns_run=owns_run,
+            max_bytes=settings.spool_max_bytes,
+            segment_bytes=settings.spool_segment_bytes,
+            fsync=settings.fsync,
+        )
+    except (OSError, SpoolBusy) as exc:
+        problems.report("no_spool", f"no spool directory under {settings.spool_dir} ({exc}); an outage will lose data")
+        if mode == "offline":
+            problems.report("offline_no_spool", "offline mode without a spool keeps nothing")
+
+    transport = None
+    if mode == "online":
+        transport = Transport(
+            settings.api,
+            settings.token,
+            client=client,
+            timeout=settings.timeout,
+            max_attempts=settings.max_attempts,
+            backoff=Backoff(settings.backoff_base, settings.backoff_max),
+        )
+    builder = BatchBuilder(
+        run_id,
+        rank=rank_ if log_all_ranks else None,
+        key_prefix=f"rank{rank_}." if log_all_ranks and rank_ else "",
+        batch_points=settings.batch_points,
+        problems=problems,
+    )
+    sender = Sender(
+        run_id,
+        create_body,
+        config=settings,
+        transport=transport,
+        spool=spool,
+        builder=builder,
+        problems=problems,
+        owns_run=owns_run,
+    )
+    run = Run(
+        run_id=run_id,
+        project=project,
+        name=name,
+        mode=mode,  # type: ignore[arg-type]
+        rank=rank_,
+        world_size=world_size_,
+        sender=sender,
+        problems=problems,
+        finish_timeout=settings.finish_timeout,
+    )
+    _install_hooks()
+    _LIVE.add(run)
+    sender.start()
+    return run

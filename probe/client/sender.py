@@ -1,0 +1,393 @@
+"""The one background thread between ``Run.log`` and the server.
+
+Per wake-up (every ``flush_interval``, or early when the queue passes its high-water mark or a
+``flush()`` asks) it drains what is queued, builds batches (:mod:`probe.client.batching`) and
+delivers each one:
+
+* **online** and nothing spooled: POST it (the transport retries a few times with backoff);
+* otherwise — the server is down or slow, or earlier batches still wait on disk — append it to
+  the run's spool, so order is kept and memory stays bounded however long the outage lasts.
+
+While batches wait in the spool, the thread retries the oldest one on an exponential backoff with
+jitter (using timestamps, never sleeping, so ``finish()`` is never stuck behind a long wait) and
+replays the spool in order once the server answers. A 4xx that is not 429 is reported once; auth
+failures stop sending but keep spooling so that ``optiscope sync --token ...`` can deliver later.
+
+States: ``online`` (sending), ``outage`` (spooling, probing), ``halted`` (permanent refusal:
+spooling only), ``offline`` (mode="offline": spooling only, by design).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from typing import Any, Callable
+
+from probe.client import protocol
+from probe.client.batching import BatchBuilder, Record
+from probe.client.config import ClientConfig
+from probe.client.problems import Problems
+from probe.client.spool import RunSpool
+from probe.client.transport import Backoff, PermanentError, Transport, TransientError
+
+ONLINE, OUTAGE, HALTED, OFFLINE = "online", "outage", "halted", "offline"
+
+REPLAY_BATCHES_PER_WAKE = 64
+"""Spooled batches replayed per wake-up, so new records keep moving to disk during a long replay."""
+
+_AUTH_STATUSES = (401, 403)
+
+
+class _StopReplay(Exception):
+    """Raised inside a replay to leave the current batch first in line."""
+
+
+class _Waiter:
+    __slots__ = ("event", "ok")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.ok = False
+
+
+class Sender:
+    """Owns the bounded queue, the spool and the transport of one run (one rank of it).
+
+    Args:
+        run_id: the run.
+        create_body: ``POST /runs`` body, sent (idempotently) before the first batch.
+        config: timings and limits.
+        transport: ``None`` in offline mode.
+        spool: ``None`` if the spool directory could not be created (then an outage loses data,
+            counted in :attr:`lost`).
+        builder: record → batch conversion.
+        problems: failure counters (shared with the :class:`~probe.client.run.Run`).
+        owns_run: whether this sender heartbeats and finishes the run (rank 0 of a shared run).
+        clock: monotonic seconds (tests inject a fake one).
+        rng: jitter for the outage backoff.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        create_body: protocol.RunCreate,
+        *,
+        config: ClientConfig,
+        transport: Transport | None,
+        spool: RunSpool | None,
+        builder: BatchBuilder,
+        problems: Problems,
+        owns_run: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.create_body = create_body
+        self.config = config
+        self.transport = transport
+        self.spool = spool
+        self.builder = builder
+        self.problems = problems
+        self.owns_run = owns_run
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._backoff = Backoff(config.backoff_base, config.backoff_max)
+
+        self.queue: deque[Record] = deque(maxlen=config.queue_size)
+        self.high_water = max(1, config.queue_size // 2)
+        self.wake = threading.Event()
+        self._closing = threading.Event()
+        self._closed = threading.Event()
+        self._waiters: list[_Waiter] = []
+        self._waiters_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._final_status: protocol.Status = "finished"
+
+        self.state = OFFLINE if transport is None else ONLINE
+        self.created = False
+        self._outage_attempt = 0
+        self._next_try = 0.0
+        self._next_heartbeat = 0.0
+        self._not_found = 0
+
+        self.queue_dropped = 0
+        """Records dropped because the in-memory queue was full (incremented by ``Run``)."""
+        self.rejected = 0
+        """Records the server refused with a 4xx (bad data; resending cannot help)."""
+        self.unspooled = 0
+        """Records lost in an outage because no spool was available."""
+        self.sent_batches = 0
+        self.duplicate_batches = 0
+        self.spooled_batches = 0
+
+    # -- counters -------------------------------------------------------------------------------------
+
+    @property
+    def lost(self) -> int:
+        """Every record that will never reach the server, whatever the reason."""
+        spool_dropped = self.spool.dropped_records if self.spool is not None else 0
+        return self.queue_dropped + self.rejected + self.unspooled + spool_dropped + self.builder.lost
+
+    # -- lifetime (called from the training thread) ---------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"optiscope-sender-{self.run_id[:8]}", daemon=True)
+        self._thread.start()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Deliver everything queued so far; True when it all reached the server (or, offline, the disk)."""
+        if self._closed.is_set() or self._thread is None:
+            return self._everything_delivered()
+        waiter = _Waiter()
+        with self._waiters_lock:
+            self._waiters.append(waiter)
+        self.wake.set()
+        if not waiter.event.wait(timeout):
+            return False
+        return waiter.ok
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def close(self, status: protocol.Status, timeout: float | None) -> bool:
+        """Drain, deliver or spool everything, finish the run; True if the thread ended in time."""
+        if self._thread is None:
+            return True
+        self._final_status = status
+        self._closing.set()
+        self.wake.set()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # -- the thread ------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait(self.config.flush_interval)
+            self.wake.clear()
+            closing = self._closing.is_set()
+            try:
+                self._cycle(final=closing)
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any bug
+                self.problems.report("sender", f"sender error: {exc!r}")
+            if closing:
+                try:
+                    self._shutdown()
+                except Exception as exc:  # noqa: BLE001
+                    self.problems.report("sender", f"error while finishing the run: {exc!r}")
+                finally:
+                    self._closed.set()
+                    self._release_waiters()
+                return
+
+    def _cycle(self, *, final: bool = False) -> None:
+        with self._waiters_lock:
+            waiters, self._waiters = self._waiters, []
+        # Older data first: create the run and replay the spool (when due), then the new records.
+        now = self._clock()
+        if self.state in (ONLINE, OUTAGE) and (final or now >= self._next_try):
+            if self.state == OUTAGE or (final and (self.spool or not self.created)):
+                self._catch_up(attempts=1)  # a probe: one try, the backoff is in _next_try
+            elif not self.created or self.spool:
+                self._catch_up(attempts=None)
+        # Take what is queued now; a record logged meanwhile waits for the next wake-up, except at
+        # the end, when everything goes.
+        while True:
+            n = len(self.queue)
+            if n:
+                records = [self.queue.popleft() for _ in range(n)]
+                for batch in self.builder.build(records):
+                    self._deliver(batch)
+            if not final or not self.queue:
+                break
+        now = self._clock()
+        if self.owns_run and self.state == ONLINE and self.created and now >= self._next_heartbeat and not final:
+            self._heartbeat(now)
+        ok = self._everything_delivered()
+        for waiter in waiters:
+            waiter.ok = ok
+            waiter.event.set()
+
+    def _release_waiters(self) -> None:
+        with self._waiters_lock:
+            waiters, self._waiters = self._waiters, []
+        ok = self._everything_delivered()
+        for waiter in waiters:
+            waiter.ok = ok
+            waiter.event.set()
+
+    def _everything_delivered(self) -> bool:
+        if len(self.queue):
+            return False
+        if self.state == OFFLINE:
+            return self.spool is not None
+        return self.state == ONLINE and self.created and not self.spool
+
+    # -- delivery ---------------------------------------------------------------------------------------
+
+    def _deliver(self, batch: protocol.Batch) -> None:
+        if self.state == ONLINE and self.created and not self.spool:
+            try:
+                self._post(batch, attempts=None)
+                return
+            except TransientError as exc:
+                self._enter_outage(exc)
+            except _StopReplay:
+                pass  # 404 or auth: keep the batch (below), the state says what comes next
+        self._to_spool(batch)
+
+    def _to_spool(self, batch: protocol.Batch) -> None:
+        if self.spool is None:
+            n = protocol.batch_size(batch)
+            self.unspooled += n
+            self.problems.report("no_spool", f"server unreachable and no spool on disk: {n} records lost")
+            return
+        try:
+            self.spool.append(batch)
+            self.spooled_batches += 1
+        except OSError as exc:
+            n = protocol.batch_size(batch)
+            self.unspooled += n
+            self.problems.report("spool_write", f"could not write the spool ({exc}); {n} records lost")
+            return
+        if self.spool.dropped_records:
+            self.problems.report(
+                "spool_full",
+                f"spool over its limit ({self.config.spool_max_bytes} bytes) in {self.spool.directory}: "
+                "dropping the oldest batches (counted in run.dropped)",
+            )
+
+    def _post(self, batch: protocol.Batch, *, attempts: int | None) -> None:
+        """Send one batch; handles 4xx here. Raises TransientError, or _StopReplay to keep the batch."""
+        assert self.transport is not None
+        try:
+            answer = self.transport.send_batch(self.run_id, batch, attempts=attempts)
+        except PermanentError as exc:
+            if exc.status in _AUTH_STATUSES:
+                self._halt(exc)
+                raise _StopReplay from exc
+            if exc.status == 404:  # the run is unknown (deleted, or created elsewhere): create it again
+                self._not_found += 1
+                if self._not_found > 3:
+                    self._halt(exc)
+                else:
+                    self.created = False
+                    self._enter_outage(TransientError(str(exc)), immediate=True)
+                raise _StopReplay from exc
+            n = protocol.batch_size(batch)
+            self.rejected += n
+            self.problems.report(
+                f"http_{exc.status}", f"server rejected a batch ({exc}); {n} records dropped, not retried"
+            )
+            return
+        self.sent_batches += 1
+        if isinstance(answer, dict) and answer.get("duplicate"):
+            self.duplicate_batches += 1
+
+    def _create(self, attempts: int | None) -> None:
+        assert self.transport is not None
+        try:
+            self.transport.create_run(self.create_body, attempts=attempts)
+        except PermanentError as exc:
+            self._halt(exc)
+            raise _StopReplay from exc
+        self.created = True
+        self._not_found = 0
+
+    def _catch_up(self, attempts: int | None) -> None:
+        """Create the run if needed, then replay the spool (oldest first); leave outage on success."""
+        try:
+            if not self.created:
+                self._create(attempts)
+            if self.spool:
+                assert self.spool is not None
+                self.spool.replay(lambda b: self._post(b, attempts=attempts), REPLAY_BATCHES_PER_WAKE)
+        except TransientError as exc:
+            self._enter_outage(exc)
+            return
+        except _StopReplay:
+            return
+        except OSError as exc:
+            self.problems.report("spool_read", f"could not read the spool ({exc})")
+            return
+        if not self.spool and self.state == OUTAGE:
+            self.state = ONLINE
+            self._outage_attempt = 0
+            self._next_try = 0.0
+        elif self.spool:
+            self._next_try = 0.0  # more to replay: continue at the next wake-up
+
+    def _enter_outage(self, exc: TransientError, *, immediate: bool = False) -> None:
+        if self.state == HALTED:
+            return
+        if self.state != OUTAGE:
+            where = self.spool.directory if self.spool is not None else "memory (no spool available)"
+            self.problems.report(
+                "outage", f"server unreachable ({exc}); spooling to {where} and retrying with backoff"
+            )
+        self.state = OUTAGE
+        delay = 0.0 if immediate else self._backoff.delay(self._outage_attempt, self._rng)
+        if exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)
+        self._outage_attempt += 1
+        self._next_try = self._clock() + delay
+
+    def _halt(self, exc: PermanentError) -> None:
+        self.state = HALTED
+        where = self.spool.directory if self.spool is not None else "nowhere (no spool)"
+        self.problems.report(
+            f"http_{exc.status}",
+            f"server refused the run ({exc}). Nothing more is sent; data is kept in {where}. "
+            "Fix the URL/token (OPTISCOPE_URL, OPTISCOPE_TOKEN) and run `optiscope sync`.",
+        )
+
+    def _heartbeat(self, now: float) -> None:
+        assert self.transport is not None
+        self._next_heartbeat = now + self.config.heartbeat_interval
+        try:
+            self.transport.heartbeat(self.run_id, attempts=1)
+        except (TransientError, PermanentError):
+            pass  # the next batch finds out whether the server is really gone
+
+    def _shutdown(self) -> None:
+        status = self._final_status
+        if self.state == ONLINE and self.created and not self.spool and self.transport is not None:
+            if not self.owns_run:
+                if self.spool is not None:
+                    self.spool.remove()
+                return
+            try:
+                self.transport.finish(self.run_id, status)
+            except (TransientError, PermanentError) as exc:
+                self.problems.report("finish", f"could not mark the run {status} on the server ({exc})")
+                if self.spool is not None:
+                    self.spool.write_finish(status)
+                    self.spool.release()
+                return
+            if self.spool is not None:
+                self.spool.remove()
+            return
+        if self.spool is None:
+            return
+        self.spool.write_finish(status)
+        pending = self.spool.pending_batches
+        self.spool.release()
+        if self.state != OFFLINE:
+            self.problems.report(
+                "unsynced",
+                f"{pending} batches of run {self.run_id} are kept in {self.spool.directory}; "
+                "run `optiscope sync` to deliver them",
+            )
+
+    def _debug_state(self) -> dict[str, Any]:
+        """A snapshot for tests and the benchmark."""
+        return {
+            "state": self.state,
+            "created": self.created,
+            "spooled": self.spool.pending_batches if self.spool is not None else 0,
+            "sent": self.sent_batches,
+            "duplicates": self.duplicate_batches,
+            "lost": self.lost,
+        }

@@ -1,0 +1,757 @@
+"""Monitor: watch any ``torch.optim`` optimizer through its step hooks and log per-layer diagnostics.
+
+How a step is observed
+    ``optimizer.register_step_pre_hook`` / ``register_step_post_hook`` (handles kept, removed by
+    :meth:`Monitor.detach`). The pre-hook reads the gradients (our Muon writes its Nesterov blend into
+    ``.grad`` during ``step()``, so later would be too late) and, only on steps that need ΔW, clones the
+    weights; the post-hook forms ΔW = W_after − W_before and measures. On our optimizers
+    (``probe.optim``) the pre-hook switches ``introspect`` on only for steps that read their internals,
+    and the post-hook restores it, so introspection costs nothing on the other steps.
+
+Step index
+    The k-th training step (k = 0, 1, …) is logged at ``step = start_step + k``, matching the usual
+    ``for step in range(n)`` loop. A training step may call several optimizers (e.g. Muon for matrices
+    plus AdamW for the rest); it closes at the post-hook of the last optimizer given to ``attach``, or
+    when an optimizer that already stepped steps again. Use :meth:`Monitor.set_step` to align with a
+    step counter of your own (e.g. after resuming or with gradient accumulation).
+
+What it costs
+    Per-step scalars are device tensors; nothing is copied to the host until the logging interval
+    ends (``log_every`` steps), when *one* concatenated tensor per device is copied and handed to
+    ``run.log`` / ``run.log_array`` / ``run.log_event`` as Python floats and CPU tensors. No ``.item()``
+    per step. The expensive diagnostics (ΔW capture, neuron norms, internals, spectra) are scheduled by
+    their cadence and then gated by an :class:`OverheadBudget` (default 3 % of step time), which defers
+    them when they would exceed it; the achieved share is logged as ``probe.overhead``.
+
+Failure policy
+    Diagnostics never crash training: an exception in one diagnostic is caught, counted in
+    :attr:`Monitor.errors`, warned about once, and that diagnostic is disabled for the rest of the run.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from probe.diagnostics.alerts import AlertEngine, AlertRules
+from probe.diagnostics.budget import OverheadBudget
+from probe.diagnostics.gradient_diff import gradient_difference
+from probe.diagnostics.quantities import (
+    as_matrix,
+    global_norm,
+    nonfinite_count,
+    orthogonality_error,
+    row_norms,
+    spread_stats,
+)
+from probe.diagnostics.schedule import Schedule, as_schedule
+from probe.diagnostics.spectra import singular_values, spectrum_stats
+
+__all__ = ["Monitor", "attach", "RunLike", "SPECTRUM_SOURCES"]
+
+SPECTRUM_SOURCES = ("weight", "update", "pre_orth", "post_orth")
+# Budgeted diagnostics in priority order: when the credit does not cover all due ones, earlier wins.
+_BUDGETED = ("update", "neuron", "internals", "spectra")
+_FOP_KEYS = (
+    "g1_norm", "g2_norm", "gavg_norm", "gdiff_norm", "cos_g1_g2", "gavg_fisher", "gdiff_fisher",
+    "parallel", "orthogonal", "s_proj", "D", "E", "beta", "eta",
+)  # fmt: skip
+_KFAC_KEYS = ("A_eig_min", "A_eig_max", "G_eig_min", "G_eig_max")
+_NEURON_STATS = ("cv", "min", "max", "q50", "frozen_frac")
+
+FisherFactors = Callable[[Tensor], "tuple[Tensor, Tensor] | None"]
+
+
+class RunLike(Protocol):
+    """The part of ``probe.client.Run`` the Monitor uses (see docs/ARCHITECTURE.md)."""
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None: ...
+
+    def log_array(self, key: str, values: Any, *, step: int, layer: str = "") -> None: ...
+
+    def log_event(
+        self,
+        key: str,
+        message: str,
+        *,
+        step: int | None = None,
+        layer: str | None = None,
+        level: str = "warning",
+        kind: str = "alert",
+        data: Mapping[str, Any] | None = None,
+    ) -> None: ...
+
+
+@dataclass
+class _Layer:
+    """One monitored parameter."""
+
+    name: str
+    param: Tensor
+    neuron_axis: int
+
+    @property
+    def is_matrix(self) -> bool:
+        return self.param.ndim >= 2
+
+
+@dataclass
+class _OptStep:
+    """What an optimizer's pre-hook leaves for its post-hook."""
+
+    captured: list[_Layer] = field(default_factory=list)
+    before: list[Tensor] = field(default_factory=list)
+    grad_nonfinite: list[Tensor] = field(default_factory=list)
+    introspect_prev: bool | None = None
+
+
+@dataclass
+class _Record:
+    """Several scalars of one step, kept as one 1-D device tensor until the interval's host copy."""
+
+    step: int
+    keys: list[str]
+    values: Tensor
+
+
+@dataclass
+class _ArrayRecord:
+    key: str
+    layer: str
+    step: int
+    values: Tensor
+
+
+class Monitor:
+    """Per-layer optimizer diagnostics on a cadence, within an overhead budget. Build it with :func:`attach`.
+
+    Args:
+        model: the model, for parameter names (``named_parameters``); ``None`` names them ``param<i>``.
+        optimizers: one optimizer or several stepped in the same training step.
+        run: where the results go (``probe.client.Run`` or anything with its ``log``/``log_array``/``log_event``).
+        log_every: steps per logging interval (= per host copy).
+        scalars_every: cadence of ``grad_norm``, ``grad_norm/L``, ``step_time`` (cheap, never throttled).
+        update_every: cadence of ``update_ratio/L`` and ``nonfinite/L`` (needs a weight copy; budgeted).
+        neuron_every: cadence of the per-neuron update-norm spread ``neuron.*/L`` (budgeted).
+        spectra_every: cadence of the singular-value measures ``sv.<S>.*/L`` and ``orth_err/L`` (budgeted).
+        vectors_every: cadence of the full arrays (``sv.<S>``, ``neuron.update_norm``, ``normuon.v``,
+            ``kfac.*_eigs``); logged at the next run of the diagnostic producing them.
+        internals_every: cadence of our optimizers' internals (``fop.*``, ``kfac.*``, ``normuon.v_*``).
+        budget: target probe time / training time (default 0.03); ``None`` runs everything when due.
+        spectra_sources: which of ``weight update pre_orth post_orth`` get spectra.
+        svd_full_max, svd_full_max_numel, svd_top_k: exact ``svdvals`` up to these sizes, else top-k.
+        neuron_axis: per parameter name, the output-neuron axis (default 0; use 1 for (in, out) layouts).
+        frozen_rel_tol: a neuron is frozen when its update norm ≤ this × the layer's mean norm.
+        alerts: alert thresholds and rate limits.
+        include: ``(name, param) -> bool`` filter of the monitored parameters (default: all).
+        infobatch: a ``probe.data.InfoBatch`` whose per-epoch ledger and ``samples_seen`` are logged.
+        batch_size: samples per step, for ``samples_seen`` when no InfoBatch is attached.
+        gdiff_every: cadence advertised by :attr:`wants_gradient_diff` for the opt-in two-half-batch
+            measurement (``None``: off; the user calls :meth:`measure_gradient_diff` when they like).
+        fisher_factors: ``param -> (A, G) | None`` K-FAC factors for the Fisher-metric gradient difference.
+        start_step: step index of the first training step.
+        seed: seed of the Monitor's own RNG (randomized SVD); the global RNG is never touched.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None,
+        optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+        *,
+        run: RunLike,
+        log_every: int = 10,
+        scalars_every: int | Schedule | None = 1,
+        update_every: int | Schedule | None = 1,
+        neuron_every: int | Schedule | None = 10,
+        spectra_every: int | Schedule | None = 50,
+        vectors_every: int | Schedule | None = 200,
+        internals_every: int | Schedule | None = 10,
+        budget: float | None = 0.03,
+        spectra_sources: Sequence[str] = SPECTRUM_SOURCES,
+        svd_full_max: int = 1024,
+        svd_full_max_numel: int = 1 << 22,
+        svd_top_k: int = 32,
+        neuron_axis: Mapping[str, int] | None = None,
+        frozen_rel_tol: float = 1e-3,
+        alerts: AlertRules | None = None,
+        include: Callable[[str, Tensor], bool] | None = None,
+        infobatch: Any | None = None,
+        batch_size: int | None = None,
+        gdiff_every: int | Schedule | None = None,
+        fisher_factors: FisherFactors | None = None,
+        start_step: int = 0,
+        seed: int = 0,
+    ) -> None:
+        if isinstance(optimizers, torch.optim.Optimizer):
+            optimizers = [optimizers]
+        self.optimizers: list[torch.optim.Optimizer] = list(optimizers)
+        if not self.optimizers:
+            raise ValueError("attach needs at least one optimizer")
+        if log_every < 1:
+            raise ValueError(f"Invalid log_every: {log_every} (must be >= 1)")
+        unknown = set(spectra_sources) - set(SPECTRUM_SOURCES)
+        if unknown:
+            raise ValueError(f"Invalid spectra_sources: {sorted(unknown)} (allowed: {list(SPECTRUM_SOURCES)})")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"Invalid batch_size: {batch_size} (must be >= 1)")
+        self.run = run
+        self.log_every = log_every
+        self.scalars_schedule = as_schedule(scalars_every)
+        self.schedules: dict[str, Schedule] = {
+            "update": as_schedule(update_every),
+            "neuron": as_schedule(neuron_every),
+            "internals": as_schedule(internals_every),
+            "spectra": as_schedule(spectra_every),
+        }
+        self.vectors_schedule = as_schedule(vectors_every)
+        self.gdiff_schedule = as_schedule(gdiff_every)
+        self.budget = OverheadBudget(budget)
+        self.spectra_sources = tuple(spectra_sources)
+        self.svd_full_max = svd_full_max
+        self.svd_full_max_numel = svd_full_max_numel
+        self.svd_top_k = svd_top_k
+        self.frozen_rel_tol = frozen_rel_tol
+        self.alerts = AlertEngine(alerts)
+        self.infobatch = infobatch
+        self.batch_size = batch_size
+        self.fisher_factors = fisher_factors
+        self.seed = seed
+        self.errors: dict[str, int] = {}
+        self.disabled: set[str] = set()
+        self.steps_closed = 0
+
+        names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+        axes = dict(neuron_axis or {})
+        self._layers: list[list[_Layer]] = []
+        seen: set[int] = set()
+        anonymous = 0
+        for opt in self.optimizers:
+            layers = []
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) in seen:
+                        continue
+                    seen.add(id(p))
+                    name = names.get(id(p))
+                    if name is None:
+                        name = f"param{anonymous}"
+                        anonymous += 1
+                    if include is not None and not include(name, p):
+                        continue
+                    layers.append(_Layer(name, p, axes.get(name, 0)))
+            self._layers.append(layers)
+
+        self._next_step = start_step
+        self._open = False
+        self._stepped: set[int] = set()
+        self._pending: set[str] = set()
+        self._vectors_pending: set[str] = set()
+        self._plan: set[str] = set()
+        self._vectors_now: set[str] = set()
+        self._opt_state: dict[int, _OptStep] = {}
+        self._step_grad_norms: list[Tensor] = []
+        self._costs: dict[str, float] = {}
+        self._probe_s = 0.0
+        self._hook_t0: float | None = None
+        self._last_close: float | None = None
+        self._records: list[_Record] = []
+        self._arrays: list[_ArrayRecord] = []
+        self._host: dict[int, dict[str, float]] = {}
+        self._steps_in_buffer = 0
+        self._samples_seen = 0
+        self._logged_epochs: set[int] = set()
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._warned: set[str] = set()
+        self._handles: list[Any] = []
+        for i, opt in enumerate(self.optimizers):
+            self._handles.append(opt.register_step_pre_hook(self._make_pre_hook(i)))
+            self._handles.append(opt.register_step_post_hook(self._make_post_hook(i)))
+
+    # ------------------------------------------------------------------ public
+    @property
+    def step(self) -> int:
+        """Index the next (or current) training step will be logged at."""
+        return self._next_step
+
+    def set_step(self, step: int) -> None:
+        """Label the next training step ``step`` (later steps count on from it)."""
+        self._next_step = int(step)
+
+    @property
+    def wants_gradient_diff(self) -> bool:
+        """Whether ``gdiff_every`` asks for a half-batch measurement before the upcoming step."""
+        return "gdiff" not in self.disabled and self.gdiff_schedule(self._next_step)
+
+    def detach(self) -> None:
+        """Flush what is buffered, remove every hook and leave the optimizers' ``introspect`` as found."""
+        for idx, state in list(self._opt_state.items()):
+            if state.introspect_prev is not None:
+                self.optimizers[idx].introspect = state.introspect_prev  # type: ignore[attr-defined]
+        self._opt_state.clear()
+        if self._open:
+            self._close_step()
+        self.flush()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def measure_gradient_diff(
+        self,
+        half_losses: tuple[Callable[[], Tensor], Callable[[], Tensor]],
+        *,
+        set_grad: bool = False,
+    ) -> None:
+        """Measure ``gdiff.*/L`` from two half-batch losses before the upcoming optimizer step.
+
+        Each callable runs the forward pass of one half and returns its mean loss; gradients are taken
+        with ``torch.autograd.grad`` so ``.grad`` is untouched — unless ``set_grad=True``, which writes
+        g_avg = (g₁+g₂)/2 into ``.grad`` so the two half passes replace the usual full backward.
+        """
+        t0 = time.perf_counter()
+        try:
+            layers = [layer for group in self._layers for layer in group if layer.param.requires_grad]
+            params = [layer.param for layer in layers]
+            g1 = torch.autograd.grad(half_losses[0](), params, allow_unused=True)
+            g2 = torch.autograd.grad(half_losses[1](), params, allow_unused=True)
+            if set_grad:
+                with torch.no_grad():
+                    for p, a, b in zip(params, g1, g2):
+                        if a is not None and b is not None:
+                            p.grad = (a + b) / 2
+            self.record_gradient_diff({p: g for p, g in zip(params, g1) if g is not None},
+                                      {p: g for p, g in zip(params, g2) if g is not None})
+        except Exception as exc:  # noqa: BLE001 - diagnostics must never crash training
+            self._fail("gdiff", exc)
+        finally:
+            self._probe_s += time.perf_counter() - t0
+
+    def record_gradient_diff(self, g1: Mapping[Tensor, Tensor], g2: Mapping[Tensor, Tensor]) -> None:
+        """Log ``gdiff.*/L`` from half-batch gradients you computed (keyed by parameter) for the upcoming step."""
+        if "gdiff" in self.disabled:
+            return
+        with self._guard("gdiff"), torch.no_grad():
+            keys: list[str] = []
+            values: list[Tensor] = []
+            for group in self._layers:
+                for layer in group:
+                    a, b = g1.get(layer.param), g2.get(layer.param)
+                    if a is None or b is None:
+                        continue
+                    factors = self.fisher_factors(layer.param) if self.fisher_factors is not None else None
+                    for q, v in gradient_difference(a, b, factors=factors).items():
+                        keys.append(f"gdiff.{q}/{layer.name}")
+                        values.append(v)
+            self._add_record(self._next_step, keys, values)
+
+    def flush(self) -> None:
+        """Copy the interval's measurements to the host (once per device) and hand them to the run."""
+        t0 = time.perf_counter()
+        try:
+            self._flush()
+        except Exception as exc:  # noqa: BLE001
+            self._fail("flush", exc)
+        finally:
+            self._probe_s += time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ hooks
+    def _make_pre_hook(self, idx: int) -> Callable[..., None]:
+        def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            self._hook_t0 = t0 = time.perf_counter()
+            try:
+                self._pre(idx, optimizer)
+            except Exception as exc:  # noqa: BLE001
+                self._fail("monitor", exc)
+            finally:
+                self._probe_s += time.perf_counter() - t0
+                self._hook_t0 = None
+
+        return hook
+
+    def _make_post_hook(self, idx: int) -> Callable[..., None]:
+        def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            self._hook_t0 = t0 = time.perf_counter()
+            try:
+                self._post(idx, optimizer)
+            except Exception as exc:  # noqa: BLE001
+                self._fail("monitor", exc)
+            finally:
+                self._probe_s += time.perf_counter() - t0
+                self._hook_t0 = None
+
+        return hook
+
+    def _pre(self, idx: int, optimizer: torch.optim.Optimizer) -> None:
+        if "monitor" in self.disabled:
+            return
+        if idx in self._stepped:
+            self._close_step()
+        if not self._open:
+            self._open_step()
+        self._stepped.add(idx)
+        state = _OptStep()
+        self._opt_state[idx] = state
+        step = self._next_step
+        layers = [layer for layer in self._layers[idx] if layer.param.grad is not None]
+        with torch.no_grad():
+            if self.scalars_schedule(step) and layers and "grad_norm" not in self.disabled:
+                with self._guard("grad_norm"):
+                    norms = torch._foreach_norm([layer.param.grad for layer in layers])  # type: ignore[misc]
+                    self._step_grad_norms.extend(norms)
+                    self._add_record(step, [f"grad_norm/{layer.name}" for layer in layers], norms)
+            plan = self._plan
+            matrix_users = plan & {"neuron"} or ("spectra" in plan and "update" in self.spectra_sources)
+            if "update" in plan:
+                captured = layers
+            elif matrix_users:
+                captured = [layer for layer in layers if layer.is_matrix]
+            else:
+                captured = []
+            if captured and "capture" not in self.disabled:
+                t = time.perf_counter()
+                with self._guard("capture"):
+                    tensors = [layer.param.detach() for layer in captured]
+                    state.before = torch._foreach_mul(tensors, 1.0)  # one batched clone
+                    state.captured = captured
+                    if "update" in plan:
+                        state.grad_nonfinite = [nonfinite_count(layer.param.grad) for layer in captured]
+                owner = next((n for n in ("update", "neuron", "spectra") if n in plan), "update")
+                self._costs[owner] = self._costs.get(owner, 0.0) + time.perf_counter() - t
+            wants_internals = "internals" in plan or (
+                "spectra" in plan and {"pre_orth", "post_orth"} & set(self.spectra_sources)
+            )
+            if wants_internals and hasattr(optimizer, "introspect"):
+                state.introspect_prev = bool(optimizer.introspect)  # type: ignore[attr-defined]
+                optimizer.introspect = True  # type: ignore[attr-defined]
+
+    def _post(self, idx: int, optimizer: torch.optim.Optimizer) -> None:
+        if "monitor" in self.disabled:
+            return
+        state = self._opt_state.pop(idx, None)
+        if state is None:
+            return
+        step = self._next_step
+        plan = self._plan
+        deltas: dict[int, Tensor] = {}
+        with torch.no_grad():
+            if state.captured:
+                with self._guard("capture"):
+                    after = [layer.param.detach() for layer in state.captured]
+                    for layer, d in zip(state.captured, torch._foreach_sub(after, state.before)):
+                        deltas[id(layer.param)] = d
+            if "update" in plan and deltas:
+                self._timed("update", lambda: self._measure_update(step, state, deltas))
+            if "neuron" in plan and deltas:
+                self._timed("neuron", lambda: self._measure_neurons(step, state, deltas))
+            internals: Mapping[Tensor, Mapping[str, Tensor]] = {}
+            if state.introspect_prev is not None:
+                internals = getattr(optimizer, "last_internals", {}) or {}
+            if "internals" in plan:
+                self._timed("internals", lambda: self._measure_internals(step, idx, optimizer, internals))
+            if "spectra" in plan:
+                self._timed("spectra", lambda: self._measure_spectra(step, idx, deltas, internals))
+            if state.introspect_prev is not None:
+                optimizer.introspect = state.introspect_prev  # type: ignore[attr-defined]
+        state.before = []
+        if idx == len(self.optimizers) - 1:
+            self._close_step()
+
+    # ------------------------------------------------------------------ step bookkeeping
+    def _open_step(self) -> None:
+        step = self._next_step
+        for name in _BUDGETED:
+            if name not in self.disabled and self.schedules[name](step):
+                self._pending.add(name)
+        if self.vectors_schedule(step):
+            self._vectors_pending |= {"spectra", "neuron", "internals"}
+        due = [name for name in _BUDGETED if name in self._pending and name not in self.disabled]
+        self._plan = self.budget.select(due)
+        self._pending -= self._plan
+        self._vectors_now = self._vectors_pending & self._plan
+        self._vectors_pending -= self._vectors_now
+        self._open = True
+
+    def _close_step(self) -> None:
+        step = self._next_step
+        now = time.perf_counter()
+        in_hook = now - self._hook_t0 if self._hook_t0 is not None else 0.0
+        probe_s = self._probe_s + in_hook
+        host = self._host.setdefault(step, {})
+        if self._last_close is not None:
+            step_time = now - self._last_close
+            host["step_time"] = step_time
+            self.budget.observe_step(step_time, probe_s)
+        for name, seconds in self._costs.items():
+            self.budget.charge(name, seconds)
+        self._costs.clear()
+        # What this hook spends from here on (e.g. the flush) counts towards the next step.
+        self._probe_s = -in_hook
+        self._last_close = now
+        if self._step_grad_norms:
+            with self._guard("grad_norm"):
+                self._add_record(step, ["grad_norm"], [global_norm(self._step_grad_norms)])
+        self._step_grad_norms = []
+        with self._guard("samples_seen"):
+            if self.infobatch is not None:
+                host["samples_seen"] = float(self.infobatch.samples_seen)
+            elif self.batch_size is not None:
+                self._samples_seen += self.batch_size
+                host["samples_seen"] = float(self._samples_seen)
+        self._open = False
+        self._stepped.clear()
+        self._plan = set()
+        self._vectors_now = set()
+        self._next_step += 1
+        self.steps_closed += 1
+        self._steps_in_buffer += 1
+        if self._steps_in_buffer >= self.log_every:
+            self._flush_guarded()
+
+    def _flush_guarded(self) -> None:
+        try:
+            self._flush()
+        except Exception as exc:  # noqa: BLE001
+            self._fail("flush", exc)
+
+    # ------------------------------------------------------------------ measurements
+    def _measure_update(self, step: int, state: _OptStep, deltas: dict[int, Tensor]) -> None:
+        layers = state.captured
+        d = [deltas[id(layer.param)] for layer in layers]
+        dn = torch._foreach_norm(d)  # type: ignore[misc]
+        wn = torch._foreach_norm(state.before)  # type: ignore[misc]
+        ratios = [a.float() / b.float() for a, b in zip(dn, wn)]
+        self._add_record(step, [f"update_ratio/{layer.name}" for layer in layers], ratios)
+        counts = [g + nonfinite_count(x) for g, x in zip(state.grad_nonfinite, d)]
+        self._add_record(step, [f"nonfinite/{layer.name}" for layer in layers], counts)
+
+    def _measure_neurons(self, step: int, state: _OptStep, deltas: dict[int, Tensor]) -> None:
+        keys: list[str] = []
+        values: list[Tensor] = []
+        for layer in state.captured:
+            if not layer.is_matrix:
+                continue
+            norms = row_norms(as_matrix(deltas[id(layer.param)], layer.neuron_axis))
+            stats = spread_stats(norms, frozen_rel_tol=self.frozen_rel_tol)
+            for q in _NEURON_STATS:
+                keys.append(f"neuron.{q}/{layer.name}")
+                values.append(stats[q])
+            if "neuron" in self._vectors_now:
+                self._arrays.append(_ArrayRecord("neuron.update_norm", layer.name, step, norms))
+        self._add_record(step, keys, values)
+
+    def _measure_internals(
+        self, step: int, idx: int, optimizer: torch.optim.Optimizer, internals: Mapping[Tensor, Mapping[str, Tensor]]
+    ) -> None:
+        keys: list[str] = []
+        values: list[Tensor] = []
+        vectors = "internals" in self._vectors_now
+        for layer in self._layers[idx]:
+            entry = internals.get(layer.param)
+            if not entry:
+                continue
+            name = layer.name
+            if "s_proj" in entry:  # FOP
+                for q in _FOP_KEYS:
+                    if q in entry:
+                        keys.append(f"fop.{q}/{name}")
+                        values.append(entry[q])
+            for q in _KFAC_KEYS:
+                if q in entry:
+                    keys.append(f"kfac.{q}/{name}")
+                    values.append(entry[q])
+            if "damping" in entry and "A_eig_max" in entry and "G_eig_max" in entry:
+                # damping relative to the largest eigenvalue of A ⊗ G: how much curvature it washes out
+                keys.append(f"kfac.damping_rel/{name}")
+                values.append(entry["damping"].float() / (entry["A_eig_max"].float() * entry["G_eig_max"].float()))
+            if vectors:
+                for q in ("A_eigs", "G_eigs"):
+                    if q in entry:
+                        self._arrays.append(_ArrayRecord(f"kfac.{q}", name, step, entry[q]))
+            v = entry.get("v")
+            if v is not None:
+                v = v.reshape(-1).float()
+                stats = spread_stats(v, frozen_rel_tol=0.0)
+                for q in ("cv", "min", "max"):
+                    keys.append(f"normuon.v_{q}/{name}")
+                    values.append(stats[q])
+                if vectors:
+                    self._arrays.append(_ArrayRecord("normuon.v", name, step, v))
+        global_internals = getattr(optimizer, "last_global_internals", {}) or {}
+        if "kl_nu" in global_internals:
+            keys.append("kfac.kl_nu")
+            values.append(global_internals["kl_nu"])
+        self._add_record(step, keys, values)
+
+    def _measure_spectra(
+        self,
+        step: int,
+        idx: int,
+        deltas: dict[int, Tensor],
+        internals: Mapping[Tensor, Mapping[str, Tensor]],
+    ) -> None:
+        keys: list[str] = []
+        values: list[Tensor] = []
+        vectors = "spectra" in self._vectors_now
+        for layer in self._layers[idx]:
+            if not layer.is_matrix:
+                continue
+            sources: dict[str, Tensor] = {}
+            if "weight" in self.spectra_sources:
+                sources["weight"] = as_matrix(layer.param.detach(), layer.neuron_axis)
+            delta = deltas.get(id(layer.param))
+            if "update" in self.spectra_sources and delta is not None:
+                sources["update"] = as_matrix(delta, layer.neuron_axis)
+            entry = internals.get(layer.param) or {}
+            for src in ("pre_orth", "post_orth"):
+                if src in self.spectra_sources and src in entry:
+                    sources[src] = entry[src].reshape(entry[src].shape[0], -1)
+            for src, mat in sources.items():
+                spec = singular_values(
+                    mat,
+                    full_max_dim=self.svd_full_max if mat.numel() <= self.svd_full_max_numel else 0,
+                    top_k=self.svd_top_k,
+                    generator=self._generator(mat.device),
+                )
+                for q, v in spectrum_stats(spec).items():
+                    keys.append(f"sv.{src}.{q}/{layer.name}")
+                    values.append(v)
+                if vectors:
+                    self._arrays.append(_ArrayRecord(f"sv.{src}", layer.name, step, spec.values))
+            if "post_orth" in entry:
+                keys.append(f"orth_err/{layer.name}")
+                values.append(orthogonality_error(entry["post_orth"]))
+        self._add_record(step, keys, values)
+
+    # ------------------------------------------------------------------ flush
+    def _flush(self) -> None:
+        records, arrays, host = self._records, self._arrays, self._host
+        self._records, self._arrays, self._host = [], [], {}
+        self._steps_in_buffer = 0
+        tensors = [r.values for r in records] + [a.values for a in arrays]
+        flat: list[list[float] | None] = [None] * len(tensors)
+        cpu: list[Tensor | None] = [None] * len(tensors)
+        by_device: dict[torch.device, list[int]] = {}
+        for i, t in enumerate(tensors):
+            by_device.setdefault(t.device, []).append(i)
+        for indices in by_device.values():
+            parts = [tensors[i].detach().reshape(-1).float() for i in indices]
+            joined = torch.cat(parts).cpu()  # the one device→host copy of this interval (per device)
+            values = joined.tolist()
+            offset = 0
+            for i, part in zip(indices, parts):
+                n = part.numel()
+                flat[i] = values[offset : offset + n]
+                cpu[i] = joined[offset : offset + n]
+                offset += n
+
+        per_step: dict[int, dict[str, float]] = {}
+        for step, values in host.items():
+            per_step.setdefault(step, {}).update(values)
+        for i, rec in enumerate(records):
+            vals = flat[i]
+            assert vals is not None
+            per_step.setdefault(rec.step, {}).update(zip(rec.keys, vals))
+        overhead = self.budget.take_overhead()
+        if overhead is not None and per_step:
+            per_step[max(per_step)]["probe.overhead"] = overhead
+        self.alerts.start_flush()
+        for step in sorted(per_step):
+            metrics = per_step[step]
+            if metrics:
+                self.run.log(metrics, step=step)
+            for key, value in metrics.items():
+                quantity, _, layer = key.partition("/")
+                alert = self.alerts.check(quantity, layer, step, value)
+                if alert is not None:
+                    self.run.log_event(
+                        alert.key, alert.message, step=alert.step, layer=alert.layer, level=alert.level,
+                        kind="alert", data=alert.data,
+                    )
+        for j, arr in enumerate(arrays):
+            values_cpu = cpu[len(records) + j]
+            assert values_cpu is not None
+            self.run.log_array(arr.key, values_cpu, step=arr.step, layer=arr.layer)
+        if self.infobatch is not None:
+            with self._guard("infobatch"):
+                self._log_infobatch()
+
+    def _log_infobatch(self) -> None:
+        for stats in self.infobatch.ledger:
+            if stats.epoch in self._logged_epochs:
+                continue
+            self._logged_epochs.add(stats.epoch)
+            self.run.log(stats.as_metrics(), step=stats.epoch)
+            if stats.class_pruned_frac is not None:
+                self.run.log_array("infobatch.class_pruned_frac", list(stats.class_pruned_frac), step=stats.epoch)
+            if stats.scores_hist is not None:
+                self.run.log_array("infobatch.scores_hist", list(map(float, stats.scores_hist)), step=stats.epoch)
+
+    # ------------------------------------------------------------------ helpers
+    def _add_record(self, step: int, keys: list[str], values: Sequence[Tensor]) -> None:
+        if not keys:
+            return
+        device = values[0].device
+        stacked = torch.stack([v.detach().reshape(()).to(device=device, dtype=torch.float32) for v in values])
+        self._records.append(_Record(step, keys, stacked))
+
+    def _timed(self, name: str, fn: Callable[[], None]) -> None:
+        if name in self.disabled:
+            return
+        t0 = time.perf_counter()
+        with self._guard(name):
+            fn()
+        self._costs[name] = self._costs.get(name, 0.0) + time.perf_counter() - t0
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        gen = self._generators.get(device)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.seed)
+            self._generators[device] = gen
+        return gen
+
+    @contextmanager
+    def _guard(self, name: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001
+            self._fail(name, exc)
+
+    def _fail(self, name: str, exc: BaseException) -> None:
+        self.errors[name] = self.errors.get(name, 0) + 1
+        self.disabled.add(name)
+        if name not in self._warned:
+            self._warned.add(name)
+            warnings.warn(
+                f"optiscope: diagnostic {name!r} failed and is disabled for this run: {exc!r}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+
+def attach(
+    model: nn.Module | None,
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+    *,
+    run: RunLike,
+    **options: Any,
+) -> Monitor:
+    """Attach diagnostics to ``optimizer`` (any ``torch.optim.Optimizer``, or several) and return the Monitor.
+
+    ``options`` are :class:`Monitor`'s keyword arguments (``log_every``, ``spectra_every``, ``budget``,
+    ``neuron_axis``, ``infobatch``, ``batch_size``, …). Call ``monitor.detach()`` (or use it as a context
+    manager) to flush and remove the hooks.
+    """
+    return Monitor(model, optimizer, run=run, **options)

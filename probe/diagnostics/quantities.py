@@ -1,0 +1,95 @@
+"""Pure measures of a layer's weight, update and gradient: tensors in, tensors out.
+
+None of these functions calls ``.item()`` or branches on tensor values, so they can run every step
+without a device→host synchronization; the Monitor copies their results to the host once per interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "as_matrix",
+    "update_ratio",
+    "row_norms",
+    "spread_stats",
+    "nonfinite_count",
+    "orthogonality_error",
+    "global_norm",
+]
+
+
+def as_matrix(t: Tensor, neuron_axis: int = 0) -> Tensor:
+    """View a ≥2-D parameter-shaped tensor as (neurons, fan_in).
+
+    Conv weights (C_out, C_in, kh, kw) become (C_out, C_in·kh·kw). ``neuron_axis`` names the output-neuron
+    dimension for layers stored (in, out) (e.g. ``neuron_axis=1``), since "per row" is only per neuron for the
+    ``nn.Linear`` layout (ALGORITHMS.md §2.3).
+
+    Raises:
+        ValueError: if ``t`` has fewer than 2 dimensions.
+    """
+    if t.ndim < 2:
+        raise ValueError(f"as_matrix needs a >=2-D tensor, got shape {tuple(t.shape)}")
+    if neuron_axis % t.ndim != 0:
+        t = t.movedim(neuron_axis, 0)
+    return t.reshape(t.shape[0], -1)
+
+
+def update_ratio(delta: Tensor, weight: Tensor) -> Tensor:
+    """‖ΔW‖_F / ‖W‖_F (0-d, float32). ``inf`` when W = 0 and ΔW ≠ 0, NaN when both are 0."""
+    return torch.linalg.vector_norm(delta.float()) / torch.linalg.vector_norm(weight.float())
+
+
+def row_norms(mat: Tensor) -> Tensor:
+    """L2 norm of each row of a 2-D tensor (float32): per-neuron update norms of a ΔW matrix."""
+    return torch.linalg.vector_norm(mat.float(), dim=1)
+
+
+def spread_stats(norms: Tensor, *, frozen_rel_tol: float = 1e-3) -> dict[str, Tensor]:
+    """Spread of a vector of per-neuron norms: ``cv mean min max q50 frozen_frac`` (0-d tensors).
+
+    A neuron is *frozen* when its norm is at most ``frozen_rel_tol`` × the mean norm (relative, so the
+    measure does not depend on the learning rate); when every norm is 0 all neurons are frozen.
+    The coefficient of variation (population std / mean) is defined as 0 when the mean is 0.
+    """
+    x = norms.float()
+    mean = x.mean()
+    std = x.std(correction=0) if x.numel() > 1 else torch.zeros_like(mean)
+    cv = torch.where(mean > 0, std / torch.where(mean > 0, mean, torch.ones_like(mean)), torch.zeros_like(mean))
+    frozen = (x <= frozen_rel_tol * mean).float().mean()
+    return {
+        "cv": cv,
+        "mean": mean,
+        "min": x.min(),
+        "max": x.max(),
+        "q50": torch.quantile(x, 0.5),
+        "frozen_frac": frozen,
+    }
+
+
+def nonfinite_count(t: Tensor) -> Tensor:
+    """Number of NaN/±Inf entries of ``t`` (0-d int64 tensor)."""
+    return t.numel() - torch.isfinite(t).sum()
+
+
+def orthogonality_error(o: Tensor) -> Tensor:
+    """‖OOᵀ − I‖_F / √k on the smaller side k = min(m, n) (ALGORITHMS.md §1.7): 0 for an exact
+    semi-orthogonal matrix. Computed in float32 even for bf16 Newton–Schulz output."""
+    x = o.detach().float().reshape(o.shape[0], -1)
+    if x.shape[0] > x.shape[1]:
+        x = x.mT
+    k = x.shape[0]
+    gram = x @ x.mT
+    eye = torch.eye(k, device=x.device, dtype=x.dtype)
+    return torch.linalg.matrix_norm(gram - eye) / (k**0.5)
+
+
+def global_norm(norms: Sequence[Tensor]) -> Tensor:
+    """√Σ‖gᵢ‖² from per-tensor norms (0-d float32)."""
+    if not norms:
+        return torch.zeros(())
+    return torch.stack([n.float() for n in norms]).square().sum().sqrt()

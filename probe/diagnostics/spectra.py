@@ -1,0 +1,108 @@
+"""Singular-value spectra of layer matrices and the measures derived from them.
+
+Everything here stays on the tensor's device and returns tensors: the Monitor batches the host copy.
+Small matrices get an exact ``torch.linalg.svdvals``; above ``full_max_dim`` (the smaller side) a
+randomized range finder with power iterations estimates the top ``k`` values. We use our own range
+finder instead of ``torch.svd_lowrank`` because the latter draws from the global RNG, and diagnostics
+must not perturb the training run's random stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Spectrum", "singular_values", "spectrum_stats"]
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Singular values of one matrix.
+
+    Attributes:
+        values: descending singular values, float32, on the matrix's device (all NaN if the matrix had a
+            non-finite entry: an SVD of garbage is garbage, and we must not raise inside training).
+        frob_sq: ``‖M‖_F²`` (0-d), exact even when ``values`` is truncated, so the stable rank stays exact.
+        truncated: True when ``values`` holds only the top-k (randomized) estimate.
+    """
+
+    values: Tensor
+    frob_sq: Tensor
+    truncated: bool
+
+
+def _randomized_top_k(a: Tensor, k: int, oversample: int, power_iters: int, generator: torch.Generator | None) -> Tensor:
+    """Top-``k`` singular values by a randomized range finder (Halko, Martinsson & Tropp 2011, Alg. 4.4)."""
+    m, n = a.shape
+    width = min(k + oversample, m, n)
+    omega = torch.randn(n, width, device=a.device, dtype=a.dtype, generator=generator)
+    q, _ = torch.linalg.qr(a @ omega)
+    for _ in range(power_iters):  # power iterations sharpen a slowly decaying spectrum
+        q, _ = torch.linalg.qr(a.mT @ q)
+        q, _ = torch.linalg.qr(a @ q)
+    return torch.linalg.svdvals(q.mT @ a)[:k]
+
+
+def singular_values(
+    mat: Tensor,
+    *,
+    full_max_dim: int = 1024,
+    top_k: int = 32,
+    oversample: int = 16,
+    power_iters: int = 2,
+    generator: torch.Generator | None = None,
+) -> Spectrum:
+    """Return the singular values of a 2-D tensor (full when small, randomized top-k when large).
+
+    Args:
+        mat: a 2-D tensor (reshape conv weights first; see ``quantities.as_matrix``).
+        full_max_dim: exact SVD when ``min(mat.shape) <= full_max_dim``.
+        top_k: number of values estimated above that size.
+        oversample, power_iters: accuracy knobs of the randomized estimate.
+        generator: RNG for the randomized estimate (on ``mat``'s device); never the global one.
+
+    Raises:
+        ValueError: if ``mat`` is not 2-D.
+    """
+    if mat.ndim != 2:
+        raise ValueError(f"singular_values needs a 2-D tensor, got shape {tuple(mat.shape)}")
+    a = mat.detach().float()
+    # No host branch on finiteness (that would sync): zero the matrix if needed and mark the result NaN.
+    finite = torch.isfinite(a).all()
+    a = torch.where(finite, a, torch.zeros((), device=a.device))
+    frob_sq = a.square().sum()
+    truncated = min(a.shape) > full_max_dim
+    if truncated:
+        values = _randomized_top_k(a, top_k, oversample, power_iters, generator)
+    else:
+        values = torch.linalg.svdvals(a)
+    nan = torch.full((), float("nan"), device=a.device)
+    values = torch.where(finite, values, nan)
+    return Spectrum(values=values, frob_sq=torch.where(finite, frob_sq, nan), truncated=truncated)
+
+
+def spectrum_stats(spec: Spectrum) -> dict[str, Tensor]:
+    """Derived measures of a spectrum, as 0-d tensors.
+
+    * ``spectral_norm`` = σ_max.
+    * ``cond`` = σ_max / σ_min (``inf`` for a singular matrix) — only for full spectra, since the
+      smallest value of a top-k estimate is not σ_min.
+    * ``stable_rank`` = ‖M‖_F² / σ_max² (exact for truncated spectra too; 0 for a zero matrix).
+    * ``eff_rank`` = exp(entropy of σ/Σσ) (Roy & Vetterli 2007); over the top-k values when truncated.
+    """
+    s = spec.values
+    smax = s[0]
+    positive = smax > 0
+    stats: dict[str, Tensor] = {"spectral_norm": smax}
+    if not spec.truncated:
+        smin = s[-1]
+        stats["cond"] = torch.where(positive, smax / smin, torch.full_like(smax, float("nan")))
+    zero = torch.zeros_like(smax)
+    stats["stable_rank"] = torch.where(positive, spec.frob_sq / smax.square(), zero)
+    total = s.sum()
+    p = s / torch.where(total > 0, total, torch.ones_like(total))
+    entropy = -torch.special.xlogy(p, p).sum()
+    stats["eff_rank"] = torch.where(positive, entropy.exp(), zero)
+    return stats

@@ -1,0 +1,93 @@
+"""Spectra and derived measures against matrices whose singular values are known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from probe.diagnostics.spectra import singular_values, spectrum_stats
+
+
+def _with_singular_values(s: torch.Tensor, m: int, n: int, seed: int = 0) -> torch.Tensor:
+    """U diag(s) Vᵀ with random orthonormal U (m×k), V (n×k)."""
+    gen = torch.Generator().manual_seed(seed)
+    k = s.numel()
+    u, _ = torch.linalg.qr(torch.randn(m, k, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=torch.float64))
+    return (u * s.double()) @ v.T
+
+
+def test_diag_matrix_gives_its_singular_values_and_derived_measures() -> None:
+    spec = singular_values(torch.diag(torch.tensor([1.0, 5.0, 3.0])))
+    assert not spec.truncated
+    torch.testing.assert_close(spec.values, torch.tensor([5.0, 3.0, 1.0]))
+    stats = spectrum_stats(spec)
+    assert stats["spectral_norm"].item() == pytest.approx(5.0)
+    assert stats["cond"].item() == pytest.approx(5.0)
+    assert stats["stable_rank"].item() == pytest.approx((25 + 9 + 1) / 25)
+    p = torch.tensor([5.0, 3.0, 1.0]) / 9
+    assert stats["eff_rank"].item() == pytest.approx(math.exp(-(p * p.log()).sum().item()), rel=1e-5)
+
+
+def test_rank_one_has_stable_and_effective_rank_one_and_infinite_cond() -> None:
+    gen = torch.Generator().manual_seed(1)
+    a = torch.outer(torch.randn(20, generator=gen), torch.randn(7, generator=gen))
+    stats = spectrum_stats(singular_values(a))
+    assert stats["stable_rank"].item() == pytest.approx(1.0, rel=1e-5)
+    assert stats["eff_rank"].item() == pytest.approx(1.0, rel=1e-4)
+    assert stats["cond"].item() > 1e5  # σ_min is round-off
+
+
+def test_orthonormal_columns_have_cond_one_and_full_effective_rank() -> None:
+    q = _with_singular_values(torch.ones(6), 30, 6).float()
+    stats = spectrum_stats(singular_values(q))
+    assert stats["cond"].item() == pytest.approx(1.0, abs=1e-5)
+    assert stats["eff_rank"].item() == pytest.approx(6.0, rel=1e-5)
+    assert stats["stable_rank"].item() == pytest.approx(6.0, rel=1e-5)
+
+
+def test_zero_matrix_gives_zeros_not_nan() -> None:
+    stats = spectrum_stats(singular_values(torch.zeros(4, 3)))
+    assert stats["spectral_norm"].item() == 0
+    assert stats["stable_rank"].item() == 0
+    assert stats["eff_rank"].item() == 0
+
+
+def test_large_matrix_uses_randomized_top_k_that_matches_exact_values() -> None:
+    s = 2.0 ** -torch.arange(40, dtype=torch.float64)  # decaying spectrum, like trained weights
+    a = _with_singular_values(s, 300, 200).float()
+    spec = singular_values(a, full_max_dim=100, top_k=8, generator=torch.Generator().manual_seed(0))
+    assert spec.truncated and spec.values.shape == (8,)
+    torch.testing.assert_close(spec.values, s[:8].float(), rtol=1e-3, atol=1e-6)
+    stats = spectrum_stats(spec)
+    assert "cond" not in stats  # σ_min of a top-k estimate is not σ_min
+    # the stable rank uses the exact Frobenius norm, so it is exact even though truncated
+    assert stats["stable_rank"].item() == pytest.approx((s**2).sum().item(), rel=1e-4)
+
+
+def test_randomized_estimate_leaves_the_global_rng_alone() -> None:
+    a = torch.randn(64, 64, generator=torch.Generator().manual_seed(3))
+    state = torch.random.get_rng_state()
+    singular_values(a, full_max_dim=10, top_k=4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_non_finite_matrix_gives_nan_spectrum_without_raising() -> None:
+    a = torch.eye(5)
+    a[2, 3] = float("nan")
+    spec = singular_values(a)
+    assert torch.isnan(spec.values).all()
+    assert math.isnan(spectrum_stats(spec)["spectral_norm"].item())
+
+
+def test_bf16_input_is_measured_in_float32() -> None:
+    spec = singular_values(torch.diag(torch.tensor([4.0, 2.0])).bfloat16())
+    assert spec.values.dtype == torch.float32
+    torch.testing.assert_close(spec.values, torch.tensor([4.0, 2.0]))
+
+
+def test_rejects_non_matrix() -> None:
+    with pytest.raises(ValueError, match="2-D"):
+        singular_values(torch.ones(3))

@@ -1,0 +1,11 @@
+"""The ``/api/v1`` router: one module per resource."""
+
+from fastapi import APIRouter
+
+from server.api import health, ingest, query, runs
+
+api_router = APIRouter()
+for _module in (health, runs, ingest, query):
+    api_router.include_router(_module.router)
+
+__all__ = ["api_router"]

@@ -1,0 +1,104 @@
+"""Read endpoints: series (downsampled), keys, latest, arrays, events, time-to-target."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response
+
+from server import store
+from server.api.deps import ReaderDep, ReadRunDep, SessionDep
+from server.errors import InvalidBody, RunNotFound
+from server.models import Run
+from server.store.arrays import array_summary
+from server.wire import WireJSONResponse
+
+router = APIRouter(tags=["query"])
+
+
+@router.get("/series")
+def read_series(
+    _reader: ReaderDep, session: SessionDep,
+    run_id: Annotated[list[str], Query(min_length=1, max_length=50)],
+    key: Annotated[list[str], Query(min_length=1, max_length=500)],
+    x: Literal["step", "time"] = "step",
+    points: Annotated[int, Query(ge=2, le=20000)] = 2000,
+    x_min: float | None = None,
+    x_max: float | None = None,
+    after_step: int | None = None,
+) -> Response:
+    missing = [r for r in dict.fromkeys(run_id) if session.get(Run, r) is None]
+    if missing:
+        raise RunNotFound(missing[0])
+    series = store.read_series(session=session, run_ids=list(dict.fromkeys(run_id)),
+                               keys=list(dict.fromkeys(key)), x=x, points=points, x_min=x_min, x_max=x_max,
+                               after_step=after_step)
+    return WireJSONResponse({"series": series})
+
+
+@router.get("/runs/{run_id}/keys")
+def list_keys(run: ReadRunDep, session: SessionDep) -> Response:
+    return WireJSONResponse({"scalars": store.list_keys(session=session, run_id=run.id),
+                             "arrays": array_summary(session=session, run_id=run.id)})
+
+
+@router.get("/runs/{run_id}/latest")
+def read_latest(run: ReadRunDep, session: SessionDep,
+                key: Annotated[list[str] | None, Query()] = None) -> Response:
+    return WireJSONResponse(store.read_latest(session=session, run_id=run.id, keys=key))
+
+
+@router.get("/runs/{run_id}/arrays")
+def read_arrays(
+    run: ReadRunDep, session: SessionDep,
+    key: str | None = None,
+    layer: str | None = None,
+    step_min: int | None = None,
+    step_max: int | None = None,
+    max_steps: Annotated[int, Query(ge=1, le=10000)] = 200,
+    at_step: int | None = None,
+) -> Response:
+    records, total = store.read_arrays(session=session, run_id=run.id, key=key, layer=layer,
+                                       step_min=step_min, step_max=step_max, max_steps=max_steps,
+                                       at_step=at_step)
+    return WireJSONResponse({"records": records, "total": total})
+
+
+@router.get("/runs/{run_id}/events")
+def list_events(
+    run: ReadRunDep, session: SessionDep,
+    kind: str | None = None,
+    after_id: int | None = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+) -> Response:
+    data = store.list_events(session=session, run_id=run.id, kind=kind, after_id=after_id, limit=limit)
+    return WireJSONResponse({"data": data, "count": len(data)})
+
+
+@router.get("/time-to-target")
+def time_to_target(
+    _reader: ReaderDep, session: SessionDep,
+    run_id: Annotated[list[str], Query(min_length=1, max_length=50)],
+    key: str,
+    target: float,
+    direction: Literal["below", "above"] = "below",
+    baseline: str | None = None,
+) -> Response:
+    if math.isnan(target):
+        raise InvalidBody([{"loc": ["query", "target"], "msg": "target must be a number, not NaN",
+                            "type": "value_error"}])
+    ids = list(dict.fromkeys(run_id))
+    base = baseline or ids[0]
+    if base not in ids:
+        ids.append(base)
+    runs = []
+    for rid in ids:
+        run = session.get(Run, rid)
+        if run is None:
+            raise RunNotFound(rid)
+        runs.append((rid, run.name))
+    rows = store.time_to_target(session=session, runs=runs, key=key, target=target, direction=direction,
+                                baseline=base)
+    return WireJSONResponse({"key": key, "target": target, "direction": direction, "baseline": base,
+                             "rows": rows})

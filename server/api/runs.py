@@ -1,0 +1,122 @@
+"""Run lifecycle: create, list, get, update, delete, heartbeat, finish, export/import."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+
+from server import store
+from server.api.deps import ReaderDep, ReadRunDep, SessionDep, WriterDep, WriteRunDep, RawBodyDep, writing
+from server.body import parse_model
+from server.errors import Forbidden, InvalidBody
+from server.schemas import RunCreate, RunFinish, RunUpdate
+from server.wire import WireJSONResponse
+
+router = APIRouter(tags=["runs"])
+
+
+def _run_response(session, run, status_code: int = 200) -> WireJSONResponse:  # noqa: ANN001
+    read = store.run_read(session=session, run=run)
+    return WireJSONResponse(read.model_dump(), status_code=status_code)
+
+
+@router.post("/runs", status_code=201, openapi_extra={"requestBody": {"content": {"application/json": {
+    "schema": RunCreate.model_json_schema()}}, "required": True}})
+def create_run(request: Request, principal: WriterDep, session: SessionDep, body: RawBodyDep) -> Response:
+    run_in = parse_model(body, RunCreate)
+    if not principal.may_write(run_in.project):
+        raise Forbidden(f"token is scoped to project {principal.project!r}, not {run_in.project!r}")
+    with writing(request, session):
+        run, created = store.create_run(session=session, run_in=run_in)
+        if not created and not principal.may_write(store.runs.project_name(session=session, run=run)):
+            raise Forbidden(f"run {run.id!r} belongs to another project")
+    return _run_response(session, run, 201 if created else 200)
+
+
+def _config_filter(raw: str) -> tuple[str, str]:
+    key, sep, value = raw.partition("=")
+    if not sep or not key:
+        raise InvalidBody([{"loc": ["query", "config"], "msg": f"expected 'key=value', got {raw!r}",
+                            "type": "value_error"}])
+    return key.strip(), value
+
+
+@router.get("/runs")
+def list_runs(
+    _reader: ReaderDep, session: SessionDep,
+    project: str | None = None,
+    status: Literal["running", "finished", "crashed"] | None = None,
+    tag: Annotated[list[str] | None, Query()] = None,
+    q: str | None = None,
+    config: Annotated[list[str] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    order: Literal["created_at", "-created_at", "updated_at", "-updated_at", "name", "-name", "last_step",
+                   "-last_step"] = "created_at",
+    descending: bool = True,
+) -> Response:
+    """Runs, newest first by default; ``order`` with a leading ``-`` forces descending."""
+    column = order.lstrip("-")
+    desc = True if order.startswith("-") else descending
+    rows, count = store.list_runs(
+        session=session, project=project, status=status, tags=tag, q=q,
+        config=[_config_filter(c) for c in config or []], limit=limit, offset=offset, order=column,
+        descending=desc,
+    )
+    data = [store.run_read(session=session, run=r, project=p).model_dump() for r, p in rows]
+    return WireJSONResponse({"data": data, "count": count})
+
+
+@router.get("/runs/{run_id}")
+def get_run(run: ReadRunDep, session: SessionDep) -> Response:
+    return _run_response(session, run)
+
+
+@router.patch("/runs/{run_id}", openapi_extra={"requestBody": {"content": {"application/json": {
+    "schema": RunUpdate.model_json_schema()}}, "required": True}})
+def update_run(request: Request, run: WriteRunDep, session: SessionDep, body: RawBodyDep) -> Response:
+    run_in = parse_model(body, RunUpdate)
+    with writing(request, session):
+        store.update_run(session=session, run=run, run_in=run_in)
+    return _run_response(session, run)
+
+
+@router.delete("/runs/{run_id}", status_code=204)
+def delete_run(request: Request, run: WriteRunDep, session: SessionDep) -> Response:
+    with writing(request, session):
+        store.delete_run(session=session, run=run)
+    return Response(status_code=204)
+
+
+@router.post("/runs/{run_id}/heartbeat")
+def heartbeat(request: Request, run: WriteRunDep, session: SessionDep) -> Response:
+    with writing(request, session):
+        store.heartbeat(session=session, run=run)
+    return _run_response(session, run)
+
+
+@router.post("/runs/{run_id}/finish")
+def finish_run(request: Request, run: WriteRunDep, session: SessionDep, body: RawBodyDep) -> Response:
+    fin = parse_model(body, RunFinish) if body.strip() else RunFinish()
+    with writing(request, session):
+        store.finish_run(session=session, run=run, status=fin.status)
+    return _run_response(session, run)
+
+
+@router.get("/runs/{run_id}/export")
+def export_run(run: ReadRunDep, session: SessionDep) -> Response:
+    data = b"".join(store.export_run(session=session, run=run))
+    return Response(data, media_type="application/x-ndjson",
+                    headers={"Content-Disposition": f'attachment; filename="{run.id}.ndjson"'})
+
+
+@router.post("/runs/import", status_code=201)
+def import_run(request: Request, principal: WriterDep, session: SessionDep, body: RawBodyDep) -> Response:
+    project = store.transfer.peek_project(body)
+    if project is not None and not principal.may_write(project):
+        raise Forbidden(f"token is scoped to project {principal.project!r}, not {project!r}")
+    with writing(request, session):
+        run = store.import_run(session=session, data=body)
+    return _run_response(session, run, 201)
+

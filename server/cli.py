@@ -1,0 +1,192 @@
+"""``optiscope serve | db | token | export | import`` (registered through the ``optiscope.cli`` group).
+
+``serve`` migrates before listening (the server never calls ``create_all``) and, on a loopback
+host with the embedded SQLite default, makes sure a local token exists and writes
+``$OPTISCOPE_HOME/local-token`` (0600) and ``server.json`` so a probe on this machine needs no setup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import sys
+from pathlib import Path
+
+from server.config import Settings, is_loopback
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser("serve", help="run the API (and mounted dashboard) on one port")
+    serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    serve.add_argument("--db", default=None, help="SQLAlchemy URL (default: SQLite under OPTISCOPE_HOME)")
+    serve.add_argument("--log-level", default="warning")
+    serve.set_defaults(func=_serve)
+
+    db = subparsers.add_parser("db", help="database schema commands")
+    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    up = db_sub.add_parser("upgrade", help="apply migrations (alembic upgrade)")
+    up.add_argument("--db", default=None)
+    up.add_argument("revision", nargs="?", default="head")
+    up.set_defaults(func=_db_upgrade)
+
+    token = subparsers.add_parser("token", help="API tokens")
+    tok_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    create = tok_sub.add_parser("create", help="create a token and print it once")
+    create.add_argument("--project", default=None, help="restrict writes to this project")
+    create.add_argument("--name", default="")
+    create.add_argument("--db", default=None)
+    create.set_defaults(func=_token_create)
+    lst = tok_sub.add_parser("list", help="list tokens (never their secrets)")
+    lst.add_argument("--db", default=None)
+    lst.set_defaults(func=_token_list)
+    revoke = tok_sub.add_parser("revoke", help="revoke a token by id")
+    revoke.add_argument("id", type=int)
+    revoke.add_argument("--db", default=None)
+    revoke.set_defaults(func=_token_revoke)
+
+    export = subparsers.add_parser("export", help="export a run to an NDJSON file")
+    export.add_argument("run_id")
+    export.add_argument("-o", "--output", required=True, help="file (.gz compresses)")
+    export.add_argument("--db", default=None)
+    export.set_defaults(func=_export)
+    imp = subparsers.add_parser("import", help="import a run from an export file")
+    imp.add_argument("file")
+    imp.add_argument("--db", default=None)
+    imp.set_defaults(func=_import)
+
+
+def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
+    settings = Settings()
+    update = {k: v for k, v in overrides.items() if v is not None}
+    if getattr(args, "db", None):
+        update["database_url"] = args.db
+    return settings.model_copy(update=update) if update else settings
+
+
+def _session(settings: Settings):  # noqa: ANN202
+    from server.db import make_engine, make_sessionmaker
+    from server.migrate import upgrade
+
+    upgrade(settings.db_url)
+    return make_sessionmaker(make_engine(settings.db_url))()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.auth import ensure_local_token
+    from server.main import create_app
+
+    settings = _settings(args, host=args.host, port=args.port)
+    home = Path(settings.home).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    session = _session(settings)
+    token = None
+    try:
+        if is_loopback(settings.host) and settings.uses_default_db:
+            token = ensure_local_token(session=session, home=home)
+            url_host = "127.0.0.1" if settings.host in ("localhost",) else settings.host
+            url_host = f"[{url_host}]" if ":" in url_host else url_host
+            (home / "server.json").write_text(json.dumps({"url": f"http://{url_host}:{settings.port}"}) + "\n")
+    finally:
+        session.close()
+    app = create_app(settings, token=token or os.environ.get("OPTISCOPE_TOKEN"))
+    print(f"optiscope: serving on http://{settings.host}:{settings.port} "
+          f"(database: {settings.db_url.split('@')[-1]})", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                timeout_graceful_shutdown=5)
+    return 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from server.migrate import upgrade
+
+    settings = _settings(args)
+    if settings.uses_default_db:
+        Path(settings.home).expanduser().mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url, args.revision)
+    print(f"database at {settings.db_url.split('@')[-1]} is at {args.revision}")
+    return 0
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from server.auth import create_token
+
+    session = _session(_settings(args))
+    try:
+        row, plain = create_token(session=session, name=args.name, project=args.project)
+    finally:
+        session.close()
+    print(f"token id {row.id}" + (f" (project {row.project})" if row.project else " (all projects)"),
+          file=sys.stderr)
+    print(plain)
+    return 0
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    from server.auth import list_tokens
+
+    session = _session(_settings(args))
+    try:
+        for t in list_tokens(session=session):
+            state = f"revoked {t.revoked_at.isoformat()}" if t.revoked_at else "active"
+            print(f"{t.id}\t{t.prefix}…\t{t.name or '-'}\t{t.project or '*'}\t{t.created_at.isoformat()}\t{state}")
+    finally:
+        session.close()
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    from server.auth import revoke_token
+
+    session = _session(_settings(args))
+    try:
+        if not revoke_token(session=session, token_id=args.id):
+            print(f"no token with id {args.id}", file=sys.stderr)
+            return 1
+    finally:
+        session.close()
+    print(f"revoked token {args.id}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from server import store
+    from server.errors import RunNotFound
+
+    session = _session(_settings(args))
+    try:
+        run = store.get_run(session=session, run_id=args.run_id)
+        opener = gzip.open if args.output.endswith(".gz") else open
+        with opener(args.output, "wb") as fh:
+            for line in store.export_run(session=session, run=run):
+                fh.write(line)
+    except RunNotFound as exc:
+        print(exc.detail, file=sys.stderr)
+        return 1
+    finally:
+        session.close()
+    print(f"exported run {args.run_id} to {args.output}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from server import store
+    from server.errors import OptiscopeError
+
+    raw = Path(args.file).read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    session = _session(_settings(args))
+    try:
+        run = store.import_run(session=session, data=raw)
+    except OptiscopeError as exc:
+        print(f"import failed: {exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        session.close()
+    print(f"imported run {run.id}")
+    return 0

@@ -1,0 +1,121 @@
+"""Wire schemas (pydantic). Floats accept numbers or "NaN"/"Infinity"/"-Infinity" strings.
+
+pydantic's lax ``float`` already parses those strings, so ``list[float]`` validates a whole
+vector in Rust without a Python call per point.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+RunId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Key = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+Layer = Annotated[str, StringConstraints(max_length=512)]
+Status = Literal["running", "finished", "crashed"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunCreate(_Strict):
+    id: RunId | None = None
+    project: Annotated[str, StringConstraints(min_length=1, max_length=200)] = "default"
+    name: Annotated[str, StringConstraints(max_length=500)] | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    tags: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(default_factory=list)
+    optimizer: str | None = None
+    host: str | None = None
+    world_size: Annotated[int, Field(ge=1)] = 1
+    rank: Annotated[int, Field(ge=0)] | None = None
+
+
+class RunUpdate(_Strict):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
+    tags: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = None
+    config: dict[str, Any] | None = None
+    optimizer: str | None = None
+    status: Status | None = None
+    summary: dict[str, Any] | None = None
+
+
+class RunFinish(_Strict):
+    status: Literal["finished", "crashed"] = "finished"
+
+
+class RunRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    project: str
+    name: str
+    status: Status
+    config: dict[str, Any]
+    tags: list[str]
+    optimizer: str | None
+    host: str | None
+    world_size: int
+    rank: int | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    heartbeat_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    last_step: int | None
+    alerts_count: int
+    summary: dict[str, Any]
+
+
+class ScalarIn(_Strict):
+    key: Key
+    steps: list[int]
+    times: list[float] | None = None
+    values: list[float]
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> ScalarIn:
+        if len(self.values) != len(self.steps):
+            raise ValueError(f"values has {len(self.values)} items but steps has {len(self.steps)}")
+        if self.times is not None and len(self.times) != len(self.steps):
+            raise ValueError(f"times has {len(self.times)} items but steps has {len(self.steps)}")
+        return self
+
+
+class ArrayIn(_Strict):
+    key: Key
+    layer: Layer = ""
+    step: int
+    time: float | None = None
+    shape: list[Annotated[int, Field(ge=0)]] | None = None
+    values: list[float]
+
+    @model_validator(mode="after")
+    def _shape_matches(self) -> ArrayIn:
+        if self.shape is None:
+            self.shape = [len(self.values)]
+        size = 1
+        for d in self.shape:
+            size *= d
+        if size != len(self.values):
+            raise ValueError(f"shape {self.shape} needs {size} values, got {len(self.values)}")
+        return self
+
+
+class EventIn(_Strict):
+    kind: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "alert"
+    level: Annotated[str, StringConstraints(min_length=1, max_length=32)] = "warning"
+    key: Annotated[str, StringConstraints(max_length=512)] | None = None
+    layer: Annotated[str, StringConstraints(max_length=512)] | None = None
+    step: int | None = None
+    time: float | None = None
+    message: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class BatchIn(_Strict):
+    batch_id: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    scalars: list[ScalarIn] = Field(default_factory=list)
+    arrays: list[ArrayIn] = Field(default_factory=list)
+    events: list[EventIn] = Field(default_factory=list)

@@ -1,0 +1,287 @@
+"""Chunked scalar series: vectorised append, range reads, downsampling, latest, time-to-target.
+
+Chunk layout: little-endian int64 steps, float64 times, float64 values (``np.frombuffer`` reads
+them without a copy). Only the last chunk of a series may be small: appends top it up to
+``CHUNK_POINTS`` so a live run sending 10 points a second does not create a row per request.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from server.downsample import downsample_indices
+from server.models import Run, Series, SeriesChunk
+from server.wire import encode_array, encode_float
+
+CHUNK_POINTS = 8192
+MERGE_BELOW = 4096
+I8, F8 = np.dtype("<i8"), np.dtype("<f8")
+
+
+@dataclass
+class Points:
+    """Raw points of one series, sorted by step (stable: arrival order breaks ties)."""
+
+    steps: np.ndarray
+    times: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Points:
+        return cls(np.empty(0, I8), np.empty(0, F8), np.empty(0, F8))
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def take(self, idx: np.ndarray | slice) -> Points:
+        return Points(self.steps[idx], self.times[idx], self.values[idx])
+
+
+def f8_bytes(x: float) -> bytes:
+    return np.float64(x).astype(F8).tobytes()
+
+
+def f8_value(b: bytes | None) -> float | None:
+    return None if b is None else float(np.frombuffer(b, F8)[0])
+
+
+def append_scalars(
+    *, session: Session, run: Run, keys: Sequence[str], columns: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> int:
+    """Append (steps, times, values) arrays per key; returns the number of points written.
+
+    Rows touched per call: one ``series`` row and one or two chunks per key, whatever the
+    number of points. Summary fields of the run (``last_step``, ``summary``) are updated here.
+    """
+    by_key: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for key, (st, ti, va) in zip(keys, columns, strict=True):
+        if len(st) == 0:
+            continue
+        if key in by_key:  # the same key twice in one batch: concatenate, order kept
+            ps, pt, pv = by_key[key]
+            st, ti, va = np.concatenate((ps, st)), np.concatenate((pt, ti)), np.concatenate((pv, va))
+        by_key[key] = (st, ti, va)
+    if not by_key:
+        return 0
+    existing = {
+        s.key: s for s in session.scalars(
+            select(Series).where(Series.run_id == run.id, Series.key.in_(list(by_key))).with_for_update()
+        )
+    }
+    new = [Series(run_id=run.id, key=k, count=0, n_chunks=0) for k in by_key if k not in existing]
+    if new:
+        session.add_all(new)
+        session.flush()
+        existing.update({s.key: s for s in new})
+    last_pairs = [(s.id, s.n_chunks - 1) for s in existing.values() if s.n_chunks > 0]
+    tails: dict[int, SeriesChunk] = {}
+    if last_pairs:
+        tails = {
+            c.series_id: c for c in session.scalars(
+                select(SeriesChunk).where(tuple_(SeriesChunk.series_id, SeriesChunk.seq).in_(last_pairs),
+                                          SeriesChunk.n < MERGE_BELOW)
+            )
+        }
+    inserts: list[dict[str, Any]] = []
+    total = 0
+    summary = dict(run.summary or {})
+    run_last = run.last_step
+    for key, (st, ti, va) in by_key.items():
+        s = existing[key]
+        total += len(st)
+        tail = tails.get(s.id)
+        if tail is not None:
+            st_all = np.concatenate((np.frombuffer(tail.steps, I8), st))
+            ti_all = np.concatenate((np.frombuffer(tail.times, F8), ti))
+            va_all = np.concatenate((np.frombuffer(tail.values, F8), va))
+        else:
+            st_all, ti_all, va_all = st, ti, va
+        seq = s.n_chunks if tail is None else tail.seq
+        for start in range(0, len(st_all), CHUNK_POINTS):
+            sl = slice(start, start + CHUNK_POINTS)
+            row = _chunk_row(st_all[sl], ti_all[sl], va_all[sl])
+            if tail is not None and start == 0:
+                for name, value in row.items():
+                    setattr(tail, name, value)
+            else:
+                inserts.append({"series_id": s.id, "seq": seq, **row})
+            seq += 1
+        s.n_chunks = seq
+        # Series summary: "last" is the point with the highest step (latest arrival on ties).
+        j = len(st) - 1 - int(np.argmax(st[::-1]))
+        if s.last_step is None or int(st[j]) >= s.last_step:
+            s.last_step, s.last_time, s.last_value = int(st[j]), float(ti[j]), f8_bytes(va[j])
+            if "/" not in key:
+                summary[key] = encode_float(float(va[j]))
+        smin = int(st.min())
+        s.first_step = smin if s.first_step is None else min(s.first_step, smin)
+        tmin = float(np.nanmin(ti)) if np.isfinite(ti).any() else None
+        if tmin is not None:
+            s.first_time = tmin if s.first_time is None else min(s.first_time, tmin)
+        s.count = (s.count or 0) + len(st)
+        run_last = s.last_step if run_last is None else max(run_last, s.last_step)
+    if inserts:
+        session.execute(SeriesChunk.__table__.insert(), inserts)
+    run.summary = summary
+    run.last_step = run_last
+    return total
+
+
+def _chunk_row(st: np.ndarray, ti: np.ndarray, va: np.ndarray) -> dict[str, Any]:
+    finite_t = ti[np.isfinite(ti)]
+    return {
+        "n": len(st), "step_min": int(st.min()), "step_max": int(st.max()),
+        "time_min": float(finite_t.min()) if len(finite_t) else None,
+        "time_max": float(finite_t.max()) if len(finite_t) else None,
+        "steps": st.astype(I8, copy=False).tobytes(), "times": ti.astype(F8, copy=False).tobytes(),
+        "values": va.astype(F8, copy=False).tobytes(),
+    }
+
+
+def load_points(
+    *, session: Session, series_id: int, x: str = "step", x_min: float | None = None,
+    x_max: float | None = None, after_step: int | None = None,
+) -> Points:
+    """All points of a series in the range, sorted by step; chunk pruning is done in SQL."""
+    stmt = select(SeriesChunk.steps, SeriesChunk.times, SeriesChunk.values).where(
+        SeriesChunk.series_id == series_id)
+    lo_col, hi_col = (SeriesChunk.step_min, SeriesChunk.step_max) if x == "step" else (
+        SeriesChunk.time_min, SeriesChunk.time_max)
+    if x_min is not None:
+        stmt = stmt.where(hi_col >= x_min)
+    if x_max is not None:
+        stmt = stmt.where(lo_col <= x_max)
+    if after_step is not None:
+        stmt = stmt.where(SeriesChunk.step_max > after_step)
+    rows = session.execute(stmt.order_by(SeriesChunk.seq)).all()
+    if not rows:
+        return Points.empty()
+    pts = Points(
+        np.concatenate([np.frombuffer(r[0], I8) for r in rows]),
+        np.concatenate([np.frombuffer(r[1], F8) for r in rows]),
+        np.concatenate([np.frombuffer(r[2], F8) for r in rows]),
+    )
+    if len(pts) > 1 and bool((np.diff(pts.steps) < 0).any()):
+        pts = pts.take(np.argsort(pts.steps, kind="stable"))
+    mask = None
+    xs = pts.steps if x == "step" else pts.times
+    if x_min is not None:
+        mask = xs >= x_min
+    if x_max is not None:
+        m = xs <= x_max
+        mask = m if mask is None else mask & m
+    if after_step is not None:
+        m = pts.steps > after_step
+        mask = m if mask is None else mask & m
+    return pts if mask is None else pts.take(mask)
+
+
+def read_series(
+    *, session: Session, run_ids: Sequence[str], keys: Sequence[str], x: str = "step", points: int = 2000,
+    x_min: float | None = None, x_max: float | None = None, after_step: int | None = None,
+) -> list[dict[str, Any]]:
+    """One entry per (run, key) in request order; unknown keys give an empty series."""
+    rows = session.execute(
+        select(Series.run_id, Series.key, Series.id).where(Series.run_id.in_(list(run_ids)),
+                                                           Series.key.in_(list(keys)))
+    ).all()
+    ids = {(r, k): i for r, k, i in rows}
+    out = []
+    for run_id in run_ids:
+        for key in keys:
+            sid = ids.get((run_id, key))
+            pts = Points.empty() if sid is None else load_points(
+                session=session, series_id=sid, x=x, x_min=x_min, x_max=x_max, after_step=after_step)
+            total = len(pts)
+            downsampled = total > points
+            if downsampled:
+                pts = pts.take(downsample_indices(pts.values, points))
+            xs = pts.steps.tolist() if x == "step" else encode_array(pts.times)
+            out.append({"run_id": run_id, "key": key, "x": xs, "y": encode_array(pts.values),
+                        "steps": pts.steps.tolist(), "total": total, "downsampled": downsampled})
+    return out
+
+
+def list_series(*, session: Session, run_id: str, keys: Sequence[str] | None = None) -> list[Series]:
+    stmt = select(Series).where(Series.run_id == run_id)
+    if keys:
+        stmt = stmt.where(Series.key.in_(list(keys)))
+    return list(session.scalars(stmt.order_by(Series.key)))
+
+
+def list_keys(*, session: Session, run_id: str) -> list[dict[str, Any]]:
+    return [
+        {"key": s.key, "count": s.count, "first_step": s.first_step, "last_step": s.last_step,
+         "last_value": encode_float(v) if (v := f8_value(s.last_value)) is not None else None,
+         "last_time": s.last_time}
+        for s in list_series(session=session, run_id=run_id)
+    ]
+
+
+def read_latest(*, session: Session, run_id: str, keys: Sequence[str] | None = None) -> dict[str, Any]:
+    return {
+        s.key: {"step": s.last_step, "value": encode_float(v) if (v := f8_value(s.last_value)) is not None
+                else None, "time": s.last_time}
+        for s in list_series(session=session, run_id=run_id, keys=keys)
+    }
+
+
+def _first_crossing(pts: Points, target: float, direction: str) -> int | None:
+    hit = pts.values <= target if direction == "below" else pts.values >= target
+    idx = np.flatnonzero(hit)
+    return int(idx[0]) if len(idx) else None
+
+
+def time_to_target(
+    *, session: Session, runs: Sequence[tuple[str, str]], key: str, target: float, direction: str,
+    baseline: str,
+) -> list[dict[str, Any]]:
+    """First crossing of ``target`` on the raw points of each run, with speedups vs ``baseline``.
+
+    ``runs`` are (run_id, name). Time is measured from the run's first logged point of any key.
+    """
+    run_ids = [r for r, _ in runs]
+    series = session.execute(
+        select(Series.run_id, Series.key, Series.id, Series.first_time).where(Series.run_id.in_(run_ids))
+    ).all()
+    first_time: dict[str, float] = {}
+    ids: dict[tuple[str, str], int] = {}
+    for rid, k, sid, ft in series:
+        ids[(rid, k)] = sid
+        if ft is not None and math.isfinite(ft):
+            first_time[rid] = min(first_time.get(rid, ft), ft)
+    rows = []
+    for rid, name in runs:
+        row: dict[str, Any] = {"run_id": rid, "name": name, "reached": False, "step": None, "time_s": None,
+                               "samples_seen": None}
+        sid = ids.get((rid, key))
+        if sid is not None:
+            pts = load_points(session=session, series_id=sid)
+            i = _first_crossing(pts, target, direction)
+            if i is not None:
+                row.update(reached=True, step=int(pts.steps[i]))
+                t0 = first_time.get(rid)
+                t = float(pts.times[i])
+                row["time_s"] = t - t0 if t0 is not None and math.isfinite(t) else None
+                ss_id = ids.get((rid, "samples_seen"))
+                if ss_id is not None:
+                    ss = load_points(session=session, series_id=ss_id, x_max=row["step"])
+                    if len(ss):
+                        row["samples_seen"] = encode_float(float(ss.values[-1]))
+        rows.append(row)
+    base = next((r for r in rows if r["run_id"] == baseline), None)
+    for row in rows:
+        for field, src in (("speedup_steps", "step"), ("speedup_time", "time_s"),
+                           ("speedup_samples", "samples_seen")):
+            b = base.get(src) if base else None
+            v = row.get(src)
+            ok = isinstance(b, (int, float)) and isinstance(v, (int, float)) and v > 0
+            row[field] = float(b) / float(v) if ok else None
+    return rows

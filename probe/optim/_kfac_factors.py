@@ -1,0 +1,280 @@
+"""Kronecker-factor capture and eigen-preconditioning kernels shared by :mod:`probe.optim.kfac` and FOP.
+
+Two parts:
+
+* :class:`KroneckerLayer` knows how one ``nn.Linear`` or ``nn.Conv2d`` maps its captured input and
+  output-gradient to the rows of the Kronecker statistics (ALGORITHMS.md §3.1-3.2), and how to compute
+  a partial weight gradient over a subset of the examples (FOP's half-batch gradients, §4.1).
+* Pure tensor functions (:func:`eigen_denominator`, :func:`kfac_precondition`, :func:`factored_pi`,
+  :func:`kl_clip_factor`) that tests reach without building an optimizer.
+
+Scale convention (ALGORITHMS.md §6.4 says repos disagree, so ours is pinned here): for a batch of N
+examples, each contributing R rows (R = 1 for a plain Linear, R = H_out*W_out for a conv, the sequence
+length for a Linear on (N, L, d) input),
+
+    A = (1 / (N R)) * sum_rows a_bar a_bar^T                      (mean over rows)
+    G = (1 / N)     * sum_rows (s g)(s g)^T,  s = N for a mean-reduced loss, 1 for a summed loss
+
+so that A (x) G approximates E_i[vec(grad l_i) vec(grad l_i)^T] for the *per-example* gradients of the
+summed loss (the empirical Fisher), with KFC's spatially-uncorrelated-derivatives assumption for conv.
+Linear and conv therefore share one damping scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _conv_padding(module: nn.Conv2d) -> tuple[int, int] | None:
+    """Integer padding of a conv, or ``None`` when it cannot be expressed symmetrically."""
+    pad = module.padding
+    if isinstance(pad, str):
+        if pad == "valid":
+            return (0, 0)
+        # "same": symmetric only for odd effective kernel sizes.
+        out = []
+        for k, d in zip(module.kernel_size, module.dilation):
+            total = d * (k - 1)
+            if total % 2:
+                return None
+            out.append(total // 2)
+        return (out[0], out[1])
+    return (int(pad[0]), int(pad[1]))
+
+
+def supports_module(module: nn.Module) -> bool:
+    """Whether KFAC can precondition ``module`` (otherwise its parameters get the plain gradient).
+
+    Grouped/depthwise convs and non-zero padding modes are left out: their weight gradient is not a
+    single Kronecker-factored matrix product over unfolded patches.
+    """
+    if isinstance(module, nn.Linear):
+        return True
+    if isinstance(module, nn.Conv2d):
+        return module.groups == 1 and module.padding_mode == "zeros" and _conv_padding(module) is not None
+    return False
+
+
+@dataclass
+class KroneckerLayer:
+    """One preconditioned module plus the statistics captured since the last optimizer step.
+
+    The accumulators are plain sums so that several forward/backward passes before one ``step()``
+    (gradient accumulation) add up; ``reset()`` clears them after each step.
+    """
+
+    name: str
+    module: nn.Module
+    # Running sums since the last step (None until something was captured).
+    a_sum: Tensor | None = None
+    a_rows: int = 0
+    g_sum: Tensor | None = None
+    g_examples: int = 0
+    split_sum: Tensor | None = None  # FOP: sum over the first half (or over all local examples).
+    n_first: int = 0
+    n_total: int = 0
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.module.weight  # type: ignore[return-value]
+
+    @property
+    def bias(self) -> nn.Parameter | None:
+        return self.module.bias  # type: ignore[return-value]
+
+    @property
+    def is_conv(self) -> bool:
+        return isinstance(self.module, nn.Conv2d)
+
+    def reset(self) -> None:
+        self.a_sum = None
+        self.a_rows = 0
+        self.g_sum = None
+        self.g_examples = 0
+        self.split_sum = None
+        self.n_first = 0
+        self.n_total = 0
+
+    # ------------------------------------------------------------------ shapes
+    def a_dim(self) -> int:
+        w = self.weight
+        n = w[0].numel()
+        return n + (1 if self.bias is not None else 0)
+
+    def g_dim(self) -> int:
+        return self.weight.shape[0]
+
+    # ------------------------------------------------------------------ rows
+    def _batched_input(self, x: Tensor) -> Tensor:
+        """Input with a leading example dimension (unbatched inputs become a batch of 1)."""
+        if self.is_conv:
+            return x if x.dim() == 4 else x.unsqueeze(0)
+        return x if x.dim() >= 2 else x.unsqueeze(0)
+
+    def _batched_grad(self, g: Tensor) -> Tensor:
+        if self.is_conv:
+            return g if g.dim() == 4 else g.unsqueeze(0)
+        return g if g.dim() >= 2 else g.unsqueeze(0)
+
+    def activation_rows(self, x: Tensor) -> Tensor:
+        """(rows, a_dim) matrix of a_bar: inputs (conv: unfolded patches), plus a ones column for the bias."""
+        x = self._batched_input(x)
+        if self.is_conv:
+            m: nn.Conv2d = self.module  # type: ignore[assignment]
+            pad = _conv_padding(m)
+            assert pad is not None  # guarded by supports_module
+            patches = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=pad, stride=m.stride)
+            rows = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        else:
+            rows = x.reshape(-1, x.shape[-1])
+        if self.bias is not None:
+            rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+        return rows
+
+    def grad_rows(self, g: Tensor) -> Tensor:
+        """(rows, d_out) matrix of output gradients, row-aligned with :meth:`activation_rows`."""
+        g = self._batched_grad(g)
+        if self.is_conv:
+            return g.permute(0, 2, 3, 1).reshape(-1, g.shape[1])
+        return g.reshape(-1, g.shape[-1])
+
+    def capture(self, x: Tensor, g: Tensor, *, factors: bool, split: str | None, grad_scale_mean: bool) -> None:
+        """Accumulate statistics from one backward through this module.
+
+        Args:
+            x: the module input of the forward pass (detached).
+            g: gradient of the loss w.r.t. the module output.
+            factors: accumulate the A and G statistics (factor-update steps only).
+            split: ``"first_half"`` accumulates the gradient over examples 0, 2, 4, ... (FOP's H1);
+                ``"all"`` accumulates the gradient over every local example (distributed FOP);
+                ``None`` skips it.
+            grad_scale_mean: the loss was mean-reduced over the batch, so per-example gradients of the
+                summed loss are N times the captured ones.
+        """
+        xb = self._batched_input(x)
+        gb = self._batched_grad(g)
+        n = xb.shape[0]
+        if factors:
+            a = self.activation_rows(xb)
+            a_stat = a.T @ a
+            self.a_sum = a_stat if self.a_sum is None else self.a_sum + a_stat
+            self.a_rows += a.shape[0]
+            gr = self.grad_rows(gb)
+            s = float(n) if grad_scale_mean else 1.0
+            g_stat = (gr.T @ gr) * (s * s)
+            self.g_sum = g_stat if self.g_sum is None else self.g_sum + g_stat
+            self.g_examples += n
+        if split is not None:
+            if split == "first_half":
+                part = self.partial_grad(xb[0::2], gb[0::2])
+                self.n_first += (n + 1) // 2
+            else:
+                part = self.partial_grad(xb, gb)
+                self.n_first += n
+            self.split_sum = part if self.split_sum is None else self.split_sum + part
+            self.n_total += n
+
+    def partial_grad(self, x: Tensor, g: Tensor) -> Tensor:
+        """Weight gradient (as a (d_out, a_dim) matrix, bias last) summed over the given examples only."""
+        if self.is_conv:
+            m: nn.Conv2d = self.module  # type: ignore[assignment]
+            pad = _conv_padding(m)
+            gw = torch.nn.grad.conv2d_weight(
+                x, m.weight.shape, g, stride=m.stride, padding=pad, dilation=m.dilation, groups=1
+            ).reshape(m.weight.shape[0], -1)
+            gb = g.sum(dim=(0, 2, 3)) if self.bias is not None else None
+        else:
+            xr = x.reshape(-1, x.shape[-1])
+            gr = g.reshape(-1, g.shape[-1])
+            gw = gr.T @ xr
+            gb = gr.sum(dim=0) if self.bias is not None else None
+        if gb is not None:
+            gw = torch.cat([gw, gb.unsqueeze(1)], dim=1)
+        return gw
+
+    # ------------------------------------------------------------------ grads
+    def grad_matrix(self) -> Tensor:
+        """The current ``.grad`` of weight (and bias) as one (d_out, a_dim) matrix."""
+        w = self.weight
+        assert w.grad is not None
+        gm = w.grad.reshape(w.shape[0], -1)
+        b = self.bias
+        if b is not None:
+            bg = b.grad if b.grad is not None else torch.zeros_like(b)
+            gm = torch.cat([gm, bg.reshape(-1, 1)], dim=1)
+        return gm
+
+    def write_grad(self, mat: Tensor) -> None:
+        """Write a (d_out, a_dim) matrix back into ``.grad`` of weight and bias."""
+        w = self.weight
+        b = self.bias
+        nw = w[0].numel()
+        assert w.grad is not None
+        w.grad.copy_(mat[:, :nw].reshape(w.shape))
+        if b is not None and b.grad is not None:
+            b.grad.copy_(mat[:, nw])
+
+
+# ---------------------------------------------------------------------- kernels
+def factored_pi(a_eigs: Tensor, g_eigs: Tensor) -> Tensor:
+    """pi = sqrt((tr A / dim A) / (tr G / dim G)) (Martens & Grosse 2015 §6.3), 1 when either trace is 0.
+
+    Computed from the eigenvalues (their mean is tr/dim) so it matches the decomposition in use.
+    """
+    ta = a_eigs.mean()
+    tg = g_eigs.mean()
+    ok = (ta > 0) & (tg > 0)
+    return torch.where(ok, torch.sqrt(ta / torch.where(ok, tg, torch.ones_like(tg))), torch.ones_like(ta))
+
+
+def eigen_denominator(a_eigs: Tensor, g_eigs: Tensor, damping: float, *, factored: bool = False) -> Tensor:
+    """Eigenvalues of the damped curvature M, laid out as a (d_out, a_dim) grid.
+
+    Exact Tikhonov (default): lambda_G lambda_A^T + gamma, i.e. M = A (x) G + gamma I exactly.
+    Factored: (lambda_G + sqrt(gamma)/pi)(lambda_A + pi sqrt(gamma))^T, i.e. M = (A + pi sqrt(gamma) I) (x)
+    (G + sqrt(gamma)/pi I), a *different* preconditioner (ALGORITHMS.md P14).
+    """
+    if not factored:
+        return torch.outer(g_eigs, a_eigs) + damping
+    pi = factored_pi(a_eigs, g_eigs)
+    root = math.sqrt(damping)
+    return torch.outer(g_eigs + root / pi, a_eigs + pi * root)
+
+
+def to_eigenbasis(mat: Tensor, qa: Tensor, qg: Tensor) -> Tensor:
+    """Q_G^T X Q_A."""
+    return qg.T @ mat @ qa
+
+
+def from_eigenbasis(mat: Tensor, qa: Tensor, qg: Tensor) -> Tensor:
+    """Q_G X Q_A^T."""
+    return qg @ mat @ qa.T
+
+
+def kfac_precondition(
+    grad: Tensor, qa: Tensor, a_eigs: Tensor, qg: Tensor, g_eigs: Tensor, damping: float, *, factored: bool = False
+) -> Tensor:
+    """V = Q_G[(Q_G^T grad Q_A) / denominator]Q_A^T = M^-1 grad for a (d_out, a_dim) gradient matrix."""
+    denom = eigen_denominator(a_eigs, g_eigs, damping, factored=factored)
+    return from_eigenbasis(to_eigenbasis(grad, qa, qg) / denom, qa, qg)
+
+
+def kl_clip_factor(vg: Tensor, kl_clip: float | None) -> Tensor:
+    """nu = min(1, sqrt(kappa / vg)) with vg = sum lr^2 <V, grad>; 1 when vg <= 0 or not finite.
+
+    alecwangcq's version raises on vg = 0 (ZeroDivisionError) or vg < 0 (math domain error); a
+    non-positive sum only arises from zero gradients or non-PSD round-off, where clipping is
+    meaningless, so we do not clip (nu = 1). kappa = None disables clipping.
+    """
+    one = torch.ones_like(vg)
+    if kl_clip is None:
+        return one
+    safe = torch.where(vg > 0, vg, one)
+    nu = torch.clamp(torch.sqrt(kl_clip / safe), max=1.0)
+    return torch.where((vg > 0) & torch.isfinite(vg), nu, one)

@@ -86,6 +86,7 @@ class Run:
         self._maxlen = sender.queue.maxlen or 0 if sender is not None else 0
         self._high_water = sender.high_water if sender is not None else 0
         self._next_step = 0
+        self._failed_calls = 0
         self._finish_lock = threading.Lock()
         self.status: str = "running" if sender is not None else "disabled"
 
@@ -111,6 +112,7 @@ class Run:
             if len(q) >= self._high_water:
                 self._sender.wake.set()  # type: ignore[union-attr]
         except Exception as exc:  # noqa: BLE001 - never raise into training
+            self._failed_calls += 1
             self._problems.report("log", f"run.log failed ({exc!r}); record dropped")
 
     def log_array(self, key: str, values: Any, *, step: int, layer: str = "") -> None:
@@ -123,6 +125,7 @@ class Run:
                 self._queue_full()
             q.append((ARRAY, key, values, step, layer, _time()))
         except Exception as exc:  # noqa: BLE001
+            self._failed_calls += 1
             self._problems.report("log", f"run.log_array failed ({exc!r}); record dropped")
 
     def log_event(
@@ -145,6 +148,7 @@ class Run:
                 self._queue_full()
             q.append((EVENT, key, message, step, layer, level, kind, data, _time()))
         except Exception as exc:  # noqa: BLE001
+            self._failed_calls += 1
             self._problems.report("log", f"run.log_event failed ({exc!r}); record dropped")
 
     def _queue_full(self) -> None:
@@ -161,7 +165,9 @@ class Run:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything logged so far reached the server (offline: the spool).
 
-        Returns False on timeout or when data is waiting in the spool because of an outage.
+        With a ``timeout``, keeps waiting through retries and outages until it passes; with
+        ``None``, waits for one delivery attempt only, so a call at the end of an epoch can never
+        hang training on a dead server. Returns True when everything was delivered.
         """
         if self._sender is None:
             return True
@@ -214,7 +220,7 @@ class Run:
     def dropped(self) -> int:
         """Records that will never reach the server: queue or spool full, rejected by the server
         (4xx), or not convertible to a number."""
-        return self._sender.lost if self._sender is not None else 0
+        return self._failed_calls + (self._sender.lost if self._sender is not None else 0)
 
     @property
     def problems(self) -> dict[str, int]:

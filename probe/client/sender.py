@@ -137,16 +137,28 @@ class Sender:
         self._thread.start()
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Deliver everything queued so far; True when it all reached the server (or, offline, the disk)."""
-        if self._closed.is_set() or self._thread is None:
-            return self._everything_delivered()
-        waiter = _Waiter()
-        with self._waiters_lock:
-            self._waiters.append(waiter)
-        self.wake.set()
-        if not waiter.event.wait(timeout):
-            return False
-        return waiter.ok
+        """Deliver everything queued so far; True when it all reached the server (or, offline, the disk).
+
+        ``timeout=None`` waits for one delivery cycle; a number keeps asking until it passes.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._closed.is_set() or self._thread is None:
+                return self._everything_delivered()
+            waiter = _Waiter()
+            with self._waiters_lock:
+                self._waiters.append(waiter)
+            self.wake.set()
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not waiter.event.wait(remaining):
+                return False
+            if waiter.ok or deadline is None:
+                return waiter.ok
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            # Not delivered yet (an outage or a retry pending): look again after a sender cycle.
+            self._closed.wait(min(remaining, self.config.flush_interval))
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -279,7 +291,7 @@ class Sender:
             n = protocol.batch_size(batch)
             self.rejected += n
             self.problems.report(
-                f"http_{exc.status}", f"server rejected a batch ({exc}); {n} records dropped, not retried"
+                f"http_{exc.status}", f"server rejected a batch ({exc}); {n} records dropped, not retried", n
             )
             return
         self.sent_batches += 1

@@ -1,0 +1,263 @@
+"""Run + sender behaviour through the HTTP seam (``FakeServer``): batching, outages and replay,
+4xx handling, bounded memory, crash marking, offline mode + sync."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+import probe
+from probe.client.config import ClientConfig
+from probe.client.problems import OptiscopeWarning
+from probe.client.sync import sync_home
+from probe.client.transport import Transport
+
+from .conftest import FakeServer
+
+
+def _init(server: FakeServer, settings: ClientConfig, **kwargs) -> probe.Run:
+    return probe.init("proj", settings=settings, client=server.client(), **kwargs)
+
+
+def _wait(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.005)
+
+
+def _optiscope_warnings(record: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, OptiscopeWarning)]
+
+
+def test_logged_values_arrive_once_merged_into_few_posts(fake_server: FakeServer, fast_settings: ClientConfig) -> None:
+    run = _init(fake_server, fast_settings, config={"lr": 0.1}, tags=["a"], optimizer="Muon")
+    for step in range(500):
+        run.log({"loss": torch.tensor(1.0 / (step + 1)), "lr": 0.1, "bad": math.nan}, step=step)
+    run.log_array("sv.weight", torch.tensor([3.0, math.inf]), step=10, layer="fc1.weight")
+    run.log_event("nonfinite", "2 non-finite", step=10, layer="fc1.weight", data={"count": 2})
+    assert run.flush(timeout=10)
+    run.finish()
+
+    assert fake_server.steps("loss") == list(range(500))
+    assert sorted(fake_server.steps("lr")) == list(range(500))
+    values = {s: v for _, k, s, v in fake_server.points if k == "loss"}
+    assert values[3] == pytest.approx(0.25)
+    assert {v for _, k, _, v in fake_server.points if k == "bad"} == {"NaN"}
+    assert fake_server.arrays[0]["values"] == [3.0, "Infinity"] and fake_server.arrays[0]["shape"] == [2]
+    assert fake_server.events[0]["key"] == "nonfinite" and fake_server.events[0]["data"] == {"count": 2}
+    batches = [r for r in fake_server.requests if r[1].endswith("/batches")]
+    assert len(batches) < 50  # 502 records, merged
+    created = fake_server.runs[run.id]
+    assert created["config"] == {"lr": 0.1} and created["optimizer"] == "Muon" and created["status"] == "finished"
+    assert run.dropped == 0 and not Path(fast_settings.spool_dir / run.id).exists()
+
+
+def test_step_defaults_to_previous_plus_one(fake_server: FakeServer, fast_settings: ClientConfig) -> None:
+    with _init(fake_server, fast_settings) as run:
+        run.log({"a": 1})
+        run.log({"a": 1})
+        run.log({"a": 1}, step=10)
+        run.log({"a": 1})
+    assert fake_server.steps("a") == [0, 1, 10, 11]
+
+
+def test_outage_spools_then_replays_everything_once_in_order(
+    fake_server: FakeServer, fast_settings: ClientConfig
+) -> None:
+    run = _init(fake_server, fast_settings)
+    for step in range(100):
+        run.log({"loss": float(step)}, step=step)
+    assert run.flush(timeout=5)
+    fake_server.down = True
+    worst = 0.0
+    for step in range(100, 3000):
+        t0 = time.perf_counter()
+        run.log({"loss": float(step)}, step=step)
+        worst = max(worst, time.perf_counter() - t0)
+        if step % 500 == 0:
+            time.sleep(0.02)  # let the sender find the outage and spool
+    assert run.flush(timeout=0.5) is False  # data waits on disk, not on the server
+    assert run.sender.state == "outage" and run.sender.spool.pending_batches > 0
+    fake_server.down = False
+    _wait(lambda: run.flush(timeout=1))
+    run.finish()
+    assert fake_server.steps("loss") == list(range(3000))
+    assert fake_server.runs[run.id]["status"] == "finished" and run.dropped == 0
+    assert worst < 0.05  # the training thread never waited on the network (generous for a loaded CI box)
+
+
+def test_server_down_at_start_creates_run_on_recovery(fake_server: FakeServer, fast_settings: ClientConfig) -> None:
+    fake_server.down = True
+    run = _init(fake_server, fast_settings)
+    run.log({"x": 1.0}, step=0)
+    _wait(lambda: run.sender.spool.pending_batches > 0)
+    fake_server.down = False
+    _wait(lambda: run.flush(timeout=1))
+    run.finish()
+    assert run.id in fake_server.runs and fake_server.steps("x") == [0]
+
+
+def test_5xx_and_429_are_retried_without_loss(fake_server: FakeServer, fast_settings: ClientConfig) -> None:
+    run = _init(fake_server, fast_settings)
+    assert run.flush(timeout=5)  # the run exists
+    fake_server.script += [lambda r: httpx.Response(503), lambda r: httpx.Response(429, headers={"Retry-After": "0"})]
+    run.log({"x": 1.0}, step=0)
+    assert run.flush(timeout=5)
+    run.finish()
+    assert fake_server.steps("x") == [0]
+
+
+def test_rejected_batch_is_reported_once_and_not_retried(fake_server: FakeServer, fast_settings: ClientConfig) -> None:
+    run = _init(fake_server, fast_settings)
+    assert run.flush(timeout=5)
+
+    def reject(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path.endswith("/batches"):
+            return httpx.Response(422, json={"detail": [{"loc": ["body", "scalars", 0, "values"]}]})
+        return None
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for step in range(3):
+            fake_server.script.append(reject)
+            run.log({"x": 1.0, "y": 2.0}, step=step)
+            run.flush(timeout=5)
+        run.log({"x": 1.0}, step=3)
+        assert run.flush(timeout=5)
+        run.finish()
+    rejected = [m for m in _optiscope_warnings(record) if "422" in m]
+    assert len(rejected) == 1 and "scalars" in rejected[0]
+    assert run.dropped == 6 and run.problems["http_422"] == 6
+    assert fake_server.steps("x") == [3]
+    assert sum(1 for r in fake_server.requests if r[1].endswith("/batches")) == 4  # no retries
+
+
+def test_bad_token_halts_sending_keeps_data_and_sync_delivers_it(
+    fake_server: FakeServer, fast_settings: ClientConfig
+) -> None:
+    fake_server.script.append(lambda r: httpx.Response(401, json={"detail": "invalid token"}))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        run = _init(fake_server, fast_settings)
+        for step in range(50):
+            run.log({"x": float(step)}, step=step)
+        _wait(lambda: run.sender.state == "halted")
+        run.finish()
+    messages = _optiscope_warnings(record)
+    assert any("401" in m and "optiscope sync" in m for m in messages)
+    assert run.id not in fake_server.runs
+    posts_while_halted = len(fake_server.requests)
+    assert posts_while_halted == 1  # the refused create, nothing after it
+
+    transport = Transport(fast_settings.api, "good", client=fake_server.client())
+    (report,) = sync_home(fast_settings.spool_dir, transport)
+    assert report.ok and report.status == "finished" and report.records == 50
+    assert fake_server.steps("x") == list(range(50)) and fake_server.runs[run.id]["status"] == "finished"
+    assert sync_home(fast_settings.spool_dir, transport) == []  # delivered spools are gone
+
+
+def test_bad_values_are_dropped_counted_and_never_raise(fake_server: FakeServer, fast_settings: ClientConfig) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with _init(fake_server, fast_settings) as run:
+            run.log({"ok": 1.0, "text": "nope", "vec": torch.ones(3), 5: 1.0}, step=0)
+            run.log(None, step=1)  # type: ignore[arg-type]
+            run.log_array("arr", ["a", "b"], step=0)
+    assert fake_server.steps("ok") == [0]
+    assert run.dropped == 5
+    assert run.problems.keys() >= {"bad_value", "bad_key", "log"}
+
+
+def test_queue_is_bounded_drop_oldest_with_one_warning(fast_settings: ClientConfig) -> None:
+    server = FakeServer()
+    server.down = True  # everything goes to the spool...
+    settings = fast_settings.replace(queue_size=100, flush_interval=5.0)  # ...but the sender sleeps
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        run = _init(server, settings)
+        for step in range(1000):
+            run.log({"x": float(step)}, step=step)
+    assert len([m for m in _optiscope_warnings(record) if "dropping the oldest" in m]) == 1
+    assert run.dropped == 900 and len(run.sender.queue) == 100
+    assert run.sender.queue[0][2] == 900  # the newest survive
+    run.finish()
+
+
+def test_spool_limit_drops_oldest_counts_and_warns_once(fake_server: FakeServer, fast_settings: ClientConfig) -> None:
+    settings = fast_settings.replace(spool_max_bytes=20_000, spool_segment_bytes=2_000, fsync="none")
+    fake_server.down = True
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        run = _init(fake_server, settings)
+        for step in range(4000):
+            run.log({"x": float(step)}, step=step)
+            if step % 100 == 0:
+                time.sleep(0.002)
+        _wait(lambda: len(run.sender.queue) == 0)
+        fake_server.down = False
+        _wait(lambda: run.flush(timeout=1))
+        run.finish()
+    assert len([m for m in _optiscope_warnings(record) if "spool over its limit" in m]) == 1
+    steps = fake_server.steps("x")
+    assert run.dropped > 0 and len(steps) + run.dropped == 4000
+    assert steps == sorted(steps) and steps[-1] == 3999  # oldest dropped, newest kept, in order
+
+
+def test_exception_in_with_block_marks_crashed(fake_server: FakeServer, fast_settings: ClientConfig) -> None:
+    with pytest.raises(RuntimeError):
+        with _init(fake_server, fast_settings) as run:
+            run.log({"x": 1.0}, step=0)
+            raise RuntimeError("diverged")
+    assert fake_server.runs[run.id]["status"] == "crashed" and fake_server.steps("x") == [0]
+    run.finish()  # idempotent
+    assert fake_server.runs[run.id]["status"] == "crashed"
+
+
+def test_heartbeats_are_sent_while_running(fake_server: FakeServer, fast_settings: ClientConfig) -> None:
+    run = _init(fake_server, fast_settings.replace(heartbeat_interval=0.02))
+    _wait(lambda: fake_server.heartbeats >= 3)
+    run.finish()
+
+
+def test_offline_mode_writes_only_to_disk_then_sync_delivers(
+    fake_server: FakeServer, fast_settings: ClientConfig
+) -> None:
+    run = probe.init("proj", mode="offline", settings=fast_settings)
+    for step in range(200):
+        run.log({"loss": float(step)}, step=step)
+    run.log_array("sv.weight", [1.0, 2.0], step=5, layer="l")
+    assert run.flush(timeout=5)
+    run.finish()
+    assert fake_server.requests == []
+    transport = Transport(fast_settings.api, "tok", client=fake_server.client())
+    (report,) = sync_home(fast_settings.spool_dir, transport)
+    assert report.ok and report.records == 201 and report.duplicates == 0
+    assert fake_server.steps("loss") == list(range(200)) and fake_server.runs[run.id]["status"] == "finished"
+
+
+def test_disabled_and_non_zero_ranks_do_nothing(fast_settings: ClientConfig) -> None:
+    for run in (
+        probe.init("p", mode="disabled", settings=fast_settings),
+        probe.init("p", rank=1, world_size=2, settings=fast_settings),
+    ):
+        run.log({"x": 1.0})
+        run.log_array("a", [1.0], step=0)
+        run.log_event("k", "m")
+        assert run.flush() and run.mode == "disabled" and run.dropped == 0
+        run.finish()
+    assert not fast_settings.spool_dir.exists()
+
+
+def test_invalid_arguments_raise_at_init(fast_settings: ClientConfig) -> None:
+    with pytest.raises(ValueError, match="mode"):
+        probe.init("p", mode="sometimes", settings=fast_settings)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="run_id"):
+        probe.init("p", run_id="no spaces allowed", settings=fast_settings)

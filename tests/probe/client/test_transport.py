@@ -1,0 +1,86 @@
+"""The retry seam: what is retried (connect errors, timeouts, 429, 5xx), how long it waits, and
+what is not retried (other 4xx). No real sleeps: ``sleep`` records the delays."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+
+import httpx
+import pytest
+
+from probe.client.transport import Backoff, PermanentError, Transport, TransientError
+
+
+def _transport(responses: list, **kwargs) -> tuple[Transport, list[float], list[httpx.Request]]:
+    sleeps: list[float] = []
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = responses.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    transport = Transport(
+        "http://srv/api/v1", "tok", client=client, sleep=sleeps.append, rng=random.Random(0),
+        backoff=Backoff(base=1.0, maximum=8.0), **kwargs,
+    )
+    return transport, sleeps, seen
+
+
+def test_5xx_is_retried_with_growing_jittered_backoff() -> None:
+    responses = [httpx.Response(503), httpx.Response(502), httpx.Response(500), httpx.Response(200, json={"ok": 1})]
+    transport, sleeps, seen = _transport(responses, max_attempts=4)
+    assert transport.request("POST", "/runs", {"id": "a"}) == {"ok": 1}
+    assert len(seen) == 4
+    # equal jitter: attempt k waits in [2^k/2, 2^k] seconds (base 1)
+    for k, delay in enumerate(sleeps):
+        assert 2**k / 2 <= delay <= 2**k
+    assert sleeps[0] < sleeps[1] < sleeps[2]
+
+
+def test_connect_errors_and_timeouts_give_transient_error_after_last_attempt() -> None:
+    request = httpx.Request("POST", "http://srv")
+    responses = [httpx.ConnectError("refused", request=request), httpx.ReadTimeout("slow", request=request)]
+    transport, sleeps, seen = _transport(responses, max_attempts=2)
+    with pytest.raises(TransientError, match="ReadTimeout"):
+        transport.request("POST", "/runs", {})
+    assert len(seen) == 2 and len(sleeps) == 1
+
+
+def test_429_honours_retry_after() -> None:
+    responses = [httpx.Response(429, headers={"Retry-After": "5"}), httpx.Response(200, json={})]
+    transport, sleeps, _ = _transport(responses, max_attempts=3)
+    transport.request("POST", "/runs/x/batches", {"batch_id": "x:1"})
+    assert sleeps == [5.0]
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422])
+def test_other_4xx_is_not_retried_and_carries_the_detail(status: int) -> None:
+    responses = [httpx.Response(status, json={"detail": [{"loc": ["body", "scalars", 0, "key"]}]})]
+    transport, sleeps, seen = _transport(responses, max_attempts=5)
+    with pytest.raises(PermanentError) as info:
+        transport.request("POST", "/runs/x/batches", {"batch_id": "x:1"})
+    assert info.value.status == status and "scalars" in str(info.value)
+    assert len(seen) == 1 and sleeps == []
+
+
+def test_large_bodies_are_gzipped_and_token_is_sent() -> None:
+    transport, _, seen = _transport([httpx.Response(200, json={}), httpx.Response(200, json={})])
+    transport.request("POST", "/runs/x/batches", {"values": list(range(2000))})
+    transport.request("POST", "/runs/x/heartbeat", None)
+    big, small = seen
+    assert big.headers["content-encoding"] == "gzip"
+    assert json.loads(gzip.decompress(big.content))["values"][-1] == 1999
+    assert "content-encoding" not in small.headers
+    assert big.headers["authorization"] == "Bearer tok"
+    assert str(big.url) == "http://srv/api/v1/runs/x/batches"
+
+
+def test_backoff_is_capped() -> None:
+    rng = random.Random(1)
+    assert all(Backoff(base=1.0, maximum=8.0).delay(k, rng) <= 8.0 for k in range(100))

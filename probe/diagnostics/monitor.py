@@ -256,6 +256,7 @@ class Monitor:
         self._plan: set[str] = set()
         self._vectors_now: set[str] = set()
         self._opt_state: dict[int, _OptStep] = {}
+        self._depth: dict[int, int] = {}
         self._step_grad_norms: list[Tensor] = []
         self._costs: dict[str, float] = {}
         self._probe_s = 0.0
@@ -394,7 +395,9 @@ class Monitor:
         return hook
 
     def _pre(self, idx: int, optimizer: torch.optim.Optimizer) -> None:
-        if "monitor" in self.disabled:
+        self._depth[idx] = self._depth.get(idx, 0) + 1
+        # A subclass whose step() calls super().step() runs the hooks again inside: observe the outer call only.
+        if "monitor" in self.disabled or self._depth[idx] > 1:
             return
         if idx in self._stepped:
             self._close_step()
@@ -437,7 +440,8 @@ class Monitor:
                 optimizer.introspect = True  # type: ignore[attr-defined]
 
     def _post(self, idx: int, optimizer: torch.optim.Optimizer) -> None:
-        if "monitor" in self.disabled:
+        self._depth[idx] = max(self._depth.get(idx, 0) - 1, 0)
+        if "monitor" in self.disabled or self._depth[idx] > 0:
             return
         state = self._opt_state.pop(idx, None)
         if state is None:

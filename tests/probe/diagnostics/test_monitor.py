@@ -1,0 +1,265 @@
+"""Monitor with real torch optimizers, observed at the Monitor→Run seam (a recording run)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import probe
+import probe.diagnostics.monitor
+from probe.diagnostics.monitor import Monitor, attach
+from tests.probe.diagnostics.conftest import RecordingRun, TinyMLP, train
+
+
+_PROBE_DIR = os.path.dirname(probe.diagnostics.monitor.__file__) + os.sep
+
+
+def _called_from_probe() -> bool:
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(_PROBE_DIR):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _layer_keys(run: RecordingRun, quantity: str) -> set[str]:
+    return {k.split("/", 1)[1] for k in run.keys() if k.startswith(quantity + "/")}
+
+
+def test_probe_attach_is_the_public_entry_point() -> None:
+    assert probe.attach is attach and probe.Monitor is Monitor
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda ps: torch.optim.AdamW(ps, lr=1e-2),
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+    ],
+    ids=["AdamW", "SGD"],
+)
+def test_hooks_log_every_contract_quantity_for_a_torch_optimizer(recording_run: RecordingRun, make_opt) -> None:
+    model = TinyMLP()
+    opt = make_opt(model.parameters())
+    mon = attach(model, opt, run=recording_run, budget=None, log_every=5, spectra_every=5, vectors_every=10)
+    train(model, opt, 20)
+    mon.detach()
+    names = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+    matrices = {"fc1.weight", "fc2.weight"}
+    for q in ("grad_norm", "update_ratio", "nonfinite"):
+        assert _layer_keys(recording_run, q) == names
+    for q in ("neuron.cv", "neuron.min", "neuron.max", "neuron.q50", "neuron.frozen_frac"):
+        assert _layer_keys(recording_run, q) == matrices
+    for src in ("weight", "update"):
+        for q in ("spectral_norm", "cond", "stable_rank", "eff_rank"):
+            assert _layer_keys(recording_run, f"sv.{src}.{q}") == matrices
+    assert set(recording_run.series("grad_norm")) == set(range(20))
+    assert set(recording_run.series("step_time")) == set(range(1, 20))  # needs a previous step
+    assert sorted(recording_run.series("sv.weight.cond/fc1.weight")) == [0, 5, 10, 15]
+    arrays = {(a["key"], a["layer"], a["step"]) for a in recording_run.arrays}
+    assert ("sv.weight", "fc1.weight", 10) in arrays and ("neuron.update_norm", "fc2.weight", 0) in arrays
+    assert mon.errors == {}
+
+
+def test_sgd_update_measures_equal_hand_computed_values(recording_run: RecordingRun) -> None:
+    """With plain SGD, ΔW = −lr·g exactly, so every update measure has a closed form."""
+    model = TinyMLP()
+    lr = 0.05
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    attach(model, opt, run=recording_run, budget=None, log_every=1, neuron_every=1, spectra_every=1)
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+    w0 = model.fc1.weight.detach().clone()
+    model(x).square().mean().backward()
+    g = model.fc1.weight.grad.detach().clone()
+    opt.step()
+    (step, m), = recording_run.logs
+    assert step == 0
+    assert m["grad_norm/fc1.weight"] == pytest.approx(g.norm().item(), rel=1e-5)
+    assert m["update_ratio/fc1.weight"] == pytest.approx(lr * g.norm().item() / w0.norm().item(), rel=1e-4)
+    rows = lr * g.norm(dim=1)
+    assert m["neuron.max/fc1.weight"] == pytest.approx(rows.max().item(), rel=1e-4)
+    assert m["neuron.q50/fc1.weight"] == pytest.approx(rows.quantile(0.5).item(), rel=1e-4)
+    s = torch.linalg.svdvals(lr * g)
+    assert m["sv.update.spectral_norm/fc1.weight"] == pytest.approx(s[0].item(), rel=1e-4)
+    assert m["sv.weight.spectral_norm/fc1.weight"] == pytest.approx(
+        torch.linalg.svdvals(model.fc1.weight.detach())[0].item(), rel=1e-5
+    )
+    grads = [p.grad for p in model.parameters()]
+    assert m["grad_norm"] == pytest.approx(torch.sqrt(sum(q.norm() ** 2 for q in grads)).item(), rel=1e-5)
+
+
+def test_neuron_axis_selects_columns_for_in_out_layouts(recording_run: RecordingRun) -> None:
+    w = nn.Parameter(torch.zeros(3, 5))  # stored (in=3, out=5)
+    opt = torch.optim.SGD([w], lr=1.0)
+    attach(None, opt, run=recording_run, budget=None, log_every=1, neuron_every=1, vectors_every=1,
+           neuron_axis={"param0": 1})
+    w.grad = torch.zeros(3, 5)
+    w.grad[:, 0] = 1.0  # only output neuron 0 learns
+    opt.step()
+    (arr,) = [a for a in recording_run.arrays if a["key"] == "neuron.update_norm"]
+    assert arr["layer"] == "param0" and arr["values"].shape == (5,)
+    assert recording_run.logs[0][1]["neuron.frozen_frac/param0"] == pytest.approx(0.8)
+
+
+def test_conv_weights_are_flattened_per_output_channel(recording_run: RecordingRun) -> None:
+    conv = nn.Conv2d(3, 6, 3)
+    opt = torch.optim.SGD(conv.parameters(), lr=0.1)
+    attach(conv, opt, run=recording_run, budget=None, log_every=1, spectra_every=1, vectors_every=1)
+    conv(torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))).sum().backward()
+    opt.step()
+    arrays = {(a["key"], a["layer"]): a["values"] for a in recording_run.arrays}
+    assert arrays[("sv.weight", "weight")].shape == (6,)  # min(6, 27)
+    assert arrays[("neuron.update_norm", "weight")].shape == (6,)
+
+
+def test_torch_muon_with_adamw_for_the_rest_closes_one_step_per_training_step(recording_run: RecordingRun) -> None:
+    model = TinyMLP()
+    matrices = [p for p in model.parameters() if p.ndim == 2]
+    others = [p for p in model.parameters() if p.ndim < 2]
+    opts = [torch.optim.Muon(matrices, lr=0.02), torch.optim.AdamW(others, lr=1e-3)]
+    mon = attach(model, opts, run=recording_run, budget=None, log_every=4, spectra_every=2)
+    train(model, opts, 8)
+    mon.detach()
+    assert mon.steps_closed == 8
+    assert set(recording_run.series("grad_norm")) == set(range(8))
+    assert set(recording_run.series("update_ratio/fc1.bias")) == set(range(8))  # AdamW's param
+    assert sorted(recording_run.series("sv.update.stable_rank/fc1.weight")) == [0, 2, 4, 6]
+    # Muon's orthogonalized update: all singular values of ΔW are close (NS5 band, ALGORITHMS P2)
+    cond = recording_run.series("sv.update.cond/fc2.weight")
+    assert all(c < 3.0 for c in cond.values())
+
+
+def test_one_log_call_per_step_and_nothing_before_the_interval_ends(recording_run: RecordingRun) -> None:
+    model = TinyMLP()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    attach(model, opt, run=recording_run, budget=None, log_every=5)
+    train(model, opt, 4)
+    assert recording_run.logs == []
+    train(model, opt, 1)
+    assert [s for s, _ in recording_run.logs] == [0, 1, 2, 3, 4]
+    train(model, opt, 5)
+    assert [s for s, _ in recording_run.logs] == list(range(10))
+
+
+def test_per_step_work_creates_no_python_floats(recording_run: RecordingRun, monkeypatch) -> None:
+    """No .item()/.tolist()/float() between host copies: each of those would be a device sync on a GPU."""
+    calls = {"item": 0, "tolist": 0, "float": 0, "cpu": 0}
+    for name, attr in (("item", "item"), ("tolist", "tolist"), ("float", "__float__"), ("cpu", "cpu")):
+        original = getattr(torch.Tensor, attr)
+
+        def counted(self, *a, _original=original, _name=name, **k):
+            if _called_from_probe():  # AdamW itself calls .item() on its CPU step counter
+                calls[_name] += 1
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, attr, counted)
+    model = TinyMLP()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    attach(model, opt, run=recording_run, budget=None, log_every=6, neuron_every=1, spectra_every=1,
+           vectors_every=1, internals_every=1)
+    train(model, opt, 5)
+    assert calls == {"item": 0, "tolist": 0, "float": 0, "cpu": 0}
+    train(model, opt, 1)  # the interval's flush: one copy, one conversion
+    assert calls["cpu"] == 1 and calls["tolist"] == 1 and calls["item"] == 0
+    assert len(recording_run.logs) == 6
+    values = [v for _, m in recording_run.logs for v in m.values()]
+    assert all(type(v) is float for v in values)
+    assert all(isinstance(a["values"], torch.Tensor) and a["values"].device.type == "cpu"
+               for a in recording_run.arrays)
+
+
+def test_our_optimizers_get_introspect_only_on_measured_steps(recording_run: RecordingRun) -> None:
+    class Spy(torch.optim.SGD):
+        """An SGD exposing the introspection contract, to watch the Monitor toggle it."""
+
+        def __init__(self, params) -> None:
+            super().__init__(params, lr=0.1)
+            self.introspect = False
+            self.last_internals: dict = {}
+            self.last_global_internals: dict = {}
+            self.seen: list[bool] = []
+
+        def step(self, closure=None):
+            self.seen.append(self.introspect)
+            return super().step(closure)
+
+    model = TinyMLP()
+    opt = Spy(model.parameters())
+    mon = attach(model, opt, run=recording_run, budget=None, spectra_every=4, internals_every=None)
+    train(model, opt, 9)
+    assert opt.seen == [s % 4 == 0 for s in range(9)]
+    assert opt.introspect is False
+    mon.detach()
+    opt.introspect = True  # a user's own setting is left alone
+    mon2 = attach(model, opt, run=recording_run, budget=None, spectra_every=1)
+    train(model, opt, 1)
+    assert opt.introspect is True
+    mon2.detach()
+
+
+def test_detach_removes_the_hooks_and_flushes(recording_run: RecordingRun) -> None:
+    model = TinyMLP()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    mon = attach(model, opt, run=recording_run, log_every=100)
+    train(model, opt, 3)
+    mon.detach()
+    assert len(recording_run.logs) == 3
+    train(model, opt, 3)
+    assert len(recording_run.logs) == 3
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+
+
+def test_set_step_and_start_step_label_the_records(recording_run: RecordingRun) -> None:
+    model = TinyMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = attach(model, opt, run=recording_run, log_every=1, start_step=100)
+    train(model, opt, 2)
+    mon.set_step(500)
+    train(model, opt, 1)
+    assert [s for s, _ in recording_run.logs] == [100, 101, 500]
+    assert mon.step == 501
+
+
+def test_samples_seen_from_batch_size(recording_run: RecordingRun) -> None:
+    model = TinyMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    attach(model, opt, run=recording_run, log_every=3, batch_size=32)
+    train(model, opt, 3)
+    assert recording_run.series("samples_seen") == {0: 32.0, 1: 64.0, 2: 96.0}
+
+
+def test_a_failing_diagnostic_is_disabled_with_one_warning_and_training_goes_on(
+    recording_run: RecordingRun, monkeypatch
+) -> None:
+    import probe.diagnostics.monitor as monitor_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("svd exploded")
+
+    monkeypatch.setattr(monitor_module, "singular_values", broken)
+    model = TinyMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mon = attach(model, opt, run=recording_run, budget=None, log_every=2, spectra_every=1)
+        train(model, opt, 6)
+    assert [str(w.message).count("'spectra'") for w in caught] == [1]
+    assert mon.errors == {"spectra": 1} and "spectra" in mon.disabled
+    assert len(recording_run.logs) == 6 and "update_ratio/fc1.weight" in recording_run.keys()
+
+
+def test_rejects_bad_options() -> None:
+    model = TinyMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="log_every"):
+        attach(model, opt, run=RecordingRun(), log_every=0)
+    with pytest.raises(ValueError, match="spectra_sources"):
+        attach(model, opt, run=RecordingRun(), spectra_sources=("weights",))
+    with pytest.raises(ValueError, match="optimizer"):
+        attach(model, [], run=RecordingRun())

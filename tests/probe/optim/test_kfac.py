@@ -4,6 +4,7 @@ the hook cadence, checkpointing, non-finite handling and introspection."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
@@ -23,6 +24,15 @@ FP32_RTOL = 1e-4
 FACTORED_MIN_REL_DIFF = 1e-2
 #: P15: at gamma = 1e3 with O(1) factors, gamma*V differs from grad by ~||A (x) G|| / gamma ~ 1e-3.
 LARGE_DAMPING_REL_ERR = 1e-2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    """Tiny matrices: intra-op threads only add contention on the shared 2-core test machines."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _spd(n: int, gen: torch.Generator) -> Tensor:

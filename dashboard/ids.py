@@ -1,0 +1,86 @@
+"""Component ids, prefixed by page (``runs-``, ``run-``, ``cmp-``, ``shell-``) so that pages can
+never collide inside the single Dash layout tree; callbacks and tests import them from here."""
+
+from __future__ import annotations
+
+# shell
+SHELL_SELECTION = "shell-selection"  # runs picked on the runs page, read by the compare link
+
+# runs page
+RUNS_TABLE = "runs-table"
+RUNS_SEARCH = "runs-search"
+RUNS_STATUS = "runs-status"
+RUNS_PROJECT = "runs-project"
+RUNS_TAG = "runs-tag"
+RUNS_REFRESH = "runs-refresh"
+RUNS_COUNT = "runs-count"
+RUNS_COMPARE_LINK = "runs-compare-link"
+RUNS_DELETE = "runs-delete"
+RUNS_CONFIRM = "runs-confirm"
+RUNS_MESSAGE = "runs-message"
+RUNS_INTERVAL = "runs-interval"
+RUNS_VERSION = "runs-version"  # bumped after a delete so the table reloads
+
+# run page
+RUN_ID = "run-id"  # Store: the run id of the page
+RUN_HEADER = "run-header"
+RUN_TABS = "run-tabs"
+RUN_TAB_BODY = "run-tab-body"
+RUN_INTERVAL = "run-interval"
+RUN_CURSOR = "run-cursor"  # Store: live-append cursor
+RUN_STATE = "run-state"  # Store: status etc. refreshed by the interval
+RUN_URL_SINK = "run-url-sink"
+RUN_LAYER = "run-layer"
+RUN_STEP = "run-step"
+RUN_SOURCE = "run-source"
+RUN_X = "run-x"
+RUN_SMOOTH = "run-smooth"
+RUN_LOG = "run-log"
+RUN_KEYS = "run-keys"
+RUN_SCALARS = "run-scalars"  # container of the scalar graphs
+RUN_SCALAR_GRAPH = "run-scalar-graph"  # pattern-matching type {"type": ..., "key": key}
+RUN_SPEC_HEATMAP = "run-spec-heatmap"
+RUN_SPEC_AT_STEP = "run-spec-at-step"
+RUN_SPEC_SUMMARY = "run-spec-summary"
+RUN_SPEC_METRIC = "run-spec-metric"
+RUN_NEURON_DIST = "run-neuron-dist"
+RUN_NEURON_CV = "run-neuron-cv"
+RUN_NEURON_FROZEN = "run-neuron-frozen"
+RUN_NEURON_V = "run-neuron-v"
+RUN_GDIFF_PARTS = "run-gdiff-parts"
+RUN_GDIFF_SPROJ = "run-gdiff-sproj"
+RUN_GDIFF_BETA = "run-gdiff-beta"
+RUN_GDIFF_SUMMARY = "run-gdiff-summary"
+RUN_KFAC_EIGS = "run-kfac-eigs"
+RUN_KFAC_DAMPING = "run-kfac-damping"
+RUN_KFAC_SPECTRUM = "run-kfac-spectrum"
+RUN_IB_PRUNED = "run-ib-pruned"
+RUN_IB_SAVED = "run-ib-saved"
+RUN_IB_CLASS = "run-ib-class"
+RUN_ALERTS = "run-alerts"
+RUN_CONFIG = "run-config"
+RUN_STEP_LABEL = "run-step-label"
+
+# compare page
+CMP_RUNS = "cmp-runs"
+CMP_KEYS = "cmp-keys"
+CMP_X = "cmp-x"
+CMP_SMOOTH = "cmp-smooth"
+CMP_LOG = "cmp-log"
+CMP_SCALARS = "cmp-scalars"
+CMP_LAYER = "cmp-layer"
+CMP_SOURCE = "cmp-source"
+CMP_MATCH = "cmp-match"
+CMP_AT = "cmp-at"
+CMP_SPEC_OVERLAY = "cmp-spec-overlay"
+CMP_SPEC_GRID = "cmp-spec-grid"
+CMP_NEURON_OVERLAY = "cmp-neuron-overlay"
+CMP_NEURON_BOX = "cmp-neuron-box"
+CMP_CONFIG_DIFF = "cmp-config-diff"
+CMP_TTT_KEY = "cmp-ttt-key"
+CMP_TTT_TARGET = "cmp-ttt-target"
+CMP_TTT_DIRECTION = "cmp-ttt-direction"
+CMP_TTT_BASELINE = "cmp-ttt-baseline"
+CMP_TTT_TABLE = "cmp-ttt-table"
+CMP_URL_SINK = "cmp-url-sink"
+CMP_MESSAGE = "cmp-message"

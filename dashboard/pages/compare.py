@@ -1,0 +1,522 @@
+"""Compare page ("/compare?runs=a,b,c"): 2 to 50 runs side by side.
+
+Overlaid scalars on a common x axis (step, wall time since start, samples seen); spectra and
+neuron-norm distributions at a matched step or matched samples seen, overlaid and as small
+multiples (the cross-run histogram comparison other trackers lack); a config diff showing only what
+differs; and the time-to-target table computed by the server's ``/time-to-target``.
+
+Requests for many runs go out concurrently (``ApiClient.map``) or as one multi-run ``/series``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from dash import Input, Output, State, callback, clientside_callback, dcc, html, no_update
+from dash.exceptions import PreventUpdate
+
+from .. import figures as F
+from .. import ids
+from ..api import ApiClient, ApiError, NotFound
+from ..components import control, flatten, fmt_duration, fmt_value, graph, message, parse_time, speedup_text
+from ..queries import SV_SOURCES, Catalog
+from ..series import X_CHOICES, X_SAMPLES, X_STEP, X_TIME, X_TITLES, relative_time, steps_to_samples
+from ..state import current_api, current_config
+
+TITLE = "Optiscope · compare"
+MAX_RUNS = 50  # the server's /time-to-target takes up to 50 run ids
+MATCH_STEP = "step"
+MATCH_SAMPLES = "samples"
+
+
+# -- layout ---------------------------------------------------------------------------------------
+
+def parse_run_ids(runs: str | None) -> list[str]:
+    """``"a,b,,a"`` -> ``["a", "b"]`` (order kept, duplicates and blanks dropped, capped)."""
+    out: list[str] = []
+    for part in (runs or "").split(","):
+        part = part.strip()
+        if part and part not in out:
+            out.append(part)
+    return out[:MAX_RUNS]
+
+
+def layout(runs: str | None = None, keys: str | None = None, x: str | None = None, layer: str | None = None,
+           source: str | None = None, match: str | None = None, at: str | None = None, metric: str | None = None,
+           target: str | None = None, direction: str | None = None, baseline: str | None = None,
+           smooth: str | None = None, log: str | None = None, **_: Any) -> html.Div:
+    """Controls from the query string; every panel is filled by its callback."""
+    run_ids = parse_run_ids(runs)
+    api = current_api()
+    try:
+        all_runs, _ = api.list_runs(limit=1000)
+    except ApiError as exc:
+        return message("Cannot reach the server", str(exc), kind="error")
+    options = [{"label": f"{r.get('name') or r['id']} ({r.get('project')})", "value": r["id"]} for r in all_runs]
+    known = {o["value"] for o in options}
+    missing = [r for r in run_ids if r not in known]
+    for rid in missing:  # beyond the newest 1000, or unknown: ask directly
+        try:
+            r = api.get_run(rid)
+            options.append({"label": f"{r.get('name') or r['id']} ({r.get('project')})", "value": r["id"]})
+        except ApiError:
+            pass
+    valid = [r for r in run_ids if r in {o["value"] for o in options}]
+    unknown = [r for r in run_ids if r not in valid]
+    notes = [message("Unknown runs ignored", ", ".join(unknown), kind="warning")] if unknown else []
+    try:
+        smooth_v = min(max(float(smooth), 0.0), 0.99) if smooth else 0.0
+    except ValueError:
+        smooth_v = 0.0
+    try:
+        at_v = int(float(at)) if at else None
+    except ValueError:
+        at_v = None
+    try:
+        target_v = float(target) if target else None
+    except ValueError:
+        target_v = None
+    return html.Div(
+        [
+            html.H2("Compare runs"),
+            *notes,
+            html.Div(id=ids.CMP_MESSAGE),
+            html.Div([
+                control("runs (2–50)", dcc.Dropdown(id=ids.CMP_RUNS, options=options, value=valid, multi=True,
+                                                    placeholder="pick runs to compare"), width="100%"),
+            ], className="controls"),
+            dcc.Store(id=ids.CMP_KEYS, data=None),
+            dcc.Store(id="cmp-meta", data=None),
+            # -- scalars
+            html.Section([
+                html.H3("Scalars"),
+                html.Div([
+                    control("scalars", dcc.Dropdown(id="cmp-keys-select", options=[], multi=True,
+                                                    value=keys.split(",") if keys else None), width="320px"),
+                    control("x axis", dcc.RadioItems(id=ids.CMP_X, value=x if x in X_CHOICES else X_STEP, inline=True,
+                                                     options=[{"label": " " + X_TITLES[c].split(" (")[0], "value": c}
+                                                              for c in X_CHOICES])),
+                    control("smoothing (EMA)", dcc.Slider(id=ids.CMP_SMOOTH, min=0, max=0.99, step=0.01, value=smooth_v,
+                                                          marks={0: "0", 0.5: "0.5", 0.9: "0.9"}), width="220px"),
+                    control("y scale", dcc.Checklist(id=ids.CMP_LOG, options=[{"label": " log", "value": "log"}],
+                                                     value=["log"] if log in ("1", "log", "true") else [])),
+                ], className="controls"),
+                dcc.Loading(html.Div(id=ids.CMP_SCALARS, className="grid2"), type="dot", delay_show=400),
+            ], className="section"),
+            # -- time to target
+            html.Section([
+                html.H3("Time to target"),
+                html.P("Steps, wall time and samples seen until the metric first crosses the target (raw points, "
+                       "computed by the server); speedup = baseline ÷ run, so > 1 means faster than the baseline.",
+                       className="hint"),
+                html.Div([
+                    control("metric", dcc.Dropdown(id=ids.CMP_TTT_KEY, options=[], value=metric, clearable=False),
+                            width="220px"),
+                    control("target", dcc.Input(id=ids.CMP_TTT_TARGET, type="number", value=target_v, debounce=True,
+                                                placeholder="auto")),
+                    control("reached when", dcc.RadioItems(
+                        id=ids.CMP_TTT_DIRECTION, inline=True, value=direction if direction in ("below", "above") else None,
+                        options=[{"label": " ≤ target", "value": "below"}, {"label": " ≥ target", "value": "above"}])),
+                    control("baseline", dcc.Dropdown(id=ids.CMP_TTT_BASELINE, options=[], value=baseline,
+                                                     clearable=False), width="260px"),
+                ], className="controls"),
+                dcc.Loading(html.Div(id=ids.CMP_TTT_TABLE), type="dot", delay_show=400),
+            ], className="section"),
+            # -- spectra and neurons at a matched step
+            html.Section([
+                html.H3("Spectra and neuron update norms at a matched point"),
+                html.Div([
+                    control("layer", dcc.Dropdown(id=ids.CMP_LAYER, options=[], value=layer, clearable=False),
+                            width="300px"),
+                    control("spectrum of", dcc.RadioItems(id=ids.CMP_SOURCE, inline=True,
+                                                          value=source if source in SV_SOURCES else "weight",
+                                                          options=[{"label": " " + s, "value": s} for s in SV_SOURCES])),
+                    control("match by", dcc.RadioItems(id=ids.CMP_MATCH, inline=True,
+                                                       value=match if match in (MATCH_STEP, MATCH_SAMPLES) else MATCH_STEP,
+                                                       options=[{"label": " step", "value": MATCH_STEP},
+                                                                {"label": " samples seen", "value": MATCH_SAMPLES}])),
+                    control("at", dcc.Input(id=ids.CMP_AT, type="number", value=at_v, debounce=True,
+                                            placeholder="latest common")),
+                ], className="controls"),
+                dcc.Loading(html.Div([
+                    html.Div([graph(ids.CMP_SPEC_OVERLAY), graph(ids.CMP_NEURON_OVERLAY)], className="grid2"),
+                    graph(ids.CMP_SPEC_GRID),
+                    graph(ids.CMP_NEURON_BOX),
+                ]), type="dot", delay_show=400),
+            ], className="section"),
+            # -- config diff
+            html.Section([
+                html.H3("Config: only what differs"),
+                html.Div(id=ids.CMP_CONFIG_DIFF),
+            ], className="section"),
+            html.Div(id=ids.CMP_URL_SINK, hidden=True),
+        ]
+    )
+
+
+# -- run metadata and the union catalog -----------------------------------------------------------
+
+def run_meta(api: ApiClient, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Name, start time, optimizer and config of each run (concurrently); unknown ids skipped."""
+    def one(rid: str) -> dict[str, Any] | None:
+        try:
+            return api.get_run(rid)
+        except NotFound:
+            return None
+    out = {}
+    for rid, run in zip(run_ids, api.map(one, list(run_ids))):
+        if run is None:
+            continue
+        created = parse_time(run.get("created_at"))
+        out[rid] = {"name": run.get("name") or rid, "created_at": created.timestamp() if created else None,
+                    "config": run.get("config") or {}, "optimizer": run.get("optimizer"),
+                    "project": run.get("project"), "status": run.get("status"), "last_step": run.get("last_step")}
+    return out
+
+
+def union_catalog(catalogs: Mapping[str, Catalog]) -> dict[str, Any]:
+    """What the runs logged, merged: scalar keys (with how many runs have each), spectrum layers and
+    sources, neuron layers, and the last step every run reached (the default matched step)."""
+    scalars: dict[str, int] = {}
+    sv_layers: dict[str, None] = {}
+    neuron_layers: dict[str, None] = {}
+    sources: dict[str, None] = {}
+    last_steps = []
+    for cat in catalogs.values():
+        for k in cat.global_scalars:
+            scalars[k] = scalars.get(k, 0) + 1
+        for src in cat.sv_sources():
+            sources[src] = None
+            sv_layers.update(dict.fromkeys(cat.array_layers(f"sv.{src}")))
+        neuron_layers.update(dict.fromkeys(cat.array_layers("neuron.update_norm")))
+        steps = [int(r.get("last_step") or 0) for r in cat.scalars.values()]
+        if steps:
+            last_steps.append(max(steps))
+    ordered = sorted(scalars, key=lambda k: (k != "loss", not k.startswith(("acc", "val")), -scalars[k], k))
+    return {"scalars": ordered, "sv_layers": list(sv_layers), "neuron_layers": list(neuron_layers),
+            "sources": list(sources), "common_last_step": min(last_steps) if last_steps else None}
+
+
+@callback(
+    Output("cmp-meta", "data"),
+    Output(ids.CMP_KEYS, "data"),
+    Output(ids.CMP_MESSAGE, "children"),
+    Input(ids.CMP_RUNS, "value"),
+)
+def load_runs(run_ids):
+    """Per-run metadata and the merged key catalog for whatever runs are picked."""
+    run_ids = list(run_ids or [])
+    if len(run_ids) < 2:
+        note = message("Pick at least two runs", "Select runs on the runs page and press “compare”, or add "
+                       "them in the box above.")
+    else:
+        note = None
+    if not run_ids:
+        return {}, union_catalog({}), note
+    api = current_api()
+    try:
+        meta = run_meta(api, run_ids)
+        keys = api.map(lambda rid: Catalog.from_keys(api.keys(rid)), list(meta))
+    except ApiError as exc:
+        return {}, union_catalog({}), message("Cannot load runs", str(exc), kind="error")
+    return meta, union_catalog(dict(zip(meta, keys))), note
+
+
+@callback(
+    Output("cmp-keys-select", "options"),
+    Output("cmp-keys-select", "value"),
+    Output(ids.CMP_TTT_KEY, "options"),
+    Output(ids.CMP_TTT_KEY, "value"),
+    Output(ids.CMP_TTT_BASELINE, "options"),
+    Output(ids.CMP_TTT_BASELINE, "value"),
+    Output(ids.CMP_LAYER, "options"),
+    Output(ids.CMP_LAYER, "value"),
+    Input(ids.CMP_KEYS, "data"),
+    State("cmp-meta", "data"),
+    State("cmp-keys-select", "value"),
+    State(ids.CMP_TTT_KEY, "value"),
+    State(ids.CMP_TTT_BASELINE, "value"),
+    State(ids.CMP_LAYER, "value"),
+)
+def fill_controls(catalog, meta, keys, ttt_key, baseline, layer):
+    """Offer only what the picked runs logged; keep choices that are still valid."""
+    catalog = catalog or {}
+    meta = meta or {}
+    scalars = [k for k in catalog.get("scalars", []) if k != "samples_seen"]
+    keys = [k for k in (keys or []) if k in scalars] or scalars[:2]
+    ttt_key = ttt_key if ttt_key in scalars else (scalars[0] if scalars else None)
+    runs = [{"label": m["name"], "value": rid} for rid, m in meta.items()]
+    baseline = baseline if baseline in meta else (next(iter(meta)) if meta else None)
+    layers = catalog.get("sv_layers") or catalog.get("neuron_layers") or []
+    layer = layer if layer in layers else (layers[0] if layers else None)
+    return scalars, keys, scalars, ttt_key, runs, baseline, layers, layer
+
+
+# -- scalars --------------------------------------------------------------------------------------
+
+def overlay_lines(api: ApiClient, meta: Mapping[str, Mapping[str, Any]], key: str, series: Sequence[Mapping[str, Any]],
+                  x: str, samples: Mapping[str, tuple[list[int], list[float]]]) -> list[F.Line]:
+    """One line per run for ``key``, x in the chosen unit; colours follow the run's position."""
+    by_run = {s["run_id"]: s for s in series if s["key"] == key}
+    lines = []
+    for i, (rid, m) in enumerate(meta.items()):
+        s = by_run.get(rid)
+        if not s:
+            continue
+        if x == X_TIME:
+            xs = relative_time(s["x"], m.get("created_at"))
+        elif x == X_SAMPLES:
+            xs = steps_to_samples(s["steps"], *samples.get(rid, ([], [])))
+        else:
+            xs = s["x"]
+        lines.append(F.Line(m["name"], xs, s["y"], color=F.color(i), steps=s["steps"]))
+    return lines
+
+
+@callback(
+    Output(ids.CMP_SCALARS, "children"),
+    Input("cmp-keys-select", "value"),
+    Input(ids.CMP_X, "value"),
+    Input(ids.CMP_SMOOTH, "value"),
+    Input(ids.CMP_LOG, "value"),
+    Input("cmp-meta", "data"),
+)
+def draw_scalars(keys, x, smooth, log, meta):
+    """Overlaid scalars: one chart per key, one line per run, one request for all of them."""
+    meta = meta or {}
+    keys = list(keys or [])
+    if not meta or not keys:
+        return [graph("cmp-scalar-empty", F.empty_figure("scalars", "no scalars in common — pick runs that logged "
+                                                          "run.log({...}) keys"))]
+    api = current_api()
+    x = x or X_STEP
+    run_ids = list(meta)
+    wire_x = "time" if x == X_TIME else "step"
+    series = api.series(run_ids, keys, x=wire_x, points=current_config().series_points)
+    samples: dict[str, tuple[list[int], list[float]]] = {}
+    if x == X_SAMPLES:
+        for s in api.series(run_ids, ["samples_seen"], x="step", points=5000):
+            samples[s["run_id"]] = (s["steps"], s["y"])
+    out = []
+    for key in keys:
+        lines = overlay_lines(api, meta, key, series, x, samples)
+        fig = F.line_figure(lines, title=f"{key} — {len(lines)} runs", x_title=X_TITLES[x], y_title=f"{key} (value)",
+                            log_y="log" in (log or []), smoothing=float(smooth or 0), uirevision=f"cmp:{key}:{x}",
+                            empty_message=f"no run logged {key}")
+        fig.update_layout(showlegend=True, height=380)
+        out.append(graph({"type": "cmp-scalar-graph", "key": key}, fig))
+    return out
+
+
+# -- time to target -------------------------------------------------------------------------------
+
+def default_direction(key: str | None) -> str:
+    """Accuracy-like metrics are reached from below (≥ target); losses from above (≤ target)."""
+    k = (key or "").lower()
+    return "above" if any(t in k for t in ("acc", "f1", "auc", "precision", "recall", "score")) else "below"
+
+
+def default_target(series: Sequence[Mapping[str, Any]], direction: str) -> float | None:
+    """A target every run reaches: the worst of the runs' best values (the server's min/max
+    downsampling keeps each run's extreme, so this is exact)."""
+    bests = []
+    for s in series:
+        ys = [y for y in s["y"] if math.isfinite(y)]
+        if ys:
+            bests.append(min(ys) if direction == "below" else max(ys))
+    if not bests:
+        return None
+    value = max(bests) if direction == "below" else min(bests)
+    return float(f"{value:.4g}")
+
+
+def ttt_table(result: Mapping[str, Any], meta: Mapping[str, Mapping[str, Any]]) -> html.Table:
+    """The time-to-target rows as a table; the baseline row is marked and speedups coloured."""
+    head = ["run", "reached", "steps", "wall time", "samples seen", "speedup (steps)", "speedup (time)",
+            "speedup (samples)"]
+    body = []
+    for row in result.get("rows", []):
+        rid = row.get("run_id")
+        name = row.get("name") or (meta.get(rid) or {}).get("name") or rid
+        is_base = rid == result.get("baseline")
+        cells = [
+            html.Td([dcc.Link(name, href=f"/runs/{rid}"), " (baseline)" if is_base else ""]),
+            html.Td("yes" if row.get("reached") else "no"),
+            html.Td(fmt_value(row.get("step")) if row.get("reached") else "—"),
+            html.Td(fmt_duration(row.get("time_s")) if row.get("reached") else "—"),
+            html.Td(fmt_value(row.get("samples_seen")) if row.get("samples_seen") is not None else "—"),
+        ]
+        for name_ in ("speedup_steps", "speedup_time", "speedup_samples"):
+            v = row.get(name_)
+            cls = "speedup-fast" if v is not None and v > 1.0 + 1e-9 else ("speedup-slow" if v is not None and v < 1 - 1e-9 else "")
+            cells.append(html.Td(speedup_text(v), className=cls))
+        body.append(html.Tr(cells, className="ttt-row", **{"data-run": rid}))
+    return html.Table([html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(body)],
+                      className="data-table", id="cmp-ttt-result")
+
+
+@callback(
+    Output(ids.CMP_TTT_TABLE, "children"),
+    Output(ids.CMP_TTT_TARGET, "placeholder"),
+    Output(ids.CMP_TTT_DIRECTION, "value"),
+    Input(ids.CMP_TTT_KEY, "value"),
+    Input(ids.CMP_TTT_TARGET, "value"),
+    Input(ids.CMP_TTT_DIRECTION, "value"),
+    Input(ids.CMP_TTT_BASELINE, "value"),
+    State("cmp-meta", "data"),
+)
+def time_to_target(key, target, direction, baseline, meta):
+    """Ask the server's /time-to-target (one implementation, shared with the demo) and tabulate."""
+    meta = meta or {}
+    if not key or len(meta) < 1:
+        return message("Pick runs and a metric", "The table appears when the runs share a scalar."), no_update, no_update
+    api = current_api()
+    direction_out = no_update
+    if direction not in ("below", "above"):
+        direction = direction_out = default_direction(key)
+    placeholder = no_update
+    if target is None:
+        target = default_target(api.series(list(meta), [key], points=1000), direction)
+        if target is None:
+            return message(f"No run logged {key}"), no_update, direction_out
+        placeholder = f"auto: {target:g}"
+    run_ids = list(meta)
+    if baseline in run_ids:  # the server's default baseline is the first run id: put the chosen one first
+        run_ids.remove(baseline)
+        run_ids.insert(0, baseline)
+    try:
+        result = api.time_to_target(run_ids, key, float(target), direction=direction, baseline=baseline)
+    except ApiError as exc:
+        return message("Cannot compute time to target", str(exc), kind="error"), placeholder, direction_out
+    rel = "≤" if direction == "below" else "≥"
+    caption = html.P(f"{key} {rel} {target:g}; baseline: {(meta.get(result.get('baseline')) or {}).get('name', result.get('baseline'))}",
+                     className="hint")
+    return html.Div([caption, ttt_table(result, meta)]), placeholder, direction_out
+
+
+# -- spectra / neurons at a matched step ----------------------------------------------------------
+
+def matched_steps(api: ApiClient, run_ids: Sequence[str], match: str, at: float | None,
+                  common_last: int | None) -> dict[str, int | None]:
+    """The step to show for each run: the same step, or the step where each run had seen ``at`` samples
+    (runs pruned by InfoBatch reach a sample count at different steps). None: the run never got there."""
+    if match != MATCH_SAMPLES:
+        step = int(at) if at is not None else common_last
+        return {rid: step for rid in run_ids}
+    series = {s["run_id"]: s for s in api.series(list(run_ids), ["samples_seen"], x="step", points=20000)}
+    out: dict[str, int | None] = {}
+    for rid in run_ids:
+        s = series.get(rid)
+        if not s or not s["y"]:
+            out[rid] = None
+            continue
+        goal = at if at is not None else min(max(v for v in t["y"] if math.isfinite(v)) for t in series.values() if t["y"])
+        out[rid] = next((st for st, v in zip(s["steps"], s["y"]) if math.isfinite(v) and v >= goal), None)
+    return out
+
+
+def _at_step(api: ApiClient, rid: str, key: str, layer: str, step: int | None) -> tuple[int, list[float]] | None:
+    if step is None:
+        return None
+    records = api.arrays(rid, key, layer=layer, at_step=step)
+    return (int(records[-1]["step"]), records[-1]["values"]) if records else None
+
+
+@callback(
+    Output(ids.CMP_SPEC_OVERLAY, "figure"),
+    Output(ids.CMP_SPEC_GRID, "figure"),
+    Output(ids.CMP_NEURON_OVERLAY, "figure"),
+    Output(ids.CMP_NEURON_BOX, "figure"),
+    Input(ids.CMP_LAYER, "value"),
+    Input(ids.CMP_SOURCE, "value"),
+    Input(ids.CMP_MATCH, "value"),
+    Input(ids.CMP_AT, "value"),
+    State("cmp-meta", "data"),
+    State(ids.CMP_KEYS, "data"),
+)
+def matched_panels(layer, source, match, at, meta, catalog):
+    """Spectra and neuron-norm distributions of every run at the matched point, overlaid and side by side."""
+    meta = meta or {}
+    hint_sv = "no spectra logged for these runs — enable them with probe.attach(model, optimizer, run=run)"
+    hint_nn = "no neuron update norms logged for these runs — probe.attach(...) logs them for 2-D layers"
+    if not meta or not layer:
+        empty = F.empty_figure("spectra at a matched step", hint_sv)
+        return empty, empty, F.empty_figure("neuron update norms", hint_nn), F.empty_figure("neuron update norms", hint_nn)
+    api = current_api()
+    run_ids = list(meta)
+    steps = matched_steps(api, run_ids, match, at, (catalog or {}).get("common_last_step"))
+    source = source or "weight"
+    spec = api.map(lambda rid: _at_step(api, rid, f"sv.{source}", layer, steps[rid]), run_ids)
+    neur = api.map(lambda rid: _at_step(api, rid, "neuron.update_norm", layer, steps[rid]), run_ids)
+    where = "matched samples seen" if match == MATCH_SAMPLES else f"step ≤ {steps[run_ids[0]]}"
+    spectra = [(f"{meta[r]['name']} @ {g[0]}", g[1]) for r, g in zip(run_ids, spec) if g]
+    overlay = F.spectrum_figure(spectra, title=f"spectrum of {source} — {layer} ({where})", empty_message=hint_sv)
+    grid = F.small_multiples([(f"{meta[r]['name']} @ step {g[0]}", [(source, g[1])]) for r, g in zip(run_ids, spec) if g],
+                             title=f"spectra side by side — {layer}", x_title="index i", y_title="σᵢ",
+                             empty_message=hint_sv)
+    dists = [(f"{meta[r]['name']} @ {g[0]}", g[1]) for r, g in zip(run_ids, neur) if g]
+    n_overlay = F.distribution_figure(dists, title=f"neuron update norms — {layer} ({where})", mode="ecdf",
+                                      x_title="‖ΔW_row‖₂", empty_message=hint_nn)
+    n_box = F.distribution_figure(dists, title=f"neuron update norms side by side — {layer}", mode="box",
+                                  x_title="‖ΔW_row‖₂", empty_message=hint_nn)
+    return overlay, grid, n_overlay, n_box
+
+
+# -- config diff ----------------------------------------------------------------------------------
+
+def config_diff(meta: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """(run names, [(key, value per run)]) for the keys whose values are not all equal; a key missing
+    from a run counts as different (shown as —). Optimizer is included: it is the usual difference."""
+    flat = {rid: {"optimizer": m.get("optimizer"), **flatten(m.get("config"))} for rid, m in meta.items()}
+    keys = sorted({k for f in flat.values() for k in f})
+    rows = []
+    for k in keys:
+        values = [fmt_value(f[k]) if k in f else "—" for f in flat.values()]
+        if len(set(values)) > 1:
+            rows.append((k, values))
+    return [m["name"] for m in meta.values()], rows
+
+
+@callback(Output(ids.CMP_CONFIG_DIFF, "children"), Input("cmp-meta", "data"))
+def show_config_diff(meta):
+    """Only the config keys that differ between the runs."""
+    meta = meta or {}
+    if len(meta) < 2:
+        return message("Pick at least two runs to see their config differences")
+    names, rows = config_diff(meta)
+    if not rows:
+        return message("Identical configs", "These runs have the same config and optimizer.")
+    head = html.Thead(html.Tr([html.Th("key")] + [html.Th(n) for n in names]))
+    body = html.Tbody([html.Tr([html.Td(k, className="kv-key")] + [html.Td(v) for v in values]) for k, values in rows])
+    return html.Div(html.Table([head, body], className="data-table", id="cmp-config-table"), style={"overflowX": "auto"})
+
+
+clientside_callback(
+    """(runs, keys, x, smooth, log, metric, target, direction, baseline, layer, source, match, at) => {
+        if (window.location.pathname !== '/compare') return '';
+        const p = new URLSearchParams();
+        if (runs && runs.length) p.set('runs', runs.join(','));
+        if (keys && keys.length) p.set('keys', keys.join(','));
+        if (x && x !== 'step') p.set('x', x);
+        if (smooth) p.set('smooth', smooth);
+        if (log && log.length) p.set('log', '1');
+        if (metric) p.set('metric', metric);
+        if (target !== null && target !== undefined) p.set('target', target);
+        if (direction) p.set('direction', direction);
+        if (baseline) p.set('baseline', baseline);
+        if (layer) p.set('layer', layer);
+        if (source && source !== 'weight') p.set('source', source);
+        if (match && match !== 'step') p.set('match', match);
+        if (at !== null && at !== undefined) p.set('at', at);
+        window.history.replaceState(null, '', '/compare?' + p.toString().replace(/%2C/g, ','));
+        return '';
+    }""",
+    Output(ids.CMP_URL_SINK, "children"),
+    Input(ids.CMP_RUNS, "value"), Input("cmp-keys-select", "value"), Input(ids.CMP_X, "value"),
+    Input(ids.CMP_SMOOTH, "value"), Input(ids.CMP_LOG, "value"), Input(ids.CMP_TTT_KEY, "value"),
+    Input(ids.CMP_TTT_TARGET, "value"), Input(ids.CMP_TTT_DIRECTION, "value"), Input(ids.CMP_TTT_BASELINE, "value"),
+    Input(ids.CMP_LAYER, "value"), Input(ids.CMP_SOURCE, "value"), Input(ids.CMP_MATCH, "value"),
+    Input(ids.CMP_AT, "value"),
+)

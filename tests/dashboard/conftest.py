@@ -1,0 +1,84 @@
+"""Fixtures of the dashboard tests: one real ``optiscope serve`` (which mounts the dashboard) seeded
+once per session through the HTTP ingest API, a Dash app reading it, and one headless Chromium."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LiveServer
+from tests.pg_cluster import free_port
+
+from .seed import Seeder, seed_suite
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A real server on a free loopback port with its own OPTISCOPE_HOME (SQLite)."""
+    home = Path(tempfile.mkdtemp(prefix="home-", dir=tmp_path_factory.mktemp("dash")))
+    srv = LiveServer(port=free_port(), home=home, db_url=None, env={}).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def seeded(server: LiveServer) -> dict[str, str]:
+    """Role -> run id of the seeded runs (see seed.seed_suite)."""
+    seeder = Seeder(server.api, server.token)
+    try:
+        return seed_suite(seeder)
+    finally:
+        seeder.close()
+
+
+@pytest.fixture(scope="session")
+def dash_app(server: LiveServer):
+    """A Dash app (separate from the one the server mounts) reading the live server over HTTP."""
+    from dashboard.app import create_app
+
+    return create_app(server.url, server.token)
+
+
+@pytest.fixture
+def request_ctx(dash_app):
+    """A Flask request context, so callbacks can be called as plain functions."""
+    with dash_app.server.test_request_context("/"):
+        yield
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session (Debian's, never a downloaded one)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not found at {CHROMIUM}")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page; fails the test on any uncaught page error or dialog (alert() would be XSS)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.errors = []  # type: ignore[attr-defined]
+    pg.dialogs = []  # type: ignore[attr-defined]
+    pg.on("pageerror", lambda exc: pg.errors.append(str(exc)))
+    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
+    try:
+        yield pg
+    finally:
+        context.close()

@@ -1,0 +1,247 @@
+"""The client against the real server: in-process (``TestClient`` injected as the transport's
+``httpx.Client``) and over a real socket (``live_server``), including a server outage mid-run,
+crash marking of a killed process, and ``optiscope sync``."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+import probe
+from probe.cli import main as optiscope_main
+from probe.client.config import ClientConfig
+from probe.client.sync import sync_home
+from probe.client.transport import Transport
+
+fastapi_testclient = pytest.importorskip("fastapi.testclient")
+from server.auth import create_token  # noqa: E402
+from server.config import Settings  # noqa: E402
+from server.main import create_app  # noqa: E402
+from server.migrate import upgrade  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("db") / "optiscope.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+class InProcess:
+    def __init__(self, client: fastapi_testclient.TestClient, token: str) -> None:
+        self.client = client
+        self.token = token
+
+    def get(self, path: str, **params) -> dict:
+        r = self.client.get("/api/v1" + path, params=params, headers={"Authorization": f"Bearer {self.token}"})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        return {k["key"]: k["count"] for k in self.get(f"/runs/{run_id}/keys")["scalars"]}
+
+
+@pytest.fixture
+def server(migrated_db: Path, tmp_path: Path) -> Iterator[InProcess]:
+    home = tmp_path / "server-home"
+    home.mkdir()
+    shutil.copy(migrated_db, home / "optiscope.db")
+    app = create_app(Settings(home=home, reaper_interval=0), mounts=False)
+    with fastapi_testclient.TestClient(app) as client:
+        session = app.state.sessionmaker()
+        try:
+            token = create_token(session=session, name="client-tests")[1]
+        finally:
+            session.close()
+        yield InProcess(client, token)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> ClientConfig:
+    return ClientConfig(url="http://testserver", home=tmp_path / "client-home", flush_interval=0.01,
+                        backoff_base=0.01, backoff_max=0.1, finish_timeout=20.0)
+
+
+def test_everything_logged_is_stored_faithfully(server: InProcess, settings: ClientConfig) -> None:
+    with probe.init("contract", config={"lr": 0.02, "eps": math.inf}, tags=["t"], optimizer="NorMuon",
+                    settings=settings, token=server.token, client=server.client) as run:
+        for step in range(300):
+            run.log({"loss": torch.tensor(2.0 / (step + 1)), "acc": step / 300,
+                     "grad_norm/fc1.weight": math.nan if step == 7 else 1.0}, step=step)
+        run.log_array("sv.weight", torch.linspace(3, 1, 8).reshape(2, 4), step=10, layer="fc1.weight")
+        run.log_event("nonfinite", "1 non-finite value in grad", step=7, layer="fc1.weight", data={"n": 1})
+    assert run.dropped == 0
+    assert server.counts(run.id) == {"loss": 300, "acc": 300, "grad_norm/fc1.weight": 300}
+    (series,) = server.get("/series", run_id=run.id, key="grad_norm/fc1.weight", points=20000)["series"]
+    assert series["y"][7] == "NaN" and series["steps"] == list(range(300))
+    (loss,) = server.get("/series", run_id=run.id, key="loss", points=20000)["series"]
+    assert loss["y"][1] == pytest.approx(1.0)
+    (record,) = server.get(f"/runs/{run.id}/arrays", key="sv.weight")["records"]
+    assert record["shape"] == [2, 4] and record["layer"] == "fc1.weight"
+    assert np.allclose([float(v) for v in record["values"]], np.linspace(3, 1, 8))
+    (event,) = server.get(f"/runs/{run.id}/events")["data"]
+    assert (event["key"], event["step"], event["data"]) == ("nonfinite", 7, {"n": 1})
+    stored = server.get(f"/runs/{run.id}")
+    assert stored["status"] == "finished" and stored["optimizer"] == "NorMuon" and stored["project"] == "contract"
+    assert stored["config"] == {"lr": 0.02, "eps": "Infinity"} and stored["heartbeat_at"] is not None
+
+
+def test_exception_marks_the_run_crashed(server: InProcess, settings: ClientConfig) -> None:
+    with pytest.raises(FloatingPointError):
+        with probe.init("p", settings=settings, token=server.token, client=server.client) as run:
+            run.log({"loss": 1.0}, step=0)
+            raise FloatingPointError("loss is NaN")
+    assert server.get(f"/runs/{run.id}")["status"] == "crashed"
+    assert server.counts(run.id) == {"loss": 1}
+
+
+def test_replaying_a_spool_twice_stores_nothing_twice(
+    server: InProcess, settings: ClientConfig, tmp_path: Path
+) -> None:
+    run = probe.init("p", mode="offline", settings=settings)
+    for step in range(1000):
+        run.log({"loss": float(step)}, step=step)
+        if step % 100 == 0:
+            run.log_array("neuron.update_norm", [1.0, 2.0, 3.0], step=step, layer="fc1.weight")
+    run.finish()
+    spool = Path(run.spool_dir)
+    backup = tmp_path / "backup"
+    shutil.copytree(spool, backup)
+    transport = Transport(settings.api, server.token, client=server.client)
+    (first,) = sync_home(settings.spool_dir, transport)
+    assert first.ok and first.duplicates == 0 and first.status == "finished" and first.records == 1010
+    shutil.move(backup, spool)  # as if sync had crashed before deleting the spool
+    (second,) = sync_home(settings.spool_dir, transport)
+    assert second.ok and second.duplicates == second.batches > 0
+    assert server.counts(run.id) == {"loss": 1000}
+    assert server.get(f"/runs/{run.id}/arrays", key="neuron.update_norm")["total"] == 10
+
+
+# -- over a real socket -----------------------------------------------------------------------------
+
+
+def _series_steps(srv, run_id: str, key: str) -> list[int]:
+    r = httpx.get(srv.api + "/series", params={"run_id": run_id, "key": key, "points": 20000},
+                  headers=srv.headers, timeout=10)
+    r.raise_for_status()
+    (series,) = r.json()["series"]
+    assert not series["downsampled"]
+    return series["steps"]
+
+
+def test_outage_mid_run_loses_nothing_and_duplicates_nothing(live_server: Callable, tmp_path: Path) -> None:
+    srv = live_server()
+    settings = ClientConfig(url=srv.url, token=srv.token, home=tmp_path / "client", flush_interval=0.02,
+                            backoff_base=0.05, backoff_max=0.5, timeout=2.0, finish_timeout=30.0)
+    run = probe.init("outage", settings=settings)
+    total, latencies = 6000, []
+
+    def train(start: int, stop: int) -> None:
+        for step in range(start, stop):
+            t0 = time.perf_counter()
+            run.log({"loss": 1.0 / (step + 1), "step_time": 0.01}, step=step)
+            latencies.append(time.perf_counter() - t0)
+            if step % 200 == 0:
+                time.sleep(0.005)  # a little "training" between bursts
+
+    train(0, 2000)
+    assert run.flush(timeout=20)
+    srv.stop()  # the server goes away mid-run...
+    train(2000, 4000)
+    assert run.flush(timeout=0.3) is False
+    assert run.sender.state == "outage" and run.sender.spool.pending_batches > 0
+    srv.start()  # ...and comes back on the same port and data
+    train(4000, total)
+    assert run.flush(timeout=30)
+    run.finish()
+    assert run.dropped == 0
+    for key in ("loss", "step_time"):
+        assert _series_steps(srv, run.id, key) == list(range(total))  # every point, exactly once
+    status = httpx.get(f"{srv.api}/runs/{run.id}", headers=srv.headers).json()["status"]
+    assert status == "finished"
+    assert float(np.percentile(np.array(latencies) * 1e6, 50)) < 20  # run.log stayed fast during the outage
+
+
+KILLED_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import probe
+    from probe.client.config import ClientConfig
+    settings = ClientConfig.from_env(flush_interval=0.02, heartbeat_interval=0.3)
+    run = probe.init("killed", settings=settings)
+    for step in range(500):
+        run.log({"loss": float(step)}, step=step)
+    assert run.flush(timeout=20)
+    print(run.id, run.spool_dir, flush=True)
+    time.sleep(120)
+    """
+)
+
+
+@pytest.mark.slow
+def test_killed_process_ends_up_crashed_and_sync_marks_it(live_server: Callable, tmp_path: Path) -> None:
+    srv = live_server(env={"OPTISCOPE_HEARTBEAT_TIMEOUT": "1.5", "OPTISCOPE_REAPER_INTERVAL": "0.3"})
+    client_home = tmp_path / "client"
+    env = {**os.environ, "OPTISCOPE_URL": srv.url, "OPTISCOPE_TOKEN": srv.token, "OPTISCOPE_HOME": str(client_home)}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SCRIPT], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        run_id, spool_dir = proc.stdout.readline().split()
+        time.sleep(2.5)  # longer than the heartbeat timeout: heartbeats keep it alive
+        run_url = f"{srv.api}/runs/{run_id}"
+        assert httpx.get(run_url, headers=srv.headers).json()["status"] == "running"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 10
+    while httpx.get(run_url, headers=srv.headers).json()["status"] != "crashed":
+        assert time.monotonic() < deadline, "the reaper did not mark the killed run crashed"
+        time.sleep(0.2)
+    assert Path(spool_dir).exists()  # the dead process could not finish: sync completes the story
+    code = optiscope_main(["sync", "--url", srv.url, "--token", srv.token, "--home", str(client_home)])
+    assert code == 0 and not Path(spool_dir).exists()
+    assert httpx.get(run_url, headers=srv.headers).json()["status"] == "crashed"
+    assert _series_steps(srv, run_id, "loss") == list(range(500))
+
+
+def test_offline_run_then_optiscope_sync_cli(live_server: Callable, tmp_path: Path, capsys) -> None:
+    srv = live_server()
+    home = tmp_path / "offline-home"
+    run = probe.init("offline", mode="offline", home=home, settings=ClientConfig(home=home, flush_interval=0.01))
+    for step in range(250):
+        run.log({"loss": float(step)}, step=step)
+    run.finish()
+    assert optiscope_main(["sync", "--url", srv.url, "--token", srv.token, "--home", str(home)]) == 0
+    out = capsys.readouterr().out
+    assert f"{run.id}: 1 batches (250 records) sent" in out or "250 records" in out
+    assert _series_steps(srv, run.id, "loss") == list(range(250))
+    assert httpx.get(f"{srv.api}/runs/{run.id}", headers=srv.headers).json()["status"] == "finished"
+    assert optiscope_main(["sync", "--url", srv.url, "--token", srv.token, "--home", str(home)]) == 0
+    assert "nothing to send" in capsys.readouterr().out
+
+
+def test_local_server_needs_no_configuration(live_server: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
+    srv = live_server()
+    for name in ("OPTISCOPE_URL", "OPTISCOPE_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPTISCOPE_HOME", str(srv.home))  # where `optiscope serve` wrote server.json/local-token
+    with probe.init("zero-config") as run:
+        run.log({"loss": 0.5}, step=0)
+    assert run.dropped == 0 and _series_steps(srv, run.id, "loss") == [0]

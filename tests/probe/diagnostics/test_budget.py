@@ -1,0 +1,87 @@
+"""Overhead budget: the token bucket alone, then the Monitor throttling its expensive diagnostics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from probe.diagnostics.budget import OverheadBudget
+from probe.diagnostics.monitor import attach
+from tests.probe.diagnostics.conftest import RecordingRun, TinyMLP, train
+
+
+def _simulate(budget: OverheadBudget, steps: int, train_s: float, cost_s: float) -> int:
+    runs = 0
+    for _ in range(steps):
+        chosen = budget.select(["spectra"])
+        probe_s = 0.0
+        if "spectra" in chosen:
+            runs += 1
+            probe_s = cost_s
+            budget.charge("spectra", cost_s)
+        budget.observe_step(train_s + probe_s, probe_s)
+    return runs
+
+
+def test_an_expensive_diagnostic_runs_as_often_as_the_budget_pays_for() -> None:
+    # 3 % of a 1 s step pays for a 0.3 s diagnostic once every 10 steps
+    runs = _simulate(OverheadBudget(0.03), 1000, train_s=1.0, cost_s=0.3)
+    assert 95 <= runs <= 102
+
+
+def test_a_cheap_diagnostic_is_not_throttled() -> None:
+    assert _simulate(OverheadBudget(0.03), 200, train_s=1.0, cost_s=0.001) == 200
+
+
+def test_no_budget_runs_everything() -> None:
+    assert _simulate(OverheadBudget(None), 50, train_s=1.0, cost_s=10.0) == 50
+
+
+def test_achieved_overhead_is_reported_and_reset() -> None:
+    b = OverheadBudget(0.03)
+    b.observe_step(1.0, 0.1)
+    b.observe_step(1.0, 0.0)
+    assert b.take_overhead() == pytest.approx(0.05)
+    assert b.take_overhead() is None
+
+
+def test_priority_order_decides_under_scarce_credit() -> None:
+    b = OverheadBudget(0.5)
+    b.charge("update", 0.4)
+    b.charge("spectra", 0.4)
+    b.observe_step(1.0, 0.0)  # credit 0.5: only one of the two fits
+    assert b.select(["update", "spectra"]) == {"update"}
+    assert b.skipped == {"spectra": 1}
+
+
+def test_rejects_bad_fraction() -> None:
+    with pytest.raises(ValueError, match="fraction"):
+        OverheadBudget(0.0)
+
+
+def _spectra_steps(budget: float | None) -> list[int]:
+    run = RecordingRun()
+    model = TinyMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = attach(model, opt, run=run, budget=budget, log_every=10, spectra_every=5, update_every=5,
+                 neuron_every=5)
+    train(model, opt, 30)
+    mon.detach()
+    return sorted(run.series("sv.weight.cond/fc1.weight"))
+
+
+def test_monitor_throttles_spectra_to_the_budget_and_logs_its_overhead() -> None:
+    assert _spectra_steps(None) == [0, 5, 10, 15, 20, 25]
+    # A budget nothing fits in: each diagnostic runs once (to learn its cost), then never again.
+    assert _spectra_steps(1e-9) == [0]
+
+
+def test_monitor_logs_achieved_overhead_once_per_interval(recording_run: RecordingRun) -> None:
+    model = TinyMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = attach(model, opt, run=recording_run, log_every=5)
+    train(model, opt, 20)
+    mon.detach()
+    overhead = recording_run.series("probe.overhead")
+    assert sorted(overhead) == [4, 9, 14, 19]
+    assert all(0 < v < 1 for v in overhead.values())

@@ -1,0 +1,80 @@
+"""Two-half-batch gradient-difference measures, Euclidean and Fisher metric, and the Monitor hook-up."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from probe.diagnostics.gradient_diff import fisher_inner, gradient_difference
+from probe.diagnostics.monitor import attach
+from tests.probe.diagnostics.conftest import RecordingRun, TinyMLP
+
+
+def test_identical_halves_have_no_difference() -> None:
+    g = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    out = gradient_difference(g, g.clone())
+    assert out["gdiff_norm"].item() == 0 and out["orthogonal"].item() == 0
+    assert out["cos_g1_g2"].item() == pytest.approx(1.0)
+
+
+def test_known_vectors_split_into_parallel_and_orthogonal_parts() -> None:
+    g1 = torch.tensor([3.0, 1.0])
+    g2 = torch.tensor([1.0, -1.0])  # g_avg = (2, 0), g_diff = (2, 2)
+    out = gradient_difference(g1, g2)
+    assert out["gavg_norm"].item() == pytest.approx(2.0)
+    assert out["s_proj"].item() == pytest.approx(1.0)  # ⟨(2,2),(2,0)⟩ / 4
+    assert out["parallel"].item() == pytest.approx(2.0)
+    assert out["orthogonal"].item() == pytest.approx(2.0)
+    assert out["cos_g1_g2"].item() == pytest.approx(2 / (10**0.5 * 2**0.5))
+
+
+def test_fisher_metric_with_identity_factors_equals_euclidean_and_is_orthogonal() -> None:
+    gen = torch.Generator().manual_seed(1)
+    g1, g2 = torch.randn(4, 6, generator=gen), torch.randn(4, 6, generator=gen)
+    out = gradient_difference(g1, g2, factors=(torch.eye(7), torch.eye(4)))  # A with a bias row/column
+    for q in ("gavg_norm", "gdiff_norm", "parallel", "orthogonal", "s_proj"):
+        assert out[f"{q}_fisher"].item() == pytest.approx(out[q].item(), rel=1e-5)
+
+
+def test_fisher_orthogonal_part_is_fisher_orthogonal_to_the_average() -> None:
+    gen = torch.Generator().manual_seed(2)
+    ma, mg = torch.randn(6, 6, generator=gen), torch.randn(5, 5, generator=gen)
+    a, g = ma @ ma.T + 0.1 * torch.eye(6), mg @ mg.T + 0.1 * torch.eye(5)
+    g1, g2 = torch.randn(5, 6, generator=gen), torch.randn(5, 6, generator=gen)
+    out = gradient_difference(g1, g2, factors=(a, g))
+    avg, diff = (g1 + g2) / 2, g1 - g2
+    orth = diff - out["s_proj_fisher"] * avg
+    assert fisher_inner(avg, orth, a, g).abs().item() < 1e-3 * out["gavg_norm_fisher"].item() ** 2
+    assert out["orthogonal_fisher"].item() ** 2 == pytest.approx(fisher_inner(orth, orth, a, g).item(), rel=1e-4)
+
+
+def test_shape_mismatch_is_rejected() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        gradient_difference(torch.ones(2), torch.ones(3))
+
+
+def test_monitor_measures_half_batches_for_any_optimizer(recording_run: RecordingRun) -> None:
+    model = TinyMLP()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    mon = attach(model, opt, run=recording_run, log_every=2, gdiff_every=2)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 8, generator=gen), torch.randn(16, 4, generator=gen)
+
+    def half(i: int):
+        return lambda: torch.nn.functional.mse_loss(model(x[i::2]), y[i::2])
+
+    for step in range(2):
+        opt.zero_grad()
+        if mon.wants_gradient_diff:
+            mon.measure_gradient_diff((half(0), half(1)), set_grad=True)
+        else:
+            torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    logged = recording_run.series("gdiff.cos_g1_g2/fc1.weight")
+    assert list(logged) == [0]
+    assert -1 <= logged[0] <= 1
+    assert recording_run.series("gdiff.gdiff_norm/fc2.bias")[0] > 0
+    # set_grad wrote g_avg, which the optimizer then used
+    assert recording_run.series("grad_norm/fc1.weight")[0] == pytest.approx(
+        recording_run.series("gdiff.gavg_norm/fc1.weight")[0], rel=1e-5
+    )

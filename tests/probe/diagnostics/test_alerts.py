@@ -61,7 +61,7 @@ def test_frozen_neurons_and_exploding_condition_number_raise_events(recording_ru
     with torch.no_grad():
         model.fc1.weight[0] *= 1e-8  # a nearly dead row: cond ≈ 1e8
     model.fc1.weight.register_hook(lambda g: g * (torch.arange(16) < 4).float()[:, None])  # 12/16 rows frozen
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-12)  # tiny steps keep the weight as built
     attach(model, opt, run=recording_run, budget=None, log_every=1, neuron_every=1, spectra_every=1)
     train(model, opt, 1)
     keys = {(e["key"], e["layer"], e["step"]) for e in recording_run.events}

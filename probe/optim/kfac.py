@@ -261,7 +261,8 @@ class KFAC(Optimizer):
 
     def _make_forward_hook(self, layer: KroneckerLayer) -> Callable[..., None]:
         def forward_hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            if not module.training or not torch.is_grad_enabled():
+            # copy.deepcopy(model) copies this hook too; a copy's forward must not feed our layer.
+            if module is not layer.module or not module.training or not torch.is_grad_enabled():
                 return
             if not isinstance(output, Tensor) or not output.requires_grad or not inputs:
                 return

@@ -434,3 +434,12 @@ def test_deterministic_runs_are_bitwise_equal() -> None:
     for p, q in zip(*runs):
         assert torch.equal(p, q)
 
+
+
+def test_deepcopied_model_does_not_feed_the_original_optimizer() -> None:
+    x, y = _data()
+    model = _mlp()
+    opt = KFAC(model, lr=0.05, factor_update_interval=1)
+    twin = copy.deepcopy(model)  # carries a copy of the forward hooks
+    F.mse_loss(twin(x), y).backward()
+    assert all(layer.a_sum is None for layer in opt._layers)

@@ -107,7 +107,8 @@ class InfoBatch(Sampler[int]):
             Under DDP it must be in the same state on every rank.
         labels: Class label per sample, for the ledger's per-class pruned fraction: a sequence/tensor of
             N non-negative ints, or the name of an attribute of ``dataset`` holding them (``"targets"``).
-        num_replicas: Number of ranks. Default: the world size if ``torch.distributed`` is initialised, else 1.
+        num_replicas: Number of ranks. Default: the world size if ``torch.distributed`` is initialised,
+            else 1.
         rank: This process's rank. Default: the current rank if initialised, else 0.
         shuffle: Shuffle the epoch's index list (default True); False keeps ascending index order.
         drop_last: Distributed only: drop the tail instead of padding so ranks get equal shares.
@@ -172,6 +173,10 @@ class InfoBatch(Sampler[int]):
         else:
             self._base_seed = 0 if seed is None else seed
         self._labels, self._num_classes = _resolve_labels(labels, dataset, n)
+        # per-class totals never change: count them once, not every epoch
+        self._class_counts = (
+            None if self._labels is None else torch.bincount(self._labels, minlength=self._num_classes)
+        )
 
         self._scores = torch.zeros(n, dtype=torch.float32)
         self._scored = torch.zeros(n, dtype=torch.bool)
@@ -332,7 +337,8 @@ class InfoBatch(Sampler[int]):
         n = self.num_samples
         for key in ("scores", "scored", "weights"):
             if tuple(state[key].shape) != (n,):
-                raise ValueError(f"Invalid state: {key} has shape {tuple(state[key].shape)} (expected ({n},))")
+                shape = tuple(state[key].shape)
+                raise ValueError(f"Invalid state: {key} has shape {shape} (expected ({n},))")
         self._base_seed = int(state["base_seed"])
         self._epoch = int(state["epoch"])
         self._started = bool(state["started"])
@@ -361,6 +367,7 @@ class InfoBatch(Sampler[int]):
         n_keep = 0  # kept D₁ samples, weighted 1/(1-r)
         self._weights.fill_(1.0)
         keep: torch.Tensor | None = None  # None: everything is kept
+        pruned_idx: torch.Tensor | None = None
         if scored_count:
             valid = None if scored_count == n else self._scored
             vals = self._scores if valid is None else self._scores[valid]
@@ -377,7 +384,9 @@ class InfoBatch(Sampler[int]):
             d1_count = int(d1_idx.numel())
             if not annealing and d1_count:
                 n_keep = math.floor(keep_ratio * d1_count)
-                chosen = d1_idx[torch.randperm(d1_count, generator=gen)[:n_keep]]
+                perm = torch.randperm(d1_count, generator=gen)
+                chosen = d1_idx[perm[:n_keep]]
+                pruned_idx = d1_idx[perm[n_keep:]]
                 keep = ~d1
                 keep[chosen] = True
                 self._weights[chosen] = 1.0 / keep_ratio
@@ -392,8 +401,12 @@ class InfoBatch(Sampler[int]):
 
         pruned = n - int(kept.numel())
         class_frac: tuple[float, ...] | None = None
-        if self._labels is not None:
-            class_frac = _class_pruned_fraction(self._labels, self._num_classes, keep)
+        if self._labels is not None and self._class_counts is not None:
+            pruned_per_class = torch.zeros(self._num_classes, dtype=torch.int64)
+            if pruned_idx is not None:
+                pruned_per_class = torch.bincount(self._labels[pruned_idx], minlength=self._num_classes)
+            # 0/0 -> NaN for a class id with no samples
+            class_frac = tuple((pruned_per_class.double() / self._class_counts.double()).tolist())
         self._ledger = [r for r in self._ledger if r.epoch < epoch]
         stats = EpochStats(
             epoch=epoch,
@@ -523,16 +536,9 @@ def _resolve_labels(
     return t, int(t.max()) + 1
 
 
-def _class_pruned_fraction(labels: torch.Tensor, num_classes: int, keep: torch.Tensor | None) -> tuple[float, ...]:
-    counts = torch.bincount(labels, minlength=num_classes).to(torch.float64)
-    if keep is None:
-        pruned = torch.zeros(num_classes, dtype=torch.float64)
-    else:
-        pruned = torch.bincount(labels[~keep], minlength=num_classes).to(torch.float64)
-    return tuple((pruned / counts).tolist())  # 0/0 -> NaN for an empty class
-
-
-def _all_gather_pairs(idx: torch.Tensor, losses: torch.Tensor, group: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _all_gather_pairs(
+    idx: torch.Tensor, losses: torch.Tensor, group: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All ranks' (index, loss) pairs, rank-major. Batches may differ in size (e.g. the last one).
 
     Packed as one float64 (2, B) tensor on the losses' device (NCCL needs device tensors); float64

@@ -78,7 +78,7 @@ def test_pruned_count_is_exact(scores: list[float], prune_ratio: float, seed: in
 # ---------------------------------------------------------------------------------------------- P22
 def test_weighted_gradient_sum_is_unbiased() -> None:
     """Monte Carlo over epochs: E[Σ_kept w_i g_i] = Σ_D₂ g + c·Σ_D₁ g with c = ⌊(1−r)|D₁|⌋/((1−r)|D₁|)."""
-    n, draws, r = 2000, 1500, 0.5
+    n, draws, r = 1000, 600, 0.5
     scores = _exp_scores(n)
     g = torch.Generator().manual_seed(1)
     grads = torch.randn(n, 3, generator=g, dtype=torch.float64) + 1.0  # stand-in per-sample gradients
@@ -96,7 +96,7 @@ def test_weighted_gradient_sum_is_unbiased() -> None:
     z = (sums.mean(0) - expected) / se
     assert z.abs().max() < _Z_MAX, f"biased: z = {z.tolist()}"
     ratio = sums.mean(0) / grads.sum(0)
-    assert torch.allclose(ratio, torch.ones(3, dtype=torch.float64), atol=5e-3)
+    assert torch.allclose(ratio, torch.ones(3, dtype=torch.float64), atol=1e-2)
 
 
 # ---------------------------------------------------------------------------------------------- P23
@@ -106,7 +106,8 @@ def test_weighted_gradient_sum_is_unbiased() -> None:
 )
 def test_pruned_fraction_matches_r_times_below_mean(kind: str, expected: float) -> None:
     n = 100_000
-    scores = _exp_scores(n) if kind == "exponential" else torch.rand(n, generator=torch.Generator().manual_seed(0))
+    uniform = torch.rand(n, generator=torch.Generator().manual_seed(0))
+    scores = _exp_scores(n) if kind == "exponential" else uniform
     ib = _with_scores(scores, prune_ratio=0.5)
     ib.set_epoch(1)
     stats = ib.last_epoch_stats()
@@ -297,7 +298,9 @@ def test_ranks_get_disjoint_shards_of_the_same_kept_set() -> None:
     source = _with_scores(_exp_scores(n), seed=8)
     state = source.state_dict()
     for drop_last in (False, True):
-        ranks = [InfoBatch(range(n), num_epochs=10, num_replicas=3, rank=r, drop_last=drop_last) for r in range(3)]
+        ranks = [
+            InfoBatch(range(n), num_epochs=10, num_replicas=3, rank=r, drop_last=drop_last) for r in range(3)
+        ]
         for ib in ranks:
             ib.load_state_dict(state)
             ib.set_epoch(1)
@@ -336,10 +339,8 @@ def test_ledger_per_class_pruned_fraction_and_metrics() -> None:
     assert stats.scores_hist is not None and sum(stats.scores_hist) == n
     assert stats.scores_hist_range == pytest.approx((0.1, 5.0))
     metrics = stats.as_metrics()
-    assert set(metrics) == {
-        f"infobatch.{q}"
-        for q in "threshold d1_frac pruned_count pruned_frac rescale saved_frac_cum annealing samples_seen nonfinite".split()
-    }
+    contract = "threshold d1_frac pruned_count pruned_frac rescale saved_frac_cum annealing samples_seen nonfinite"
+    assert set(metrics) == {f"infobatch.{q}" for q in contract.split()}
     assert metrics["infobatch.pruned_count"] == 500.0 and metrics["infobatch.annealing"] == 0.0
     assert EpochStats.from_dict(stats.to_dict()) == stats
 
@@ -398,12 +399,20 @@ def test_bad_set_epoch_and_batch_size_raise() -> None:
         ib.steps_per_epoch(0)
 
 
-def test_update_works_with_a_real_model() -> None:
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls only lose to intra-op thread hand-off on a shared CPU; restore the setting after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_update_works_with_a_real_model(one_thread: None) -> None:
     """A few steps of logistic regression: the weighted loss back-propagates into the parameters."""
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(256, 5, generator=g), torch.randint(0, 2, (256,), generator=g)
+    x, y = torch.randn(128, 5, generator=g), torch.randint(0, 2, (128,), generator=g)
     model = torch.nn.Linear(5, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
     ib = InfoBatch(TensorDataset(x, y), num_epochs=3, seed=0)
     loader = DataLoader(ib.dataset, batch_size=64, sampler=ib)
     losses_per_epoch = []
@@ -412,10 +421,13 @@ def test_update_works_with_a_real_model() -> None:
         total = 0.0
         for indices, (xb, yb) in loader:
             loss = ib.update(indices, F.cross_entropy(model(xb), yb, reduction="none"))
-            opt.zero_grad()
+            model.zero_grad()
             loss.backward()
-            opt.step()
+            with torch.no_grad():  # plain SGD by hand: torch.optim's first use costs seconds of imports
+                for p in model.parameters():
+                    p -= 0.5 * p.grad
             total += float(loss.detach())
         losses_per_epoch.append(total)
     assert ib.scored.all()
     assert ib.ledger[1].pruned_count > 0
+    assert losses_per_epoch[-1] < losses_per_epoch[0]

@@ -59,7 +59,7 @@ def test_nan_gradient_raises_a_nonfinite_event_with_layer_and_step(recording_run
 def test_frozen_neurons_and_exploding_condition_number_raise_events(recording_run: RecordingRun) -> None:
     model = TinyMLP()
     with torch.no_grad():
-        model.fc1.weight[0] *= 1e-8  # a nearly dead row: cond ≈ 1e8
+        model.fc1.weight[:, 0] *= 1e-8  # a nearly dead input direction: cond ≈ 1e8
     model.fc1.weight.register_hook(lambda g: g * (torch.arange(16) < 4).float()[:, None])  # 12/16 rows frozen
     opt = torch.optim.SGD(model.parameters(), lr=1e-12)  # tiny steps keep the weight as built
     attach(model, opt, run=recording_run, budget=None, log_every=1, neuron_every=1, spectra_every=1)

@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from server.models import ArrayRecord
@@ -23,12 +25,14 @@ def append_arrays(*, session: Session, run_id: str, arrays: Sequence[ArrayIn], n
     latest: dict[tuple[str, str, int], ArrayIn] = {}
     for a in arrays:
         latest[(a.key, a.layer, a.step)] = a
-    keys = list(latest)
-    for start in range(0, len(keys), 500):
-        session.execute(delete(ArrayRecord).where(
-            ArrayRecord.run_id == run_id,
-            tuple_(ArrayRecord.key, ArrayRecord.layer, ArrayRecord.step).in_(keys[start:start + 500])))
-    session.execute(ArrayRecord.__table__.insert(), [
+    dialect = session.get_bind().dialect.name
+    insert = sqlite_insert if dialect == "sqlite" else pg_insert
+    stmt = insert(ArrayRecord.__table__)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["run_id", "key", "layer", "step"],
+        set_={"time": stmt.excluded.time, "shape": stmt.excluded.shape, "values": stmt.excluded["values"]},
+    )
+    session.execute(stmt, [
         {"run_id": run_id, "key": a.key, "layer": a.layer, "step": a.step,
          "time": a.time if a.time is not None else now, "shape": a.shape,
          "values": np.asarray(a.values, dtype=F8).tobytes()}

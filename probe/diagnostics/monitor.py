@@ -155,7 +155,8 @@ class Monitor:
         batch_size: samples per step, for ``samples_seen`` when no InfoBatch is attached.
         gdiff_every: cadence advertised by :attr:`wants_gradient_diff` for the opt-in two-half-batch
             measurement (``None``: off; the user calls :meth:`measure_gradient_diff` when they like).
-        fisher_factors: ``param -> (A, G) | None`` K-FAC factors for the Fisher-metric gradient difference.
+        fisher_factors: ``param -> (A, G) | None`` K-FAC factors for the Fisher-metric gradient difference;
+            by default the factors our KFAC/FOP keep in ``optimizer.state[weight]["A"/"G"]``.
         start_step: step index of the first training step.
         seed: seed of the Monitor's own RNG (randomized SVD); the global RNG is never touched.
     """
@@ -351,7 +352,7 @@ class Monitor:
                     a, b = g1.get(layer.param), g2.get(layer.param)
                     if a is None or b is None:
                         continue
-                    factors = self.fisher_factors(layer.param) if self.fisher_factors is not None else None
+                    factors = self._factors_of(layer.param)
                     for q, v in gradient_difference(a, b, factors=factors).items():
                         keys.append(f"gdiff.{q}/{layer.name}")
                         values.append(v)
@@ -717,6 +718,16 @@ class Monitor:
         with self._guard(name):
             fn()
         self._costs[name] = self._costs.get(name, 0.0) + time.perf_counter() - t0
+
+    def _factors_of(self, param: Tensor) -> tuple[Tensor, Tensor] | None:
+        """K-FAC factors (A, G) of ``param``: the user's callable, else our KFAC/FOP state (keys "A", "G")."""
+        if self.fisher_factors is not None:
+            return self.fisher_factors(param)
+        for opt in self.optimizers:
+            st = opt.state.get(param)
+            if st and isinstance(st.get("A"), Tensor) and isinstance(st.get("G"), Tensor):
+                return st["A"], st["G"]
+        return None
 
     def _generator(self, device: torch.device) -> torch.Generator:
         gen = self._generators.get(device)

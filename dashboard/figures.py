@@ -47,12 +47,14 @@ class Line:
 def _base(fig: go.Figure, title: str, x_title: str, y_title: str, *, uirevision: str | None, height: int) -> go.Figure:
     fig.update_layout(
         template=TEMPLATE,
-        title={"text": _esc(title), "x": 0.01, "xanchor": "left"},
+        title={"text": _esc(title), "x": 0.01, "xanchor": "left", "y": 0.985, "yanchor": "top", "yref": "container"},
         xaxis_title=_esc(x_title),
         yaxis_title=_esc(y_title),
         height=height,
-        margin={"l": 60, "r": 20, "t": 48, "b": 48},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0},
+        margin={"l": 60, "r": 20, "t": 72, "b": 48},
+        # the legend sits in its own row between the title and the plot, so long run names never
+        # cover the title
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.01, "xanchor": "left", "x": 0.0},
         uirevision=uirevision,
         hovermode="closest",
     )

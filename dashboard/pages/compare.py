@@ -115,7 +115,7 @@ def layout(runs: str | None = None, keys: str | None = None, x: str | None = Non
                     control("metric", dcc.Dropdown(id=ids.CMP_TTT_KEY, options=[], value=metric, clearable=False),
                             width="220px"),
                     control("target", dcc.Input(id=ids.CMP_TTT_TARGET, type="number", value=target_v, debounce=True,
-                                                placeholder="auto")),
+                                                placeholder="auto", style={"width": "130px"})),
                     control("reached when", dcc.RadioItems(
                         id=ids.CMP_TTT_DIRECTION, inline=True, value=direction if direction in ("below", "above") else None,
                         options=[{"label": " ≤ target", "value": "below"}, {"label": " ≥ target", "value": "above"}])),
@@ -138,7 +138,7 @@ def layout(runs: str | None = None, keys: str | None = None, x: str | None = Non
                                                        options=[{"label": " step", "value": MATCH_STEP},
                                                                 {"label": " samples seen", "value": MATCH_SAMPLES}])),
                     control("at", dcc.Input(id=ids.CMP_AT, type="number", value=at_v, debounce=True,
-                                            placeholder="latest common")),
+                                            placeholder="latest common", style={"width": "150px"})),
                 ], className="controls"),
                 dcc.Loading(html.Div([
                     html.Div([graph(ids.CMP_SPEC_OVERLAY), graph(ids.CMP_NEURON_OVERLAY)], className="grid2"),

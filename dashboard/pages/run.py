@@ -713,11 +713,11 @@ def _per_layer_lines(prefix: str, names: Sequence[str], layer: str, x: str, orig
     Input(ids.RUN_SMOOTH, "value"),
     Input(ids.RUN_LOG, "value"),
     Input(ids.RUN_STATE, "data"),
+    Input(ids.RUN_TABS, "value"),
     State(ids.RUN_ID, "data"),
     State(ids.RUN_KEYS, "data"),
-    Input(ids.RUN_TABS, "value"),
 )
-def gdiff_panels(layer, x, smooth, log, state, run_id, keys, tab):
+def gdiff_panels(layer, x, smooth, log, state, tab, run_id, keys):
     """Parallel vs Fisher-orthogonal parts, s_proj, and FOP's β*/η* for one layer over time."""
     if tab != "gdiff":
         raise PreventUpdate
@@ -781,11 +781,11 @@ def gdiff_summary(_state, tab, run_id, keys):
     Input(ids.RUN_X, "value"),
     Input(ids.RUN_STEP, "value"),
     Input(ids.RUN_STATE, "data"),
+    Input(ids.RUN_TABS, "value"),
     State(ids.RUN_ID, "data"),
     State(ids.RUN_KEYS, "data"),
-    Input(ids.RUN_TABS, "value"),
 )
-def kfac_panels(layer, x, step, state, run_id, keys, tab):
+def kfac_panels(layer, x, step, state, tab, run_id, keys):
     """Factor eigenvalue ranges and relative damping of one layer; the KL-clip factor; factor spectra."""
     if tab != "kfac":
         raise PreventUpdate
@@ -821,10 +821,10 @@ def kfac_panels(layer, x, step, state, run_id, keys, tab):
     Output(ids.RUN_IB_CLASS, "figure"),
     Input(ids.RUN_STEP, "value"),
     Input(ids.RUN_STATE, "data"),
-    State(ids.RUN_ID, "data"),
     Input(ids.RUN_TABS, "value"),
+    State(ids.RUN_ID, "data"),
 )
-def infobatch_panels(epoch, _state, run_id, tab):
+def infobatch_panels(epoch, _state, tab, run_id):
     """InfoBatch's ledger per epoch: pruned fraction, cumulative saved, threshold, per-class rate."""
     if tab != "infobatch":
         raise PreventUpdate

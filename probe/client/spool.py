@@ -312,8 +312,9 @@ class RunSpool:
 
 
 def spooled_runs(root: Path) -> list[Path]:
-    """Run directories under ``root`` (``$OPTISCOPE_HOME/spool``), oldest first."""
+    """Run directories under ``root`` (``$OPTISCOPE_HOME/spool``): owners first, then oldest first."""
     if not root.is_dir():
         return []
     dirs = [p for p in root.iterdir() if p.is_dir() and (p / RUN_FILE).exists()]
-    return sorted(dirs, key=lambda p: (p / RUN_FILE).stat().st_mtime)
+    # The owning rank's spool first, so the run is created with rank 0's metadata.
+    return sorted(dirs, key=lambda p: (".r" in p.name, (p / RUN_FILE).stat().st_mtime))

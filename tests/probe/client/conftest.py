@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -105,3 +106,53 @@ def fast_settings(tmp_path: Path) -> ClientConfig:
         finish_timeout=10.0,
         timeout=2.0,
     )
+
+
+# -- the real server, in-process ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite file migrated once; each test copies it (a migration per test would be slow)."""
+    upgrade = pytest.importorskip("server.migrate").upgrade
+    path = tmp_path_factory.mktemp("db") / "optiscope.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+class InProcess:
+    """The real app behind ``TestClient`` (an ``httpx.Client``) plus a writer token."""
+
+    def __init__(self, client: httpx.Client, token: str) -> None:
+        self.client = client
+        self.token = token
+
+    def get(self, path: str, **params: object) -> dict:
+        r = self.client.get("/api/v1" + path, params=params, headers={"Authorization": f"Bearer {self.token}"})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        """Stored points per scalar key (``GET /runs/{id}/keys``)."""
+        return {k["key"]: k["count"] for k in self.get(f"/runs/{run_id}/keys")["scalars"]}
+
+
+@pytest.fixture
+def server(migrated_db: Path, tmp_path: Path) -> Iterator[InProcess]:
+    from fastapi.testclient import TestClient
+
+    from server.auth import create_token
+    from server.config import Settings
+    from server.main import create_app
+
+    home = tmp_path / "server-home"
+    home.mkdir()
+    shutil.copy(migrated_db, home / "optiscope.db")
+    app = create_app(Settings(home=home, reaper_interval=0), mounts=False)
+    with TestClient(app) as client:
+        session = app.state.sessionmaker()
+        try:
+            token = create_token(session=session, name="client-tests")[1]
+        finally:
+            session.close()
+        yield InProcess(client, token)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -26,49 +26,9 @@ from probe.client.config import ClientConfig
 from probe.client.sync import sync_home
 from probe.client.transport import Transport
 
-fastapi_testclient = pytest.importorskip("fastapi.testclient")
-from server.auth import create_token  # noqa: E402
-from server.config import Settings  # noqa: E402
-from server.main import create_app  # noqa: E402
-from server.migrate import upgrade  # noqa: E402
+from .conftest import InProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="module")
-def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("db") / "optiscope.db"
-    upgrade(f"sqlite:///{path}")
-    return path
-
-
-class InProcess:
-    def __init__(self, client: fastapi_testclient.TestClient, token: str) -> None:
-        self.client = client
-        self.token = token
-
-    def get(self, path: str, **params) -> dict:
-        r = self.client.get("/api/v1" + path, params=params, headers={"Authorization": f"Bearer {self.token}"})
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def counts(self, run_id: str) -> dict[str, int]:
-        return {k["key"]: k["count"] for k in self.get(f"/runs/{run_id}/keys")["scalars"]}
-
-
-@pytest.fixture
-def server(migrated_db: Path, tmp_path: Path) -> Iterator[InProcess]:
-    home = tmp_path / "server-home"
-    home.mkdir()
-    shutil.copy(migrated_db, home / "optiscope.db")
-    app = create_app(Settings(home=home, reaper_interval=0), mounts=False)
-    with fastapi_testclient.TestClient(app) as client:
-        session = app.state.sessionmaker()
-        try:
-            token = create_token(session=session, name="client-tests")[1]
-        finally:
-            session.close()
-        yield InProcess(client, token)
 
 
 @pytest.fixture
@@ -144,10 +104,13 @@ def _series_steps(srv, run_id: str, key: str) -> list[int]:
     return series["steps"]
 
 
-def test_outage_mid_run_loses_nothing_and_duplicates_nothing(live_server: Callable, tmp_path: Path) -> None:
+def test_outage_mid_run_loses_nothing_and_duplicates_nothing(live_server: Callable) -> None:
     srv = live_server()
-    settings = ClientConfig(url=srv.url, token=srv.token, home=tmp_path / "client", flush_interval=0.02,
-                            backoff_base=0.05, backoff_max=0.5, timeout=2.0, finish_timeout=30.0)
+    # No url/token given: they come from the server.json and local-token that `optiscope serve`
+    # wrote into OPTISCOPE_HOME, as on a single machine with no configuration.
+    settings = ClientConfig.from_env(home=srv.home, env={}, flush_interval=0.02, backoff_base=0.05,
+                                     backoff_max=0.5, timeout=2.0, finish_timeout=30.0)
+    assert (settings.url, settings.token) == (srv.url, srv.token)
     run = probe.init("outage", settings=settings)
     total, latencies = 6000, []
 
@@ -194,7 +157,9 @@ KILLED_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_killed_process_ends_up_crashed_and_sync_marks_it(live_server: Callable, tmp_path: Path) -> None:
+def test_killed_process_ends_up_crashed_and_sync_marks_it(
+    live_server: Callable, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     srv = live_server(env={"OPTISCOPE_HEARTBEAT_TIMEOUT": "1.5", "OPTISCOPE_REAPER_INTERVAL": "0.3"})
     client_home = tmp_path / "client"
     env = {**os.environ, "OPTISCOPE_URL": srv.url, "OPTISCOPE_TOKEN": srv.token, "OPTISCOPE_HOME": str(client_home)}
@@ -215,33 +180,9 @@ def test_killed_process_ends_up_crashed_and_sync_marks_it(live_server: Callable,
         assert time.monotonic() < deadline, "the reaper did not mark the killed run crashed"
         time.sleep(0.2)
     assert Path(spool_dir).exists()  # the dead process could not finish: sync completes the story
-    code = optiscope_main(["sync", "--url", srv.url, "--token", srv.token, "--home", str(client_home)])
-    assert code == 0 and not Path(spool_dir).exists()
+    sync = ["sync", "--url", srv.url, "--token", srv.token, "--home", str(client_home)]
+    assert optiscope_main(sync) == 0 and not Path(spool_dir).exists()
+    assert f"{run_id}: 0 batches (0 records) sent, 0 already on the server, marked crashed" in capsys.readouterr().out
+    assert optiscope_main(sync) == 0 and "nothing to send" in capsys.readouterr().out
     assert httpx.get(run_url, headers=srv.headers).json()["status"] == "crashed"
     assert _series_steps(srv, run_id, "loss") == list(range(500))
-
-
-def test_offline_run_then_optiscope_sync_cli(live_server: Callable, tmp_path: Path, capsys) -> None:
-    srv = live_server()
-    home = tmp_path / "offline-home"
-    run = probe.init("offline", mode="offline", home=home, settings=ClientConfig(home=home, flush_interval=0.01))
-    for step in range(250):
-        run.log({"loss": float(step)}, step=step)
-    run.finish()
-    assert optiscope_main(["sync", "--url", srv.url, "--token", srv.token, "--home", str(home)]) == 0
-    out = capsys.readouterr().out
-    assert f"{run.id}: 1 batches (250 records) sent" in out or "250 records" in out
-    assert _series_steps(srv, run.id, "loss") == list(range(250))
-    assert httpx.get(f"{srv.api}/runs/{run.id}", headers=srv.headers).json()["status"] == "finished"
-    assert optiscope_main(["sync", "--url", srv.url, "--token", srv.token, "--home", str(home)]) == 0
-    assert "nothing to send" in capsys.readouterr().out
-
-
-def test_local_server_needs_no_configuration(live_server: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
-    srv = live_server()
-    for name in ("OPTISCOPE_URL", "OPTISCOPE_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("OPTISCOPE_HOME", str(srv.home))  # where `optiscope serve` wrote server.json/local-token
-    with probe.init("zero-config") as run:
-        run.log({"loss": 0.5}, step=0)
-    assert run.dropped == 0 and _series_steps(srv, run.id, "loss") == [0]

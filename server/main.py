@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 from server import store
 from server.api import api_router
+from server.api import openapi as api_openapi
 from server.config import VERSION, Settings, get_settings
 from server.db import make_engine, make_sessionmaker
 from server.errors import install_handlers
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None, *, token: str | None = None, mo
     app.state.settings = settings
     install_handlers(app)
     app.include_router(api_router, prefix=API_PREFIX)
+    api_openapi.install(app)
 
     @app.api_route("/api/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
                    include_in_schema=False)

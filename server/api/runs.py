@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from server import store
 from server.api.deps import ReaderDep, ReadRunDep, SessionDep, WriterDep, WriteRunDep, RawBodyDep, writing
+from server.api.openapi import json_body
 from server.body import parse_model
 from server.errors import Forbidden, InvalidBody
 from server.schemas import RunCreate, RunFinish, RunUpdate
@@ -21,8 +22,7 @@ def _run_response(session, run, status_code: int = 200) -> WireJSONResponse:  # 
     return WireJSONResponse(read.model_dump(), status_code=status_code)
 
 
-@router.post("/runs", status_code=201, openapi_extra={"requestBody": {"content": {"application/json": {
-    "schema": RunCreate.model_json_schema()}}, "required": True}})
+@router.post("/runs", status_code=201, openapi_extra=json_body(RunCreate))
 def create_run(request: Request, principal: WriterDep, session: SessionDep, body: RawBodyDep) -> Response:
     run_in = parse_model(body, RunCreate)
     if not principal.may_write(run_in.project):
@@ -73,8 +73,7 @@ def get_run(run: ReadRunDep, session: SessionDep) -> Response:
     return _run_response(session, run)
 
 
-@router.patch("/runs/{run_id}", openapi_extra={"requestBody": {"content": {"application/json": {
-    "schema": RunUpdate.model_json_schema()}}, "required": True}})
+@router.patch("/runs/{run_id}", openapi_extra=json_body(RunUpdate))
 def update_run(request: Request, run: WriteRunDep, session: SessionDep, body: RawBodyDep) -> Response:
     run_in = parse_model(body, RunUpdate)
     with writing(request, session):

@@ -76,6 +76,7 @@ class KroneckerLayer:
     g_sum: Tensor | None = None
     g_examples: int = 0
     split_sum: Tensor | None = None  # FOP: sum over the first half (or over all local examples).
+    split_rows: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # low-rank (g rows, a_bar rows)
     n_first: int = 0
     n_total: int = 0
     extra: dict[str, Tensor] = field(default_factory=dict)
@@ -98,6 +99,7 @@ class KroneckerLayer:
         self.g_sum = None
         self.g_examples = 0
         self.split_sum = None
+        self.split_rows = []
         self.n_first = 0
         self.n_total = 0
 
@@ -171,14 +173,19 @@ class KroneckerLayer:
             self.g_sum = g_stat if self.g_sum is None else self.g_sum + g_stat
             self.g_examples += n
         if split is not None:
-            if split == "first_half":
-                part = self.partial_grad(xb[0::2], gb[0::2])
-                self.n_first += (n + 1) // 2
-            else:
-                part = self.partial_grad(xb, gb)
-                self.n_first += n
-            self.split_sum = part if self.split_sum is None else self.split_sum + part
+            xs, gs = (xb[0::2], gb[0::2]) if split == "first_half" else (xb, gb)
+            self.n_first += xs.shape[0]
             self.n_total += n
+            if split == "first_half" and not self.is_conv:
+                g_rows = self.grad_rows(gs)
+                m, k = g_rows.shape[1], self.a_dim()
+                if g_rows.shape[0] * (m + k) < m * k:
+                    # Fewer rows than the matrix has rank: keep the factors of S_1 = g^T a_bar, so FOP can
+                    # move it to the eigenbasis at O(rows (m^2 + k^2)) instead of O(m k (m + k)).
+                    self.split_rows.append((g_rows, self.activation_rows(xs)))
+                    return
+            part = self.partial_grad(xs, gs)
+            self.split_sum = part if self.split_sum is None else self.split_sum + part
 
     def partial_grad(self, x: Tensor, g: Tensor) -> Tensor:
         """Weight gradient (as a (d_out, a_dim) matrix, bias last) summed over the given examples only."""
@@ -197,6 +204,29 @@ class KroneckerLayer:
         if gb is not None:
             gw = torch.cat([gw, gb.unsqueeze(1)], dim=1)
         return gw
+
+    def has_split(self) -> bool:
+        return self.split_sum is not None or bool(self.split_rows)
+
+    def split_in_eigenbasis(self, qa: Tensor, qg: Tensor) -> Tensor:
+        """Q_G^T S Q_A for the captured split sum S (dense part plus low-rank parts)."""
+        out: Tensor | None = None
+        if self.split_sum is not None:
+            out = to_eigenbasis(self.split_sum.to(qa.dtype), qa, qg)
+        for g_rows, a_rows in self.split_rows:
+            part = (g_rows.to(qg.dtype) @ qg).T @ (a_rows.to(qa.dtype) @ qa)
+            out = part if out is None else out + part
+        assert out is not None
+        return out
+
+    def split_dense(self) -> Tensor:
+        """The captured split sum S as a (d_out, a_dim) matrix."""
+        out = self.split_sum
+        for g_rows, a_rows in self.split_rows:
+            part = g_rows.T @ a_rows
+            out = part if out is None else out + part
+        assert out is not None
+        return out
 
     # ------------------------------------------------------------------ grads
     def grad_matrix(self) -> Tensor:

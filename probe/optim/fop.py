@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from probe.optim._kfac_factors import KroneckerLayer, eigen_denominator, from_eigenbasis, to_eigenbasis
 from probe.optim.kfac import KFAC, _check_real
 
-__all__ = ["FOP", "fop_direction", "DEFAULT_BETA_GUARD"]
+__all__ = ["FOP", "fop_direction", "fop_direction_eigenbasis", "DEFAULT_BETA_GUARD"]
 
 #: beta* = 0 when E <= DEFAULT_BETA_GUARD * N, i.e. when ||g_perp||_{M^-1} <= 1e-3 ||g_avg||_{M^-1}.
 #: g_1 = g_2 computed by two different float32 summation orders leaves g_diff at ~1e-6 relative, and
@@ -40,10 +40,6 @@ def fop_direction(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One layer's FOP step direction d / eta_0 = eta* M^-1 g_comb (ALGORITHMS.md §4.1 steps 3-8).
 
-    Everything is evaluated in the Kronecker eigenbasis, where F = A (x) G is diagonal with entries
-    lambda_G lambda_A^T and M = F + damping (or the factored-pi M) has entries ``eigen_denominator``:
-    two forward transforms (g_avg, g_diff), elementwise reductions, one back transform.
-
     Args:
         g_avg, g_diff: (d_out, a_dim) gradient matrices (bias column last).
         qa, a_eigs, qg, g_eigs: eigendecompositions of A and G.
@@ -58,12 +54,34 @@ def fop_direction(
         (direction, stats): stats always holds 0-d ``s_proj D E beta eta``; with ``with_stats`` also
         ``gavg_fisher gdiff_fisher parallel orthogonal``.
     """
+    step, stats = fop_direction_eigenbasis(
+        to_eigenbasis(g_avg, qa, qg), to_eigenbasis(g_diff, qa, qg), a_eigs, g_eigs, damping, factored=factored,
+        eta_convention=eta_convention, beta_guard=beta_guard, with_stats=with_stats,
+    )
+    return from_eigenbasis(step, qa, qg), stats
+
+
+def fop_direction_eigenbasis(
+    ga: Tensor,
+    gd: Tensor,
+    a_eigs: Tensor,
+    g_eigs: Tensor,
+    damping: float,
+    *,
+    factored: bool = False,
+    eta_convention: Literal["avg", "sum"] = "avg",
+    beta_guard: float = DEFAULT_BETA_GUARD,
+    with_stats: bool = False,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """:func:`fop_direction` with g_avg and g_diff already in the Kronecker eigenbasis (Q_G^T X Q_A).
+
+    There F = A (x) G is diagonal with entries lambda_G lambda_A^T and M has entries ``eigen_denominator``,
+    so every inner product is an elementwise reduction. Returns eta* M^-1 g_comb in the eigenbasis.
+    """
     if eta_convention not in ("avg", "sum"):
         raise ValueError(f"Invalid eta_convention: {eta_convention!r} (must be 'avg' or 'sum')")
-    fisher = torch.outer(g_eigs, a_eigs)  # undamped F in the eigenbasis
+    fisher = torch.outer(g_eigs, a_eigs)  # undamped F
     minv = 1.0 / eigen_denominator(a_eigs, g_eigs, damping, factored=factored)
-    ga = to_eigenbasis(g_avg, qa, qg)
-    gd = to_eigenbasis(g_diff, qa, qg)
     zero = ga.new_zeros(())
 
     fa = ga * fisher
@@ -82,7 +100,6 @@ def fop_direction(
     num = (ga * pc).sum() * (2.0 if eta_convention == "sum" else 1.0)
     den = (comb * pc).sum()
     eta = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), zero)  # Eq. 17
-    direction = from_eigenbasis(pc * eta, qa, qg)  # Eq. 18 without eta_0 (the base step applies lr)
     stats = {"s_proj": s_proj, "D": d_val, "E": e_val, "beta": beta, "eta": eta}
     if with_stats:
         gavg_f = aa_f.clamp(min=0).sqrt()
@@ -90,7 +107,7 @@ def fop_direction(
         stats["gdiff_fisher"] = (gd * gd * fisher).sum().clamp(min=0).sqrt()
         stats["parallel"] = s_proj.abs() * gavg_f
         stats["orthogonal"] = (gp * gp * fisher).sum().clamp(min=0).sqrt()
-    return direction, stats
+    return pc * eta, stats  # Eq. 18 without eta_0 (the base step applies lr)
 
 
 class FOP(KFAC):
@@ -105,8 +122,10 @@ class FOP(KFAC):
 
     No extra backward: the KFAC hooks already see every example's input a_i and output gradient g_i, so the
     first-half gradient S_1 = sum_{i in H1} g_i a_bar_i^T (conv: ``conv2d_weight`` on the half) is captured
-    during the ordinary backward, and S_2 = .grad - S_1. A KFAC loop becomes a FOP loop by changing only the
-    constructor::
+    during the ordinary backward, and S_2 = .grad - S_1. Cost over KFAC: one extra move of a (d_out, a_dim)
+    matrix into the eigenbasis per layer and step; for a Linear whose half-batch has fewer rows than the
+    matrix has rank, S_1 is kept as its row factors and moved at O(rows (d_out^2 + a_dim^2)) instead.
+    A KFAC loop becomes a FOP loop by changing only the constructor::
 
         optimizer = KFAC(model, lr=0.05, damping=1e-3)   # before
         optimizer = FOP(model, lr=0.05, damping=1e-3)    # after; the loop body is unchanged
@@ -169,71 +188,75 @@ class FOP(KFAC):
             raise ValueError(f"Invalid eta_convention: {eta_convention!r} (must be 'avg' or 'sum')")
         _check_real("beta_guard", beta_guard, low=0.0)
         super().__init__(model, lr, eta_convention=eta_convention, beta_guard=beta_guard, **kwargs)
-        self._pairs: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+        self._pairs: dict[int, tuple[Any, ...]] = {}
 
     def _split_plan(self) -> str | None:
         return "all" if self._dist_active() else "first_half"
 
     def _prepare_directions(self, layers: list[KroneckerLayer]) -> None:
-        """Build (g_avg, g_1, g_2) per layer from the captured half-batch sums."""
+        """Record how each layer's half-batch gradients are formed this step."""
         self._pairs = {}
         if self._dist_active():
             self._dual_all_reduce(layers)
             return
         for lay in layers:
             n1, n = lay.n_first, lay.n_total
-            if lay.split_sum is None or n1 == 0 or n - n1 == 0:
-                continue  # g_diff = 0: the KFAC direction
-            raw = lay.grad_matrix()
-            s1 = lay.split_sum.to(raw.dtype)
-            self._pairs[id(lay)] = (raw, s1 * (n / n1), (raw - s1) * (n / (n - n1)))
+            if lay.has_split() and 0 < n1 < n:
+                self._pairs[id(lay)] = ("half", n / n1, n / (n - n1))
+            # otherwise g_diff = 0: the KFAC direction
 
     def _dual_all_reduce(self, layers: list[KroneckerLayer]) -> None:
         group = self._process_group
         rank, world = dist.get_rank(group), dist.get_world_size(group)
-        even = rank % 2 == 0
         n_even, n_odd = (world + 1) // 2, world // 2
         locals_: list[Tensor] = []
         for lay in layers:
             raw = lay.grad_matrix()
-            if lay.split_sum is not None and lay.n_total > 0:
-                # The captured sum is the local gradient of a mean-reduced local loss; rescaling by
-                # n_total / n_first (= 1 here) keeps the "as if only this batch" convention.
-                locals_.append(lay.split_sum.to(raw.dtype) * (lay.n_total / lay.n_first))
-            else:
-                locals_.append(torch.zeros_like(raw))
+            # The captured sum over all local examples is the local gradient (of the local loss).
+            locals_.append(lay.split_dense().to(raw.dtype) if lay.has_split() else torch.zeros_like(raw))
         if not locals_:
             return
         flat = torch.cat([t.reshape(-1) for t in locals_])
         buf = torch.zeros(2, flat.numel(), dtype=flat.dtype, device=flat.device)
-        buf[0 if even else 1] = flat
+        buf[rank % 2] = flat
         dist.all_reduce(buf, group=group)
-        g1_flat, g2_flat = buf[0] / n_even, buf[1] / n_odd
         sizes = [t.numel() for t in locals_]
-        for lay, t, g1, g2 in zip(layers, locals_, torch.split(g1_flat, sizes), torch.split(g2_flat, sizes)):
-            g1, g2 = g1.reshape(t.shape), g2.reshape(t.shape)
-            self._pairs[id(lay)] = ((g1 + g2) * 0.5, g1, g2)
+        g1s, g2s = torch.split(buf[0] / n_even, sizes), torch.split(buf[1] / n_odd, sizes)
+        for lay, t, g1, g2 in zip(layers, locals_, g1s, g2s):
+            self._pairs[id(lay)] = ("pair", g1.reshape(t.shape), g2.reshape(t.shape))
 
     def _layer_direction(self, layer: KroneckerLayer, group: dict[str, Any], damping: float,
                          info: dict[str, Tensor] | None) -> tuple[Tensor, Tensor]:
         st = self.state[layer.weight]
-        pair = self._pairs.get(id(layer))
-        if pair is None:
-            g_avg = layer.grad_matrix()
-            g1 = g2 = g_avg
+        qa, qg = st["QA"], st["QG"]
+        entry = self._pairs.get(id(layer))
+        if entry is not None and entry[0] == "pair":  # distributed: g_avg = (g_1 + g_2) / 2
+            g1, g2 = entry[1], entry[2]
+            raw = (g1 + g2) * 0.5
+            ga = to_eigenbasis(raw, qa, qg)
+            gd = to_eigenbasis(g1 - g2, qa, qg)
+            g1_t, g2_t = ga + 0.5 * gd, ga - 0.5 * gd
         else:
-            g_avg, g1, g2 = pair
-        v, stats = fop_direction(
-            g_avg, g1 - g2, st["QA"], st["dA"], st["QG"], st["dG"], damping, factored=group["factored_pi"],
+            raw = layer.grad_matrix()
+            ga = to_eigenbasis(raw, qa, qg)
+            if entry is None:
+                gd, g1_t, g2_t = torch.zeros_like(ga), ga, ga
+            else:  # g_1 = c_1 S_1, g_2 = c_2 (grad - S_1), formed in the eigenbasis
+                s1 = layer.split_in_eigenbasis(qa, qg)
+                g1_t, g2_t = s1 * entry[1], (ga - s1) * entry[2]
+                gd = g1_t - g2_t
+        step, stats = fop_direction_eigenbasis(
+            ga, gd, st["dA"], st["dG"], damping, factored=group["factored_pi"],
             eta_convention=group["eta_convention"], beta_guard=group["beta_guard"], with_stats=info is not None,
         )
         if info is not None:
-            n1, n2 = g1.norm(), g2.norm()
+            # Q_A, Q_G are orthogonal, so Frobenius norms and inner products are basis-independent.
+            n1, n2 = g1_t.norm(), g2_t.norm()
             denom = n1 * n2
             info.update(
-                g1_norm=n1, g2_norm=n2, gavg_norm=g_avg.norm(), gdiff_norm=(g1 - g2).norm(),
-                cos_g1_g2=torch.where(denom > 0, (g1 * g2).sum() / torch.where(denom > 0, denom, 1.0),
+                g1_norm=n1, g2_norm=n2, gavg_norm=ga.norm(), gdiff_norm=gd.norm(),
+                cos_g1_g2=torch.where(denom > 0, (g1_t * g2_t).sum() / torch.where(denom > 0, denom, 1.0),
                                       denom.new_zeros(())),
                 **{k: t.detach() for k, t in stats.items()},
             )
-        return g_avg, v
+        return raw, from_eigenbasis(step, qa, qg)

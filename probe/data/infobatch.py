@@ -93,8 +93,9 @@ class InfoBatch(Sampler[int]):
     ``update``/``record`` all-gather the (index, loss) pairs so the score tables stay identical; this
     requires an initialised ``torch.distributed`` process group. All counts in the ledger are global.
 
-    Cost: planning an epoch is O(N) vectorised torch work (≈ tens of ms at N = 10⁶ on one CPU core);
-    memory is 4 + 4 + 1 bytes per sample. ``update`` copies the batch's losses to the host (one small
+    Cost: planning an epoch is O(N) vectorised torch work, no sort (a few tens of ms at N = 10⁶ on one
+    CPU core; ``benchmarks/bench_infobatch.py``); memory is 4 + 4 + 1 bytes per sample for the tables plus
+    8 per index of the epoch list. ``update`` copies the batch's losses to the host (one small
     device→host transfer per step, as in the official code).
 
     Args:

@@ -11,6 +11,7 @@ only if ``torch`` is already loaded (otherwise nobody could have made one).
 from __future__ import annotations
 
 import sys
+import time
 from collections import defaultdict
 from typing import Any, Sequence
 
@@ -28,6 +29,9 @@ SCALARS, ARRAY, EVENT = 0, 1, 2
 """
 
 Record = tuple[Any, ...]
+
+YIELD_EVERY = 1000
+"""Points converted between voluntary GIL releases (about 1 ms of work)."""
 
 
 def _torch() -> Any:
@@ -99,8 +103,15 @@ class BatchBuilder:
         events: list[protocol.EventRecord] = []
         prefix = self.key_prefix
 
+        since_yield = 0
         for record in records:
             kind = record[0]
+            if since_yield >= YIELD_EVERY:
+                # Hand the GIL back to the training thread now rather than when the interpreter
+                # forces a switch (5 ms): this is what keeps run.log's tail latency in microseconds.
+                time.sleep(0)
+                since_yield = 0
+            since_yield += len(record[1]) if kind == SCALARS and isinstance(record[1], dict) else 1
             try:
                 if kind == SCALARS:
                     _, metrics, step, t = record

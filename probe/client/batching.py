@@ -45,6 +45,7 @@ class BatchBuilder:
         run_id: the run.
         rank: the rank whose batch ids and keys are tagged (``None``/0: untagged).
         key_prefix: put before every scalar and array key (``"rank1."`` for a shared run's rank 1).
+        session: nonce for batch ids when the run id was not minted by this process.
         batch_points: start a new batch after this many data records.
         problems: where conversion failures are counted.
     """
@@ -55,10 +56,12 @@ class BatchBuilder:
         *,
         rank: int | None = None,
         key_prefix: str = "",
+        session: str | None = None,
         batch_points: int = 20_000,
         problems: Problems | None = None,
     ) -> None:
         self.run_id = run_id
+        self.session = session
         self.rank = rank
         self.key_prefix = key_prefix
         self.batch_points = batch_points
@@ -85,7 +88,7 @@ class BatchBuilder:
 
     def _next_id(self) -> str:
         self.seq += 1
-        return protocol.batch_id(self.run_id, self.seq, self.rank)
+        return protocol.batch_id(self.run_id, self.seq, self.rank, self.session)
 
     def _lose(self, kind: str, message: str, n: int = 1) -> None:
         self.lost += n

@@ -89,11 +89,15 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-def batch_id(run_id: str, seq: int, rank: int | None = None) -> str:
-    """``"<run_id>:<seq>"``; ranks other than 0 logging into a shared run add ``r<rank>-`` so ids stay unique."""
-    if rank:
-        return f"{run_id}:r{rank}-{seq}"
-    return f"{run_id}:{seq}"
+def batch_id(run_id: str, seq: int, rank: int | None = None, session: str | None = None) -> str:
+    """``"<run_id>:<seq>"``, unique for every batch ever sent to the run.
+
+    Other ranks of a shared run add ``r<rank>-``; a process that logs into a run id it did not
+    mint (``init(run_id=...)``, a resumed run) adds its own ``session`` nonce, because its
+    ``seq`` restarts at 1 and the server would otherwise discard its batches as resends.
+    """
+    tag = (f"r{rank}-" if rank else "") + (f"{session}-" if session else "")
+    return f"{run_id}:{tag}{seq}"
 
 
 def encode_float(x: float) -> float | str:

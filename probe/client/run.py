@@ -372,6 +372,8 @@ def init(
 
     problems = Problems()
     rank_, world_size_, dist = _distributed(rank, world_size)
+    # A run id minted here is new to the server; one given to us may already hold batches.
+    minted_here = not run_id and not os.environ.get("OPTISCOPE_RUN_ID")
     if log_all_ranks and mode != "disabled":
         run_id = _shared_run_id(run_id, rank_, world_size_, dist, problems)
     run_id = run_id or (protocol.new_run_id() if rank_ == 0 else os.environ.get("OPTISCOPE_RUN_ID", ""))
@@ -423,6 +425,7 @@ def init(
         run_id,
         rank=rank_ if log_all_ranks else None,
         key_prefix=f"rank{rank_}." if log_all_ranks and rank_ else "",
+        session=None if minted_here else protocol.new_run_id()[:8],
         batch_points=settings.batch_points,
         problems=problems,
     )

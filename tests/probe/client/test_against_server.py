@@ -186,3 +186,14 @@ def test_killed_process_ends_up_crashed_and_sync_marks_it(
     assert optiscope_main(sync) == 0 and "nothing to send" in capsys.readouterr().out
     assert httpx.get(run_url, headers=srv.headers).json()["status"] == "crashed"
     assert _series_steps(srv, run_id, "loss") == list(range(500))
+
+
+def test_resuming_a_run_id_adds_points_instead_of_being_deduplicated(
+    server: InProcess, settings: ClientConfig
+) -> None:
+    run_id = "resumed-run-1"
+    for start in (0, 100):  # e.g. a job restarted from a checkpoint, logging into the same run
+        with probe.init("p", run_id=run_id, settings=settings, token=server.token, client=server.client) as run:
+            for step in range(start, start + 100):
+                run.log({"loss": float(step)}, step=step)
+    assert server.counts(run_id) == {"loss": 200}

@@ -261,3 +261,43 @@ def test_invalid_arguments_raise_at_init(fast_settings: ClientConfig) -> None:
         probe.init("p", mode="sometimes", settings=fast_settings)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="run_id"):
         probe.init("p", run_id="no spaces allowed", settings=fast_settings)
+
+
+EXIT_SCRIPT = """
+import sys, probe
+from probe.client.config import ClientConfig
+run = probe.init("p", mode="offline", settings=ClientConfig.from_env(flush_interval=0.01))
+run.log({"loss": 1.0}, step=0)
+print(run.spool_dir, flush=True)
+if sys.argv[1] == "raise":
+    raise RuntimeError("boom")
+"""
+
+
+@pytest.mark.parametrize(("how", "status"), [("raise", "crashed"), ("return", "finished")])
+def test_process_exit_finishes_the_run(how: str, status: str, tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OPTISCOPE_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, how], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[3])
+    assert (proc.returncode != 0) == (how == "raise")
+    if how == "raise":
+        assert "RuntimeError: boom" in proc.stderr  # the user's traceback is still printed
+    spool = Path(proc.stdout.strip())
+    assert json.loads((spool / "finish.json").read_text()) == {"status": status}
+
+
+def test_client_imports_neither_torch_nor_the_server() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, probe.client.run, probe.client.cli, probe.client.sync\n"
+        "bad = [m for m in ('torch', 'server', 'fastapi', 'dashboard', 'sqlalchemy') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=Path(__file__).resolve().parents[3])

@@ -25,11 +25,21 @@ def _duplicate() -> dict[str, Any]:
 def ingest_batch(*, session: Session, run: Run, batch: BatchIn) -> dict[str, Any]:
     """Write a whole batch or nothing. A ``batch_id`` already seen for this run writes nothing
     and answers ``duplicate: true`` (also when two copies race: the unique key decides)."""
+    # Lock the run row: concurrent batches of one run update its summary, last_step and
+    # alerts_count (read-modify-write); different runs still ingest in parallel on PostgreSQL.
+    session.refresh(run, with_for_update=True)
     if batch.batch_id is not None:
         seen = session.scalar(select(Batch.id).where(Batch.run_id == run.id, Batch.batch_id == batch.batch_id))
         if seen is not None:
             return _duplicate()
         session.add(Batch(run_id=run.id, batch_id=batch.batch_id))
+        try:
+            # Claim the id first: a concurrent copy of this batch waits here and then fails
+            # fast on the unique key instead of redoing all the work.
+            session.flush()
+        except IntegrityError:
+            session.rollback()
+            return _duplicate()
     now = time.time()
     columns = []
     for s in batch.scalars:

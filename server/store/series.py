@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import numpy as np
 from sqlalchemy import Select, select, tuple_
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from server.downsample import downsample_indices
@@ -72,16 +74,20 @@ def append_scalars(
         by_key[key] = (st, ti, va)
     if not by_key:
         return 0
+    keys_sorted = sorted(by_key)  # one lock order for every writer: no deadlocks on PostgreSQL
+    known = set(session.scalars(select(Series.key).where(Series.run_id == run.id,
+                                                         Series.key.in_(keys_sorted))))
+    missing = [k for k in keys_sorted if k not in known]
+    if missing:  # ON CONFLICT DO NOTHING: a concurrent writer may create the same series
+        insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else pg_insert
+        session.execute(insert(Series.__table__).on_conflict_do_nothing(index_elements=["run_id", "key"]),
+                        [{"run_id": run.id, "key": k, "count": 0, "n_chunks": 0} for k in missing])
     existing = {
         s.key: s for s in session.scalars(
-            select(Series).where(Series.run_id == run.id, Series.key.in_(list(by_key))).with_for_update()
+            select(Series).where(Series.run_id == run.id, Series.key.in_(keys_sorted))
+            .order_by(Series.key).with_for_update()
         )
     }
-    new = [Series(run_id=run.id, key=k, count=0, n_chunks=0) for k in by_key if k not in existing]
-    if new:
-        session.add_all(new)
-        session.flush()
-        existing.update({s.key: s for s in new})
     last_pairs = [(s.id, s.n_chunks - 1) for s in existing.values() if s.n_chunks > 0]
     tails: dict[int, SeriesChunk] = {}
     if last_pairs:

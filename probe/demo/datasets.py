@@ -14,6 +14,8 @@ and nothing here touches the global RNG.
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import os
 import sysconfig
 from dataclasses import dataclass
@@ -102,11 +104,7 @@ def load_digits_split(*, test_fraction: float = 0.2, seed: int = 0) -> ImageSpli
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"Invalid test_fraction: {test_fraction} (must be in (0, 1))")
-    from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
-
-    bunch = load_digits()
-    images = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    labels = torch.as_tensor(bunch.target, dtype=torch.int64)
+    images, labels = _bundled_digits()
     num_classes = int(labels.max().item()) + 1
     generator = torch.Generator().manual_seed(seed)
     train_idx: list[torch.Tensor] = []
@@ -122,6 +120,32 @@ def load_digits_split(*, test_fraction: float = 0.2, seed: int = 0) -> ImageSpli
     train = train[torch.randperm(train.numel(), generator=generator)]
     test = torch.cat(test_idx)
     return ImageSplit(images[train], labels[train], images[test], labels[test], num_classes)
+
+
+def _bundled_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled ``digits.csv.gz`` as ``(N, 1, 8, 8)`` floats in [0, 1] and labels.
+
+    Read straight from the file that ``sklearn.datasets.load_digits`` parses, without importing
+    scikit-learn: its import (scipy.stats and friends) costs seconds on a busy 2-core machine, more than
+    a quick demo run trains. Falls back to ``load_digits`` if the file is not where it used to be.
+    """
+    spec = importlib.util.find_spec("sklearn")  # locates the package without executing it
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = os.path.join(locations[0], "datasets", "data", "digits.csv.gz") if locations else ""
+    if path and os.path.isfile(path):
+        with gzip.open(path, "rt", encoding="ascii") as fh:
+            rows = [[float(v) for v in line.split(",")] for line in fh if line.strip()]
+        table = torch.tensor(rows, dtype=torch.float32)
+        pixels, labels = table[:, :-1], table[:, -1].to(torch.int64)
+    else:
+        from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
+
+        bunch = load_digits()
+        pixels = torch.as_tensor(bunch.data, dtype=torch.float32)
+        labels = torch.as_tensor(bunch.target, dtype=torch.int64)
+    if pixels.shape[1] != 64:
+        raise ValueError(f"unexpected digits table shape {tuple(pixels.shape)} (want N x 64)")
+    return pixels.view(-1, 1, 8, 8) / 16.0, labels
 
 
 def long_tail(split: ImageSplit, *, imbalance: float = 10.0) -> ImageSplit:

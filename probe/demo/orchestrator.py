@@ -5,13 +5,15 @@ CPU trains, and a training that crashes must not take the others down. The orche
 imports the server or the dashboard — it starts ``optiscope serve`` like a user would and talks HTTP,
 so the demo exercises exactly the path a real user's training takes (probe → HTTP → store → dashboard).
 
-Children report progress on stdout as ``@@optiscope {json}`` lines (see :mod:`probe.demo.train`); every
-other line of their output goes to a log file under ``$OPTISCOPE_HOME/demo/logs``.
+Trainings run in a small pool of worker processes (``python -m probe.demo.train --worker``, at most 2 at a
+time on a 2-core machine); each run is still its own probe run. Workers report progress on stdout as
+``@@optiscope {json}`` lines (see :mod:`probe.demo.train`); everything else they print goes to a log file
+under ``$OPTISCOPE_HOME/demo/logs/<session>/``.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import dataclasses
 import json
 import os
 import signal
@@ -227,58 +229,139 @@ class _Progress:
             print(line, file=self._out, flush=True)
 
 
-def _train_one(
-    spec: RunSpec,
+class _Worker:
+    """One long-lived ``python -m probe.demo.train --worker`` process that trains the jobs it is sent.
+
+    Why not one process per run: ``import torch`` (plus torch's lazy imports on the first optimizer)
+    costs several seconds on a busy 2-core machine, as much as a quick run trains. One worker per pool
+    slot pays it once. If a worker dies mid-run, that run is marked failed and the next job starts a
+    fresh worker.
+    """
+
+    def __init__(self, *, env: dict[str, str], log_path: Path) -> None:
+        self._env = env
+        self.log_path = log_path
+        self._log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._child: subprocess.Popen[str] | None = None
+
+    def _ensure(self) -> subprocess.Popen[str]:
+        if self._child is None or self._child.poll() is not None:
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", "probe.demo.train", "--worker"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=self._env, text=True,
+                bufsize=1,
+            )
+        return self._child
+
+    def train(self, job: dict[str, Any], on_message: Callable[[dict[str, Any]], None]) -> int:
+        """Send one job and relay its progress messages; returns the run's exit code (1 if the worker died)."""
+        child = self._ensure()
+        assert child.stdin is not None and child.stdout is not None  # noqa: S101 - PIPEs set above
+        try:
+            child.stdin.write(json.dumps(job) + "\n")
+            child.stdin.flush()
+        except BrokenPipeError:
+            return 1
+        for line in child.stdout:
+            if not line.startswith(PROGRESS_PREFIX):
+                self._log.write(line)
+                continue
+            try:
+                message = json.loads(line[len(PROGRESS_PREFIX):])
+            except json.JSONDecodeError:
+                self._log.write(line)
+                continue
+            if message.get("event") == "done":
+                return int(message.get("code", 1))
+            on_message(message)
+        child.wait()
+        self._log.write(f"worker exited with code {child.returncode} during {job['spec']['name']}\n")
+        return 1
+
+    def close(self) -> None:
+        if self._child is not None and self._child.poll() is None:
+            assert self._child.stdin is not None  # noqa: S101
+            self._child.stdin.close()  # the worker ends after its current job
+            try:
+                self._child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._child.kill()
+                self._child.wait()
+        self._log.close()
+
+
+def _run_pool(
+    specs: list[RunSpec],
     *,
+    workers: int,
     env: dict[str, str],
     session: str,
     logs: Path,
     reports: Path,
     url: str,
     progress: _Progress,
-) -> RunOutcome:
-    outcome = RunOutcome(spec=spec, log_path=logs / f"{spec.name}.log")
+) -> list[RunOutcome]:
+    """Train ``specs`` on ``workers`` worker processes, longest first, and return outcomes in spec order."""
+    import queue
+
+    jobs: queue.Queue[RunOutcome] = queue.Queue()
+    outcomes = [RunOutcome(spec=spec) for spec in specs]
+    for outcome in outcomes:
+        jobs.put(outcome)
+
+    def serve(slot: int) -> None:
+        worker = _Worker(env=env, log_path=logs / f"worker-{slot}.log")
+        try:
+            while True:
+                try:
+                    outcome = jobs.get_nowait()
+                except queue.Empty:
+                    return
+                _train_one(outcome, worker, session=session, reports=reports, url=url, progress=progress)
+        finally:
+            worker.close()
+
+    threads = [threading.Thread(target=serve, args=(i,), name=f"demo-worker-{i}", daemon=True)
+               for i in range(min(workers, len(specs)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():  # join with a timeout so Ctrl-C reaches the main thread
+            t.join(timeout=0.5)
+    return outcomes
+
+
+def _train_one(
+    outcome: RunOutcome, worker: _Worker, *, session: str, reports: Path, url: str, progress: _Progress
+) -> None:
+    spec = outcome.spec
+    outcome.log_path = worker.log_path
     report_path = reports / f"{spec.name}.json"
-    cmd = [
-        sys.executable, "-m", "probe.demo.train",
-        "--spec", spec.to_json(),
-        "--project", PROJECT,
-        "--tag", "demo",
-        "--tag", f"session-{session}",
-        "--tag", spec.group,
-        "--report", str(report_path),
-    ]
+    job = {
+        "spec": dataclasses.asdict(spec),
+        "project": PROJECT,
+        "tags": ["demo", f"session-{session}", spec.group],
+        "report": str(report_path),
+    }
+
+    def on_message(message: dict[str, Any]) -> None:
+        if message.get("event") == "run":
+            outcome.run_id = str(message["id"])
+            progress.started(spec, outcome.run_id, url)
+        elif message.get("event") == "progress":
+            postfix = " ".join(
+                f"{k}={v:.3g}" for k, v in message.items()
+                if k not in ("event", "step", "total") and isinstance(v, (int, float))
+            )
+            progress.update(spec, int(message["step"]), int(message["total"]), postfix)
+
     started = time.monotonic()
-    with open(outcome.log_path, "w", encoding="utf-8") as log:
-        child = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=log, env=env, text=True, bufsize=1, start_new_session=False
-        )
-        assert child.stdout is not None  # noqa: S101 - Popen(stdout=PIPE) always sets it
-        for line in child.stdout:
-            if not line.startswith(PROGRESS_PREFIX):
-                log.write(line)
-                continue
-            try:
-                message = json.loads(line[len(PROGRESS_PREFIX):])
-            except json.JSONDecodeError:
-                log.write(line)
-                continue
-            if message.get("event") == "run":
-                outcome.run_id = str(message["id"])
-                progress.started(spec, outcome.run_id, url)
-            elif message.get("event") == "progress":
-                postfix = " ".join(
-                    f"{k}={v:.3g}" for k, v in message.items() if k not in ("event", "step", "total")
-                    and isinstance(v, (int, float))
-                )
-                progress.update(spec, int(message["step"]), int(message["total"]), postfix)
-        outcome.returncode = child.wait()
+    outcome.returncode = worker.train(job, on_message)
     outcome.wall_s = time.monotonic() - started
     if report_path.is_file():
         outcome.report = json.loads(report_path.read_text(encoding="utf-8"))
         outcome.run_id = outcome.run_id or outcome.report.get("run_id")
     progress.finished(outcome)
-    return outcome
 
 
 def compare_counts(report: dict[str, Any], keys: dict[str, Any]) -> dict[str, Any]:
@@ -439,15 +522,10 @@ def run_demo(config: DemoConfig, *, on_ready: Callable[[str], None] | None = Non
         }
         progress = _Progress(specs, out)
         try:
-            with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-                futures = [
-                    pool.submit(
-                        _train_one, spec, env=env, session=session, logs=logs, reports=reports,
-                        url=server.url, progress=progress,
-                    )
-                    for spec in specs
-                ]
-                outcomes = [f.result() for f in futures]
+            outcomes = _run_pool(
+                specs, workers=workers, env=env, session=session, logs=logs, reports=reports,
+                url=server.url, progress=progress,
+            )
         finally:
             progress.close()
 

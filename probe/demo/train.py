@@ -1,4 +1,4 @@
-"""One demo training run, in its own process: ``python -m probe.demo.train --spec JSON``.
+"""Demo training runs, out of the server's process: ``python -m probe.demo.train --spec JSON | --worker``.
 
 It is written like a user's own training loop — a model, an optimizer by name, ``probe.init`` and
 ``probe.attach``, and ``run.log`` for the user metrics — so the demo shows (and tests) the path a real
@@ -20,6 +20,7 @@ import json
 import math
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
@@ -286,32 +287,34 @@ def train(spec: RunSpec, *, project: str = "demo", tags: Sequence[str] = (), rep
                 opt.step()
             for sched in schedulers:
                 sched.step()
-            step += 1
             samples_seen += int(y.shape[0])
             metrics: dict[str, Any] = {
                 "loss": loss.detach(),
                 "lr": optimizers[0].param_groups[0]["lr"],
-                "samples_seen": samples_seen,
                 "epoch": epoch,
             }
+            if infobatch is None:  # with InfoBatch attached, the monitor logs its own samples_seen
+                metrics["samples_seen"] = samples_seen
             if image_data is not None:
                 metrics["acc"] = (logits.detach().argmax(1) == y).float().mean()
-            if step % spec.eval_every == 0 or step == total:
+            if (step + 1) % spec.eval_every == 0 or step + 1 == total:
                 metrics.update(_evaluate_images(model, image_data) if image_data else _evaluate_text(model, text_data))  # type: ignore[arg-type]
+            # Step k (0-based) is the k-th optimizer step, the index the monitor logs its diagnostics at.
             run.log(metrics, step=step)
+            step += 1
             now = time.monotonic()
             if now - last_emit >= _PROGRESS_INTERVAL_S:
                 last_emit = now
-                _emit("progress", step=step, total=total, loss=float(loss))
+                _emit("progress", step=step, total=total, loss=float(loss.detach()))
             if now - started > spec.max_seconds:
                 print(f"stopping at step {step}: time budget {spec.max_seconds:.0f} s spent", file=sys.stderr)
                 break
         # A final evaluation at the last step, whatever the epoch arithmetic was (InfoBatch ends early).
         final = _evaluate_images(model, image_data) if image_data else _evaluate_text(model, text_data)  # type: ignore[arg-type]
         if step % spec.eval_every != 0 and step != total:
-            run.log(final, step=step)
-        final["loss"] = float(loss)
-        _emit("progress", step=step, total=step, loss=float(loss))
+            run.log(final, step=step - 1)
+        final["loss"] = float(loss.detach())
+        _emit("progress", step=step, total=step, loss=final["loss"])
         status = "finished"
     finally:
         monitor.detach()
@@ -338,14 +341,45 @@ def train(spec: RunSpec, *, project: str = "demo", tags: Sequence[str] = (), rep
     return 0
 
 
+def _serve_jobs(lines: Iterator[str]) -> int:
+    """Worker mode: train one job per stdin line until stdin closes.
+
+    A job is ``{"spec": RunSpec fields, "project": str, "tags": [str], "report": path}``. The orchestrator
+    keeps one such worker per pool slot, so the seconds of ``import torch`` (and of torch's lazy imports
+    on the first optimizer) are paid once per slot, not once per run. Each job is still its own run, and
+    a job that raises is reported (``done`` with code 1) without ending the worker.
+    """
+    for line in lines:
+        if not line.strip():
+            continue
+        job = json.loads(line)
+        spec = RunSpec(**job["spec"])
+        print(f"===== {spec.name} =====", file=sys.stderr, flush=True)
+        code = 1
+        try:
+            code = train(
+                spec, project=job.get("project", "demo"), tags=job.get("tags", ()),
+                report=Path(job["report"]) if job.get("report") else None,
+            )
+        except Exception:  # noqa: BLE001 - one failed run must not stop the others; the traceback is logged
+            traceback.print_exc()
+        _emit("done", name=spec.name, code=code)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m probe.demo.train``."""
+    """Entry point of ``python -m probe.demo.train``: one ``--spec``, or ``--worker`` jobs from stdin."""
     parser = argparse.ArgumentParser(prog="python -m probe.demo.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", required=True, help="a RunSpec as JSON")
+    parser.add_argument("--spec", help="a RunSpec as JSON: train this one run")
+    parser.add_argument("--worker", action="store_true", help="train jobs read from stdin, one JSON per line")
     parser.add_argument("--project", default="demo")
     parser.add_argument("--tag", action="append", default=[], help="run tag (repeatable)")
     parser.add_argument("--report", type=Path, default=None, help="where to write the sent-points report")
     args = parser.parse_args(argv)
+    if args.worker:
+        return _serve_jobs(iter(sys.stdin.readline, ""))
+    if not args.spec:
+        parser.error("one of --spec or --worker is required")
     return train(RunSpec.from_json(args.spec), project=args.project, tags=args.tag, report=args.report)
 
 

@@ -20,6 +20,13 @@ API_PREFIX = "/api/v1"
 
 FsyncPolicy = Literal["batch", "none"]
 
+_ENV_TUNING: tuple[tuple[str, str, type], ...] = (
+    ("spool_max_bytes", "OPTISCOPE_SPOOL_MAX_BYTES", int),
+    ("flush_interval", "OPTISCOPE_FLUSH_INTERVAL", float),
+    ("fsync", "OPTISCOPE_FSYNC", str),
+)
+"""Tuning a cluster admin may want to set for every job without touching training code."""
+
 
 def default_home(env: Mapping[str, str] | None = None) -> Path:
     """``$OPTISCOPE_HOME`` or ``~/.optiscope``."""
@@ -136,6 +143,12 @@ class ClientConfig:
         home_path = Path(home).expanduser() if home is not None else default_home(env)
         resolved_url = url or env.get("OPTISCOPE_URL") or _url_from_server_json(home_path) or DEFAULT_URL
         resolved_token = token or env.get("OPTISCOPE_TOKEN") or _read_text(home_path / "local-token")
+        for field_name, variable, kind in _ENV_TUNING:
+            if field_name not in overrides and env.get(variable):
+                try:
+                    overrides[field_name] = kind(env[variable])
+                except ValueError:
+                    raise ValueError(f"Invalid {variable}: {env[variable]!r} (expected {kind.__name__})") from None
         return cls(url=normalize_url(resolved_url), token=resolved_token, home=home_path, **overrides)
 
     def replace(self, **changes: Any) -> ClientConfig:

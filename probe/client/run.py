@@ -29,7 +29,6 @@ import socket
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal
@@ -246,7 +245,9 @@ class Run:
 
 # -- process-wide hooks (installed by the first init, never at import) -----------------------------
 
-_LIVE: weakref.WeakSet[Run] = weakref.WeakSet()
+_LIVE: set[Run] = set()
+"""Unfinished runs. Strong references on purpose: a run the user stopped referencing still has a
+live sender thread and queued data, and must still be finished (and flushed) at exit."""
 _hooks_lock = threading.Lock()
 _hooks_installed = False
 
@@ -254,7 +255,7 @@ _hooks_installed = False
 def _finish_all(status: str) -> None:
     for run in list(_LIVE):
         try:
-            run.finish(status)
+            run.finish(status)  # type: ignore[arg-type]
         except Exception:  # noqa: BLE001 - at exit, nothing may raise
             pass
 

@@ -49,3 +49,12 @@ def test_corrupt_server_json_falls_back_to_default(tmp_path: Path) -> None:
 def test_invalid_settings_raise_value_error(field: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ClientConfig(**{field: value})
+
+
+def test_tuning_from_environment(tmp_path: Path) -> None:
+    env = {"OPTISCOPE_SPOOL_MAX_BYTES": "1000000", "OPTISCOPE_FLUSH_INTERVAL": "2", "OPTISCOPE_FSYNC": "none"}
+    config = ClientConfig.from_env(home=tmp_path, env=env)
+    assert (config.spool_max_bytes, config.flush_interval, config.fsync) == (1_000_000, 2.0, "none")
+    assert ClientConfig.from_env(home=tmp_path, env=env, flush_interval=0.1).flush_interval == 0.1
+    with pytest.raises(ValueError, match="OPTISCOPE_SPOOL_MAX_BYTES"):
+        ClientConfig.from_env(home=tmp_path, env={"OPTISCOPE_SPOOL_MAX_BYTES": "1GB"})

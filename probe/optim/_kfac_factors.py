@@ -76,7 +76,7 @@ class KroneckerLayer:
     g_sum: Tensor | None = None
     g_examples: int = 0
     split_sum: Tensor | None = None  # FOP: sum over the first half (or over all local examples).
-    split_rows: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # low-rank (g rows, a_bar rows)
+    split_rows: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # low-rank (g rows, x rows)
     n_first: int = 0
     n_total: int = 0
     extra: dict[str, Tensor] = field(default_factory=dict)
@@ -178,11 +178,11 @@ class KroneckerLayer:
             self.n_total += n
             if split == "first_half" and not self.is_conv:
                 g_rows = self.grad_rows(gs)
-                m, k = g_rows.shape[1], self.a_dim()
-                if g_rows.shape[0] * (m + k) < m * k:
-                    # Fewer rows than the matrix has rank: keep the factors of S_1 = g^T a_bar, so FOP can
-                    # move it to the eigenbasis at O(rows (m^2 + k^2)) instead of O(m k (m + k)).
-                    self.split_rows.append((g_rows, self.activation_rows(xs)))
+                r, m, k = g_rows.shape[0], g_rows.shape[1], self.a_dim()
+                if r * (m * m + k * k) < m * k * (m + k):
+                    # Few rows: keep the factors of S_1 = g^T a_bar, so FOP moves it to the eigenbasis as
+                    # (g Q_G)^T (a_bar Q_A) at O(r (m^2 + k^2 + m k)) instead of O(m k (m + k)).
+                    self.split_rows.append((g_rows, xs.reshape(-1, xs.shape[-1])))
                     return
             part = self.partial_grad(xs, gs)
             self.split_sum = part if self.split_sum is None else self.split_sum + part
@@ -213,8 +213,12 @@ class KroneckerLayer:
         out: Tensor | None = None
         if self.split_sum is not None:
             out = to_eigenbasis(self.split_sum.to(qa.dtype), qa, qg)
-        for g_rows, a_rows in self.split_rows:
-            part = (g_rows.to(qg.dtype) @ qg).T @ (a_rows.to(qa.dtype) @ qa)
+        has_bias = self.bias is not None
+        for g_rows, x_rows in self.split_rows:
+            x_rows = x_rows.to(qa.dtype)
+            # a_bar = [x, 1], so a_bar Q_A = x Q_A[:-1] + Q_A[-1] without materialising a_bar.
+            a_q = torch.addmm(qa[-1], x_rows, qa[:-1]) if has_bias else x_rows @ qa
+            part = (g_rows.to(qg.dtype) @ qg).T @ a_q
             out = part if out is None else out + part
         assert out is not None
         return out
@@ -222,8 +226,10 @@ class KroneckerLayer:
     def split_dense(self) -> Tensor:
         """The captured split sum S as a (d_out, a_dim) matrix."""
         out = self.split_sum
-        for g_rows, a_rows in self.split_rows:
-            part = g_rows.T @ a_rows
+        for g_rows, x_rows in self.split_rows:
+            part = g_rows.T @ x_rows
+            if self.bias is not None:
+                part = torch.cat([part, g_rows.sum(dim=0).unsqueeze(1)], dim=1)
             out = part if out is None else out + part
         assert out is not None
         return out

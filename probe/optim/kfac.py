@@ -174,7 +174,7 @@ class KFAC(Optimizer):
         loss_reduction: Literal["mean", "sum"] = "mean",
         distributed: bool | None = None,
         process_group: Any = None,
-        **extra_defaults: Any,
+        _extra_defaults: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"Invalid model: {type(model).__name__} (must be a torch.nn.Module)")
@@ -197,7 +197,7 @@ class KFAC(Optimizer):
             lr=lr, momentum=momentum, weight_decay=weight_decay, damping=damping, factor_decay=factor_decay,
             kl_clip=kl_clip, factor_update_interval=factor_update_interval,
             inv_update_interval=inv_update_interval, factored_pi=factored_pi, loss_reduction=loss_reduction,
-            **extra_defaults,
+            **(_extra_defaults or {}),  # subclass hyperparameters (FOP), validated by the subclass
         )
         super().__init__(model.parameters() if params is None else params, defaults)
         self.introspect: bool = False

@@ -159,9 +159,14 @@ def _layer_matrix(grads: list[Tensor], i: int) -> Tensor:
     return torch.cat([w.reshape(w.shape[0], -1), b[:, None]], dim=1)
 
 
-@pytest.mark.parametrize("n", [8, 7])
-def test_half_batch_gradients_come_from_the_single_backward(n: int) -> None:
-    model = _cnn()
+def _wide_mlp() -> nn.Module:
+    # Layer 0 (32 x 17+1) with 4 rows per half takes the low-rank route for S_1; layer 1 the dense one.
+    return seeded(nn.Sequential(nn.Flatten(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 3)))
+
+
+@pytest.mark.parametrize(("arch", "n"), [("cnn", 8), ("cnn", 7), ("mlp", 8), ("mlp", 7)])
+def test_half_batch_gradients_come_from_the_single_backward(arch: str, n: int) -> None:
+    model = _cnn() if arch == "cnn" else _wide_mlp()
     x, y = _batch(n)
     ref_model = copy.deepcopy(model)
     g_h1 = _grads(ref_model, x[0::2], y[0::2])  # per-half mean losses, separate backward passes
@@ -171,8 +176,11 @@ def test_half_batch_gradients_come_from_the_single_backward(n: int) -> None:
     opt.introspect = True
     opt.zero_grad()
     F.mse_loss(model(x), y).backward()
+    if arch == "mlp":  # both ways of holding S_1 are exercised
+        assert len(opt._layers[0].split_rows) == 1 and opt._layers[1].split_sum is not None
     opt.step()
-    for i, layer in enumerate((model[0], model[3])):
+    layers = [m for m in model if isinstance(m, (nn.Linear, nn.Conv2d))]
+    for i, layer in enumerate(layers):
         info = opt.last_internals[layer.weight]
         g1, g2, ga = _layer_matrix(g_h1, i), _layer_matrix(g_h2, i), _layer_matrix(g_all, i)
         assert float(info["g1_norm"]) == pytest.approx(float(g1.norm()), rel=FP32_RTOL)

@@ -18,15 +18,33 @@ Details and decisions:
 * ``introspect`` fills ``last_internals`` for the owned matrices only.
 * AdamW (``use_muon=False``) groups are stepped redundantly on every rank (cheap elementwise work).
 
-Not implemented (stated precisely): FSDP2 / DTensor row-sharded parameters. A DTensor parameter is
-refused with ``NotImplementedError``; the dion-style all-to-all (rows → whole matrices → rows, with v on
-local row shards and a 2-scalar all-reduce for the exact Frobenius rescale) is not written.
+Row-sharded parameters (FSDP2 ``fully_shard``; any DTensor on a 1-D mesh with placement Shard(0)),
+ALGORITHMS.md §2.5. These take the row-shard path whether or not ``distributed=True`` was passed:
+* momentum, NorMuon's v and the weight update act on this rank's rows only (v is local per row
+  shard, no communication for the row statistic);
+* the finiteness test is all-reduced (all shards of a matrix skip together);
+* the NS input U is all-gathered (one collective per shape bucket, rows padded to torch.chunk
+  sizes) and each rank orthogonalizes the full matrices of the bucket, then keeps its rows;
+* NorMuon's Frobenius rescale is exact: one all-reduce of 2 scalars per matrix (‖O‖², ‖Ô‖²), where
+  dion's reference approximates it per shard.
+State for DTensor parameters is stored as plain local tensors (this rank's rows), so each rank saves
+its own ``state_dict``; torch.distributed.checkpoint resharding of that state is not supported.
+
+Not implemented (stated precisely):
+* The orthogonalization work is *replicated* under row sharding: every rank runs NS on every matrix.
+  dion's all-to-all (rows → whole matrices owned round-robin → rows) that splits the NS work is not
+  written; results are identical, only the compute is not divided.
+* Sharding on another dim, 2-D meshes (HSDP) and other placements raise ``NotImplementedError``.
+* Mixed DDP + FSDP2 (``distributed=True`` and DTensor parameters in the same group) works, but the
+  round-robin applies only to the replicated parameters.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -36,7 +54,15 @@ from torch import Tensor
 if TYPE_CHECKING:
     from probe.optim.muon import Muon
 
-__all__ = ["check_initialized", "owner_of", "step_buckets_round_robin"]
+__all__ = [
+    "RowShard",
+    "any_nonfinite_across_mesh",
+    "check_initialized",
+    "is_dtensor",
+    "owner_of",
+    "row_shard_of",
+    "step_buckets_round_robin",
+]
 
 
 def check_initialized(process_group: Any = None) -> None:
@@ -60,12 +86,6 @@ def step_buckets_round_robin(
     world = dist.get_world_size(process_group)
     offset = 0
     for params in buckets:
-        for p in params:
-            if _is_dtensor(p):
-                raise NotImplementedError(
-                    "DTensor (FSDP2) parameters are not supported by the distributed Muon family yet; "
-                    "use replicated (DDP) parameters"
-                )
         count = len(params)
         first = [(r - offset) % world for r in range(world)]
         mine = list(params[first[rank] :: world])
@@ -90,9 +110,80 @@ def step_buckets_round_robin(
         offset += count
 
 
-def _is_dtensor(t: Tensor) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - old torch
+def is_dtensor(t: Tensor) -> bool:
+    """True for a ``torch.distributed.tensor.DTensor``.
+
+    Cheap when DTensor was never imported: then no tensor can be one, and nothing is imported.
+    """
+    if "torch.distributed.tensor" not in sys.modules:
         return False
+    from torch.distributed.tensor import DTensor
+
     return isinstance(t, DTensor)
+
+
+@dataclass(frozen=True)
+class RowShard:
+    """This rank's slice of a bucket of same-shape DTensor parameters sharded on dim 0 (1-D mesh)."""
+
+    group: Any
+    world: int
+    rank: int
+    rows: int
+    chunk: int
+    start: int
+    local_rows: int
+
+    def local(self, t: Tensor) -> Tensor:
+        """The local shard of a DTensor (an alias: in-place updates reach the parameter)."""
+        return t.to_local()  # type: ignore[attr-defined, no-any-return]
+
+    def reduce_sum(self, x: Tensor) -> Tensor:
+        """Sum ``x`` over the shards (in place; returned for chaining)."""
+        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=self.group)
+        return x
+
+    def gather_rows(self, U: Tensor) -> Tensor:
+        """(B, local_rows, n) on every rank → (B, rows, n) full matrices on every rank."""
+        padded = U.new_zeros((U.shape[0], self.chunk, U.shape[2]))
+        padded[:, : self.local_rows] = U
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded, group=self.group)
+        pieces = [part[:, : max(0, min(self.chunk, self.rows - r * self.chunk))] for r, part in enumerate(parts)]
+        return torch.cat(pieces, dim=1)
+
+
+def row_shard_of(params: Sequence[Tensor]) -> RowShard:
+    """Describe the row sharding of a bucket; ``NotImplementedError`` for any other layout."""
+    from torch.distributed.tensor import Shard
+
+    p0 = params[0]
+    mesh = p0.device_mesh  # type: ignore[attr-defined]
+    placements = tuple(p0.placements)  # type: ignore[attr-defined]
+    if mesh.ndim != 1 or placements != (Shard(0),):
+        raise NotImplementedError(
+            f"Muon-family DTensor support covers parameters sharded on dim 0 of a 1-D mesh (FSDP2); "
+            f"got mesh of ndim {mesh.ndim} with placements {placements}"
+        )
+    for p in params:
+        if tuple(p.placements) != placements or p.device_mesh != mesh:  # type: ignore[attr-defined]
+            raise NotImplementedError("same-shape DTensor parameters must share mesh and placements")
+    group = mesh.get_group(0)
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    rows = p0.shape[0]
+    chunk = math.ceil(rows / world)  # torch.chunk semantics, as Shard(0) and FSDP2 use
+    start = min(rank * chunk, rows)
+    local_rows = p0.to_local().shape[0]  # type: ignore[attr-defined]
+    if local_rows != max(0, min(chunk, rows - start)):
+        raise NotImplementedError(f"unexpected uneven row sharding: {local_rows} local rows of {rows}")
+    return RowShard(group=group, world=world, rank=rank, rows=rows, chunk=chunk, start=start, local_rows=local_rows)
+
+
+def any_nonfinite_across_mesh(bad: Tensor, p: Tensor) -> Tensor:
+    """OR a 0-d bool over every dim of ``p``'s device mesh (so all shards agree to skip)."""
+    mesh = p.device_mesh  # type: ignore[attr-defined]
+    count = bad.to(torch.int32)
+    for dim in range(mesh.ndim):
+        dist.all_reduce(count, op=dist.ReduceOp.SUM, group=mesh.get_group(dim))
+    return count > 0

@@ -31,8 +31,7 @@ Decisions on ALGORITHMS.md ambiguities (§6.3):
 * Non-finite gradients: if a parameter's gradient contains NaN/Inf, that parameter's whole step is
   skipped (momentum, weights and weight decay untouched) and ``state["nonfinite_skips"]`` (0-d int64
   tensor) is incremented; it is also reported in ``last_internals`` as ``nonfinite_skips``. The test
-  is a device-side mask (finite ‖G‖_F), so there is no host synchronisation. A gradient whose norm
-  overflows float32 (finite entries, ‖G‖ > 3.4e38) counts as non-finite too.
+  (``isfinite(G).all()`` per matrix) stays on the device as a mask, so there is no host synchronisation.
 * ``grad is None`` parameters are skipped entirely (no momentum decay, no weight decay), as in
   torch.optim. (Keller's distributed Muon substitutes zeros to keep ranks in step; our distributed
   path instead assumes every rank sees the same set of gradients, which DDP guarantees.)
@@ -42,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -56,6 +55,9 @@ from probe.optim._orthogonalize import (
     newton_schulz5,
     validate_ns_dtype,
 )
+
+if TYPE_CHECKING:
+    from probe.optim._distributed import RowShard
 
 __all__ = ["Muon", "muon_momentum", "shape_scale", "ADJUST_LR_FNS"]
 
@@ -266,45 +268,64 @@ class Muon(Optimizer):
             if torch.is_complex(p):
                 raise RuntimeError(f"{type(self).__name__} does not support complex parameters")
             buckets.setdefault((tuple(p.shape), p.dtype, p.device), []).append(p)
-        if self.distributed:
-            from probe.optim._distributed import step_buckets_round_robin
+        from probe.optim._distributed import is_dtensor, row_shard_of, step_buckets_round_robin
 
-            step_buckets_round_robin(self, group, list(buckets.values()), self.process_group)
+        replicated = [ps for ps in buckets.values() if not is_dtensor(ps[0])]
+        for params in buckets.values():
+            if is_dtensor(params[0]):  # FSDP2 / DTensor row shards: always collective
+                self._update_bucket(group, params, row_shard_of(params))
+        if self.distributed:
+            step_buckets_round_robin(self, group, replicated, self.process_group)
         else:
-            for params in buckets.values():
+            for params in replicated:
                 self._update_bucket(group, params)
 
-    def _update_bucket(self, group: dict[str, Any], params: Sequence[Tensor]) -> None:
-        """Apply the full update to a list of same-shape parameters (one batched NS)."""
+    def _update_bucket(self, group: dict[str, Any], params: Sequence[Tensor], shard: RowShard | None = None) -> None:
+        """Apply the full update to a list of same-shape parameters (one batched NS).
+
+        ``shard`` (from :func:`probe.optim._distributed.row_shard_of`) describes DTensor parameters
+        sharded on dim 0 (FSDP2): momentum, v and the weight update then act on this rank's rows, the
+        NS input is all-gathered so each rank orthogonalizes full matrices, and the finiteness test and
+        NorMuon's Frobenius norms are all-reduced, so the result equals the unsharded update.
+        """
         p0 = params[0]
         rows, cols = p0.shape[0], math.prod(p0.shape[1:])
-        mats = [p.view(rows, cols) for p in params]
+        local_rows = rows if shard is None else shard.local_rows
+        local = (lambda t: t) if shard is None else shard.local  # noqa: E731
+        mats = [local(p).view(local_rows, cols) for p in params]
         states = [self.state[p] for p in params]
-        for p, st in zip(params, states):
+        for p, mat, st in zip(params, mats, states):
             if "momentum_buffer" not in st:
-                st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                st["nonfinite_skips"] = torch.zeros((), dtype=torch.int64, device=p.device)
-                self._init_extra_state(p, st, rows, cols)
-        bufs = [st["momentum_buffer"].view(rows, cols) for st in states]
+                like = p if shard is None else mat
+                st["momentum_buffer"] = torch.zeros_like(like, memory_format=torch.contiguous_format)
+                st["nonfinite_skips"] = torch.zeros((), dtype=torch.int64, device=p0.device if shard is None else mat.device)
+                self._init_extra_state(mat, st, local_rows, cols)
+        bufs = [st["momentum_buffer"].view(local_rows, cols) for st in states]
 
-        G = torch.stack([p.grad.reshape(rows, cols) for p in params])  # type: ignore[union-attr]
-        ok = torch.isfinite(torch.linalg.vector_norm(G, dim=(-2, -1)))
+        G = torch.stack([local(p.grad).reshape(local_rows, cols) for p in params])  # type: ignore[arg-type]
+        ok = torch.isfinite(G).flatten(1).all(dim=1)  # exact "all entries finite"; True for 0 local rows
+        if shard is not None:
+            ok = shard.reduce_sum((~ok).to(torch.int32)) == 0
         M = torch.stack(bufs)
         U = muon_momentum(G, M, ok, momentum=group["momentum"], nesterov=group["nesterov"])
         torch._foreach_copy_(bufs, list(M.unbind(0)))
 
-        ns_dtype = group["ns_dtype"] or default_ns_dtype(p0.device, p0.dtype)
-        O = newton_schulz5(U, steps=group["ns_steps"], coefficients=tuple(group["ns_coefficients"]), dtype=ns_dtype)
-        D, scale, extra = self._direction(group, params, states, O, ok, rows, cols)
+        U_full = U if shard is None else shard.gather_rows(U)
+        ns_dtype = group["ns_dtype"] or default_ns_dtype(U.device, U.dtype)
+        O_full = newton_schulz5(U_full, steps=group["ns_steps"], coefficients=tuple(group["ns_coefficients"]), dtype=ns_dtype)
+        O = O_full if shard is None else O_full[:, shard.start : shard.start + local_rows]
+        D, scale, extra = self._direction(
+            group, params, states, O, ok, rows, cols, reduce=None if shard is None else shard.reduce_sum
+        )
 
         lr = group["lr"]
-        okf = ok.to(p0.dtype)
+        okf = ok.to(mats[0].dtype)
         # The shape scale is folded into the float32/64 step size (as torch's ``add_(alpha=)``) rather
         # than multiplied into a bf16 D, which would round it to 8 bits.
         step_size = (okf * (-lr * scale)).view(-1, 1, 1)
         delta = D * step_size  # promotes a bf16 D to the parameter dtype
-        if delta.dtype != p0.dtype:
-            delta = delta.to(p0.dtype)
+        if delta.dtype != mats[0].dtype:
+            delta = delta.to(mats[0].dtype)
         wd = group["weight_decay"]
         if wd != 0.0:
             torch._foreach_mul_(mats, list((1.0 - okf * (lr * wd)).unbind(0)))
@@ -313,7 +334,7 @@ class Muon(Optimizer):
 
         if self.introspect:
             for i, (p, st) in enumerate(zip(params, states)):
-                entry = {"pre_orth": U[i], "post_orth": O[i], "nonfinite_skips": st["nonfinite_skips"].clone()}
+                entry = {"pre_orth": U_full[i], "post_orth": O_full[i], "nonfinite_skips": st["nonfinite_skips"].clone()}
                 entry.update({k: v[i] for k, v in extra.items()})
                 self.last_internals[p] = entry
 
@@ -330,13 +351,24 @@ class Muon(Optimizer):
         ok: Tensor,
         rows: int,
         cols: int,
+        reduce: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, float, dict[str, Tensor]]:
-        """Update direction D and scalar scale (update = −η·scale·D), plus extra introspection tensors."""
+        """Update direction D and scalar scale (update = −η·scale·D), plus extra introspection tensors.
+
+        ``O`` may be this rank's row shard of the NS outputs (row-sharded parameters): then ``rows`` is
+        the full row count and ``reduce`` sums per-shard partial sums over the shards.
+        """
         return O, shape_scale(rows, cols, group["adjust_lr_fn"]), {}
 
     # ------------------------------------------------------------------ AdamW groups
     def _step_adamw(self, group: dict[str, Any]) -> None:
-        """Bias-corrected AdamW with the same non-finite guard (skip the parameter, count it)."""
+        """Bias-corrected AdamW with the same non-finite guard (skip the parameter, count it).
+
+        AdamW is elementwise, so a DTensor parameter (any sharding) is stepped on its local tensor;
+        only the finiteness test is all-reduced over the mesh so all shards skip together.
+        """
+        from probe.optim._distributed import any_nonfinite_across_mesh, is_dtensor
+
         beta1, beta2 = group["betas"]
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
         for p in group["params"]:
@@ -344,15 +376,20 @@ class Muon(Optimizer):
                 continue
             if p.grad.is_sparse:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            sharded = is_dtensor(p)
+            w = p.to_local() if sharded else p
+            grad = p.grad.to_local() if sharded else p.grad
             st = self.state[p]
             if "step" not in st:
-                st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                st["nonfinite_skips"] = torch.zeros((), dtype=torch.int64, device=p.device)
-            ok = torch.isfinite(torch.linalg.vector_norm(p.grad))
-            okf = ok.to(p.dtype)
-            g = torch.where(ok, p.grad, 0.0)
+                st["step"] = torch.zeros((), dtype=torch.float32, device=w.device)
+                st["exp_avg"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+                st["nonfinite_skips"] = torch.zeros((), dtype=torch.int64, device=w.device)
+            ok = torch.isfinite(grad).all()
+            if sharded:
+                ok = ~any_nonfinite_across_mesh(~ok, p)
+            okf = ok.to(w.dtype)
+            g = torch.where(ok, grad, 0.0)
             st["step"].add_(ok.to(torch.float32))
             st["nonfinite_skips"].add_((~ok).to(torch.int64))
             st["exp_avg"].lerp_(g, okf * (1.0 - beta1))
@@ -360,7 +397,7 @@ class Muon(Optimizer):
             t = st["step"].clamp(min=1.0)  # a never-stepped parameter has t = 0; its update is masked anyway
             bc1 = 1.0 - torch.pow(beta1, t)
             bc2 = 1.0 - torch.pow(beta2, t)
-            denom = (st["exp_avg_sq"].sqrt() / bc2.sqrt().to(p.dtype)).add_(eps)  # torch.optim.AdamW's grouping
+            denom = (st["exp_avg_sq"].sqrt() / bc2.sqrt().to(w.dtype)).add_(eps)  # torch.optim.AdamW's grouping
             if wd != 0.0:
-                p.mul_(1.0 - okf * (lr * wd))
-            p.sub_(st["exp_avg"] / denom * (okf * lr / bc1.to(p.dtype)))
+                w.mul_(1.0 - okf * (lr * wd))
+            w.sub_(st["exp_avg"] / denom * (okf * lr / bc1.to(w.dtype)))

@@ -40,7 +40,7 @@ before the shape factor, 2-D) to Muon's ``pre_orth``/``post_orth``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -61,30 +61,38 @@ def normuon_normalize(
     beta2: float,
     eps: float,
     adjust_lr_fn: str,
+    rows: int | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, float]:
     """Row-normalise a batch of NS outputs and update v in place.
 
     Args:
-        O: (B, m, n) Newton–Schulz outputs (any float dtype; computed in ``v.dtype``).
+        O: (B, m, n) Newton–Schulz outputs (any float dtype; computed in ``v.dtype``), or this rank's
+            row shard of them when the parameters are row-sharded (then pass ``rows`` and ``reduce``).
         v: (B, m) second moments, updated in place where ``ok`` is True.
         ok: (B,) bool; False rows leave v bit-identical (their output is discarded by the caller).
         beta2: EMA factor of v.
         eps: added to √v and to the rescale's denominator.
         adjust_lr_fn: ``"original"`` or ``"match_rms_adamw"`` (see module doc).
+        rows: the full matrix's row count (default ``O.shape[-2]``).
+        reduce: sums a (2, B) tensor of per-shard squared norms over the row shards (one all-reduce
+            of 2 scalars per matrix, which makes the Frobenius rescale exact under row sharding).
 
     Returns:
         (normalized, scale): Ô after the rescale (in ``v.dtype``) and the shape factor still to apply
         (√max(1, m/n) for ``"original"``, 1 for ``"match_rms_adamw"``).
     """
-    m, n = O.shape[-2], O.shape[-1]
+    m, n = (rows if rows is not None else O.shape[-2]), O.shape[-1]
     Of = O.to(v.dtype)
-    row_ms = Of.square().mean(dim=-1)  # (B, m)
+    row_ms = Of.square().mean(dim=-1)  # (B, m_local)
     v.lerp_(row_ms, (ok.to(v.dtype) * (1.0 - beta2)).view(-1, 1))
     On = Of / (v.sqrt().add_(eps)).unsqueeze(-1)
-    norm_new = torch.linalg.vector_norm(On, dim=(-2, -1), keepdim=True)
+    sq = torch.stack([row_ms.sum(dim=-1) * n, On.square().sum(dim=(-2, -1))])  # (2, B): ‖O‖², ‖Ô‖²
+    if reduce is not None:
+        sq = reduce(sq)
+    norm_old, norm_new = sq.sqrt().view(2, -1, 1, 1).unbind(0)
     if adjust_lr_fn == "original":
-        target = torch.linalg.vector_norm(Of, dim=(-2, -1), keepdim=True)
-        return On * (target / (norm_new + eps)), shape_scale(m, n, "original")
+        return On * (norm_old / (norm_new + eps)), shape_scale(m, n, "original")
     if adjust_lr_fn == "match_rms_adamw":
         return On * (MATCH_RMS * math.sqrt(m * n) / (norm_new + eps)), 1.0
     raise ValueError(f"Invalid adjust_lr_fn: {adjust_lr_fn!r}")
@@ -169,11 +177,13 @@ class NorMuon(Muon):
         ok: Tensor,
         rows: int,
         cols: int,
+        reduce: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, float, dict[str, Tensor]]:
         vs = [st["v"] for st in states]
         V = torch.stack(vs)
         normalized, scale = normuon_normalize(
-            O, V, ok, beta2=group["beta2"], eps=group["eps"], adjust_lr_fn=group["adjust_lr_fn"]
+            O, V, ok, beta2=group["beta2"], eps=group["eps"], adjust_lr_fn=group["adjust_lr_fn"],
+            rows=rows, reduce=reduce,
         )
         torch._foreach_copy_(vs, list(V.unbind(0)))
         return normalized, scale, {"v": V, "normalized": normalized}

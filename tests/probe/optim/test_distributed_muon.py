@@ -1,7 +1,11 @@
-"""Distributed Muon/NorMuon (round-robin ownership + all-gather) equals the single-process result.
+"""Distributed Muon/NorMuon equal the single-process result.
 
-Two CPU processes, gloo backend, 127.0.0.1 on a free port (torch.multiprocessing spawn). Both ranks
-see the same gradients, which is what DDP's averaged gradients give the optimizer.
+Two CPU processes, gloo backend, 127.0.0.1 on a free port (torch.multiprocessing spawn), one spawn for
+both checks (process start-up dominates the cost):
+* DDP-style round-robin ownership + all-gather: both ranks see the same gradients, which is what DDP's
+  averaged gradients give the optimizer.
+* FSDP2 (``fully_shard``, parameters are DTensors sharded on dim 0, uneven shards): v local per row
+  shard, exact Frobenius rescale by all-reduce; compared with an unsharded copy of the model.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from probe.optim import Muon, NorMuon
+from probe.optim import Muon, NorMuon, hybrid_param_groups
 
 pytestmark = pytest.mark.distributed
 
@@ -24,6 +28,8 @@ WORLD = 2
 # Same kernels, same inputs, same order inside a rank's batched NS: the owner computes exactly what the
 # single process computes, except that a rank's share of a bucket is a smaller batch (bmm blocking).
 DIST_ATOL = 1e-6
+# FSDP2: forward/backward through sharded modules and norms summed from two partial sums; float32.
+FSDP_ATOL = 1e-5
 SHAPES = [(16, 8), (16, 8), (16, 8), (8, 24), (8, 24), (12, 12), (4, 2, 3, 3)]
 
 
@@ -68,12 +74,52 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                 "introspected": sorted(i for i, p in enumerate(dist_params) if p in dist_opt.last_internals),
                 "params": [p.detach().clone() for p in dist_params],
             }
+        results["fsdp"] = _fsdp_check()
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def test_round_robin_equals_single_process(tmp_path: Path) -> None:
+def _tiny_model() -> nn.Module:
+    g = torch.Generator().manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 7), nn.Tanh(), nn.Linear(7, 5))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model
+
+
+def _fsdp_check() -> dict[str, object]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    out: dict[str, object] = {}
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(4))  # same batch on both ranks
+    y = torch.randn(16, 5, generator=torch.Generator().manual_seed(5))
+    for cls in (Muon, NorMuon):
+        sharded, reference = _tiny_model(), _tiny_model()
+        fully_shard(sharded, mesh=mesh)
+        opt_s = cls(hybrid_param_groups(sharded, adamw_lr=1e-2, exclude=()), lr=0.05, weight_decay=0.01, introspect=True)
+        opt_r = cls(hybrid_param_groups(reference, adamw_lr=1e-2, exclude=()), lr=0.05, weight_decay=0.01)
+        for _ in range(3):
+            for model, opt in ((sharded, opt_s), (reference, opt_r)):
+                opt.zero_grad()
+                nn.functional.mse_loss(model(x), y).backward()
+                opt.step()
+        diffs = [(a.full_tensor() - b).abs().max().item() for a, b in zip(sharded.parameters(), reference.parameters())]
+        w = sharded[2].weight  # 7 rows over 2 ranks: 4 + 3
+        out[cls.__name__] = {
+            "max_diff": max(diffs),
+            "is_dtensor": type(w).__name__ == "DTensor",
+            "local_rows": w.to_local().shape[0],
+            "v_rows": opt_s.state[w]["v"].shape[0] if "v" in opt_s.state[w] else None,
+            "pre_orth_shape": tuple(opt_s.last_internals[w]["pre_orth"].shape),
+        }
+    return out
+
+
+def test_round_robin_and_fsdp2_equal_single_process(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     r0 = torch.load(tmp_path / "rank0.pt")
     r1 = torch.load(tmp_path / "rank1.pt")
@@ -87,3 +133,11 @@ def test_round_robin_equals_single_process(tmp_path: Path) -> None:
         assert owned0.isdisjoint(owned1) and owned0 | owned1 == set(range(len(SHAPES)))
         assert abs(len(owned0) - len(owned1)) <= 1
         assert set(r0[name]["introspected"]) == owned0
+
+
+    for name, local_rows in (("Muon", (4, 3)), ("NorMuon", (4, 3))):
+        f0, f1 = r0["fsdp"][name], r1["fsdp"][name]
+        assert f0["is_dtensor"] and (f0["local_rows"], f1["local_rows"]) == local_rows
+        assert f0["max_diff"] < FSDP_ATOL and f1["max_diff"] < FSDP_ATOL, (f0["max_diff"], f1["max_diff"])
+        assert f0["pre_orth_shape"] == (7, 10)  # introspection shows the full matrix fed to NS
+    assert (r0["fsdp"]["NorMuon"]["v_rows"], r1["fsdp"]["NorMuon"]["v_rows"]) == (4, 3)  # v local per row shard

@@ -34,14 +34,19 @@ from probe.client.transport import Backoff, PermanentError, Transport, Transient
 
 ONLINE, OUTAGE, HALTED, OFFLINE = "online", "outage", "halted", "offline"
 
-REPLAY_BATCHES_PER_WAKE = 64
-"""Spooled batches replayed per wake-up, so new records keep moving to disk during a long replay."""
+REPLAY_BUDGET_S = 0.25
+"""Seconds of replay per wake-up before the queue is drained again, so that during a long replay
+new records keep moving to disk instead of piling up in memory."""
 
 _AUTH_STATUSES = (401, 403)
 
 
 class _StopReplay(Exception):
     """Raised inside a replay to leave the current batch first in line."""
+
+
+class _Pause(Exception):
+    """Raised inside a replay when its time budget is spent or the queue backs up."""
 
 
 class _Waiter:
@@ -186,6 +191,7 @@ class Sender:
                 self.problems.report("sender", f"sender error: {exc!r}")
             if closing:
                 try:
+                    self._replay_before_exit()
                     self._shutdown()
                 except Exception as exc:  # noqa: BLE001
                     self.problems.report("sender", f"error while finishing the run: {exc!r}")
@@ -240,7 +246,10 @@ class Sender:
     # -- delivery ---------------------------------------------------------------------------------------
 
     def _deliver(self, batch: protocol.Batch) -> None:
-        if self.state == ONLINE and self.created and not self.spool:
+        # A backed-up queue means the server is slower than training logs: spool (fast, ordered)
+        # and let replay catch up, rather than let memory fill and drop records.
+        backed_up = len(self.queue) >= self.high_water
+        if self.state == ONLINE and self.created and not self.spool and not backed_up:
             try:
                 self._post(batch, attempts=None)
                 return
@@ -308,28 +317,49 @@ class Sender:
         self.created = True
         self._not_found = 0
 
-    def _catch_up(self, attempts: int | None) -> None:
-        """Create the run if needed, then replay the spool (oldest first); leave outage on success."""
+    def _catch_up(self, attempts: int | None) -> bool:
+        """Create the run if needed, then replay the spool (oldest first); leave outage on success.
+
+        Returns False when the server failed (or refused) this time, True otherwise — including
+        when the replay paused to let the queue drain.
+        """
         try:
             if not self.created:
                 self._create(attempts)
             if self.spool:
                 assert self.spool is not None
-                self.spool.replay(lambda b: self._post(b, attempts=attempts), REPLAY_BATCHES_PER_WAKE)
+                deadline = self._clock() + REPLAY_BUDGET_S
+
+                def send(batch: protocol.Batch) -> None:
+                    if self._clock() > deadline or len(self.queue) >= self.high_water:
+                        raise _Pause
+                    self._post(batch, attempts=attempts)
+
+                self.spool.replay(send)
         except TransientError as exc:
             self._enter_outage(exc)
-            return
+            return False
         except _StopReplay:
-            return
+            return False
+        except _Pause:
+            self._next_try = 0.0
+            self.wake.set()  # continue right after draining the queue, not a flush interval later
+            return True
         except OSError as exc:
             self.problems.report("spool_read", f"could not read the spool ({exc})")
-            return
+            return False
         if not self.spool and self.state == OUTAGE:
             self.state = ONLINE
             self._outage_attempt = 0
             self._next_try = 0.0
-        elif self.spool:
-            self._next_try = 0.0  # more to replay: continue at the next wake-up
+        return True
+
+    def _replay_before_exit(self) -> None:
+        """At finish, keep replaying while the server answers (a paused replay is not a failure)."""
+        deadline = self._clock() + 0.8 * self.config.finish_timeout
+        while self.spool and self.state in (ONLINE, OUTAGE) and self._clock() < deadline:
+            if not self._catch_up(attempts=1):
+                return
 
     def _enter_outage(self, exc: TransientError, *, immediate: bool = False) -> None:
         if self.state == HALTED:

@@ -301,3 +301,27 @@ def test_client_imports_neither_torch_nor_the_server() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=Path(__file__).resolve().parents[3])
+
+
+def test_slow_server_backs_up_to_the_spool_not_memory(fake_server: FakeServer, fast_settings: ClientConfig) -> None:
+    """Training logs faster than the server ingests: the queue stays bounded, the excess goes
+    to disk in order and is replayed; nothing is dropped."""
+    real_handler = fake_server.handler
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/batches"):
+            time.sleep(0.01)
+        return real_handler(request)
+
+    fake_server.handler = slow  # type: ignore[method-assign]
+    settings = fast_settings.replace(queue_size=400, batch_points=50, fsync="none")
+    run = _init(fake_server, settings)
+    for step in range(3000):
+        run.log({"x": float(step)}, step=step)
+        if step % 10 == 0:
+            time.sleep(0.001)  # the "training step" (which releases the GIL, as torch ops do)
+    spooled = run.sender.spooled_batches
+    assert run.flush(timeout=60)
+    run.finish()
+    assert run.dropped == 0 and spooled > 0
+    assert fake_server.steps("x") == list(range(3000))

@@ -406,13 +406,14 @@ def test_step_hooks_of_torch_optimizer_fire() -> None:
     assert seen == ["pre", "post"]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cnn_loss_decreases(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(("dtype", "factored"), [(torch.float32, False), (torch.float64, False),
+                                                (torch.float32, True)])
+def test_cnn_loss_decreases(dtype: torch.dtype, factored: bool) -> None:
     gen = torch.Generator().manual_seed(5)
     model = seeded(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)).to(dtype))
     x = torch.randn(32, 1, 4, 4, generator=gen, dtype=dtype)
     y = torch.randint(0, 3, (32,), generator=gen)
-    opt = KFAC(model, lr=0.1, kl_clip=1e-2, factor_update_interval=1, inv_update_interval=5)
+    opt = KFAC(model, lr=0.1, kl_clip=1e-2, factor_update_interval=1, inv_update_interval=5, factored_pi=factored)
     losses = []
     for _ in range(25):
         opt.zero_grad()

@@ -91,7 +91,7 @@ def muon_momentum(G: Tensor, M: Tensor, ok: Tensor, *, momentum: float, nesterov
     okb = ok.view(-1, 1, 1)
     G = torch.where(okb, G, M)  # lerp(M, M, w) == M: a skipped row leaves M bit-identical
     M.lerp_(G, 1.0 - momentum)
-    return G.lerp(M, momentum) if nesterov else M.clone()
+    return G.lerp(M, momentum) if nesterov else M  # M is a stacked copy, never modified after this
 
 
 def _check_unit_interval(name: str, value: Any, *, closed_right: bool = False) -> None:

@@ -6,6 +6,8 @@ Reference: float64 SVD. Tolerances are named with where they come from.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from probe.optim._orthogonalize import (
@@ -143,3 +145,24 @@ def test_cuda_bf16_path_matches_reference() -> None:
     assert _rel(O.cpu(), _svd_reference(G.cpu())) < BF16_SVD_REL_TOL
     s = torch.linalg.svdvals(O.double())
     assert BF16_SIGMA_BAND[0] <= s.min().item() and s.max().item() <= BF16_SIGMA_BAND[1]
+
+
+# P1 consequence, for any input: after Frobenius pre-normalisation σ ∈ [0, 1], and max p⁵ on [0, 1] is
+# 1.2024, so no singular value of the output exceeds it (float64: roundoff only).
+P1_SIGMA_MAX = 1.2024 + 1e-6
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, database=None)
+@given(
+    m=st.integers(1, 20),
+    n=st.integers(1, 20),
+    seed=st.integers(0, 2**31 - 1),
+    log_scale=st.floats(-6.0, 6.0),
+)
+def test_property_any_shape_and_scale(m: int, n: int, seed: int, log_scale: float) -> None:
+    G = _gaussian((m, n), seed, dtype=torch.float64) * 10.0**log_scale
+    O = newton_schulz5(G)
+    assert O.shape == (m, n) and torch.isfinite(O).all()
+    assert torch.linalg.svdvals(O).max().item() <= P1_SIGMA_MAX
+    torch.testing.assert_close(O, _svd_reference(G), atol=1e-9, rtol=0)  # P3 in float64
+    torch.testing.assert_close(newton_schulz5(G.T), O.T, atol=1e-12, rtol=0)  # P4 transpose

@@ -146,21 +146,24 @@ class KroneckerLayer:
             return g.permute(0, 2, 3, 1).reshape(-1, g.shape[1])
         return g.reshape(-1, g.shape[-1])
 
-    def capture(self, x: Tensor, g: Tensor, *, factors: bool, split: str | None, grad_scale_mean: bool) -> None:
+    def capture(self, x: Tensor, g: Tensor, *, factors: bool, split: str | None) -> None:
         """Accumulate statistics from one backward through this module.
 
         Args:
             x: the module input of the forward pass (detached).
             g: gradient of the loss w.r.t. the module output.
-            factors: accumulate the A and G statistics (factor-update steps only).
+            factors: accumulate the A and G statistics (factor-update steps only). G is kept as the raw
+                sum of g g^T; :meth:`g_factor` applies the batch-size scaling once the step knows how many
+                examples were seen (gradient accumulation).
             split: ``"first_half"`` accumulates the gradient over examples 0, 2, 4, ... (FOP's H1);
                 ``"all"`` accumulates the gradient over every local example (distributed FOP);
                 ``None`` skips it.
-            grad_scale_mean: the loss was mean-reduced over the batch, so per-example gradients of the
-                summed loss are N times the captured ones.
         """
-        xb = self._batched_input(x)
-        gb = self._batched_grad(g)
+        w = self.weight
+        # Under autocast, activations may be half precision: accumulate in the weight's (wider) dtype.
+        dtype = torch.promote_types(x.dtype, w.dtype)
+        xb = self._batched_input(x).to(dtype)
+        gb = self._batched_grad(g).to(dtype)
         n = xb.shape[0]
         if factors:
             a = self.activation_rows(xb)
@@ -168,8 +171,7 @@ class KroneckerLayer:
             self.a_sum = a_stat if self.a_sum is None else self.a_sum + a_stat
             self.a_rows += a.shape[0]
             gr = self.grad_rows(gb)
-            s = float(n) if grad_scale_mean else 1.0
-            g_stat = (gr.T @ gr) * (s * s)
+            g_stat = gr.T @ gr
             self.g_sum = g_stat if self.g_sum is None else self.g_sum + g_stat
             self.g_examples += n
         if split is not None:
@@ -204,6 +206,22 @@ class KroneckerLayer:
         if gb is not None:
             gw = torch.cat([gw, gb.unsqueeze(1)], dim=1)
         return gw
+
+    def a_factor(self) -> Tensor:
+        """A_hat = mean over rows of a_bar a_bar^T."""
+        assert self.a_sum is not None
+        return self.a_sum / self.a_rows
+
+    def g_factor(self, loss_reduction: str) -> Tensor:
+        """G_hat = (1/N) sum_rows (s g)(s g)^T with s = N for a mean-reduced loss, 1 for a summed one.
+
+        N counts every example captured since the last step, so with gradient accumulation the loss is
+        taken to be the mean over all of them (each micro-batch loss divided by the number of micro-batches,
+        which makes ``.grad`` the mean gradient of the effective batch).
+        """
+        assert self.g_sum is not None
+        n = self.g_examples
+        return self.g_sum * n if loss_reduction == "mean" else self.g_sum / n
 
     def has_split(self) -> bool:
         return self.split_sum is not None or bool(self.split_rows)

@@ -104,7 +104,11 @@ class KFAC(Optimizer):
 
     Hooks capture only on factor-update steps (and, in FOP, every step) and never in ``model.eval()`` or under
     ``torch.no_grad()``, so evaluation forwards neither cost anything nor pollute the factors. Several
-    forward/backward passes before one ``step()`` accumulate. ``remove_hooks()`` detaches them.
+    forward/backward passes before one ``step()`` accumulate (gradient accumulation: with
+    ``loss_reduction="mean"`` the loss is taken to be the mean over every example since the last step, i.e.
+    each micro-batch's mean loss divided by the number of micro-batches). Activations in half precision
+    (autocast) are accumulated in the weight's dtype. ``remove_hooks()`` detaches the hooks; a
+    ``copy.deepcopy`` of the model carries inert copies of them.
 
     Non-finite values: a factor update whose statistics are non-finite (or that happens while any gradient
     is non-finite) is dropped for that layer, so factors stay finite. If any resulting update direction is
@@ -281,11 +285,10 @@ class KFAC(Optimizer):
             if not factors and split is None:
                 return
             x = inputs[0].detach()
-            mean = self.param_groups[0]["loss_reduction"] == "mean"
 
             def grad_hook(grad: Tensor) -> None:
                 with torch.no_grad():
-                    layer.capture(x, grad.detach(), factors=factors, split=split, grad_scale_mean=mean)
+                    layer.capture(x, grad.detach(), factors=factors, split=split)
 
             output.register_hook(grad_hook)
 
@@ -305,11 +308,11 @@ class KFAC(Optimizer):
         captured = [lay for lay in layers if lay.a_sum is not None and lay.g_sum is not None]
         if not captured:
             return
+        reduction = self.param_groups[0]["loss_reduction"]
         hats: list[Tensor] = []
         for lay in captured:
-            assert lay.a_sum is not None and lay.g_sum is not None
-            hats.append(lay.a_sum / lay.a_rows)
-            hats.append(lay.g_sum / lay.g_examples)
+            hats.append(lay.a_factor())
+            hats.append(lay.g_factor(reduction))
         if self._dist_active():
             # One collective for every factor of every layer: average across ranks.
             flat = torch.cat([h.reshape(-1) for h in hats])

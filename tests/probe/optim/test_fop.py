@@ -318,3 +318,21 @@ def test_fop_state_dict_round_trip_and_nonfinite_skip() -> None:
 def test_fop_invalid_hyperparameters(kwargs: dict, pattern: str) -> None:
     with pytest.raises(ValueError, match=pattern):
         FOP(_cnn(), **kwargs)
+
+
+@pytest.mark.parametrize("cls", [KFAC, FOP])
+def test_gradient_accumulation_matches_one_batch(cls: type[KFAC]) -> None:
+    x, y = _batch(16)
+    m_one, m_acc = _wide_mlp(), _wide_mlp()
+    kw = dict(lr=0.1, factor_update_interval=1, inv_update_interval=1)
+    o_one, o_acc = cls(m_one, **kw), cls(m_acc, **kw)
+    for _ in range(3):
+        o_one.zero_grad()
+        F.mse_loss(m_one(x), y).backward()
+        o_one.step()
+        o_acc.zero_grad()
+        for part in (slice(0, 8), slice(8, 16)):  # even-sized micro-batches keep FOP's halves identical
+            (F.mse_loss(m_acc(x[part]), y[part]) / 2).backward()
+        o_acc.step()
+    for p, q in zip(m_one.parameters(), m_acc.parameters()):
+        assert torch.allclose(p, q, rtol=FP32_RTOL, atol=FP32_ATOL)

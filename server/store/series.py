@@ -2,7 +2,7 @@
 
 Chunk layout: little-endian int64 steps, float64 times, float64 values (``np.frombuffer`` reads
 them without a copy). Only the last chunk of a series may be small: while it holds fewer than
-``MERGE_BELOW`` points, appends are merged into it (rewriting at most 24 kB per key), so a live
+``MERGE_BELOW`` points, appends are merged into it (rewriting at most 12 kB per key), so a live
 run sending a few points a second does not create a row per request, while big batches go
 straight into new chunks of up to ``CHUNK_POINTS`` without rewriting anything.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import Select, select, tuple_
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -25,7 +25,7 @@ from server.models import Run, Series, SeriesChunk
 from server.wire import encode_array, encode_float
 
 CHUNK_POINTS = 8192
-MERGE_BELOW = 1024  # tail rewrite ≤ 24 kB per key per batch: bounded write amplification for live runs
+MERGE_BELOW = 512  # tail rewrite ≤ 12 kB per key per batch: bounded write amplification for live runs
 I8, F8 = np.dtype("<i8"), np.dtype("<f8")
 
 
@@ -82,22 +82,29 @@ def append_scalars(
         insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else pg_insert
         session.execute(insert(Series.__table__).on_conflict_do_nothing(index_elements=["run_id", "key"]),
                         [{"run_id": run.id, "key": k, "count": 0, "n_chunks": 0} for k in missing])
+    # Plain rows and bulk UPDATEs by primary key, not ORM objects: a live run sends hundreds of
+    # per-layer keys with a few points each, and per-object bookkeeping would dominate.
     existing = {
-        s.key: s for s in session.scalars(
-            select(Series).where(Series.run_id == run.id, Series.key.in_(keys_sorted))
+        r.key: r for r in session.execute(
+            select(Series.id, Series.key, Series.count, Series.first_step, Series.last_step, Series.first_time,
+                   Series.last_time, Series.last_value, Series.n_chunks)
+            .where(Series.run_id == run.id, Series.key.in_(keys_sorted))
             .order_by(Series.key).with_for_update()
         )
     }
-    last_pairs = [(s.id, s.n_chunks - 1) for s in existing.values() if s.n_chunks > 0]
-    tails: dict[int, SeriesChunk] = {}
-    if last_pairs:
-        tails = {
-            c.series_id: c for c in session.scalars(
-                select(SeriesChunk).where(tuple_(SeriesChunk.series_id, SeriesChunk.seq).in_(last_pairs),
-                                          SeriesChunk.n < MERGE_BELOW)
-            )
-        }
+    # The tail chunk of each series (the only one that may be small), found by a join on
+    # seq = n_chunks - 1 rather than a long (series_id, seq) IN list.
+    tails: dict[int, Any] = {
+        c.series_id: c for c in session.execute(
+            select(SeriesChunk.id, SeriesChunk.series_id, SeriesChunk.seq, SeriesChunk.steps, SeriesChunk.times,
+                   SeriesChunk.values)
+            .join(Series, (Series.id == SeriesChunk.series_id) & (SeriesChunk.seq == Series.n_chunks - 1))
+            .where(Series.run_id == run.id, Series.key.in_(keys_sorted), SeriesChunk.n < MERGE_BELOW)
+        )
+    }
     inserts: list[dict[str, Any]] = []
+    chunk_updates: list[dict[str, Any]] = []
+    series_updates: list[dict[str, Any]] = []
     total = 0
     summary = dict(run.summary or {})
     run_last = run.last_step
@@ -116,27 +123,35 @@ def append_scalars(
             sl = slice(start, start + CHUNK_POINTS)
             row = _chunk_row(st_all[sl], ti_all[sl], va_all[sl])
             if tail is not None and start == 0:
-                for name, value in row.items():
-                    setattr(tail, name, value)
+                chunk_updates.append({"id": tail.id, **row})
             else:
                 inserts.append({"series_id": s.id, "seq": seq, **row})
             seq += 1
-        s.n_chunks = seq
+        upd: dict[str, Any] = {"id": s.id, "n_chunks": seq, "count": (s.count or 0) + len(st),
+                               "last_step": s.last_step, "last_time": s.last_time, "last_value": s.last_value}
         # Series summary: "last" is the point with the highest step (latest arrival on ties).
         j = len(st) - 1 - int(np.argmax(st[::-1]))
         if s.last_step is None or int(st[j]) >= s.last_step:
-            s.last_step, s.last_time, s.last_value = int(st[j]), float(ti[j]), f8_bytes(va[j])
+            upd.update(last_step=int(st[j]), last_time=float(ti[j]), last_value=f8_bytes(va[j]))
             if "/" not in key:
                 summary[key] = encode_float(float(va[j]))
         smin = int(st.min())
-        s.first_step = smin if s.first_step is None else min(s.first_step, smin)
-        tmin = float(np.nanmin(ti)) if np.isfinite(ti).any() else None
-        if tmin is not None:
-            s.first_time = tmin if s.first_time is None else min(s.first_time, tmin)
-        s.count = (s.count or 0) + len(st)
-        run_last = s.last_step if run_last is None else max(run_last, s.last_step)
+        upd["first_step"] = smin if s.first_step is None else min(s.first_step, smin)
+        finite_t = ti[np.isfinite(ti)]
+        tmin = float(finite_t.min()) if len(finite_t) else None
+        upd["first_time"] = s.first_time if tmin is None else (
+            tmin if s.first_time is None else min(s.first_time, tmin))
+        series_updates.append(upd)
+        run_last = upd["last_step"] if run_last is None else max(run_last, upd["last_step"])
     if inserts:
         session.execute(SeriesChunk.__table__.insert(), inserts)
+    if chunk_updates:
+        t = SeriesChunk.__table__
+        session.execute(t.update().where(t.c.id == bindparam("_id")),
+                        [{**{k: v for k, v in u.items() if k != "id"}, "_id": u["id"]} for u in chunk_updates])
+    t = Series.__table__
+    session.execute(t.update().where(t.c.id == bindparam("_id")),
+                    [{**{k: v for k, v in u.items() if k != "id"}, "_id": u["id"]} for u in series_updates])
     run.summary = summary
     run.last_step = run_last
     return total

@@ -8,16 +8,15 @@ shape with ``series.py`` and call these.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from .series import ema
 
-TEMPLATE = "plotly_white"
 HEIGHT = 320
 # A qualitative palette long enough for the 20-run compare page without repeating colours.
 PALETTE = (
@@ -44,42 +43,61 @@ class Line:
     steps: Sequence[int] = field(default_factory=list)
 
 
-def _base(fig: go.Figure, title: str, x_title: str, y_title: str, *, uirevision: str | None, height: int) -> go.Figure:
-    fig.update_layout(
-        template=TEMPLATE,
-        title={"text": _esc(title), "x": 0.01, "xanchor": "left", "y": 0.985, "yanchor": "top", "yref": "container"},
-        xaxis_title=_esc(x_title),
-        yaxis_title=_esc(y_title),
-        height=height,
-        margin={"l": 60, "r": 20, "t": 72, "b": 48},
+# plotly_white, spelled out: figures are built unvalidated (see _figure) so a template name would
+# not be expanded, and the full template would add ~10 kB to every figure sent to the browser.
+_AXIS = {"gridcolor": "#ebf0f8", "linecolor": "#c8d4e3", "zerolinecolor": "#ebf0f8", "automargin": True,
+         "ticks": "", "showline": False}
+_STYLE = {"paper_bgcolor": "white", "plot_bgcolor": "white", "font": {"color": "#2a3f5f", "size": 12},
+          "colorway": list(PALETTE), "hoverlabel": {"align": "left"}}
+
+
+def _figure(data: list[dict[str, Any]], layout: dict[str, Any]) -> go.Figure:
+    """Wrap plain dicts in a ``go.Figure`` without plotly's per-property validation.
+
+    Validation costs ~100 ms for a 1,500-point line chart on the server (15x the build itself), paid
+    on every callback; the builders here emit only known properties, and the tests read the result
+    through the usual ``go.Figure`` attributes.
+    """
+    return go.Figure({"data": data, "layout": layout}, _validate=False)
+
+
+def _layout(title: str, x_title: str, y_title: str, *, uirevision: str | None, height: int, **extra: Any) -> dict[str, Any]:
+    layout: dict[str, Any] = {
+        **_STYLE,
+        "title": {"text": _esc(title), "x": 0.01, "xanchor": "left", "y": 0.985, "yanchor": "top", "yref": "container",
+                  "font": {"size": 15}},
+        "xaxis": {**_AXIS, "title": {"text": _esc(x_title)}},
+        "yaxis": {**_AXIS, "title": {"text": _esc(y_title)}},
+        "height": height,
+        "margin": {"l": 60, "r": 20, "t": 72, "b": 48},
         # the legend sits in its own row between the title and the plot, so long run names never
         # cover the title
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.01, "xanchor": "left", "x": 0.0},
-        uirevision=uirevision,
-        hovermode="closest",
-    )
-    return fig
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.01, "xanchor": "left", "x": 0.0},
+        "uirevision": uirevision,
+        "hovermode": "closest",
+    }
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(layout.get(key), dict):
+            layout[key] = {**layout[key], **value}
+        else:
+            layout[key] = value
+    return layout
 
 
 def empty_figure(title: str, message: str, *, height: int = HEIGHT) -> go.Figure:
     """A blank chart that says why it is blank and what to do about it."""
-    fig = go.Figure()
-    _base(fig, title, "", "", uirevision=None, height=height)
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    fig.add_annotation(
-        text=_esc(message), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
-        font={"size": 14, "color": "#555"}, align="center",
-    )
-    fig.update_layout(meta={"empty": True})
-    return fig
+    layout = _layout(title, "", "", uirevision=None, height=height, xaxis={"visible": False},
+                     yaxis={"visible": False}, meta={"empty": True})
+    layout["annotations"] = [{"text": _esc(message), "showarrow": False, "x": 0.5, "y": 0.5, "xref": "paper",
+                              "yref": "paper", "font": {"size": 14, "color": "#555"}, "align": "center"}]
+    return _figure([], layout)
 
 
 def is_empty(fig: go.Figure | dict) -> bool:
     """True for figures made by :func:`empty_figure` (tests and pages ask)."""
     layout = fig["layout"] if isinstance(fig, dict) else fig.layout
-    meta = layout["meta"] if isinstance(fig, dict) and "meta" in layout else getattr(layout, "meta", None)
-    return bool(meta) and isinstance(meta, dict) and bool(meta.get("empty"))
+    meta = layout.get("meta") if isinstance(layout, dict) else getattr(layout, "meta", None)
+    return isinstance(meta, dict) and bool(meta.get("empty"))
 
 
 def _nonfinite(x: Sequence[float], y: Sequence[float]) -> tuple[list[float], list[str]]:
@@ -89,6 +107,20 @@ def _nonfinite(x: Sequence[float], y: Sequence[float]) -> tuple[list[float], lis
             xs.append(xv)
             labels.append("NaN" if math.isnan(yv) else ("+Inf" if yv > 0 else "-Inf"))
     return xs, labels
+
+
+def marker_level(ys: Iterable[Sequence[float]]) -> float:
+    """Where non-finite markers are drawn: the largest finite value (1.0 when there is none)."""
+    best = -math.inf
+    for y in ys:
+        finite = [v for v in y if math.isfinite(v)]
+        if finite:
+            best = max(best, max(finite))
+    return best if math.isfinite(best) else 1.0
+
+
+def _floats(values: Sequence[float]) -> list[float]:
+    return values if isinstance(values, list) else list(values)
 
 
 def line_figure(
@@ -107,49 +139,38 @@ def line_figure(
 
     Trace layout is fixed so the live page can ``Patch`` by index: for line i the raw trace is
     ``2*i``, the smoothed trace ``2*i+1`` (empty when smoothing is off), and the last trace holds
-    the non-finite markers of all lines (pinned to the top of the plot, hover says NaN/Inf).
+    the non-finite markers of all lines (drawn at the highest finite value, hover says NaN/Inf; a
+    hidden second axis would pin them to the top exactly but costs every chart an extra axis).
     """
     if not any(len(line.y) for line in lines):
         return empty_figure(title, empty_message, height=height)
-    fig = go.Figure()
     smooth = smoothing > 0
+    data: list[dict[str, Any]] = []
     bad_x: list[float] = []
     bad_text: list[str] = []
     for i, line in enumerate(lines):
         c = line.color or color(i)
-        fig.add_trace(
-            go.Scatter(
-                x=list(line.x), y=list(line.y), name=_esc(line.name), mode="lines", legendgroup=line.name,
-                line={"color": c, "width": 1.5}, opacity=0.3 if smooth else 1.0,
-                showlegend=not smooth,
-                hovertemplate=f"{_esc(line.name)}<br>x=%{{x}}<br>y=%{{y:.4g}}<extra></extra>",
-            )
-        )
-        smoothed = ema(line.y, smoothing)[0] if smooth else []
-        fig.add_trace(
-            go.Scatter(
-                x=list(line.x) if smooth else [], y=smoothed, name=_esc(line.name), mode="lines",
-                legendgroup=line.name, line={"color": c, "width": 2}, showlegend=smooth,
-                hovertemplate=f"{_esc(line.name)} (EMA {smoothing:g})<br>x=%{{x}}<br>y=%{{y:.4g}}<extra></extra>",
-            )
-        )
+        name = _esc(line.name)
+        data.append({"type": "scatter", "x": _floats(line.x), "y": _floats(line.y), "name": name, "mode": "lines",
+                     "legendgroup": name, "line": {"color": c, "width": 1.5}, "opacity": 0.3 if smooth else 1.0,
+                     "showlegend": not smooth, "hovertemplate": f"{name}<br>x=%{{x}}<br>y=%{{y:.4g}}<extra></extra>"})
+        data.append({"type": "scatter", "x": _floats(line.x) if smooth else [],
+                     "y": ema(line.y, smoothing)[0] if smooth else [], "name": name, "mode": "lines",
+                     "legendgroup": name, "line": {"color": c, "width": 2}, "showlegend": smooth,
+                     "hovertemplate": f"{name} (EMA {smoothing:g})<br>x=%{{x}}<br>y=%{{y:.4g}}<extra></extra>"})
         xs, labels = _nonfinite(line.x, line.y)
         bad_x += xs
-        bad_text += [f"{_esc(line.name)}: {label}" for label in labels]
-    fig.add_trace(
-        go.Scatter(
-            x=bad_x, y=[1.0] * len(bad_x), yaxis="y2", mode="markers", name="non-finite (NaN/Inf)",
-            marker={"symbol": "x", "color": NONFINITE_COLOR, "size": 9}, text=bad_text,
-            hovertemplate="x=%{x}<br>%{text}<extra></extra>", showlegend=bool(bad_x),
-        )
-    )
-    _base(fig, title, x_title, y_title, uirevision=uirevision, height=height)
-    fig.update_layout(yaxis2={"overlaying": "y", "range": [0, 1.05], "visible": False, "fixedrange": True})
+        bad_text += [f"{name}: {label}" for label in labels]
+    level = marker_level(line.y for line in lines)
+    data.append({"type": "scatter", "x": bad_x, "y": [level] * len(bad_x), "mode": "markers",
+                 "name": "non-finite (NaN/Inf)", "marker": {"symbol": "x", "color": NONFINITE_COLOR, "size": 9},
+                 "text": bad_text, "hovertemplate": "x=%{x}<br>%{text}<extra></extra>", "showlegend": bool(bad_x)})
+    layout = _layout(title, x_title, y_title, uirevision=uirevision, height=height)
     if log_y:
-        fig.update_layout(yaxis_type="log")
+        layout["yaxis"]["type"] = "log"
     if len(lines) == 1 and not smooth and not bad_x:
-        fig.update_layout(showlegend=False)
-    return fig
+        layout["showlegend"] = False
+    return _figure(data, layout)
 
 
 def _log10(values: np.ndarray) -> np.ndarray:
@@ -175,31 +196,29 @@ def heatmap_figure(
     reverse_y: bool = False,
 ) -> go.Figure:
     """A heatmap (step x index, or layer x step). ``log_color`` colours by log10 so a spectrum
-    spanning 1e-6..1e2 is readable; the colour bar says so and the hover shows the real value."""
+    spanning 1e-6..1e2 is readable; the colour bar and the hover say so.
+
+    ``z`` travels as a float32 numpy array, which plotly sends base64-encoded: a 120 x 256 spectrum
+    heatmap is ~120 kB instead of ~500 kB of JSON text, and the browser decodes it without parsing.
+    """
     if len(z) == 0 or len(x) == 0:
         return empty_figure(title, empty_message, height=height)
     zz = np.array([[np.nan if v is None else v for v in row] for row in z], dtype=float)
-    shown = _log10(zz) if log_color else zz
-    hover_val = "%{customdata:.4g}" if log_color else "%{z:.4g}"
-    fig = go.Figure(
-        go.Heatmap(
-            x=list(x), y=list(y), z=np.round(shown, 5).tolist(),
-            customdata=np.round(zz, 6).tolist() if log_color else None,
-            colorscale="Viridis",
-            colorbar={"title": {"text": (f"log10 {colorbar_title}" if log_color else colorbar_title)}},
-            hovertemplate=f"{x_title}=%{{x}}<br>{y_title}=%{{y}}<br>value={hover_val}<extra></extra>",
-            hoverongaps=False,
-            name=colorbar_title,
-            showscale=True,
-        )
-    )
-    _base(fig, title, x_title, y_title, uirevision=uirevision, height=height)
+    shown = (_log10(zz) if log_color else zz).astype(np.float32)
+    value = "log10 value" if log_color else "value"
+    trace = {
+        "type": "heatmap", "x": _floats(x), "y": _floats(y), "z": shown, "colorscale": "Viridis",
+        "colorbar": {"title": {"text": (f"log10 {colorbar_title}" if log_color else colorbar_title)}},
+        "hovertemplate": f"{x_title}=%{{x}}<br>{y_title}=%{{y}}<br>{value}=%{{z:.4g}}<extra></extra>",
+        "hoverongaps": False, "name": colorbar_title, "showscale": True,
+    }
+    layout = _layout(title, x_title, y_title, uirevision=uirevision, height=height)
     if len(y) and isinstance(y[0], str):
         # layers top-down in model order, as they appear in named_parameters()
-        fig.update_yaxes(type="category", automargin=True, autorange="reversed")
+        layout["yaxis"].update(type="category", autorange="reversed")
     elif reverse_y:
-        fig.update_yaxes(autorange="reversed")
-    return fig
+        layout["yaxis"]["autorange"] = "reversed"
+    return _figure([trace], layout)
 
 
 def spectrum_figure(
@@ -215,13 +234,14 @@ def spectrum_figure(
 ) -> go.Figure:
     """Overlaid spectra (one per source or per run) against the singular-value index."""
     lines = [Line(name, list(range(1, len(values) + 1)), values) for name, values in spectra]
-    fig = line_figure(
-        lines, title=title, x_title=x_title, y_title=y_title, log_y=log_y,
-        empty_message=empty_message, uirevision=uirevision, height=height,
-    )
-    if not is_empty(fig) and len(lines) > 1:
-        fig.update_layout(showlegend=True)
-    fig.update_traces(mode="lines+markers", marker={"size": 3}, selector={"mode": "lines"})
+    fig = line_figure(lines, title=title, x_title=x_title, y_title=y_title, log_y=log_y,
+                      empty_message=empty_message, uirevision=uirevision, height=height)
+    if not is_empty(fig):
+        if len(lines) > 1:
+            fig.layout.showlegend = True
+        for trace in fig.data[:-1:2]:
+            trace.mode = "lines+markers"
+            trace.marker = {"size": 3}
     return fig
 
 
@@ -242,34 +262,35 @@ def distribution_figure(
     comparable); ``ecdf``: cumulative curves, readable even with 20 runs overlaid; ``box``: one box
     per run side by side. Non-finite values are counted in the legend, not silently dropped.
     """
-    dists = [(name, np.asarray(v, dtype=float)) for name, v in dists]
-    if not any(v.size for _, v in dists):
+    arrays = [(name, np.asarray(v, dtype=float)) for name, v in dists]
+    if not any(v.size for _, v in arrays):
         return empty_figure(title, empty_message, height=height)
-    fig = go.Figure()
-    y_title = {"hist": "fraction of neurons", "ecdf": "fraction of neurons ≤ x", "box": x_title}[mode]
-    for i, (name, v) in enumerate(dists):
+    if mode not in ("hist", "ecdf", "box"):
+        raise ValueError(f"unknown mode {mode!r}")
+    data: list[dict[str, Any]] = []
+    for i, (name, v) in enumerate(arrays):
         finite = v[np.isfinite(v)]
         bad = int(v.size - finite.size)
         label = _esc(f"{name} ({bad} non-finite)" if bad else name)
         vals = _log10(finite) if log_x else finite
         if mode == "hist":
-            fig.add_trace(go.Histogram(x=vals.tolist(), name=label, histnorm="probability", opacity=0.55,
-                                       marker_color=color(i), nbinsx=50))
+            data.append({"type": "histogram", "x": vals.tolist(), "name": label, "histnorm": "probability",
+                         "opacity": 0.55, "marker": {"color": color(i)}, "nbinsx": 50})
         elif mode == "ecdf":
-            s = np.sort(vals)
-            fig.add_trace(go.Scatter(x=s.tolist(), y=(np.arange(1, s.size + 1) / max(s.size, 1)).tolist(),
-                                     name=label, mode="lines", line={"color": color(i)}))
-        elif mode == "box":
-            fig.add_trace(go.Box(y=vals.tolist(), name=label, marker_color=color(i), boxpoints=False))
+            srt = np.sort(vals)
+            data.append({"type": "scatter", "x": srt.tolist(), "y": (np.arange(1, srt.size + 1) / max(srt.size, 1)).tolist(),
+                         "name": label, "mode": "lines", "line": {"color": color(i), "shape": "hv"}})
         else:
-            raise ValueError(f"unknown mode {mode!r}")
+            data.append({"type": "box", "y": vals.tolist(), "name": label, "marker": {"color": color(i)},
+                         "boxpoints": False})
     shown_x = f"log10 {x_title}" if log_x else x_title
     if mode == "box":
-        _base(fig, title, "run", f"log10 {x_title}" if log_x else x_title, uirevision=uirevision, height=height)
+        layout = _layout(title, "run", shown_x, uirevision=uirevision, height=height)
     else:
-        _base(fig, title, shown_x, y_title, uirevision=uirevision, height=height)
-    fig.update_layout(barmode="overlay", showlegend=True)
-    return fig
+        y_title = "fraction of neurons" if mode == "hist" else "fraction of neurons ≤ x"
+        layout = _layout(title, shown_x, y_title, uirevision=uirevision, height=height)
+    layout.update(barmode="overlay", showlegend=True)
+    return _figure(data, layout)
 
 
 def bar_figure(
@@ -286,10 +307,9 @@ def bar_figure(
     """Bars (per epoch, per class)."""
     if not len(y):
         return empty_figure(title, empty_message, height=height)
-    fig = go.Figure(go.Bar(x=list(x), y=list(y), name=name or y_title, marker_color=color(0)))
-    _base(fig, title, x_title, y_title, uirevision=None, height=height)
-    fig.update_layout(showlegend=False)
-    return fig
+    layout = _layout(title, x_title, y_title, uirevision=None, height=height, showlegend=False)
+    return _figure([{"type": "bar", "x": _floats(x), "y": _floats(y), "name": _esc(name or y_title),
+                     "marker": {"color": color(0)}}], layout)
 
 
 def small_multiples(
@@ -303,33 +323,47 @@ def small_multiples(
     empty_message: str = "no data at this step",
     height_per_row: int = 220,
 ) -> go.Figure:
-    """A grid of small line charts sharing axes: e.g. one spectrum per run at a matched step.
-    Each panel is (panel title, [(trace name, values)]) with x = index."""
+    """A grid of small line charts sharing the y axis: e.g. one spectrum per run at a matched step.
+    Each panel is (panel title, [(trace name, values)]) with x = index. The grid is laid out by hand
+    (axis domains) because ``make_subplots`` costs ~0.5 s for 20 panels."""
     panels = [p for p in panels if any(len(v) for _, v in p[1])]
     if not panels:
         return empty_figure(title, empty_message)
     cols = max(1, min(cols, len(panels)))
     rows = math.ceil(len(panels) / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[_esc(p[0]) for p in panels], shared_yaxes=True,
-                        horizontal_spacing=0.03, vertical_spacing=min(0.12, 0.5 / rows))
+    hgap, vgap = 0.03, min(0.12, 0.5 / rows)
+    width = (1 - hgap * (cols - 1)) / cols
+    height = (1 - vgap * (rows - 1)) / rows
+    layout = _layout(title, "", "", uirevision=None, height=80 + rows * height_per_row)
+    del layout["xaxis"], layout["yaxis"]
+    annotations = []
+    data: list[dict[str, Any]] = []
     names_seen: set[str] = set()
-    for k, (_, traces) in enumerate(panels):
+    for k, (panel_title, traces) in enumerate(panels):
         r, c = divmod(k, cols)
+        x0 = c * (width + hgap)
+        y1 = 1 - r * (height + vgap)
+        suffix = "" if k == 0 else str(k + 1)
+        layout[f"xaxis{suffix}"] = {**_AXIS, "domain": [x0, x0 + width], "anchor": f"y{suffix}",
+                                    "title": {"text": _esc(x_title) if r == rows - 1 else ""}}
+        layout[f"yaxis{suffix}"] = {**_AXIS, "domain": [y1 - height, y1], "anchor": f"x{suffix}",
+                                    "type": "log" if log_y else "linear",
+                                    "title": {"text": _esc(y_title) if c == 0 else ""}}
+        if k:
+            layout[f"yaxis{suffix}"]["matches"] = "y"
+            if c:
+                layout[f"yaxis{suffix}"]["showticklabels"] = False
+        annotations.append({"text": _esc(panel_title), "showarrow": False, "x": x0 + width / 2, "y": y1,
+                            "xref": "paper", "yref": "paper", "xanchor": "center", "yanchor": "bottom",
+                            "font": {"size": 12}})
         for j, (name, values) in enumerate(traces):
-            fig.add_trace(
-                go.Scatter(x=list(range(1, len(values) + 1)), y=list(values), mode="lines", name=_esc(name),
-                           legendgroup=name, showlegend=name not in names_seen, line={"color": color(j)}),
-                row=r + 1, col=c + 1,
-            )
+            data.append({"type": "scatter", "x": list(range(1, len(values) + 1)), "y": _floats(values),
+                         "mode": "lines", "name": _esc(name), "legendgroup": _esc(name),
+                         "showlegend": name not in names_seen, "line": {"color": color(j)},
+                         "xaxis": f"x{suffix}", "yaxis": f"y{suffix}"})
             names_seen.add(name)
-    _base(fig, title, "", "", uirevision=None, height=80 + rows * height_per_row)
-    fig.update_xaxes(title_text=None)
-    for c in range(1, cols + 1):
-        fig.update_xaxes(title_text=x_title, row=rows, col=c)
-    fig.update_yaxes(title_text=y_title, col=1)
-    if log_y:
-        fig.update_yaxes(type="log")
-    return fig
+    layout["annotations"] = annotations
+    return _figure(data, layout)
 
 
 def _esc(text: str) -> str:

@@ -22,39 +22,49 @@ SV_METRICS = ("cond", "stable_rank", "spectral_norm", "eff_rank")
 
 @dataclass(slots=True)
 class Catalog:
-    """What one run has logged (from ``/runs/{id}/keys``), indexed the ways the pages ask."""
+    """What one run has logged (from ``/runs/{id}/keys``), indexed the ways the pages ask.
 
-    scalars: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> keys row
+    Kept compact because it rides in a ``dcc.Store`` that several callbacks receive as State: a
+    48-layer run has ~300 per-layer series, but the pages only need which layers have which quantity.
+    """
+
+    globals: dict[str, int] = field(default_factory=dict)  # scalar key without a layer -> last step
     quantities: dict[str, list[str]] = field(default_factory=dict)  # per-layer quantity -> layers
-    arrays: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # key -> layer -> row
+    arrays: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # key -> layer -> [first, last step]
+    last_step: int | None = None  # over every scalar series
 
     @classmethod
     def from_keys(cls, keys: Mapping[str, Sequence[Mapping[str, Any]]]) -> "Catalog":
         cat = cls()
         for row in keys.get("scalars", []):
-            cat.scalars[row["key"]] = dict(row)
+            last = int(row.get("last_step") or 0)
+            cat.last_step = last if cat.last_step is None else max(cat.last_step, last)
             quantity, layer = split_layer_key(row["key"])
-            if layer is not None:
+            if layer is None:
+                cat.globals[row["key"]] = last
+            else:
                 cat.quantities.setdefault(quantity, []).append(layer)
         for row in keys.get("arrays", []):
-            cat.arrays.setdefault(row["key"], {})[row.get("layer") or ""] = dict(row)
+            cat.arrays.setdefault(row["key"], {})[row.get("layer") or ""] = [int(row.get("first_step") or 0),
+                                                                             int(row.get("last_step") or 0)]
         return cat
 
     @classmethod
     def from_store(cls, data: Mapping[str, Any] | None) -> "Catalog":
         """Rebuild from the JSON kept in a ``dcc.Store``."""
         data = data or {}
-        return cls(dict(data.get("scalars", {})), {k: list(v) for k, v in data.get("quantities", {}).items()},
-                   {k: dict(v) for k, v in data.get("arrays", {}).items()})
+        return cls(dict(data.get("globals", {})), {k: list(v) for k, v in data.get("quantities", {}).items()},
+                   {k: dict(v) for k, v in data.get("arrays", {}).items()}, data.get("last_step"))
 
     def to_store(self) -> dict[str, Any]:
-        return {"scalars": self.scalars, "quantities": self.quantities, "arrays": self.arrays}
+        return {"globals": self.globals, "quantities": self.quantities, "arrays": self.arrays,
+                "last_step": self.last_step}
 
     @property
     def global_scalars(self) -> list[str]:
         """Scalar keys without a layer, ``loss`` first, then alphabetical (what the scalars tab lists)."""
-        keys = [k for k in self.scalars if "/" not in k]
-        return sorted(keys, key=lambda k: (k != "loss", not k.startswith(("acc", "val")), k.startswith("infobatch."), k))
+        return sorted(self.globals, key=lambda k: (k != "loss", not k.startswith(("acc", "val")),
+                                                   k.startswith("infobatch."), k))
 
     def layers_with(self, quantity: str) -> list[str]:
         return list(self.quantities.get(quantity, []))
@@ -74,13 +84,8 @@ class Catalog:
         return [s for s in SV_SOURCES if f"sv.{s}" in self.arrays and (layer is None or layer in self.arrays[f"sv.{s}"])]
 
     def array_range(self, key: str, layer: str | None) -> tuple[int, int] | None:
-        row = self.arrays.get(key, {}).get(layer or "")
-        if not row:
-            return None
-        return int(row.get("first_step") or 0), int(row.get("last_step") or 0)
-
-    def has_prefix(self, prefix: str) -> bool:
-        return any(k.startswith(prefix) for k in self.scalars) or any(k.startswith(prefix) for k in self.arrays)
+        rng = self.arrays.get(key, {}).get(layer or "")
+        return (int(rng[0]), int(rng[1])) if rng else None
 
 
 def x_lines(

@@ -191,9 +191,8 @@ def union_catalog(catalogs: Mapping[str, Catalog]) -> dict[str, Any]:
             sources[src] = None
             sv_layers.update(dict.fromkeys(cat.array_layers(f"sv.{src}")))
         neuron_layers.update(dict.fromkeys(cat.array_layers("neuron.update_norm")))
-        steps = [int(r.get("last_step") or 0) for r in cat.scalars.values()]
-        if steps:
-            last_steps.append(max(steps))
+        if cat.last_step is not None:
+            last_steps.append(cat.last_step)
     ordered = sorted(scalars, key=lambda k: (k != "loss", not k.startswith(("acc", "val")), -scalars[k], k))
     return {"scalars": ordered, "sv_layers": list(sv_layers), "neuron_layers": list(neuron_layers),
             "sources": list(sources), "common_last_step": min(last_steps) if last_steps else None}

@@ -98,17 +98,26 @@ def layout(run_id: str | None = None, tab: str | None = None, layer: str | None 
     except ValueError:
         smooth_v = 0.0
     all_keys = catalog.global_scalars
-    chosen_keys = [k for k in (keys.split(",") if keys else []) if k in catalog.scalars] or _default_keys(all_keys)
+    chosen_keys = [k for k in (keys.split(",") if keys else []) if k in catalog.globals] or _default_keys(all_keys)
     try:
         step_v = int(step) if step not in (None, "") else None
     except ValueError:
         step_v = None
     live = run.get("status") == "running"
+    log_y = log in ("1", "true", "log")
+    # The first scalar charts are drawn here, in the page's own response: one round trip less
+    # before the page is useful (draw_scalars takes over for later changes).
+    first_graphs: list[Any] = []
+    cursor = None
+    if tab == "scalars" and chosen_keys:
+        figs, cursor = scalar_figures(api, run["id"], chosen_keys, x=x, smooth=smooth_v, log_y=log_y,
+                                      origin=_created_ts(run), points=cfg.series_points)
+        first_graphs = [graph(scalar_graph_id(k), fig) for k, fig in zip(chosen_keys, figs)]
     return html.Div(
         [
             dcc.Store(id=ids.RUN_ID, data=run["id"]),
             dcc.Store(id=ids.RUN_KEYS, data=catalog.to_store()),
-            dcc.Store(id=ids.RUN_CURSOR, data=None),
+            dcc.Store(id=ids.RUN_CURSOR, data=cursor),
             dcc.Store(id=ids.RUN_STATE, data={"status": run.get("status"), "last_step": run.get("last_step"),
                                               "version": 0, "created_at": _created_ts(run)}),
             dcc.Interval(id=ids.RUN_INTERVAL, interval=cfg.poll_interval_ms, disabled=not live),
@@ -126,7 +135,7 @@ def layout(run_id: str | None = None, tab: str | None = None, layer: str | None 
                                                           value=smooth_v, marks={0: "0", 0.5: "0.5", 0.9: "0.9"},
                                                           tooltip={"placement": "bottom"}), width="220px"),
                     control("y scale", dcc.Checklist(id=ids.RUN_LOG, options=[{"label": " log", "value": "log"}],
-                                                     value=["log"] if log in ("1", "true", "log") else [])),
+                                                     value=["log"] if log_y else [])),
                     control("layer", dcc.Dropdown(id=ids.RUN_LAYER, options=[], value=layer, clearable=False,
                                                   placeholder="layer"), width="300px"),
                     control("spectrum of", dcc.RadioItems(id=ids.RUN_SOURCE, options=[], value=source, inline=True)),
@@ -142,7 +151,7 @@ def layout(run_id: str | None = None, tab: str | None = None, layer: str | None 
                 ]),
                 className="controls", id="run-controls",
             ),
-            html.Div([html.Div(tab_body(t, run["id"]), id=f"run-tab-{t}",
+            html.Div([html.Div(tab_body(t, first_graphs), id=f"run-tab-{t}",
                                style={"display": "block" if t == tab else "none"}) for t in TAB_IDS],
                      id=ids.RUN_TAB_BODY),
             html.Div(id=ids.RUN_URL_SINK, hidden=True),
@@ -158,9 +167,10 @@ def _controls(controls: list[html.Div]) -> list[html.Div]:
 
 
 def _default_keys(all_keys: Sequence[str]) -> list[str]:
-    """The scalars shown before the user picks: loss/accuracy-like keys and a few others (at most 6)."""
-    preferred = [k for k in all_keys if not k.startswith(("infobatch.", "probe."))]
-    return preferred[:6]
+    """The scalars shown before the user picks: loss/accuracy-like keys and a few others (at most 4;
+    samples_seen is an x-axis choice, not a chart)."""
+    preferred = [k for k in all_keys if not k.startswith(("infobatch.", "probe.")) and k != "samples_seen"]
+    return preferred[:4]
 
 
 def _created_ts(run: Mapping[str, Any]) -> float | None:
@@ -239,13 +249,16 @@ def step_range(catalog: Catalog, tab: str, layer: str | None, source: str | None
     Input(ids.RUN_TABS, "value"),
     Input(ids.RUN_KEYS, "data"),
     State(ids.RUN_LAYER, "value"),
+    State(ids.RUN_LAYER, "options"),
 )
-def layer_options(tab: str, keys: Mapping[str, Any], layer: str | None):
-    """Layers with data for the tab; keep the chosen layer when it has data here too."""
+def layer_options(tab: str, keys: Mapping[str, Any], layer: str | None, current: list[str] | None):
+    """Layers with data for the tab; keep the chosen layer when it has data here too. Unchanged
+    options and value are not re-sent: every panel listening to the layer would redraw for nothing."""
     options = layer_choices(Catalog.from_store(keys), tab)
-    if not options:
-        return [], no_update if layer else None
-    return options, layer if layer in options else options[0]
+    value = (layer if layer in options else options[0]) if options else layer
+    if options == (current or []) and value == layer:
+        raise PreventUpdate
+    return options, value
 
 
 @callback(
@@ -254,15 +267,18 @@ def layer_options(tab: str, keys: Mapping[str, Any], layer: str | None):
     Input(ids.RUN_LAYER, "value"),
     Input(ids.RUN_KEYS, "data"),
     State(ids.RUN_SOURCE, "value"),
+    State(ids.RUN_SOURCE, "options"),
 )
-def source_options(layer: str | None, keys: Mapping[str, Any], source: str | None):
-    """Spectrum sources logged for the layer (weight, update, and for Muon pre/post orthogonalization)."""
+def source_options(layer: str | None, keys: Mapping[str, Any], source: str | None, current: list | None):
+    """Spectrum sources logged for the layer (weight, update, and for Muon pre/post orthogonalization);
+    nothing is sent when they did not change (switching layer must not redraw the all-layer panel)."""
     sources = Catalog.from_store(keys).sv_sources(layer)
     labels = {"weight": " W", "update": " ΔW", "pre_orth": " before orth.", "post_orth": " after orth."}
     options = [{"label": labels[s], "value": s} for s in sources]
-    if not sources:
-        return [], None
-    return options, source if source in sources else sources[0]
+    value = (source if source in sources else sources[0]) if sources else None
+    if options == (current or []) and value == source:
+        raise PreventUpdate
+    return options, value
 
 
 @callback(
@@ -275,18 +291,24 @@ def source_options(layer: str | None, keys: Mapping[str, Any], source: str | Non
     Input(ids.RUN_SOURCE, "value"),
     Input(ids.RUN_KEYS, "data"),
     State(ids.RUN_STEP, "value"),
+    State(ids.RUN_STEP, "min"),
     State(ids.RUN_STEP, "max"),
 )
-def step_slider(tab: str, layer: str | None, source: str | None, keys: Mapping[str, Any], value: int | None, old_max: int):
-    """Slider over the steps the array was logged at; a slider parked at the end follows new data."""
+def step_slider(tab: str, layer: str | None, source: str | None, keys: Mapping[str, Any], value: int | None,
+                old_min: int, old_max: int):
+    """Slider over the steps the array was logged at; a slider parked at the end follows new data.
+    Sends nothing when range and value are unchanged (the panels at this step need no redraw)."""
     rng = step_range(Catalog.from_store(keys), tab, layer, source)
     if rng is None:
         raise PreventUpdate
     lo, hi = rng
+    top = max(hi, lo + 1) if hi == lo else hi
     follow = value is None or value >= (old_max or 0) or value > hi
     new_value = hi if follow else max(lo, min(int(value), hi))
+    if (lo, top, new_value) == (old_min, old_max, value):
+        raise PreventUpdate
     marks = {lo: str(lo), hi: str(hi)} if hi > lo else {hi: str(hi)}
-    return lo, max(hi, lo + 1) if hi == lo else hi, new_value, marks
+    return lo, top, new_value, marks
 
 
 clientside_callback(
@@ -316,10 +338,10 @@ clientside_callback(
 
 # -- tab bodies -----------------------------------------------------------------------------------
 
-def tab_body(tab: str, run_id: str) -> Any:
-    """The graphs of one tab (empty; their own callbacks fill them)."""
+def tab_body(tab: str, scalar_graphs: list[Any] | None = None) -> Any:
+    """The graphs of one tab (empty but for the first scalar charts; callbacks fill them)."""
     if tab == "scalars":
-        return html.Div(id=ids.RUN_SCALARS, className="grid2")
+        return html.Div(scalar_graphs or [], id=ids.RUN_SCALARS, className="grid2")
     if tab == "spectra":
         return html.Div([
             html.Div([graph(ids.RUN_SPEC_HEATMAP), graph(ids.RUN_SPEC_AT_STEP)], className="grid2"),
@@ -368,13 +390,15 @@ def scalar_figures(api, run_id: str, keys: Sequence[str], *, x: str, smooth: flo
     """One figure per scalar key and the live cursor that continues them."""
     lines = x_lines(api, run_id, keys, x=x, origin=origin, points=points)
     figs = []
-    cursor: dict[str, Any] = {"x": x, "smooth": smooth, "origin": origin, "keys": list(keys), "last": {}, "ema": {}}
+    cursor: dict[str, Any] = {"x": x, "smooth": smooth, "origin": origin, "keys": list(keys), "last": {}, "ema": {},
+                              "level": {}}
     for key, line in zip(keys, lines):
         x_title = X_TITLES[x]
         fig = F.line_figure([line], title=key, x_title=x_title, y_title=_unit(key), log_y=log_y, smoothing=smooth,
                             uirevision=f"{run_id}:{key}:{x}", empty_message=HINTS["scalars"])
         figs.append(fig)
         cursor["last"][key] = line.steps[-1] if line.steps else -1
+        cursor["level"][key] = F.marker_level([line.y])
         if smooth:
             cursor["ema"][key] = list(ema(line.y, smooth)[1])
     if x == X_SAMPLES:
@@ -403,6 +427,7 @@ def _unit(key: str) -> str:
     Input(ids.RUN_TABS, "value"),
     State(ids.RUN_ID, "data"),
     State(ids.RUN_STATE, "data"),
+    prevent_initial_call=True,
 )
 def draw_scalars(keys, x, smooth, log, tab, run_id, state):
     """Full draw of the scalar charts (downsampled on the server); resets the live cursor."""
@@ -466,9 +491,12 @@ def live_patches(api, run_id: str, cursor: Mapping[str, Any], graph_keys: Sequen
             patch["data"][1]["y"].extend(smoothed)
             new_cursor["ema"][key] = list(new_state)
         bad = [(xv, yv) for xv, yv in zip(xs, ys) if not math.isfinite(yv)]
+        level = max([float(cursor.get("level", {}).get(key, -math.inf))] + [v for v in ys if math.isfinite(v)])
+        level = level if math.isfinite(level) else 1.0
+        new_cursor.setdefault("level", {})[key] = level
         if bad:
             patch["data"][2]["x"].extend([b[0] for b in bad])
-            patch["data"][2]["y"].extend([1.0] * len(bad))
+            patch["data"][2]["y"].extend([level] * len(bad))
             patch["data"][2]["text"].extend([f"{key}: {fmt_value(b[1])}" for b in bad])
             patch["data"][2]["showlegend"] = True
         new_cursor["last"][key] = steps[-1]

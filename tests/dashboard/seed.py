@@ -81,6 +81,7 @@ def training_run(seeder: Seeder, run_id: str, *, name: str, tau: float, steps: i
                  config: dict[str, Any] | None = None, tags: Sequence[str] = (), muon: bool = False,
                  normuon: bool = False, fop: bool = False, kfac: bool = False, sv_every: int = 10,
                  sv_width: int = 16, neurons: int = 32, per_layer_scalars: bool = True, finish: bool = True,
+                 neuron_arrays: bool = True,
                  t0: float | None = None, seed: int = 0) -> None:
     """A run with global scalars every step, per-layer diagnostics, arrays every ``sv_every`` steps."""
     rng = np.random.default_rng(seed)
@@ -123,8 +124,9 @@ def training_run(seeder: Seeder, run_id: str, *, name: str, tau: float, steps: i
             sv = np.sort(np.abs(rng.normal(1.0, 0.3, sv_width)) * np.exp(-np.arange(sv_width) / 4.0))[::-1]
             arrays.append({"key": "sv.weight", "layer": layer, "step": s, "time": t, "shape": [sv_width],
                            "values": sv.round(6).tolist()})
-            arrays.append({"key": "neuron.update_norm", "layer": layer, "step": s, "time": t, "shape": [neurons],
-                           "values": np.abs(rng.normal(0.01, 0.003, neurons)).round(7).tolist()})
+            if neuron_arrays:
+                arrays.append({"key": "neuron.update_norm", "layer": layer, "step": s, "time": t, "shape": [neurons],
+                               "values": np.abs(rng.normal(0.01, 0.003, neurons)).round(7).tolist()})
             if muon:
                 arrays.append({"key": "sv.pre_orth", "layer": layer, "step": s, "time": t, "shape": [sv_width],
                                "values": (sv * 3).round(6).tolist()})

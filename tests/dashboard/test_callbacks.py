@@ -107,22 +107,24 @@ def test_run_layout_reads_view_options_from_the_query_string(seeded) -> None:
 def test_scalar_charts_then_live_append_with_patch(server, seeded) -> None:
     run = page("run")
     rid = seeded["live"]
+    api = ApiClient(DashboardConfig(api_url=server.url, token=server.token))
+    last = api.latest(rid, ["loss"])["loss"]["step"]  # other tests may have appended to this run
     graphs, cursor = run.draw_scalars(["loss", "acc"], "step", 0.5, [], "scalars", rid, {"created_at": None})
     assert len(graphs) == 2 and graphs[0].figure.layout.title.text == "loss"
-    assert cursor["last"] == {"loss": 49, "acc": 49}
+    assert cursor["last"]["loss"] == last and cursor["last"]["acc"] == 49
     seeder = Seeder(server.api, server.token)
     try:
-        seeder.post(rid, scalars=[{"key": "loss", "steps": [50, 51], "times": [time.time()] * 2,
+        seeder.post(rid, scalars=[{"key": "loss", "steps": [last + 1, last + 2], "times": [time.time()] * 2,
                                    "values": [0.123, "NaN"]}])
     finally:
         seeder.close()
     patches, new_cursor = run.append_live(1, rid, cursor, [{"type": "run-scalar-graph", "key": k} for k in ("loss", "acc")])
-    assert new_cursor["last"]["loss"] == 51 and new_cursor["last"]["acc"] == 49
+    assert new_cursor["last"]["loss"] == last + 2 and new_cursor["last"]["acc"] == 49
     ops = patches[0].to_plotly_json()["operations"]
     extended = {tuple(op["location"]): op["params"]["value"] for op in ops if op["operation"] == "Extend"}
-    assert extended[("data", 0, "x")] == [50.0, 51.0]
+    assert extended[("data", 0, "x")] == [last + 1.0, last + 2.0]
     assert extended[("data", 0, "y")][0] == 0.123 and math.isnan(extended[("data", 0, "y")][1])
-    assert extended[("data", 2, "x")] == [51.0]  # the NaN is marked
+    assert extended[("data", 2, "x")] == [last + 2.0]  # the NaN is marked
     assert len(extended[("data", 1, "y")]) == 2  # EMA continued
     assert patches[1] is run.no_update
 

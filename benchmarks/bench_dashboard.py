@@ -1,0 +1,162 @@
+"""Dashboard benchmark: real ``optiscope serve`` + headless Chromium, figures printed.
+
+Data (the issue's bar): a run of 48 layers x 2,000 logged steps — scalars every step (6 global keys
+plus 6 per-layer diagnostics = 294 series, ~590k points) and a 256-value spectrum per layer every
+10 steps (9,600 arrays) — plus 19 more such runs for the compare page, and one live run.
+
+Measured (median of ``--repeat``):
+  * run page: navigation start -> the default scalar charts drawn with data ("interactive");
+  * spectra tab: click -> heatmap, spectrum at step and the 48-layer summary drawn;
+  * layer switch on the spectra tab: new layer set -> heatmap and spectrum re-drawn for it;
+  * compare page with 20 runs: navigation -> overlaid scalars, time-to-target table and matched spectra;
+  * live latency: batch POSTed -> the point is in the browser's figure.
+
+Run: ``.venv/bin/python benchmarks/bench_dashboard.py [--runs 20] [--steps 2000] [--layers 48]``.
+Targets (docs): interactive <= 2 s, layer switch <= 0.5 s, compare (20 runs) <= 3 s, live <= 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import LiveServer  # noqa: E402  (a real `optiscope serve` subprocess)
+from tests.dashboard.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.dashboard.seed import Seeder, training_run  # noqa: E402
+from tests.pg_cluster import free_port  # noqa: E402
+
+GRAPH_STATE_JS = """(sel) => Array.from(document.querySelectorAll(sel + ' .js-plotly-plot')).map(g => {
+    // typed arrays from numpy arrive as {dtype, bdata, shape}: count their elements from the shape
+    const len = (v) => !v ? 0 : (v.length !== undefined ? v.length
+        : (v.shape ? String(v.shape).split(',').reduce((a, b) => a * Number(b), 1) : 0));
+    const n = (g.data || []).reduce((a, t) => a + len(t.z || t.y || t.x), 0);
+    const empty = !!(g.layout && g.layout.meta && g.layout.meta.empty);
+    return {n: n, empty: empty, title: ((g.layout || {}).title || {}).text || ''};
+})"""
+
+
+def wait_graphs(page, selector: str, expected: int, *, title_has: str | None = None, timeout_ms: int = 60_000) -> None:
+    cond = "g.n > 0 && !g.empty" + (f" && g.title.includes({title_has!r})" if title_has else "")
+    page.wait_for_function(f"(sel) => ({GRAPH_STATE_JS})(sel).filter(g => {cond}).length >= {expected}",
+                           arg=selector, timeout=timeout_ms, polling=20)
+
+
+def seed(server: LiveServer, *, runs: int, steps: int, layers: int) -> list[str]:
+    seeder = Seeder(server.api, server.token)
+    names = [f"block{i // 4}.{['attn.qkv', 'attn.proj', 'mlp.fc1', 'mlp.fc2'][i % 4]}.weight" for i in range(layers)]
+    ids = []
+    t0 = time.perf_counter()
+    try:
+        for r in range(runs):
+            rid = f"bench-{r:02d}"
+            training_run(seeder, rid, name=f"bench run {r:02d}", tau=300.0 + 25 * r, steps=steps, layers=names,
+                         optimizer=["Muon", "NorMuon", "AdamW", "FOP"][r % 4], sv_every=10, sv_width=256,
+                         neuron_arrays=False, config={"lr": 0.02 * (1 + r % 5), "batch_size": 128, "seed": r},
+                         seed=r)
+            ids.append(rid)
+            print(f"  seeded {rid} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        training_run(seeder, "bench-live", name="bench live", tau=50.0, steps=100, layers=names[:2], finish=False,
+                     per_layer_scalars=False, neuron_arrays=False)
+    finally:
+        seeder.close()
+    return ids
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--layers", type=int, default=48)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--home", default=None,
+                    help="reuse a data directory seeded by an earlier run of this script (skips seeding)")
+    args = ap.parse_args()
+
+    from playwright.sync_api import sync_playwright
+
+    home = Path(args.home or tempfile.mkdtemp(prefix="bench-dash-"))
+    server = LiveServer(port=free_port(), home=home, db_url=None, env={}).start()
+    try:
+        if args.home:
+            import httpx
+
+            runs = httpx.get(f"{server.api}/runs", params={"q": "bench run", "limit": 1000}).json()["data"]
+            ids = sorted(r["id"] for r in runs)[: args.runs]
+        else:
+            t = time.perf_counter()
+            ids = seed(server, runs=args.runs, steps=args.steps, layers=args.layers)
+            print(f"seeded {len(ids)} runs x {args.layers} layers x {args.steps} steps in "
+                  f"{time.perf_counter() - t:.1f} s (data in {home}; --home {home} reuses it)")
+        results: dict[str, list[float]] = {k: [] for k in ("run_interactive", "spectra_tab", "layer_switch",
+                                                           "compare_20", "live_latency")}
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            big = ids[0]
+            layer_a, layer_b = "block0.attn.qkv.weight", f"block{(args.layers - 1) // 4}.mlp.fc2.weight"
+            for i in range(args.repeat + 1):  # the first round warms caches and is not counted
+                t = time.perf_counter()
+                page.goto(f"{server.url}/runs/{big}")
+                wait_graphs(page, "#run-tab-scalars", 4)
+                run_s = time.perf_counter() - t
+                t = time.perf_counter()
+                page.locator(".tab", has_text="Spectra").first.click()
+                wait_graphs(page, "#run-tab-spectra", 3)
+                tab_s = time.perf_counter() - t
+                target = layer_b if i % 2 == 0 else layer_a
+                t = time.perf_counter()
+                page.evaluate(f"window.dash_clientside.set_props('run-layer', {{value: {target!r}}})")
+                wait_graphs(page, "#run-tab-spectra", 2, title_has=target)
+                switch_s = time.perf_counter() - t
+                t = time.perf_counter()
+                page.goto(f"{server.url}/compare?runs={','.join(ids)}")
+                page.locator("#cmp-ttt-result").wait_for(timeout=60_000)
+                wait_graphs(page, "#cmp-scalars", 2)
+                wait_graphs(page, "#" + "cmp-spec-overlay", 1)
+                cmp_s = time.perf_counter() - t
+                if i:
+                    results["run_interactive"].append(run_s)
+                    results["spectra_tab"].append(tab_s)
+                    results["layer_switch"].append(switch_s)
+                    results["compare_20"].append(cmp_s)
+            page.goto(f"{server.url}/runs/bench-live")
+            wait_graphs(page, "#run-tab-scalars", 1)
+            seeder = Seeder(server.api, server.token)
+            step = 1000
+            for i in range(args.repeat):
+                step += 1
+                t = time.perf_counter()
+                seeder.post("bench-live", scalars=[{"key": "loss", "steps": [step], "times": [time.time()],
+                                                    "values": [0.01]}])
+                page.wait_for_function(f"document.querySelector('#run-scalars .js-plotly-plot').data[0].x.includes({step})",
+                                       timeout=30_000, polling=20)
+                results["live_latency"].append(time.perf_counter() - t)
+                time.sleep(0.37)  # land at different phases of the 1 s poll
+            seeder.close()
+            browser.close()
+        targets = {"run_interactive": 2.0, "spectra_tab": None, "layer_switch": 0.5, "compare_20": 3.0,
+                   "live_latency": 2.0}
+        print(f"\nheadless Chromium, {len(ids)} runs of {args.layers} layers x {args.steps} steps "
+              f"(spectra of 256 values every 10 steps); median [min..max] of {args.repeat}")
+        for name, vals in results.items():
+            target = targets[name]
+            med = statistics.median(vals)
+            verdict = "" if target is None else ("  ok" if med <= target else f"  OVER target {target:.1f} s")
+            print(f"  {name:16s} {med:6.2f} s  [{min(vals):.2f}..{max(vals):.2f}]{verdict}")
+        if errors:
+            print("page errors:", errors[:3])
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -198,7 +198,9 @@ class BatchBuilder:
         for group in groups.values():
             try:
                 with torch.no_grad():
-                    stacked = torch.stack([t.detach().reshape(()) for _, _, t in group])
+                    # Under no_grad neither detach() nor a graph is needed; reshape only the rare
+                    # (1,)-shaped values (each call costs microseconds, per tensor).
+                    stacked = torch.stack([t if t.dim() == 0 else t.reshape(()) for _, _, t in group])
                     if stacked.dtype not in (torch.float32, torch.float64):
                         stacked = stacked.to(torch.float64)
                     host = stacked.cpu().tolist()

@@ -325,3 +325,19 @@ def test_slow_server_backs_up_to_the_spool_not_memory(fake_server: FakeServer, f
     run.finish()
     assert run.dropped == 0 and spooled > 0
     assert fake_server.steps("x") == list(range(3000))
+
+
+def test_tensor_values_of_any_dtype_and_grad_state_are_converted(
+    fake_server: FakeServer, fast_settings: ClientConfig
+) -> None:
+    w = torch.ones(2, requires_grad=True)
+    with _init(fake_server, fast_settings) as run:
+        run.log({"loss": (w * 2).sum(), "bf16": torch.tensor(0.5, dtype=torch.bfloat16),
+                 "int": torch.tensor(3), "flag": torch.tensor(True), "one": torch.tensor([7.0]),
+                 "inf": torch.tensor(-math.inf)}, step=0)
+        run.log_array("hist", torch.tensor([1, 2], dtype=torch.int64), step=0)
+        run.log_array("bf", torch.tensor([0.25, math.nan], dtype=torch.bfloat16), step=0)
+    got = {k: v for _, k, _, v in fake_server.points}
+    assert got == {"loss": 4.0, "bf16": 0.5, "int": 3.0, "flag": 1.0, "one": 7.0, "inf": "-Infinity"}
+    assert [a["values"] for a in fake_server.arrays] == [[1.0, 2.0], [0.25, "NaN"]]
+    assert run.dropped == 0

@@ -312,7 +312,14 @@ def from_eigenbasis(mat: Tensor, qa: Tensor, qg: Tensor) -> Tensor:
 
 
 def kfac_precondition(
-    grad: Tensor, qa: Tensor, a_eigs: Tensor, qg: Tensor, g_eigs: Tensor, damping: float, *, factored: bool = False
+    grad: Tensor,
+    qa: Tensor,
+    a_eigs: Tensor,
+    qg: Tensor,
+    g_eigs: Tensor,
+    damping: float,
+    *,
+    factored: bool = False,
 ) -> Tensor:
     """V = Q_G[(Q_G^T grad Q_A) / denominator]Q_A^T = M^-1 grad for a (d_out, a_dim) gradient matrix."""
     denom = eigen_denominator(a_eigs, g_eigs, damping, factored=factored)

@@ -55,8 +55,8 @@ def fop_direction(
         ``gavg_fisher gdiff_fisher parallel orthogonal``.
     """
     step, stats = fop_direction_eigenbasis(
-        to_eigenbasis(g_avg, qa, qg), to_eigenbasis(g_diff, qa, qg), a_eigs, g_eigs, damping, factored=factored,
-        eta_convention=eta_convention, beta_guard=beta_guard, with_stats=with_stats,
+        to_eigenbasis(g_avg, qa, qg), to_eigenbasis(g_diff, qa, qg), a_eigs, g_eigs, damping,
+        factored=factored, eta_convention=eta_convention, beta_guard=beta_guard, with_stats=with_stats,
     )
     return from_eigenbasis(step, qa, qg), stats
 
@@ -116,7 +116,7 @@ def fop_direction_eigenbasis(
 
 
 class FOP(KFAC):
-    r"""Fisher-Orthogonal Projection on top of :class:`KFAC`: same hooks, factors, damping, KL clip and base step.
+    r"""Fisher-Orthogonal Projection on :class:`KFAC`: same hooks, factors, damping, KL clip and base step.
 
     Per preconditioned layer, from the two half-batch gradients g_1, g_2 (ALGORITHMS.md §4.1):
     g_avg = (g_1 + g_2)/2, g_diff = g_1 - g_2; s_proj = <g_diff, g_avg>_F / <g_avg, g_avg>_F;
@@ -167,9 +167,11 @@ class FOP(KFAC):
       for them in its ViT run; use a separate optimizer for such groups if wanted).
 
     Distributed (world size > 1): the hooks capture each rank's full local gradient and one all-reduce of a
-    two-slot buffer gives g_1 = mean of even ranks' local gradients and g_2 = mean of odd ranks' ("dual-gradient
-    all-reduce"); g_avg = (g_1 + g_2)/2 then replaces ``.grad`` for the preconditioned layers. Every rank
-    computes every layer (no curvature-specialist sharding). Factors are averaged as in KFAC.
+    two-slot buffer gives g_1 = mean of even ranks' local gradients and g_2 = mean of odd ranks'
+    ("dual-gradient all-reduce"); g_avg = (g_1 + g_2)/2 then replaces ``.grad`` for the preconditioned
+    layers (so they need no DDP all-reduce; other parameters still do). With an odd world size the two groups
+    have different sizes and g_avg weights them equally. Every rank computes every layer (no
+    curvature-specialist sharding). Factors are averaged as in KFAC.
 
     Introspection adds, per weight, 0-d ``g1_norm g2_norm gavg_norm gdiff_norm cos_g1_g2 gavg_fisher
     gdiff_fisher parallel orthogonal s_proj D E beta eta`` to KFAC's keys.
@@ -192,8 +194,8 @@ class FOP(KFAC):
         if eta_convention not in ("avg", "sum"):
             raise ValueError(f"Invalid eta_convention: {eta_convention!r} (must be 'avg' or 'sum')")
         _check_real("beta_guard", beta_guard, low=0.0)
-        super().__init__(model, lr, _extra_defaults={"eta_convention": eta_convention, "beta_guard": beta_guard},
-                         **kwargs)
+        extra = {"eta_convention": eta_convention, "beta_guard": beta_guard}
+        super().__init__(model, lr, _extra_defaults=extra, **kwargs)
         self._pairs: dict[int, tuple[Any, ...]] = {}
 
     def _split_plan(self) -> str | None:
@@ -253,7 +255,8 @@ class FOP(KFAC):
                 gd = g1_t - g2_t
         step, stats = fop_direction_eigenbasis(
             ga, gd, st["dA"], st["dG"], damping, factored=group["factored_pi"],
-            eta_convention=group["eta_convention"], beta_guard=group["beta_guard"], with_stats=info is not None,
+            eta_convention=group["eta_convention"], beta_guard=group["beta_guard"],
+            with_stats=info is not None,
         )
         if info is not None:
             # Q_A, Q_G are orthogonal, so Frobenius norms and inner products are basis-independent.

@@ -86,7 +86,8 @@ class KFAC(Optimizer):
        eigendecomposed; eigenvalues are clamped at 0.
     3. ``V = Q_G[(Q_G^T grad Q_A) / (lambda_G lambda_A^T + damping)]Q_A^T`` -- *exactly*
        :math:`(A\otimes G + \gamma I)^{-1}\,\mathrm{vec}(\nabla W)` (ALGORITHMS.md P12). With
-       ``factored_pi=True`` the denominator is :math:`(\lambda_G + \sqrt\gamma/\pi)(\lambda_A + \pi\sqrt\gamma)`
+       ``factored_pi=True`` the denominator is
+       :math:`(\lambda_G + \sqrt\gamma/\pi)(\lambda_A + \pi\sqrt\gamma)`
        instead (Martens & Grosse §6.3): a different preconditioner, not an approximation of the exact one.
        Damping is applied at preconditioning time, so a damping schedule acts immediately.
     4. KL clipping per parameter group: :math:`\nu = \min(1, \sqrt{\kappa / (\eta^2 \sum_\ell \langle V_\ell,
@@ -318,7 +319,8 @@ class KFAC(Optimizer):
             flat = torch.cat([h.reshape(-1) for h in hats])
             dist.all_reduce(flat, group=self._process_group)
             flat /= dist.get_world_size(self._process_group)
-            hats = [part.reshape(h.shape) for part, h in zip(torch.split(flat, [h.numel() for h in hats]), hats)]
+            parts = torch.split(flat, [h.numel() for h in hats])
+            hats = [part.reshape(h.shape) for part, h in zip(parts, hats)]
         for i, lay in enumerate(captured):
             st = self._layer_state(lay)
             decay = group_of[id(lay.weight)]["factor_decay"]
@@ -348,7 +350,9 @@ class KFAC(Optimizer):
         """(raw gradient matrix, preconditioned direction V) for one layer; KFAC: V = M^-1 grad."""
         st = self.state[layer.weight]
         raw = layer.grad_matrix()
-        v = kfac_precondition(raw, st["QA"], st["dA"], st["QG"], st["dG"], damping, factored=group["factored_pi"])
+        v = kfac_precondition(
+            raw, st["QA"], st["dA"], st["QG"], st["dG"], damping, factored=group["factored_pi"]
+        )
         return raw, v
 
     # ------------------------------------------------------------------ step

@@ -391,7 +391,8 @@ def test_introspection_is_off_by_default_and_never_syncs(monkeypatch: pytest.Mon
     monkeypatch.undo()
     info = opt.last_internals[model[0].weight]
     assert info["A_eigs"].shape == (7,) and info["G_eigs"].shape == (16,)
-    assert float(info["A_eig_min"]) >= 0 and float(info["A_eig_max"]) == pytest.approx(float(info["A_eigs"].max()))
+    assert float(info["A_eig_min"]) >= 0
+    assert float(info["A_eig_max"]) == pytest.approx(float(info["A_eigs"].max()))
     assert opt.last_global_internals["kl_nu"].dim() == 0
 
 
@@ -410,10 +411,12 @@ def test_step_hooks_of_torch_optimizer_fire() -> None:
                                                 (torch.float32, True)])
 def test_cnn_loss_decreases(dtype: torch.dtype, factored: bool) -> None:
     gen = torch.Generator().manual_seed(5)
-    model = seeded(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)).to(dtype))
+    layers = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    model = seeded(layers.to(dtype))
     x = torch.randn(32, 1, 4, 4, generator=gen, dtype=dtype)
     y = torch.randint(0, 3, (32,), generator=gen)
-    opt = KFAC(model, lr=0.1, kl_clip=1e-2, factor_update_interval=1, inv_update_interval=5, factored_pi=factored)
+    opt = KFAC(model, lr=0.1, kl_clip=1e-2, factor_update_interval=1, inv_update_interval=5,
+               factored_pi=factored)
     losses = []
     for _ in range(25):
         opt.zero_grad()

@@ -219,3 +219,22 @@ def test_cuda_default_bf16_matches_torch_muon() -> None:
         opt.step(), ref.step()
     for x, y in zip(ours, theirs):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=0)  # bf16 bmm vs mm kernels may round differently
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_step_has_no_host_synchronisation() -> None:
+    from probe.optim import NorMuon
+
+    for cls in (Muon, NorMuon):
+        params = [p.cuda() for p in _params(SHAPES + [(7,)])]
+        params = [nn.Parameter(p.detach()) for p in params]
+        opt = cls([{"params": params[:-1]}, {"params": params[-1:], "use_muon": False}], introspect=True)
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()  # lazy state creation may allocate; the steady-state step must not sync
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")

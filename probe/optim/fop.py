@@ -129,8 +129,9 @@ class FOP(KFAC):
     first-half gradient S_1 = sum_{i in H1} g_i a_bar_i^T (conv: ``conv2d_weight`` on the half) is captured
     during the ordinary backward, and S_2 = .grad - S_1. Cost over KFAC: one extra move of a (d_out, a_dim)
     matrix into the eigenbasis per layer and step; for a Linear whose half-batch has fewer rows than the
-    matrix has rank, S_1 is kept as its row factors and moved at O(rows (d_out^2 + a_dim^2)) instead.
-    A KFAC loop becomes a FOP loop by changing only the constructor::
+    matrix has rank, S_1 is kept as its row factors and moved at O(rows (d_out^2 + a_dim^2)) when that is
+    cheaper. The hooks therefore capture S_1 on every training step (factors still only on the KFAC cadence),
+    and never in ``model.eval()`` or under ``torch.no_grad()``. A KFAC loop becomes a FOP loop by changing only the constructor::
 
         optimizer = KFAC(model, lr=0.05, damping=1e-3)   # before
         optimizer = FOP(model, lr=0.05, damping=1e-3)    # after; the loop body is unchanged

@@ -304,11 +304,12 @@ class KFAC(Optimizer):
             st["G"] = torch.eye(layer.g_dim(), dtype=w.dtype, device=w.device)
         return st
 
-    def _update_factors(self, layers: list[KroneckerLayer], grads_ok: Tensor,
+    def _update_factors(self, layers: list[KroneckerLayer], grads: list[Tensor],
                         group_of: dict[int, dict[str, Any]]) -> None:
         captured = [lay for lay in layers if lay.a_sum is not None and lay.g_sum is not None]
         if not captured:
             return
+        grads_ok = _all_finite(grads)  # a step with a bad gradient must not move the factors either
         reduction = self.param_groups[0]["loss_reduction"]
         hats: list[Tensor] = []
         for lay in captured:
@@ -384,10 +385,9 @@ class KFAC(Optimizer):
         if not grads:
             self._finish_step()
             return loss
-        grads_ok = _all_finite(grads)
 
         active = [lay for lay in self._layers if lay.weight.grad is not None and id(lay.weight) in group_of]
-        self._update_factors(active, grads_ok, group_of)
+        self._update_factors(active, grads, group_of)
         inv_interval = self._interval("inv_update_interval", k)
         refreshed: set[int] = set()
         for lay in active:

@@ -24,7 +24,7 @@ class Problems:
     """
 
     def __init__(self, prefix: str = "") -> None:
-        self._prefix = prefix
+        self.prefix = prefix
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self._warned: set[str] = set()
@@ -37,7 +37,7 @@ class Problems:
             self._warned.add(kind)
         if first:
             try:
-                warnings.warn(f"optiscope{self._prefix}: {message}", OptiscopeWarning, stacklevel=2)
+                warnings.warn(f"optiscope{self.prefix}: {message}", OptiscopeWarning, stacklevel=2)
             except Exception:  # noqa: BLE001 - warnings turned into errors must not escape
                 pass
 

@@ -24,6 +24,7 @@ with ``data["rank"]``; rank 0's keys stay plain so every dashboard view works un
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import socket
 import sys
@@ -82,7 +83,7 @@ class Run:
         self._problems = problems or Problems(f"[{run_id[:8]}]")
         self._finish_timeout = finish_timeout
         self._q = sender.queue if sender is not None else None
-        self._maxlen = sender.queue.maxlen or 0 if sender is not None else 0
+        self._maxlen = (sender.queue.maxlen or 0) if sender is not None else 0
         self._high_water = sender.high_water if sender is not None else 0
         self._next_step = 0
         self._failed_calls = 0
@@ -292,6 +293,19 @@ def _disable_in_child() -> None:
 # -- init --------------------------------------------------------------------------------------------
 
 
+def _config_dict(config: Any) -> dict[str, Any]:
+    """Accept what people pass as a config: a mapping, a dataclass, an argparse ``Namespace``."""
+    if config is None:
+        return {}
+    if isinstance(config, Mapping):
+        return dict(config)
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    if hasattr(config, "__dict__"):
+        return dict(vars(config))
+    return {"config": config}
+
+
 def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int, Any]:
     """``(rank, world_size, dist module or None)`` from arguments, torch.distributed or env."""
     torch = sys.modules.get("torch")
@@ -325,7 +339,7 @@ def _shared_run_id(run_id: str | None, rank: int, world_size: int, dist: Any, pr
 def init(
     project: str = "default",
     name: str | None = None,
-    config: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | Any | None = None,
     tags: Sequence[str] | None = None,
     *,
     url: str | None = None,
@@ -343,8 +357,8 @@ def init(
     """Start a run and its background sender; never touches the network itself.
 
     Args:
-        project, name, config, tags, optimizer: run metadata (``config`` may hold anything; values
-            that are not JSON become strings).
+        project, name, config, tags, optimizer: run metadata. ``config`` is a mapping, a
+            dataclass or an ``argparse.Namespace``; values that are not JSON become strings.
         url, token: server and credentials; default ``OPTISCOPE_URL``/``OPTISCOPE_TOKEN``, then the
             files of a local ``optiscope serve`` (see :class:`~probe.client.config.ClientConfig`).
         mode: ``"online"`` (default, or ``OPTISCOPE_MODE``), ``"offline"`` (spool only; deliver
@@ -378,7 +392,7 @@ def init(
     if log_all_ranks and mode != "disabled":
         run_id = _shared_run_id(run_id, rank_, world_size_, dist, problems)
     run_id = run_id or (protocol.new_run_id() if rank_ == 0 else os.environ.get("OPTISCOPE_RUN_ID", ""))
-    problems._prefix = f"[{run_id[:8]}]"
+    problems.prefix = f"[{run_id[:8]}]"
     name = name or f"run-{run_id[:8]}"  # derived from the id, so every rank proposes the same name
 
     if mode == "disabled" or (rank_ != 0 and not log_all_ranks):
@@ -388,7 +402,7 @@ def init(
         "id": run_id,
         "project": project,
         "name": name,
-        "config": protocol.encode_json_value(dict(config or {})),
+        "config": protocol.encode_json_value(_config_dict(config)),
         "tags": [str(t) for t in (tags or [])],
         "optimizer": optimizer,
         "host": socket.gethostname(),

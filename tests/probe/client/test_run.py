@@ -341,3 +341,19 @@ def test_tensor_values_of_any_dtype_and_grad_state_are_converted(
     assert got == {"loss": 4.0, "bf16": 0.5, "int": 3.0, "flag": 1.0, "one": 7.0, "inf": "-Infinity"}
     assert [a["values"] for a in fake_server.arrays] == [[1.0, 2.0], [0.25, "NaN"]]
     assert run.dropped == 0
+
+
+def test_config_accepts_namespace_and_dataclass(fake_server: FakeServer, fast_settings: ClientConfig) -> None:
+    import argparse
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Hyper:
+        lr: float = 0.02
+        betas: tuple = (0.9, 0.95)
+
+    for config, expected in ((argparse.Namespace(lr=0.1, opt="muon"), {"lr": 0.1, "opt": "muon"}),
+                             (Hyper(), {"lr": 0.02, "betas": [0.9, 0.95]})):
+        with _init(fake_server, fast_settings, config=config) as run:
+            pass
+        assert fake_server.runs[run.id]["config"] == expected

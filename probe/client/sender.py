@@ -265,6 +265,7 @@ class Sender:
             self.unspooled += n
             self.problems.report("no_spool", f"server unreachable and no spool on disk: {n} records lost")
             return
+        dropped_before = self.spool.dropped_records
         try:
             self.spool.append(batch)
             self.spooled_batches += 1
@@ -273,11 +274,13 @@ class Sender:
             self.unspooled += n
             self.problems.report("spool_write", f"could not write the spool ({exc}); {n} records lost")
             return
-        if self.spool.dropped_records:
+        newly_dropped = self.spool.dropped_records - dropped_before
+        if newly_dropped:
             self.problems.report(
                 "spool_full",
                 f"spool over its limit ({self.config.spool_max_bytes} bytes) in {self.spool.directory}: "
                 "dropping the oldest batches (counted in run.dropped)",
+                newly_dropped,
             )
 
     def _post(self, batch: protocol.Batch, *, attempts: int | None) -> None:
@@ -352,6 +355,9 @@ class Sender:
             self.state = ONLINE
             self._outage_attempt = 0
             self._next_try = 0.0
+            # At once: after a long outage the reaper may have marked the run crashed, and a
+            # heartbeat is what brings it back to "running".
+            self._next_heartbeat = 0.0
         return True
 
     def _replay_before_exit(self) -> None:

@@ -86,11 +86,14 @@ def test_outage_spools_then_replays_everything_once_in_order(
             time.sleep(0.02)  # let the sender find the outage and spool
     assert run.flush(timeout=0.5) is False  # data waits on disk, not on the server
     assert run.sender.state == "outage" and run.sender.spool.pending_batches > 0
+    recovered_at = len(fake_server.requests)
     fake_server.down = False
     _wait(lambda: run.flush(timeout=1))
     run.finish()
     assert fake_server.steps("loss") == list(range(3000))
     assert fake_server.runs[run.id]["status"] == "finished" and run.dropped == 0
+    after_recovery = fake_server.requests[recovered_at:]
+    assert any(path.endswith("/heartbeat") for _, path in after_recovery)  # revives a reaped run at once
     assert worst < 0.05  # the training thread never waited on the network (generous for a loaded CI box)
 
 
@@ -208,6 +211,7 @@ def test_spool_limit_drops_oldest_counts_and_warns_once(fake_server: FakeServer,
     assert len([m for m in _optiscope_warnings(record) if "spool over its limit" in m]) == 1
     steps = fake_server.steps("x")
     assert run.dropped > 0 and len(steps) + run.dropped == 4000
+    assert run.problems["spool_full"] == run.dropped
     assert steps == sorted(steps) and steps[-1] == 3999  # oldest dropped, newest kept, in order
 
 

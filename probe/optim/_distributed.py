@@ -24,26 +24,26 @@ ALGORITHMS.md §2.5. These take the row-shard path whether or not ``distributed=
   shard, no communication for the row statistic);
 * the finiteness test is all-reduced (all shards of a matrix skip together);
 * the NS input U is all-gathered (one collective per shape bucket, rows padded to torch.chunk
-  sizes) and each rank orthogonalizes the full matrices of the bucket, then keeps its rows;
+  sizes); each rank orthogonalizes only its round-robin share of the bucket's matrices (one batched
+  NS), and a second all-gather distributes the results, from which each rank keeps its rows;
 * NorMuon's Frobenius rescale is exact: one all-reduce of 2 scalars per matrix (‖O‖², ‖Ô‖²), where
   dion's reference approximates it per shard.
 State for DTensor parameters is stored as plain local tensors (this rank's rows), so each rank saves
 its own ``state_dict``; torch.distributed.checkpoint resharding of that state is not supported.
 
 Not implemented (stated precisely):
-* The orthogonalization work is *replicated* under row sharding: every rank runs NS on every matrix.
-  dion's all-to-all (rows → whole matrices owned round-robin → rows) that splits the NS work is not
-  written; results are identical, only the compute is not divided.
+* dion's all-to-all communication: we move whole matrices with two all-gathers per bucket (every rank
+  receives all of U and all of O) where two all-to-alls would move 1/world of that. The compute split
+  is the same; the communication volume is world× larger (fine for a few ranks, not for large jobs).
 * Sharding on another dim, 2-D meshes (HSDP) and other placements raise ``NotImplementedError``.
-* Mixed DDP + FSDP2 (``distributed=True`` and DTensor parameters in the same group) works, but the
-  round-robin applies only to the replicated parameters.
+* DDP + FSDP2 mixed in one optimizer (``distributed=True`` with DTensor parameters) is not tested.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -151,6 +151,21 @@ class RowShard:
         dist.all_gather(parts, padded, group=self.group)
         pieces = [part[:, : max(0, min(self.chunk, self.rows - r * self.chunk))] for r, part in enumerate(parts)]
         return torch.cat(pieces, dim=1)
+
+    def orthogonalize(self, U_full: Tensor, ns: Callable[[Tensor], Tensor]) -> Tensor:
+        """NS of a (B, m, n) bucket with the work split round-robin: rank r runs ``ns`` on matrices
+        r, r+W, … (one batched call), then an all-gather gives every rank all B results."""
+        count = U_full.shape[0]
+        slots = math.ceil(count / self.world)
+        mine = ns(U_full[self.rank :: self.world])
+        padded = mine.new_zeros((slots, *U_full.shape[1:]))
+        padded[: mine.shape[0]] = mine
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded, group=self.group)
+        out = padded.new_empty(U_full.shape)
+        for r, part in enumerate(parts):
+            out[r :: self.world] = part[: len(range(r, count, self.world))]
+        return out
 
 
 def row_shard_of(params: Sequence[Tensor]) -> RowShard:

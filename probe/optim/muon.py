@@ -285,8 +285,9 @@ class Muon(Optimizer):
 
         ``shard`` (from :func:`probe.optim._distributed.row_shard_of`) describes DTensor parameters
         sharded on dim 0 (FSDP2): momentum, v and the weight update then act on this rank's rows, the
-        NS input is all-gathered so each rank orthogonalizes full matrices, and the finiteness test and
-        NorMuon's Frobenius norms are all-reduced, so the result equals the unsharded update.
+        NS input is all-gathered and each rank orthogonalizes its round-robin share of whole matrices
+        (results all-gathered), and the finiteness test and NorMuon's Frobenius norms are all-reduced,
+        so the result equals the unsharded update.
         """
         p0 = params[0]
         rows, cols = p0.shape[0], math.prod(p0.shape[1:])
@@ -312,7 +313,10 @@ class Muon(Optimizer):
 
         U_full = U if shard is None else shard.gather_rows(U)
         ns_dtype = group["ns_dtype"] or default_ns_dtype(U.device, U.dtype)
-        O_full = newton_schulz5(U_full, steps=group["ns_steps"], coefficients=tuple(group["ns_coefficients"]), dtype=ns_dtype)
+        def ns(U_batch: Tensor) -> Tensor:
+            return newton_schulz5(U_batch, steps=group["ns_steps"], coefficients=tuple(group["ns_coefficients"]), dtype=ns_dtype)
+
+        O_full = ns(U_full) if shard is None else shard.orthogonalize(U_full, ns)
         O = O_full if shard is None else O_full[:, shard.start : shard.start + local_rows]
         D, scale, extra = self._direction(
             group, params, states, O, ok, rows, cols, reduce=None if shard is None else shard.reduce_sum

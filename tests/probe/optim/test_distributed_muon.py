@@ -5,7 +5,8 @@ both checks (process start-up dominates the cost):
 * DDP-style round-robin ownership + all-gather: both ranks see the same gradients, which is what DDP's
   averaged gradients give the optimizer.
 * FSDP2 (``fully_shard``, parameters are DTensors sharded on dim 0, uneven shards): v local per row
-  shard, exact Frobenius rescale by all-reduce; compared with an unsharded copy of the model.
+  shard, NS work split round-robin, exact Frobenius rescale by all-reduce; compared with an unsharded
+  copy of the model.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 def _tiny_model() -> nn.Module:
     g = torch.Generator().manual_seed(3)
-    model = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 7), nn.Tanh(), nn.Linear(7, 5))
+    model = nn.Sequential(  # two 10×10 matrices: a bucket whose NS work is split across the ranks
+        nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 10), nn.Tanh(), nn.Linear(10, 10), nn.Tanh(),
+        nn.Linear(10, 7), nn.Tanh(), nn.Linear(7, 5),
+    )
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
@@ -108,7 +112,7 @@ def _fsdp_check() -> dict[str, object]:
                 nn.functional.mse_loss(model(x), y).backward()
                 opt.step()
         diffs = [(a.full_tensor() - b).abs().max().item() for a, b in zip(sharded.parameters(), reference.parameters())]
-        w = sharded[2].weight  # 7 rows over 2 ranks: 4 + 3
+        w = sharded[6].weight  # 7 rows over 2 ranks: 4 + 3
         out[cls.__name__] = {
             "max_diff": max(diffs),
             "is_dtensor": type(w).__name__ == "DTensor",

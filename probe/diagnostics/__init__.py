@@ -1,0 +1,32 @@
+"""Optimizer diagnostics measured on the device and logged through ``probe.client.Run``.
+
+Layout (one concern per module): ``spectra`` (singular values and derived ranks), ``quantities`` (pure
+per-tensor measures), ``gradient_diff`` (two-half-batch projections), ``schedule`` (when to measure),
+``budget`` (how much the probe may cost), ``alerts`` (values → events) and ``monitor`` (the step hooks
+that tie them together; ``probe.attach`` returns a :class:`~probe.diagnostics.monitor.Monitor`).
+Names resolve lazily so that importing the package imports no torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__all__ = ["Monitor", "attach", "AlertRules", "OverheadBudget", "every", "log_spaced"]
+
+_LAZY = {
+    "Monitor": "probe.diagnostics.monitor",
+    "attach": "probe.diagnostics.monitor",
+    "AlertRules": "probe.diagnostics.alerts",
+    "OverheadBudget": "probe.diagnostics.budget",
+    "every": "probe.diagnostics.schedule",
+    "log_spaced": "probe.diagnostics.schedule",
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'probe.diagnostics' has no attribute {name!r}") from None
+    return getattr(import_module(module), name)

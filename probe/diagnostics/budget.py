@@ -67,6 +67,12 @@ class OverheadBudget:
         old = self.cost.get(name)
         self.cost[name] = seconds if old is None else old + self.smoothing * (seconds - old)
 
+    def debit(self, seconds: float) -> None:
+        """Spend credit on probe work learnt about late (device time measured after the interval's sync)."""
+        self._probe_acc += seconds
+        if self.fraction is not None:
+            self.credit -= seconds
+
     def observe_step(self, step_seconds: float, probe_seconds: float) -> None:
         """Close one training step: ``step_seconds`` wall time including ``probe_seconds`` of probe work."""
         train = max(step_seconds - probe_seconds, 0.0)

@@ -270,6 +270,8 @@ class Monitor:
         self._samples_seen = 0
         self._logged_epochs: set[int] = set()
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._cuda_timing = any(layer.param.is_cuda for group in self._layers for layer in group)
+        self._device_events: list[tuple[str, Any, Any, float]] = []
         self._warned: set[str] = set()
         self._handles: list[Any] = []
         for i, opt in enumerate(self.optimizers):
@@ -661,6 +663,9 @@ class Monitor:
                 cpu[i] = joined[offset : offset + n]
                 offset += n
 
+        if self._device_events:
+            with self._guard("device_timing"):
+                self._settle_device_timing()
         per_step: dict[int, dict[str, float]] = {}
         for step, values in host.items():
             per_step.setdefault(step, {}).update(values)
@@ -714,10 +719,34 @@ class Monitor:
     def _timed(self, name: str, fn: Callable[[], None]) -> None:
         if name in self.disabled:
             return
+        events = None
+        if self._cuda_timing and "device_timing" not in self.disabled:
+            # Host time only measures kernel launches on a GPU: bracket the work with CUDA events and
+            # read them after the interval's host copy has synchronized (no extra sync).
+            with self._guard("device_timing"):
+                events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                events[0].record()
         t0 = time.perf_counter()
         with self._guard(name):
             fn()
-        self._costs[name] = self._costs.get(name, 0.0) + time.perf_counter() - t0
+        host_s = time.perf_counter() - t0
+        if events is not None:
+            with self._guard("device_timing"):
+                events[1].record()
+                self._device_events.append((name, events[0], events[1], host_s))
+                return
+        self._costs[name] = self._costs.get(name, 0.0) + host_s
+
+    def _settle_device_timing(self) -> None:
+        """Charge the budget with the device time of the interval's diagnostics (events are complete now)."""
+        pending, self._device_events = self._device_events, []
+        for name, start, end, host_s in pending:
+            if not end.query():  # not reached yet (nothing was copied this interval): settle next time
+                self._device_events.append((name, start, end, host_s))
+                continue
+            device_s = start.elapsed_time(end) / 1e3
+            self.budget.charge(name, max(device_s, host_s))
+            self.budget.debit(max(device_s - host_s, 0.0))
 
     def _factors_of(self, param: Tensor) -> tuple[Tensor, Tensor] | None:
         """K-FAC factors (A, G) of ``param``: the user's callable, else our KFAC/FOP state (keys "A", "G")."""

@@ -85,3 +85,19 @@ def test_monitor_logs_achieved_overhead_once_per_interval(recording_run: Recordi
     overhead = recording_run.series("probe.overhead")
     assert sorted(overhead) == [4, 9, 14, 19]
     assert all(0 < v < 1 for v in overhead.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: device-time accounting via CUDA events")
+def test_device_time_of_diagnostics_is_charged_on_cuda(recording_run: RecordingRun) -> None:
+    model = TinyMLP().cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    mon = attach(model, opt, run=recording_run, budget=None, log_every=2, spectra_every=1, neuron_every=1)
+    x, y = torch.randn(32, 8, device="cuda"), torch.randn(32, 4, device="cuda")
+    for _ in range(4):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    mon.detach()
+    assert mon.errors == {}
+    assert mon.budget.cost["spectra"] > 0 and not mon._device_events
+    assert len(recording_run.series("sv.weight.cond/fc1.weight")) == 4

@@ -1,0 +1,209 @@
+"""Probe overhead on a GPT-like model: step time without the probe, at the default cadence, and with
+every diagnostic every step; plus ``run.log()`` latency. Figures are printed (a benchmark, not a test).
+
+    python benchmarks/bench_probe.py                 # small GPT on CPU (or GPT-2 small on CUDA if present)
+    python benchmarks/bench_probe.py --size small    # force the small model
+    python benchmarks/bench_probe.py --optimizer muon
+
+The three configurations train identical models side by side, interleaved in rounds so that machine
+noise (other processes, turbo states) hits them alike; each configuration keeps its Monitor across
+rounds, so the cadence and the overhead budget reach their steady state instead of restarting.
+Targets (DESIGN.md): default cadence ≤ 1.03×, everything every step ≤ 1.5× (Cockpit "full": 21×,
+wandb.watch(log="all"): 2.6×); run.log() ≤ 20 µs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import probe
+from probe.diagnostics.monitor import Monitor, attach
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab: int
+    seq: int
+    d: int
+    layers: int
+    heads: int
+    batch: int
+
+
+SIZES = {
+    "small": GPTConfig(vocab=512, seq=64, d=128, layers=4, heads=4, batch=16),
+    "gpt2": GPTConfig(vocab=50257, seq=1024, d=768, layers=12, heads=12, batch=8),
+}
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d)
+        self.qkv = nn.Linear(cfg.d, 3 * cfg.d)
+        self.proj = nn.Linear(cfg.d, cfg.d)
+        self.ln2 = nn.LayerNorm(cfg.d)
+        self.fc = nn.Linear(cfg.d, 4 * cfg.d)
+        self.out = nn.Linear(4 * cfg.d, cfg.d)
+        self.heads = cfg.heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
+        x = x + self.proj(y)
+        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(cfg.vocab, cfg.d)
+        self.pos = nn.Embedding(cfg.seq, cfg.d)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.ln = nn.LayerNorm(cfg.d)
+        self.head = nn.Linear(cfg.d, cfg.vocab, bias=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln(x))
+
+
+def make_optimizers(model: nn.Module, kind: str) -> list[torch.optim.Optimizer]:
+    if kind == "adamw":
+        return [torch.optim.AdamW(model.parameters(), lr=3e-4)]
+    # Muon for hidden matrices, AdamW for embeddings, head and 1-D params (ALGORITHMS.md §1.4)
+    hidden = [p for n, p in model.named_parameters() if p.ndim == 2 and n.startswith("blocks.")]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim == 2 and n.startswith("blocks."))]
+    return [torch.optim.Muon(hidden, lr=0.02), torch.optim.AdamW(rest, lr=3e-4)]
+
+
+@dataclass
+class Setup:
+    name: str
+    model: nn.Module
+    opts: list[torch.optim.Optimizer]
+    monitor: Monitor | None
+    times: list[float]
+
+
+def build(name: str, cfg: GPTConfig, kind: str, device: torch.device, run: Any, options: dict | None) -> Setup:
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        model = GPT(cfg).to(device)
+    opts = make_optimizers(model, kind)
+    monitor = attach(model, opts, run=run, **options) if options is not None else None
+    return Setup(name, model, opts, monitor, [])
+
+
+def run_steps(s: Setup, data: torch.Tensor, steps: int, device: torch.device) -> None:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for i in range(steps):
+        sync()
+        t0 = time.perf_counter()
+        x = data[i % data.shape[0]]
+        logits = s.model(x[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+        for opt in s.opts:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in s.opts:
+            opt.step()
+        sync()
+        s.times.append(time.perf_counter() - t0)
+
+
+def log_latency(run: Any, n: int = 20_000) -> tuple[float, float]:
+    lat = []
+    for i in range(n):
+        metrics = {"loss": 1.0 / (i + 1), "acc": 0.5, "lr": 3e-4}
+        t0 = time.perf_counter_ns()
+        run.log(metrics, step=i)
+        lat.append(time.perf_counter_ns() - t0)
+    lat.sort()
+    return lat[n // 2] / 1e3, lat[int(n * 0.99)] / 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default=None)
+    parser.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw")
+    parser.add_argument("--steps", type=int, default=None, help="steps per configuration per round")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--warmup-rounds", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--svd-full-max", type=int, default=None,
+                        help="for the 'everything' configuration: exact SVD up to this size, top-k above")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    size = args.size or ("gpt2" if device.type == "cuda" else "small")
+    cfg = SIZES[size]
+    steps = args.steps or (50 if device.type == "cuda" else 40)
+    rounds = args.rounds or (6 if device.type == "cuda" else 8)
+
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["OPTISCOPE_HOME"] = home
+        runs = {name: probe.init(project="bench", name=name, mode="offline") for name in ("default", "full")}
+        every = dict(scalars_every=1, update_every=1, neuron_every=1, spectra_every=1, vectors_every=1,
+                     internals_every=1, budget=None)
+        if args.svd_full_max is not None:
+            every["svd_full_max"] = args.svd_full_max
+        setups = [
+            build("no probe", cfg, args.optimizer, device, None, None),
+            build("default cadence", cfg, args.optimizer, device, runs["default"], {}),
+            build("everything every step", cfg, args.optimizer, device, runs["full"], every),
+        ]
+        gen = torch.Generator().manual_seed(0)
+        data = torch.randint(0, cfg.vocab, (16, cfg.batch, cfg.seq + 1), generator=gen).to(device)
+        for r in range(args.warmup_rounds + rounds):
+            for s in setups:
+                if r == args.warmup_rounds:
+                    s.times.clear()
+                run_steps(s, data, steps, device)
+        for s in setups:
+            if s.monitor is not None:
+                s.monitor.detach()
+        lat_run = probe.init(project="bench", name="latency", mode="offline")
+        p50, p99 = log_latency(lat_run)
+        for run in (*runs.values(), lat_run):
+            run.finish()
+
+    base = statistics.median(setups[0].times)
+    n_params = sum(p.numel() for p in setups[0].model.parameters())
+    print(f"device={device.type} size={size} params={n_params / 1e6:.2f}M optimizer={args.optimizer} "
+          f"threads={torch.get_num_threads()} steps/config={len(setups[0].times)}")
+    print(f"{'configuration':<24}{'median step':>14}{'mean step':>12}{'ratio (median)':>16}{'ratio (mean)':>14}")
+    base_mean = statistics.fmean(setups[0].times)
+    for s in setups:
+        med, mean = statistics.median(s.times), statistics.fmean(s.times)
+        print(f"{s.name:<24}{med * 1e3:>11.2f} ms{mean * 1e3:>9.2f} ms{med / base:>15.3f}×{mean / base_mean:>13.3f}×")
+    for s in setups[1:]:
+        assert s.monitor is not None
+        b = s.monitor.budget
+        costs = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in sorted(b.cost.items()))
+        print(f"  {s.name}: diagnostic costs (EMA) {costs or '-'}; deferred by budget {dict(b.skipped) or 0}; "
+              f"errors {s.monitor.errors or 0}")
+    print(f"run.log() latency: p50 {p50:.2f} µs, p99 {p99:.2f} µs (3 keys, offline mode)")
+    print("targets: default ≤ 1.03×, everything ≤ 1.5× (Cockpit full 21×, wandb.watch all 2.6×), run.log ≤ 20 µs")
+    if not math.isfinite(base):
+        raise SystemExit("no timing")
+
+
+if __name__ == "__main__":
+    main()

@@ -38,6 +38,25 @@ def _torch() -> Any:
     return sys.modules.get("torch")
 
 
+def _weight(record: Record) -> int:
+    """A record's share of a batch: its points, or an array's element count (spectra of every
+    layer in one batch could otherwise exceed the server's body limit)."""
+    kind = record[0]
+    if kind == SCALARS:
+        return len(record[1]) if isinstance(record[1], dict) else 1
+    if kind == ARRAY:
+        values = record[2]
+        try:
+            numel = getattr(values, "numel", None)
+            if callable(numel):
+                return max(1, int(numel()))
+            size = getattr(values, "size", None)
+            return max(1, int(size) if isinstance(size, (int, np.integer)) else len(values))
+        except (TypeError, ValueError):
+            return 1
+    return 1
+
+
 class BatchBuilder:
     """Builds numbered batches for one run (and one rank of it).
 
@@ -46,7 +65,7 @@ class BatchBuilder:
         rank: the rank whose batch ids and keys are tagged (``None``/0: untagged).
         key_prefix: put before every scalar and array key (``"rank1."`` for a shared run's rank 1).
         session: nonce for batch ids when the run id was not minted by this process.
-        batch_points: start a new batch after this many data records.
+        batch_points: start a new batch after this many scalar points plus array elements.
         problems: where conversion failures are counted.
     """
 
@@ -77,8 +96,7 @@ class BatchBuilder:
         while start < len(records):
             end, points = start, 0
             while end < len(records) and points < self.batch_points:
-                record = records[end]
-                points += len(record[1]) if record[0] == SCALARS and isinstance(record[1], dict) else 1
+                points += _weight(records[end])
                 end += 1
             batch = self._build_one(records[start:end])
             if batch["scalars"] or batch["arrays"] or batch["events"]:

@@ -361,3 +361,13 @@ def test_config_accepts_namespace_and_dataclass(fake_server: FakeServer, fast_se
         with _init(fake_server, fast_settings, config=config) as run:
             pass
         assert fake_server.runs[run.id]["config"] == expected
+
+
+def test_large_arrays_are_split_across_batches() -> None:
+    from probe.client.batching import ARRAY, BatchBuilder
+
+    records = [(ARRAY, "sv.weight", torch.ones(1000), 0, f"layer{i}", 0.0) for i in range(10)]
+    batches = BatchBuilder("r", batch_points=2500).build(records)
+    assert [len(b["arrays"]) for b in batches] == [3, 3, 3, 1]
+    assert [a["layer"] for b in batches for a in b["arrays"]] == [f"layer{i}" for i in range(10)]
+    assert len({b["batch_id"] for b in batches}) == 4

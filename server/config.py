@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = 32 * 1024 * 1024
     heartbeat_timeout: float = 120.0
     reaper_interval: float = 15.0
+    # Decoded long series kept in memory per process (0 disables); see store.series.SeriesCache.
+    series_cache_mb: int = 256
     # None = derived from the bind host (loopback → reads are open); True/False force it.
     read_auth: bool | None = None
 

@@ -17,6 +17,7 @@ from server.api import openapi as api_openapi
 from server.config import VERSION, Settings, get_settings
 from server.db import make_engine, make_sessionmaker
 from server.errors import install_handlers
+from server.store.series import SeriesCache
 from server.wire import WireJSONResponse
 
 log = logging.getLogger("optiscope.server")
@@ -67,6 +68,8 @@ def _lifespan_for(settings: Settings):  # noqa: ANN202
         app.state.sessionmaker = make_sessionmaker(engine)
         sqlite = make_url(settings.db_url).get_backend_name() == "sqlite"
         app.state.write_lock = threading.Lock() if sqlite else contextlib.nullcontext()
+        app.state.series_cache = (SeriesCache(settings.series_cache_mb * 1024 * 1024)
+                                  if settings.series_cache_mb > 0 else None)
         reaper = Reaper(app, settings)
         app.state.reaper = reaper
         if settings.reaper_interval > 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from server import store
 from server.api.deps import ReaderDep, ReadRunDep, SessionDep
@@ -19,7 +19,7 @@ router = APIRouter(tags=["query"])
 
 @router.get("/series")
 def read_series(
-    _reader: ReaderDep, session: SessionDep,
+    request: Request, _reader: ReaderDep, session: SessionDep,
     run_id: Annotated[list[str], Query(min_length=1, max_length=50)],
     key: Annotated[list[str], Query(min_length=1, max_length=500)],
     x: Literal["step", "time"] = "step",
@@ -33,7 +33,7 @@ def read_series(
         raise RunNotFound(missing[0])
     series = store.read_series(session=session, run_ids=list(dict.fromkeys(run_id)),
                                keys=list(dict.fromkeys(key)), x=x, points=points, x_min=x_min, x_max=x_max,
-                               after_step=after_step)
+                               after_step=after_step, cache=request.app.state.series_cache)
     return WireJSONResponse({"series": series})
 
 

@@ -10,6 +10,8 @@ straight into new chunks of up to ``CHUNK_POINTS`` without rewriting anything.
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -215,6 +217,16 @@ def load_points(
     in_order = all(r[4] for r in rows) and all(rows[i][2] >= rows[i - 1][3] for i in range(1, len(rows)))
     if not in_order:
         pts = pts.take(np.argsort(pts.steps, kind="stable"))
+    return select_range(pts, x=x, x_min=x_min, x_max=x_max, after_step=after_step)
+
+
+def select_range(
+    pts: Points, *, x: str = "step", x_min: float | None = None, x_max: float | None = None,
+    after_step: int | None = None,
+) -> Points:
+    """The points of a step-sorted series inside the x range (and after ``after_step``)."""
+    if x_min is None and x_max is None and after_step is None:
+        return pts
     if x == "step":
         # sorted by step: the range is a slice found by binary search, no mask over every point
         lo_bound = x_min
@@ -243,23 +255,86 @@ def _step_index(steps: np.ndarray, bound: float, side: Literal["left", "right"])
     return int(np.searchsorted(steps, edge, side))
 
 
+class SeriesCache:
+    """LRU of decoded whole series, bounded in bytes, shared by the request threads.
+
+    Keyed by the series row's version (id, count, chunk count, last step, last value), which
+    every append changes, so an entry can never be stale — also across API replicas, since the
+    version is read from the database on every request. Only long series are cached: short
+    ones are cheaper to read than to keep.
+    """
+
+    MIN_POINTS = 20_000
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[Any, ...], Points] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _size(p: Points) -> int:
+        return p.steps.nbytes + p.values.nbytes + (p.times.nbytes if p.times.strides != (0,) else 0)
+
+    def get(self, version: tuple[Any, ...], need_times: bool) -> Points | None:
+        with self._lock:
+            pts = self._entries.get(version)
+            if pts is None or (need_times and pts.times.strides == (0,)):
+                return None
+            self._entries.move_to_end(version)
+            return pts
+
+    def put(self, version: tuple[Any, ...], pts: Points) -> None:
+        size = self._size(pts)
+        if len(pts) < self.MIN_POINTS or size > self.max_bytes:
+            return
+        for arr in (pts.steps, pts.values, pts.times):
+            if arr.flags.writeable:
+                arr.flags.writeable = False  # shared between request threads
+        with self._lock:
+            old = self._entries.pop(version, None)
+            if old is not None:
+                self._bytes -= self._size(old)
+            self._entries[version] = pts
+            self._bytes += size
+            while self._bytes > self.max_bytes and self._entries:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= self._size(evicted)
+
+
 def read_series(
     *, session: Session, run_ids: Sequence[str], keys: Sequence[str], x: str = "step", points: int = 2000,
     x_min: float | None = None, x_max: float | None = None, after_step: int | None = None,
+    cache: SeriesCache | None = None,
 ) -> list[dict[str, Any]]:
-    """One entry per (run, key) in request order; unknown keys give an empty series."""
+    """One entry per (run, key) in request order; unknown keys give an empty series.
+
+    Live appends (``after_step``) read only the new chunks from the database; other reads go
+    through ``cache`` when given (zooming and re-opening a chart re-read the same long series).
+    """
     rows = session.execute(
-        select(Series.run_id, Series.key, Series.id).where(Series.run_id.in_(list(run_ids)),
-                                                           Series.key.in_(list(keys)))
+        select(Series.run_id, Series.key, Series.id, Series.count, Series.n_chunks, Series.last_step,
+               Series.last_value)
+        .where(Series.run_id.in_(list(run_ids)), Series.key.in_(list(keys)))
     ).all()
-    ids = {(r, k): i for r, k, i in rows}
+    found = {(r.run_id, r.key): r for r in rows}
+    need_times = x == "time"
     out = []
     for run_id in run_ids:
         for key in keys:
-            sid = ids.get((run_id, key))
-            pts = Points.empty() if sid is None else load_points(
-                session=session, series_id=sid, x=x, x_min=x_min, x_max=x_max, after_step=after_step,
-                with_times=x == "time")
+            row = found.get((run_id, key))
+            if row is None:
+                pts = Points.empty()
+            elif cache is None or after_step is not None:
+                pts = load_points(session=session, series_id=row.id, x=x, x_min=x_min, x_max=x_max,
+                                  after_step=after_step, with_times=need_times)
+            else:
+                version = (row.id, run_id, key, row.count, row.n_chunks, row.last_step, row.last_value)
+                full = cache.get(version, need_times)
+                if full is None:
+                    full = load_points(session=session, series_id=row.id, with_times=need_times)
+                    cache.put(version, full)
+                pts = select_range(full, x=x, x_min=x_min, x_max=x_max)
             total = len(pts)
             downsampled = total > points
             if downsampled:

@@ -204,3 +204,22 @@ def test_import_malformed_is_422_and_writes_nothing(api: Api) -> None:
 def test_unknown_api_path_is_json_404(api: Api, path: str) -> None:
     r = api.client.get(path)
     assert r.status_code == 404 and "detail" in r.json()
+
+
+def test_series_cache_sees_appends_and_ranges(api: Api) -> None:
+    """Long series are served from the in-process cache; an append changes the version."""
+    run = api.create_run()
+    n = 25_000
+    put(api, run["id"], scalars=[{"key": "loss", "steps": list(range(n)), "times": [float(i) for i in range(n)],
+                                   "values": [1.0] * n}])
+    first = series(api, run_id=run["id"], key="loss", points=100)[0]
+    assert first["total"] == n
+    cache = api.app.state.series_cache
+    assert cache is not None and len(cache._entries) == 1
+    put(api, run["id"], scalars=[{"key": "loss", "steps": [n], "times": [float(n)], "values": [99.0]}])
+    again = series(api, run_id=run["id"], key="loss", points=100)[0]
+    assert again["total"] == n + 1 and again["steps"][-1] == n and again["y"][-1] == 99.0
+    window = series(api, run_id=run["id"], key="loss", x_min=100, x_max=199.5, points=1000)[0]
+    assert window["steps"] == list(range(100, 200))
+    by_time = series(api, run_id=run["id"], key="loss", x="time", x_min=24_999.5, points=1000)[0]
+    assert by_time["x"] == [25_000.0] and by_time["y"] == [99.0]

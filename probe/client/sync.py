@@ -29,6 +29,8 @@ class SyncReport:
     status: str | None = None
     skipped: str | None = None
     error: str | None = None
+    unreachable: bool = False
+    """The error was transient (server down or overloaded): later runs are not even tried."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -92,6 +94,7 @@ def sync_run(directory: Path, transport: Transport) -> SyncReport:
                 report.status = status
         except (TransientError, PermanentError) as exc:
             report.error = str(exc)
+            report.unreachable = isinstance(exc, TransientError)
             return report
         if spool.skipped_lines:
             report.notes.append(f"{spool.skipped_lines} torn lines skipped")
@@ -103,9 +106,15 @@ def sync_run(directory: Path, transport: Transport) -> SyncReport:
 
 def sync_home(spool_root: Path, transport: Transport, run_ids: list[str] | None = None) -> list[SyncReport]:
     """Replay every run under ``spool_root`` (``$OPTISCOPE_HOME/spool``), oldest first."""
-    reports = []
+    reports: list[SyncReport] = []
+    unreachable = False
     for directory in spooled_runs(spool_root):
         if run_ids and directory.name.split(".r")[0] not in run_ids:
             continue
-        reports.append(sync_run(directory, transport))
+        if unreachable:  # each try would wait out the retries again: say so instead
+            reports.append(SyncReport(directory, skipped="server unreachable, not tried"))
+            continue
+        report = sync_run(directory, transport)
+        unreachable = report.unreachable
+        reports.append(report)
     return reports

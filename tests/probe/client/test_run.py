@@ -371,3 +371,20 @@ def test_large_arrays_are_split_across_batches() -> None:
     assert [len(b["arrays"]) for b in batches] == [3, 3, 3, 1]
     assert [a["layer"] for b in batches for a in b["arrays"]] == [f"layer{i}" for i in range(10)]
     assert len({b["batch_id"] for b in batches}) == 4
+
+
+def test_sync_stops_at_an_unreachable_server_and_keeps_everything(
+    fake_server: FakeServer, fast_settings: ClientConfig
+) -> None:
+    for _ in range(3):
+        with probe.init("p", mode="offline", settings=fast_settings) as run:
+            run.log({"x": 1.0}, step=0)
+    fake_server.down = True
+    transport = Transport(fast_settings.api, "tok", client=fake_server.client(), max_attempts=1)
+    reports = sync_home(fast_settings.spool_dir, transport)
+    assert [bool(r.error) for r in reports] == [True, False, False]
+    assert [r.skipped for r in reports[1:]] == ["server unreachable, not tried"] * 2
+    assert len(fake_server.requests) == 1
+    fake_server.down = False
+    assert all(r.ok and r.status == "finished" for r in sync_home(fast_settings.spool_dir, transport))
+    assert len(fake_server.runs) == 3

@@ -46,7 +46,7 @@ from probe.diagnostics.gradient_diff import gradient_difference
 from probe.diagnostics.quantities import (
     as_matrix,
     global_norm,
-    nonfinite_count,
+    nonfinite_counts,
     orthogonality_error,
     row_norms,
     spread_stats,
@@ -432,7 +432,7 @@ class Monitor:
                     state.before = torch._foreach_mul(tensors, 1.0)  # one batched clone
                     state.captured = captured
                     if "update" in plan:
-                        state.grad_nonfinite = [nonfinite_count(layer.param.grad) for layer in captured]
+                        state.grad_nonfinite = nonfinite_counts([layer.param.grad for layer in captured])
                 owner = next((n for n in ("update", "neuron", "spectra") if n in plan), "update")
                 self._costs[owner] = self._costs.get(owner, 0.0) + time.perf_counter() - t
             wants_internals = "internals" in plan or (
@@ -536,11 +536,10 @@ class Monitor:
     def _measure_update(self, step: int, state: _OptStep, deltas: dict[int, Tensor]) -> None:
         layers = state.captured
         d = [deltas[id(layer.param)] for layer in layers]
-        dn = torch._foreach_norm(d)  # type: ignore[misc]
-        wn = torch._foreach_norm(state.before)  # type: ignore[misc]
-        ratios = [a.float() / b.float() for a, b in zip(dn, wn)]
-        self._add_record(step, [f"update_ratio/{layer.name}" for layer in layers], ratios)
-        counts = [g + nonfinite_count(x) for g, x in zip(state.grad_nonfinite, d)]
+        dn = _stack_f32(torch._foreach_norm(d))  # type: ignore[misc]
+        wn = _stack_f32(torch._foreach_norm(state.before))  # type: ignore[misc]
+        self._add_record(step, [f"update_ratio/{layer.name}" for layer in layers], dn / wn)
+        counts = _stack_f32(nonfinite_counts(d)) + _stack_f32(state.grad_nonfinite)
         self._add_record(step, [f"nonfinite/{layer.name}" for layer in layers], counts)
 
     def _measure_neurons(self, step: int, state: _OptStep, deltas: dict[int, Tensor]) -> None:
@@ -709,11 +708,11 @@ class Monitor:
                 self.run.log_array("infobatch.scores_hist", list(map(float, stats.scores_hist)), step=stats.epoch)
 
     # ------------------------------------------------------------------ helpers
-    def _add_record(self, step: int, keys: list[str], values: Sequence[Tensor]) -> None:
+    def _add_record(self, step: int, keys: list[str], values: Sequence[Tensor] | Tensor) -> None:
+        """Keep one step's scalars as one 1-D float32 device tensor (a list of 0-d tensors is stacked)."""
         if not keys:
             return
-        device = values[0].device
-        stacked = torch.stack([v.detach().reshape(()).to(device=device, dtype=torch.float32) for v in values])
+        stacked = values.detach().float() if isinstance(values, Tensor) else _stack_f32(values)
         self._records.append(_Record(step, keys, stacked))
 
     def _timed(self, name: str, fn: Callable[[], None]) -> None:
@@ -783,6 +782,12 @@ class Monitor:
                 RuntimeWarning,
                 stacklevel=3,
             )
+
+
+def _stack_f32(values: Sequence[Tensor]) -> Tensor:
+    """Stack 0-d tensors (any float/int dtype, one device) into a 1-D float32 tensor."""
+    device = values[0].device
+    return torch.stack([v.detach().reshape(()).to(device=device, dtype=torch.float32) for v in values])
 
 
 def attach(

@@ -11,6 +11,7 @@ from probe.diagnostics.quantities import (
     as_matrix,
     global_norm,
     nonfinite_count,
+    nonfinite_counts,
     orthogonality_error,
     row_norms,
     spread_stats,
@@ -69,3 +70,13 @@ def test_orthogonality_error_is_zero_for_semi_orthogonal(shape: tuple[int, int])
 def test_global_norm_combines_per_tensor_norms() -> None:
     assert global_norm([torch.tensor(3.0), torch.tensor(4.0)]).item() == pytest.approx(5.0)
     assert math.isnan(global_norm([torch.tensor(3.0), torch.tensor(float("nan"))]).item())
+
+
+def test_batched_nonfinite_counts_match_the_single_tensor_count() -> None:
+    tensors = [
+        torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 0.0]),
+        torch.zeros(3, 2),
+        torch.tensor([[float("nan")] * 4]).bfloat16(),
+    ]
+    assert [c.item() for c in nonfinite_counts(tensors)] == [nonfinite_count(t).item() for t in tensors] == [3, 0, 4]
+    assert nonfinite_counts([]) == []

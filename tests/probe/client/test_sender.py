@@ -67,6 +67,7 @@ def test_outage_probes_follow_exponential_backoff_then_replay_in_order(
         sender._cycle()
     assert fake_server.steps("x") == list(range(400))  # created first, then replayed in order
     assert fake_server.heartbeats == 1  # at once after the outage
+    sender.spool.release()
 
 
 def test_direct_send_when_online_and_nothing_spooled(fake_server: FakeServer, fast_settings: ClientConfig) -> None:
@@ -78,3 +79,4 @@ def test_direct_send_when_online_and_nothing_spooled(fake_server: FakeServer, fa
     assert [p for _, p in fake_server.requests] == ["/api/v1/runs", "/api/v1/runs/run1/batches",
                                                     "/api/v1/runs/run1/heartbeat"]
     assert not Path(sender.spool.directory / "000000000001.jsonl").exists()
+    sender.spool.release()

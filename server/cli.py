@@ -13,8 +13,12 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from server.config import Settings, is_loopback
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -66,7 +70,7 @@ def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
     return settings.model_copy(update=update) if update else settings
 
 
-def _session(settings: Settings):  # noqa: ANN202
+def _session(settings: Settings) -> Session:
     from server.db import make_engine, make_sessionmaker
     from server.migrate import upgrade
 
@@ -77,7 +81,7 @@ def _session(settings: Settings):  # noqa: ANN202
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from server.auth import ensure_local_token
+    from server.auth import ensure_local_token, list_tokens
     from server.main import create_app
 
     settings = _settings(args, host=args.host, port=args.port)
@@ -91,6 +95,9 @@ def _serve(args: argparse.Namespace) -> int:
             url_host = "127.0.0.1" if settings.host in ("localhost",) else settings.host
             url_host = f"[{url_host}]" if ":" in url_host else url_host
             (home / "server.json").write_text(json.dumps({"url": f"http://{url_host}:{settings.port}"}) + "\n")
+        elif not any(t.revoked_at is None for t in list_tokens(session=session)):
+            print("optiscope: no API token exists yet; clients need one: optiscope token create"
+                  + (f" --db {args.db}" if args.db else ""), file=sys.stderr)
     finally:
         session.close()
     app = create_app(settings, token=token or os.environ.get("OPTISCOPE_TOKEN"))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from importlib.metadata import entry_points
 
 from fastapi import FastAPI, Request
@@ -60,7 +61,7 @@ class Reaper:
             self._stop.wait(self._settings.reaper_interval)
 
 
-def _lifespan_for(settings: Settings):  # noqa: ANN202
+def _lifespan_for(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.db_url)

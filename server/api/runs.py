@@ -5,19 +5,21 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy.orm import Session
 
 from server import store
 from server.api.deps import ReaderDep, ReadRunDep, SessionDep, WriterDep, WriteRunDep, RawBodyDep, writing
 from server.api.openapi import json_body
 from server.body import parse_model
 from server.errors import Forbidden, InvalidBody
+from server.models import Run
 from server.schemas import RunCreate, RunFinish, RunUpdate
 from server.wire import WireJSONResponse
 
 router = APIRouter(tags=["runs"])
 
 
-def _run_response(session, run, status_code: int = 200) -> WireJSONResponse:  # noqa: ANN001
+def _run_response(session: Session, run: Run, status_code: int = 200) -> WireJSONResponse:
     read = store.run_read(session=session, run=run)
     return WireJSONResponse(read.model_dump(), status_code=status_code)
 

@@ -130,28 +130,47 @@ def bench_throughput(server: Server, settings: ClientConfig, points: int) -> Non
     print(f"  end-to-end: {stored} points stored in {elapsed:.2f}s = {stored / elapsed:,.0f} points/s (flush ok={ok})")
 
 
-def bench_outage(server: Server, settings: ClientConfig, steps: int) -> None:
+def _rss_mib() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux
+        return float("nan")
+
+
+def bench_outage(server: Server, settings: ClientConfig, seconds: float) -> None:
+    """Log at a steady pace for ``seconds``; the server is down for the middle 60% of it."""
     run = probe.init("bench-outage", settings=settings)
     clock = time.perf_counter_ns
     lat_up, lat_down = [], []
-    third = steps // 3
-    for step in range(steps):
-        if step == third:
+    rss: dict[str, float] = {}
+    start = time.monotonic()
+    phase, step, spooled = "up", 0, 0
+    while (elapsed := time.monotonic() - start) < seconds:
+        if phase == "up" and elapsed > 0.2 * seconds and "before" not in rss:
             run.flush(timeout=30)
+            rss["before"] = _rss_mib()
             server.stop()
-        if step == 2 * third:
+            phase = "down"
+        elif phase == "down" and elapsed > 0.8 * seconds:
+            rss["end of outage"] = _rss_mib()
+            spooled = run.sender.spool.bytes if run.sender and run.sender.spool else 0
             server.start()
+            phase = "up"
         t0 = clock()
         run.log({"loss": 1.0 / (step + 1), "acc": 0.5}, step=step)
-        (lat_down if third <= step < 2 * third else lat_up).append(clock() - t0)
-        if step % 100 == 0:
-            time.sleep(0.001)  # some "training" between log calls
+        (lat_down if phase == "down" else lat_up).append(clock() - t0)
+        step += 1
+        if step % 10 == 0:
+            time.sleep(0.001)  # the training step
     ok = run.flush(timeout=120)
     run.finish()
     counts = server.count(run.id)
-    lost = 2 * steps - sum(counts.values())
-    print(f"  outage: logged {2 * steps} points, stored {sum(counts.values())}, lost {lost} "
-          f"(dropped counter {run.dropped}), flush ok={ok}")
+    lost = 2 * step - sum(counts.values())
+    print(f"  outage: {seconds * 0.6:.0f} s of {seconds:.0f} s down; logged {2 * step} points, "
+          f"stored {sum(counts.values())}, lost {lost} (dropped counter {run.dropped}), flush ok={ok}")
+    print(f"  memory: RSS {rss['before']:.0f} MiB before the outage, {rss['end of outage']:.0f} MiB at its end "
+          f"({spooled / 2**20:.1f} MiB waiting in the spool on disk)")
     print(f"  run.log while the server was down: {_percentiles(lat_down)}")
     print(f"  run.log while the server was up:   {_percentiles(lat_up)}")
 
@@ -171,7 +190,7 @@ def main() -> None:
             print(f"optiscope client benchmark (server {server.url}, SQLite, {os.cpu_count()} CPUs)")
             bench_latency(settings, int(200_000 * scale))
             bench_throughput(server, settings, int(1_000_000 * scale))
-            bench_outage(server, settings.replace(backoff_max=1.0), int(30_000 * scale))
+            bench_outage(server, settings.replace(backoff_max=1.0), 30.0 * max(scale, 0.34))
         finally:
             server.stop()
 

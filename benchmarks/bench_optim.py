@@ -69,7 +69,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step: Callable[[], None], before: Callable[[], None] | None, device: torch.device, steps: int, warmup: int) -> float:
+def time_steps(
+    step: Callable[[], None], before: Callable[[], None] | None, device: torch.device, steps: int, warmup: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
     """Minimum seconds of ``step()`` over ``steps`` runs (``before()`` runs untimed ahead of each).
 
     The minimum, not the median: on a shared machine other processes only ever add time.
@@ -79,18 +82,21 @@ def time_steps(step: Callable[[], None], before: Callable[[], None] | None, devi
         if before is not None:
             before()
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         step()
         _sync(device)
         if i >= warmup:
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
     return min(times)
 
 
-def run(device: torch.device, d: int, layers: int, steps: int, warmup: int) -> None:
+def run(device: torch.device, d: int, layers: int, steps: int, warmup: int, clock_name: str = "wall") -> None:
     from probe.optim import Muon, NorMuon
 
     rows: list[tuple[str, float, int]] = []
+    # "cpu": CPU time of the calling thread with one intra-op thread: immune to other processes on a
+    # shared host (wall time there measures the neighbours); "wall": perf_counter, for idle hosts/GPUs.
+    clock = time.thread_time if clock_name == "cpu" else time.perf_counter
 
     def bench(name: str, make: Callable[[nn.Module], torch.optim.Optimizer], needs_fwd: bool = False) -> None:
         model = make_model(d, layers, device)
@@ -108,7 +114,7 @@ def run(device: torch.device, d: int, layers: int, steps: int, warmup: int) -> N
         else:
             set_grads(model)
         try:
-            sec = time_steps(opt.step, before, device, steps, warmup)
+            sec = time_steps(opt.step, before, device, steps, warmup, clock)
         except Exception as exc:  # noqa: BLE001
             print(f"  {name:<28} n/a ({type(exc).__name__}: {exc})")
             return
@@ -137,7 +143,7 @@ def run(device: torch.device, d: int, layers: int, steps: int, warmup: int) -> N
     by = {name: (sec, nbytes) for name, sec, nbytes in rows}
     n_params = sum(p.numel() for p in make_model(d, layers, torch.device("cpu")).parameters())
     print(f"\n{device.type}: width {d}, {layers} blocks, {4 * layers} matrices, {n_params / 1e6:.2f} M params, "
-          f"threads {torch.get_num_threads()}, min of {steps} steps")
+          f"threads {torch.get_num_threads()}, {clock_name} clock, min of {steps} steps")
     adamw = by.get("torch AdamW (foreach)", (float("nan"), 1))
     tmuon = by.get("torch Muon", (float("nan"), 1))
     print(f"  {'optimizer':<28} {'step ms':>9} {'x AdamW':>8} {'x tMuon':>8} {'state MiB':>10} {'x AdamW':>8}")
@@ -156,6 +162,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default=None,
+                    help="cpu = single-thread CPU time (default on CPU; robust on a shared host); wall = elapsed")
     args = ap.parse_args()
     plans = []
     if args.device in (None, "cpu"):
@@ -163,7 +171,10 @@ def main() -> None:
     if args.device == "cuda" or (args.device is None and torch.cuda.is_available()):
         plans.append((torch.device("cuda"), args.width or 768, args.layers or 12))
     for device, d, layers in plans:
-        run(device, d, layers, args.steps, args.warmup)
+        clock_name = args.clock or ("cpu" if device.type == "cpu" else "wall")
+        if device.type == "cpu" and clock_name == "cpu":
+            torch.set_num_threads(1)  # thread_time sees only the calling thread
+        run(device, d, layers, args.steps, args.warmup, clock_name)
 
 
 if __name__ == "__main__":

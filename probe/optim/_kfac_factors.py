@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +80,7 @@ class KroneckerLayer:
     split_rows: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # low-rank (g rows, x rows)
     n_first: int = 0
     n_total: int = 0
-    extra: dict[str, Tensor] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)  # derived from the eigenbasis; see KFAC
 
     @property
     def weight(self) -> nn.Parameter:

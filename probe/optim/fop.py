@@ -78,23 +78,41 @@ def fop_direction_eigenbasis(
     There F = A (x) G is diagonal with entries lambda_G lambda_A^T and M has entries ``eigen_denominator``,
     so every inner product is an elementwise reduction. Returns eta* M^-1 g_comb in the eigenbasis.
     """
+    fisher = torch.outer(g_eigs, a_eigs)  # undamped F
+    minv = eigen_denominator(a_eigs, g_eigs, damping, factored=factored).reciprocal_()
+    return _fop_core(ga, gd, fisher, minv, eta_convention=eta_convention, beta_guard=beta_guard,
+                     with_stats=with_stats)
+
+
+def _fop_core(
+    ga: Tensor,
+    gd: Tensor,
+    fisher: Tensor,
+    minv: Tensor,
+    *,
+    eta_convention: str,
+    beta_guard: float,
+    with_stats: bool,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """FOP in the eigenbasis given the diagonals of F and M^-1 (both (d_out, a_dim)).
+
+    Inner products are flat dot products and eta* comes from its closed form in N, D, E: this is the only
+    per-step work FOP adds over KFAC in the eigenbasis, so it keeps full-size temporaries to four.
+    """
     if eta_convention not in ("avg", "sum"):
         raise ValueError(f"Invalid eta_convention: {eta_convention!r} (must be 'avg' or 'sum')")
-    # Inner products as flat dot products, and eta* from its closed form in N, D, E: this is the only
-    # per-step work FOP adds over KFAC in the eigenbasis, so it avoids full-size temporaries.
-    fisher = torch.outer(g_eigs, a_eigs).reshape(-1)  # undamped F
-    minv = eigen_denominator(a_eigs, g_eigs, damping, factored=factored).reshape(-1).reciprocal_()
-    ga_f, gd_f = ga.reshape(-1), gd.reshape(-1)
+    shape = ga.shape
+    ga, gd, fisher, minv = ga.reshape(-1), gd.reshape(-1), fisher.reshape(-1), minv.reshape(-1)
     zero = ga.new_zeros(())
 
-    fa = ga_f * fisher
-    aa_f = torch.dot(ga_f, fa)  # <g_avg, g_avg>_F
-    da_f = torch.dot(gd_f, fa)  # <g_diff, g_avg>_F
+    fa = ga * fisher
+    aa_f = torch.dot(ga, fa)  # <g_avg, g_avg>_F
+    da_f = torch.dot(gd, fa)  # <g_diff, g_avg>_F
     s_proj = torch.where(aa_f > 0, da_f / torch.where(aa_f > 0, aa_f, 1.0), zero)  # Eq. 4 (0 if g_avg = 0)
-    gp = gd_f - s_proj * ga_f  # g_perp, Eq. 5
-    ga_m = ga_f * minv
+    gp = torch.addcmul(gd, ga, -s_proj)  # g_perp = g_diff - s_proj g_avg, Eq. 5
+    ga_m = ga * minv
     gp_m = gp * minv
-    n_val = torch.dot(ga_f, ga_m)  # g_avg^T M^-1 g_avg
+    n_val = torch.dot(ga, ga_m)  # g_avg^T M^-1 g_avg
     d_val = torch.dot(gp, ga_m)  # Eq. 13
     e_val = torch.dot(gp, gp_m)
     keep = e_val > beta_guard * n_val
@@ -104,15 +122,15 @@ def fop_direction_eigenbasis(
     num = (n_val + beta * d_val) * (2.0 if eta_convention == "sum" else 1.0)
     den = n_val + beta * (2.0 * d_val + beta * e_val)
     eta = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), zero)
-    pc = (ga_m + beta * gp_m).reshape(ga.shape)
     stats = {"s_proj": s_proj, "D": d_val, "E": e_val, "beta": beta, "eta": eta}
     if with_stats:
         gavg_f = aa_f.clamp(min=0).sqrt()
         stats["gavg_fisher"] = gavg_f
-        stats["gdiff_fisher"] = torch.dot(gd_f * fisher, gd_f).clamp(min=0).sqrt()
+        stats["gdiff_fisher"] = torch.dot(gd * fisher, gd).clamp(min=0).sqrt()
         stats["parallel"] = s_proj.abs() * gavg_f
         stats["orthogonal"] = torch.dot(gp * fisher, gp).clamp(min=0).sqrt()
-    return pc * eta, stats  # Eq. 18 without eta_0 (the base step applies lr)
+    step = torch.addcmul(ga_m, gp_m, beta).mul_(eta)  # Eq. 18 without eta_0 (the base step applies lr)
+    return step.reshape(shape), stats
 
 
 class FOP(KFAC):
@@ -254,9 +272,12 @@ class FOP(KFAC):
                 s1 = layer.split_in_eigenbasis(qa, qg)
                 g1_t, g2_t = s1 * entry[1], (ga - s1) * entry[2]
                 gd = g1_t - g2_t
-        step, stats = fop_direction_eigenbasis(
-            ga, gd, st["dA"], st["dG"], damping, factored=group["factored_pi"],
-            eta_convention=group["eta_convention"], beta_guard=group["beta_guard"],
+        minv = self._inverse_curvature(layer, damping, group["factored_pi"])
+        fisher = layer.cache.get("fisher")
+        if fisher is None:  # cached alongside M^-1, so it is dropped with it when the eigenbasis changes
+            fisher = layer.cache["fisher"] = torch.outer(st["dG"], st["dA"])
+        step, stats = _fop_core(
+            ga, gd, fisher, minv, eta_convention=group["eta_convention"], beta_guard=group["beta_guard"],
             with_stats=info is not None,
         )
         if info is not None:

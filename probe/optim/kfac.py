@@ -22,9 +22,11 @@ from probe.optim._kfac_factors import (
     KroneckerLayer,
     eigen_denominator,
     factored_pi,
+    from_eigenbasis,
     kfac_precondition,
     kl_clip_factor,
     supports_module,
+    to_eigenbasis,
 )
 
 __all__ = ["KFAC", "kfac_precondition", "kl_clip_factor", "eigen_denominator", "factored_pi"]
@@ -254,6 +256,7 @@ class KFAC(Optimizer):
         super().load_state_dict(sd)
         for layer in self._layers:
             layer.reset()
+            layer.cache.clear()
 
     # ------------------------------------------------------------------ capture
     def _interval(self, key: str, step: int) -> int:
@@ -346,14 +349,31 @@ class KFAC(Optimizer):
     def _prepare_directions(self, layers: list[KroneckerLayer]) -> None:
         """Hook for subclasses before per-layer directions are computed (FOP: dual all-reduce)."""
 
+    def _inverse_curvature(self, layer: KroneckerLayer, damping: float, factored: bool) -> Tensor:
+        """1 / eigenvalues of M on the (d_out, a_dim) grid (see :func:`eigen_denominator`).
+
+        Cached on the layer until the eigendecomposition (tensor identity) or the damping changes, so steps
+        between inverse updates only pay for the two basis changes.
+        """
+        st = self.state[layer.weight]
+        cache = layer.cache
+        if (cache.get("dA") is not st["dA"] or cache.get("dG") is not st["dG"]
+                or cache.get("damping") != damping or cache.get("factored") != factored):
+            cache.clear()
+            cache.update(dA=st["dA"], dG=st["dG"], damping=damping, factored=factored,
+                         minv=eigen_denominator(st["dA"], st["dG"], damping, factored=factored).reciprocal_())
+        return cache["minv"]
+
     def _layer_direction(self, layer: KroneckerLayer, group: dict[str, Any], damping: float,
                          info: dict[str, Tensor] | None) -> tuple[Tensor, Tensor]:
-        """(raw gradient matrix, preconditioned direction V) for one layer; KFAC: V = M^-1 grad."""
+        """(raw gradient matrix, preconditioned direction V) for one layer; KFAC: V = M^-1 grad.
+
+        Same as :func:`kfac_precondition`, with the inverse eigenvalue grid cached.
+        """
         st = self.state[layer.weight]
         raw = layer.grad_matrix()
-        v = kfac_precondition(
-            raw, st["QA"], st["dA"], st["QG"], st["dG"], damping, factored=group["factored_pi"]
-        )
+        minv = self._inverse_curvature(layer, damping, group["factored_pi"])
+        v = from_eigenbasis(to_eigenbasis(raw, st["QA"], st["QG"]) * minv, st["QA"], st["QG"])
         return raw, v
 
     # ------------------------------------------------------------------ step

@@ -5,9 +5,10 @@ every diagnostic every step; plus ``run.log()`` latency. Figures are printed (a 
     python benchmarks/bench_probe.py --size small    # force the small model
     python benchmarks/bench_probe.py --optimizer muon
 
-The three configurations train identical models side by side, interleaved in rounds so that machine
-noise (other processes, turbo states) hits them alike; each configuration keeps its Monitor across
-rounds, so the cadence and the overhead budget reach their steady state instead of restarting.
+The three configurations train identical models side by side, interleaved step by step so that machine
+noise (other processes, turbo states) hits them alike; each configuration keeps its Monitor for the
+whole run, so the cadence and the overhead budget reach their steady state. Medians are the headline
+(robust to a noisy neighbour); means include the rare expensive steps (spectra every 50 steps).
 Targets (DESIGN.md): default cadence ≤ 1.03×, everything every step ≤ 1.5× (Cockpit "full": 21×,
 wandb.watch(log="all"): 2.6×); run.log() ≤ 20 µs.
 """
@@ -110,20 +111,20 @@ def build(name: str, cfg: GPTConfig, kind: str, device: torch.device, run: Any, 
     return Setup(name, model, opts, monitor, [])
 
 
-def run_steps(s: Setup, data: torch.Tensor, steps: int, device: torch.device) -> None:
+def run_step(s: Setup, data: torch.Tensor, i: int, device: torch.device, record: bool) -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for i in range(steps):
-        sync()
-        t0 = time.perf_counter()
-        x = data[i % data.shape[0]]
-        logits = s.model(x[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-        for opt in s.opts:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in s.opts:
-            opt.step()
-        sync()
+    sync()
+    t0 = time.perf_counter()
+    x = data[i % data.shape[0]]
+    logits = s.model(x[:, :-1])
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+    for opt in s.opts:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in s.opts:
+        opt.step()
+    sync()
+    if record:
         s.times.append(time.perf_counter() - t0)
 
 
@@ -171,11 +172,10 @@ def main() -> None:
         ]
         gen = torch.Generator().manual_seed(0)
         data = torch.randint(0, cfg.vocab, (16, cfg.batch, cfg.seq + 1), generator=gen).to(device)
-        for r in range(args.warmup_rounds + rounds):
+        # Interleave single steps: on a shared machine the load then hits every configuration alike.
+        for i in range((args.warmup_rounds + rounds) * steps):
             for s in setups:
-                if r == args.warmup_rounds:
-                    s.times.clear()
-                run_steps(s, data, steps, device)
+                run_step(s, data, i, device, record=i >= args.warmup_rounds * steps)
         for s in setups:
             if s.monitor is not None:
                 s.monitor.detach()

@@ -323,22 +323,27 @@ class Monitor:
         Each callable runs the forward pass of one half and returns its mean loss; gradients are taken
         with ``torch.autograd.grad`` so ``.grad`` is untouched — unless ``set_grad=True``, which writes
         g_avg = (g₁+g₂)/2 into ``.grad`` so the two half passes replace the usual full backward.
+
+        Raises:
+            Whatever the loss callables or ``autograd.grad`` raise: they are the training computation.
+            Errors of the measurement itself are caught (failure policy of the Monitor).
         """
+        # The two half passes are the training computation (with set_grad they replace the backward), so
+        # their errors propagate like any training error; only the measurement itself is guarded.
+        # every parameter the optimizers step (not only the monitored ones), so set_grad leaves none without .grad
+        params = list({id(p): p for opt in self.optimizers for group in opt.param_groups
+                       for p in group["params"] if p.requires_grad}.values())
+        g1 = torch.autograd.grad(half_losses[0](), params, allow_unused=True)
+        g2 = torch.autograd.grad(half_losses[1](), params, allow_unused=True)
+        if set_grad:
+            with torch.no_grad():
+                for p, a, b in zip(params, g1, g2):
+                    if a is not None and b is not None:
+                        p.grad = (a + b) / 2
         t0 = time.perf_counter()
         try:
-            layers = [layer for group in self._layers for layer in group if layer.param.requires_grad]
-            params = [layer.param for layer in layers]
-            g1 = torch.autograd.grad(half_losses[0](), params, allow_unused=True)
-            g2 = torch.autograd.grad(half_losses[1](), params, allow_unused=True)
-            if set_grad:
-                with torch.no_grad():
-                    for p, a, b in zip(params, g1, g2):
-                        if a is not None and b is not None:
-                            p.grad = (a + b) / 2
             self.record_gradient_diff({p: g for p, g in zip(params, g1) if g is not None},
                                       {p: g for p, g in zip(params, g2) if g is not None})
-        except Exception as exc:  # noqa: BLE001 - diagnostics must never crash training
-            self._fail("gdiff", exc)
         finally:
             self._probe_s += time.perf_counter() - t0
 

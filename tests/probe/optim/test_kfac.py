@@ -447,3 +447,20 @@ def test_deepcopied_model_does_not_feed_the_original_optimizer() -> None:
     twin = copy.deepcopy(model)  # carries a copy of the forward hooks
     F.mse_loss(twin(x), y).backward()
     assert all(layer.a_sum is None for layer in opt._layers)
+
+
+def test_damping_change_between_inverse_updates_takes_effect() -> None:
+    x, y = _data()
+    model = _mlp()
+    opt = KFAC(model, lr=0.05, momentum=0.0, kl_clip=None, factor_update_interval=1, inv_update_interval=10)
+    _train(model, opt, x, y, 1)  # eigenbasis computed at step 0 with damping 1e-3
+    for damping in (1.0, 1e-3):  # a scheduler changing damping mid-interval
+        opt.param_groups[0]["damping"] = damping
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        raw = torch.cat([model[0].weight.grad, model[0].bias.grad[:, None]], dim=1).clone()
+        opt.step()
+        st = opt.state[model[0].weight]
+        want = kfac_precondition(raw, st["QA"], st["dA"], st["QG"], st["dG"], damping)
+        got = torch.cat([model[0].weight.grad, model[0].bias.grad[:, None]], dim=1)
+        assert torch.allclose(got, want, rtol=FP32_RTOL, atol=1e-7)

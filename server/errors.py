@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.wire import WireJSONResponse
@@ -70,11 +70,14 @@ def install_handlers(app: FastAPI) -> None:
                    for e in exc.errors()]
         return WireJSONResponse({"detail": details}, status_code=422)
 
-    def _db_down(_req: Request, exc: Exception) -> WireJSONResponse:
+    def _db_error(_req: Request, exc: Exception) -> WireJSONResponse:
         assert isinstance(exc, DBAPIError)
         if isinstance(exc, OperationalError) or exc.connection_invalidated:
             return WireJSONResponse({"detail": f"database unavailable: {type(exc.orig).__name__}"},
                                     status_code=503)
+        if isinstance(exc, DataError):  # a value the engine refuses (e.g. NUL in a query string)
+            return WireJSONResponse({"detail": f"invalid value: {str(exc.orig).splitlines()[0]}"},
+                                    status_code=422)
         raise exc
 
     def _http(_req: Request, exc: Exception) -> WireJSONResponse:
@@ -83,5 +86,5 @@ def install_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(OptiscopeError, _domain)
     app.add_exception_handler(RequestValidationError, _request_validation)
-    app.add_exception_handler(DBAPIError, _db_down)
+    app.add_exception_handler(DBAPIError, _db_error)
     app.add_exception_handler(StarletteHTTPException, _http)

@@ -11,10 +11,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+# PostgreSQL text cannot hold NUL; refusing it here gives a 422 naming the field, not a 500.
+NO_NUL = r"^[^\x00]*$"
 RunId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-Key = Annotated[str, StringConstraints(min_length=1, max_length=512)]
-Layer = Annotated[str, StringConstraints(max_length=512)]
+Key = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=NO_NUL)]
+Layer = Annotated[str, StringConstraints(max_length=512, pattern=NO_NUL)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
+Project = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
+Label = Annotated[str, StringConstraints(max_length=255, pattern=NO_NUL)]
 Status = Literal["running", "finished", "crashed"]
+# Steps are stored as int64 (numpy and BIGINT); counts and ranks as 32-bit INTEGER.
+Step = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+Int32 = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
 class _Strict(BaseModel):
@@ -23,21 +31,21 @@ class _Strict(BaseModel):
 
 class RunCreate(_Strict):
     id: RunId | None = None
-    project: Annotated[str, StringConstraints(min_length=1, max_length=200)] = "default"
-    name: Annotated[str, StringConstraints(max_length=500)] | None = None
+    project: Project = "default"
+    name: Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)] | None = None
     config: dict[str, Any] = Field(default_factory=dict)
-    tags: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(default_factory=list)
-    optimizer: str | None = None
-    host: str | None = None
-    world_size: Annotated[int, Field(ge=1)] = 1
-    rank: Annotated[int, Field(ge=0)] | None = None
+    tags: list[Tag] = Field(default_factory=list)
+    optimizer: Label | None = None
+    host: Label | None = None
+    world_size: Annotated[int, Field(ge=1, le=2**31 - 1)] = 1
+    rank: Int32 | None = None
 
 
 class RunUpdate(_Strict):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
-    tags: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = None
+    name: Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=NO_NUL)] | None = None
+    tags: list[Tag] | None = None
     config: dict[str, Any] | None = None
-    optimizer: str | None = None
+    optimizer: Label | None = None
     status: Status | None = None
     summary: dict[str, Any] | None = None
 
@@ -70,7 +78,7 @@ class RunRead(BaseModel):
 
 class ScalarIn(_Strict):
     key: Key
-    steps: list[int]
+    steps: list[Step]
     times: list[float] | None = None
     values: list[float]
 
@@ -86,9 +94,9 @@ class ScalarIn(_Strict):
 class ArrayIn(_Strict):
     key: Key
     layer: Layer = ""
-    step: int
+    step: Step
     time: float | None = None
-    shape: list[Annotated[int, Field(ge=0)]] | None = None
+    shape: list[Int32] | None = None
     values: list[float]
 
     @model_validator(mode="after")
@@ -104,18 +112,18 @@ class ArrayIn(_Strict):
 
 
 class EventIn(_Strict):
-    kind: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "alert"
-    level: Annotated[str, StringConstraints(min_length=1, max_length=32)] = "warning"
-    key: Annotated[str, StringConstraints(max_length=512)] | None = None
-    layer: Annotated[str, StringConstraints(max_length=512)] | None = None
-    step: int | None = None
+    kind: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL)] = "alert"
+    level: Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=NO_NUL)] = "warning"
+    key: Annotated[str, StringConstraints(max_length=512, pattern=NO_NUL)] | None = None
+    layer: Annotated[str, StringConstraints(max_length=512, pattern=NO_NUL)] | None = None
+    step: Step | None = None
     time: float | None = None
-    message: str = ""
+    message: Annotated[str, StringConstraints(pattern=NO_NUL)] = ""
     data: dict[str, Any] = Field(default_factory=dict)
 
 
 class BatchIn(_Strict):
-    batch_id: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    batch_id: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)] | None = None
     scalars: list[ScalarIn] = Field(default_factory=list)
     arrays: list[ArrayIn] = Field(default_factory=list)
     events: list[EventIn] = Field(default_factory=list)

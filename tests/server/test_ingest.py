@@ -272,3 +272,15 @@ def test_post_batch_db_error_mid_batch_rolls_back(api: Api, monkeypatch: pytest.
     monkeypatch.undo()
     body = batch()
     assert api.post(f"/runs/{run['id']}/batches", json=body).json()["duplicate"] is False
+
+
+def test_nul_characters_are_422_not_500(api: Api) -> None:
+    """PostgreSQL text cannot hold NUL: the schema refuses it with the field named, on both engines."""
+    run = api.create_run()
+    r = api.post(f"/runs/{run['id']}/batches", json=batch(scalars=[{"key": "a\x00b", "steps": [1], "values": [1.0]}]))
+    assert r.status_code == 422 and ["body", "scalars", 0, "key"] in [d["loc"] for d in r.json()["detail"]]
+    assert data_counts(api, run["id"]) == EMPTY
+    r = api.get("/series", params={"run_id": run["id"], "key": "a\x00b"})
+    assert r.status_code in (200, 422)
+    r = api.get(f"/runs/{run['id']}/latest", params={"key": "a\x00b"})
+    assert r.status_code in (200, 422)

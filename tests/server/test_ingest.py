@@ -241,9 +241,9 @@ def test_post_batch_token_of_other_project_is_403(api: Api) -> None:
     assert r.status_code == 200
 
 
-def test_post_batch_is_all_or_nothing_when_storage_fails(api: Api) -> None:
-    """A key longer than the column allows passes nothing on PostgreSQL and nothing on SQLite:
-    the batch is validated before any write, so the earlier valid scalars are not stored."""
+def test_post_batch_one_bad_record_rejects_the_whole_batch(api: Api) -> None:
+    """One over-long key after a valid scalar: the batch is validated whole before any write, so
+    the valid scalar is not stored either (all-or-nothing)."""
     run = api.create_run()
     body = batch(scalars=[{"key": "ok", "steps": [1], "times": [1.0], "values": [1.0]},
                           {"key": "k" * 600, "steps": [1], "times": [1.0], "values": [1.0]}])

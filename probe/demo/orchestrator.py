@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
+from urllib.parse import urlencode
 
 import httpx
 
@@ -186,13 +187,18 @@ class _Progress:
         self._interactive = out.isatty()
         width = max(len(s.name) for s in specs)
         if self._interactive:
+            import shutil
+
             from tqdm import tqdm
 
+            # A terminal that reports 0 columns (some CI ptys) would make tqdm draw nothing.
+            columns = shutil.get_terminal_size(fallback=(100, 24)).columns or 100
             for position, spec in enumerate(specs):
                 self._bars[spec.name] = tqdm(
                     total=1, desc=spec.name.ljust(width), position=position, leave=True, file=out,
-                    unit="step", dynamic_ncols=True, bar_format="{desc} {bar} {n_fmt}/{total_fmt} {postfix}",
+                    unit="step", ncols=min(columns, 140), bar_format="{desc} {bar} {n_fmt}/{total_fmt}{postfix}",
                 )
+                self._bars[spec.name].set_postfix_str("waiting", refresh=True)
 
     def started(self, spec: RunSpec, run_id: str, url: str) -> None:
         if not self._interactive:
@@ -427,6 +433,11 @@ def _time_to_target(
         final = next((o.report.get("final", {}) for o in ordered if o.run_id == row.get("run_id")), {})
         row["final"] = final.get(comparison.key)
     table.update(group=comparison.group, title=comparison.title, claim=comparison.claim)
+    table["compare_path"] = "/compare?" + urlencode({
+        "runs": ",".join(o.run_id or "" for o in ordered), "keys": f"loss,{comparison.key}",
+        "metric": comparison.key, "target": comparison.target, "direction": comparison.direction,
+        "baseline": baseline.run_id or "",
+    }, safe=",")
     return table
 
 
@@ -539,7 +550,10 @@ def run_demo(config: DemoConfig, *, on_ready: Callable[[str], None] | None = Non
         _print_summary(result, out)
         if not config.exit_when_done:
             print(f"Still serving at {server.url}/ — press Ctrl-C to stop.", file=out, flush=True)
-            server.process.wait()
+            try:
+                server.process.wait()
+            except KeyboardInterrupt:  # the normal way to end a demo that went well
+                print("\nStopped.", file=out, flush=True)
         return result
     except KeyboardInterrupt:
         print("\nStopping.", file=out, flush=True)
@@ -578,6 +592,8 @@ def _print_summary(result: DemoResult, out: TextIO) -> None:
     print("", file=out)
     for table in result.tables:
         print(format_table(table), file=out)
+        if table.get("compare_path"):
+            print(f"  side by side: {result.url}{table['compare_path']}", file=out)
         print("", file=out)
     failed = [o for o in result.runs if o.returncode != 0 or o.status != "finished"]
     lossy = [o for o in result.runs if o.lost]
@@ -592,4 +608,4 @@ def _print_summary(result: DemoResult, out: TextIO) -> None:
     if not failed and not lossy:
         print(f"All {len(result.runs)} runs finished; {sent} points sent = {sent} stored "
               f"(nothing lost). Demo took {result.wall_s:.0f} s.", file=out)
-    print(f"Compare them: {result.url}/compare", file=out, flush=True)
+    print(f"All runs: {result.url}/  (each demo adds a new session; earlier ones stay)", file=out, flush=True)

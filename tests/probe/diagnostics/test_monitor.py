@@ -263,3 +263,29 @@ def test_rejects_bad_options() -> None:
         attach(model, opt, run=RecordingRun(), spectra_sources=("weights",))
     with pytest.raises(ValueError, match="optimizer"):
         attach(model, [], run=RecordingRun())
+
+
+def test_an_optimizer_stepped_alone_still_closes_one_step_per_call(recording_run: RecordingRun) -> None:
+    model = TinyMLP()
+    first = torch.optim.SGD([model.fc1.weight, model.fc1.bias], lr=0.1)
+    second = torch.optim.SGD([model.fc2.weight, model.fc2.bias], lr=0.1)
+    mon = attach(model, [first, second], run=recording_run, log_every=1)
+    train(model, first, 3)  # the last optimizer never steps: a repeated step of `first` closes the previous one
+    train(model, [first, second], 1)
+    assert mon.steps_closed == 4  # steps 0, 1, 2 closed by re-entry of `first`, step 3 by `second`
+    assert [s for s, _ in recording_run.logs] == [0, 1, 2, 3]
+    assert "grad_norm/fc2.weight" not in recording_run.logs[2][1]
+    assert "grad_norm/fc2.weight" in recording_run.logs[3][1]
+
+
+def test_a_subclass_calling_super_step_is_observed_once_per_step(recording_run: RecordingRun) -> None:
+    class Sub(torch.optim.SGD):
+        def step(self, closure=None):
+            return super().step(closure)
+
+    torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)  # make sure SGD.step itself carries the hooks
+    model = TinyMLP()
+    opt = Sub(model.parameters(), lr=0.1)
+    mon = attach(model, opt, run=recording_run, log_every=1)
+    train(model, opt, 4)
+    assert mon.steps_closed == 4 and [s for s, _ in recording_run.logs] == [0, 1, 2, 3]

@@ -35,7 +35,8 @@ from tests.pg_cluster import free_port  # noqa: E402
 GRAPH_STATE_JS = """(sel) => Array.from(document.querySelectorAll(sel + ' .js-plotly-plot')).map(g => {
     // typed arrays from numpy arrive as {dtype, bdata, shape}: count their elements from the shape
     const len = (v) => !v ? 0 : (v.length !== undefined ? v.length
-        : (v.shape ? String(v.shape).split(',').reduce((a, b) => a * Number(b), 1) : 0));
+        : (v.shape ? String(v.shape).split(',').reduce((a, b) => a * Number(b), 1)
+        : (v.bdata ? Math.floor(atob(v.bdata).length / ({f4: 4, f8: 8}[v.dtype] || 1)) : 0)));
     const n = (g.data || []).reduce((a, t) => a + len(t.z || t.y || t.x), 0);
     const empty = !!(g.layout && g.layout.meta && g.layout.meta.empty);
     return {n: n, empty: empty, title: ((g.layout || {}).title || {}).text || ''};

@@ -119,6 +119,10 @@ def marker_level(ys: Iterable[Sequence[float]]) -> float:
     return best if math.isfinite(best) else 1.0
 
 
+def _f32(values: Sequence[float]) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32)
+
+
 def _floats(values: Sequence[float]) -> list[float]:
     return values if isinstance(values, list) else list(values)
 
@@ -134,8 +138,13 @@ def line_figure(
     uirevision: str | None = None,
     empty_message: str = "no data logged yet",
     height: int = HEIGHT,
+    compact: bool = False,
 ) -> go.Figure:
     """Lines over a common x axis, with optional EMA smoothing and marked non-finite points.
+
+    ``compact`` sends x/y as float32 typed arrays (base64 on the wire, no text parsing in the
+    browser): for charts that are redrawn, never appended to — the live page's ``Patch`` extends
+    plain lists.
 
     Trace layout is fixed so the live page can ``Patch`` by index: for line i the raw trace is
     ``2*i``, the smoothed trace ``2*i+1`` (empty when smoothing is off), and the last trace holds
@@ -151,11 +160,13 @@ def line_figure(
     for i, line in enumerate(lines):
         c = line.color or color(i)
         name = _esc(line.name)
-        data.append({"type": "scatter", "x": _floats(line.x), "y": _floats(line.y), "name": name, "mode": "lines",
+        xs_, ys_ = (_f32(line.x), _f32(line.y)) if compact else (_floats(line.x), _floats(line.y))
+        data.append({"type": "scatter", "x": xs_, "y": ys_, "name": name, "mode": "lines",
                      "legendgroup": name, "line": {"color": c, "width": 1.5}, "opacity": 0.3 if smooth else 1.0,
                      "showlegend": not smooth, "hovertemplate": f"{name}<br>x=%{{x}}<br>y=%{{y:.4g}}<extra></extra>"})
-        data.append({"type": "scatter", "x": _floats(line.x) if smooth else [],
-                     "y": ema(line.y, smoothing)[0] if smooth else [], "name": name, "mode": "lines",
+        smoothed = ema(line.y, smoothing)[0] if smooth else []
+        data.append({"type": "scatter", "x": (xs_ if smooth else []),
+                     "y": (_f32(smoothed) if compact else smoothed), "name": name, "mode": "lines",
                      "legendgroup": name, "line": {"color": c, "width": 2}, "showlegend": smooth,
                      "hovertemplate": f"{name} (EMA {smoothing:g})<br>x=%{{x}}<br>y=%{{y:.4g}}<extra></extra>"})
         xs, labels = _nonfinite(line.x, line.y)

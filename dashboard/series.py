@@ -15,7 +15,7 @@ X_SAMPLES = "samples"
 X_CHOICES = (X_STEP, X_TIME, X_SAMPLES)
 X_TITLES = {
     X_STEP: "step",
-    X_TIME: "wall time since first point (s)",
+    X_TIME: "wall time since run start (s)",
     X_SAMPLES: "samples seen",
 }
 

@@ -27,6 +27,7 @@ from ..state import current_api, current_config
 
 TITLE = "Optiscope · compare"
 MAX_RUNS = 50  # the server's /time-to-target takes up to 50 run ids
+CHART_POINT_BUDGET = 12_000
 MATCH_STEP = "step"
 MATCH_SAMPLES = "samples"
 
@@ -66,6 +67,11 @@ def layout(runs: str | None = None, keys: str | None = None, x: str | None = Non
     valid = [r for r in run_ids if r in {o["value"] for o in options}]
     unknown = [r for r in run_ids if r not in valid]
     notes = [message("Unknown runs ignored", ", ".join(unknown), kind="warning")] if unknown else []
+    # Everything the panels need to start is computed here, in the page's own response, so the
+    # panels' callbacks fire at once instead of after two more round trips.
+    listed = {r["id"]: r for r in all_runs}
+    meta, catalog, note = compare_state(api, valid, listed)
+    controls = controls_for(catalog, meta, keys.split(",") if keys else None, metric, baseline, layer)
     try:
         smooth_v = min(max(float(smooth), 0.0), 0.99) if smooth else 0.0
     except ValueError:
@@ -82,19 +88,19 @@ def layout(runs: str | None = None, keys: str | None = None, x: str | None = Non
         [
             html.H2("Compare runs"),
             *notes,
-            html.Div(id=ids.CMP_MESSAGE),
+            html.Div(note, id=ids.CMP_MESSAGE),
             html.Div([
                 control("runs (2–50)", dcc.Dropdown(id=ids.CMP_RUNS, options=options, value=valid, multi=True,
                                                     placeholder="pick runs to compare"), width="100%"),
             ], className="controls"),
-            dcc.Store(id=ids.CMP_KEYS, data=None),
-            dcc.Store(id="cmp-meta", data=None),
+            dcc.Store(id=ids.CMP_KEYS, data=catalog),
+            dcc.Store(id="cmp-meta", data=meta),
             # -- scalars
             html.Section([
                 html.H3("Scalars"),
                 html.Div([
-                    control("scalars", dcc.Dropdown(id="cmp-keys-select", options=[], multi=True,
-                                                    value=keys.split(",") if keys else None), width="320px"),
+                    control("scalars", dcc.Dropdown(id="cmp-keys-select", options=controls[0], multi=True,
+                                                    value=controls[1]), width="320px"),
                     control("x axis", dcc.RadioItems(id=ids.CMP_X, value=x if x in X_CHOICES else X_STEP, inline=True,
                                                      options=[{"label": " " + X_TITLES[c].split(" (")[0], "value": c}
                                                               for c in X_CHOICES])),
@@ -112,15 +118,16 @@ def layout(runs: str | None = None, keys: str | None = None, x: str | None = Non
                        "computed by the server); speedup = baseline ÷ run, so > 1 means faster than the baseline.",
                        className="hint"),
                 html.Div([
-                    control("metric", dcc.Dropdown(id=ids.CMP_TTT_KEY, options=[], value=metric, clearable=False),
+                    control("metric", dcc.Dropdown(id=ids.CMP_TTT_KEY, options=controls[2], value=controls[3],
+                                                   clearable=False),
                             width="220px"),
                     control("target", dcc.Input(id=ids.CMP_TTT_TARGET, type="number", value=target_v, debounce=True,
                                                 placeholder="auto", style={"width": "130px"})),
                     control("reached when", dcc.RadioItems(
                         id=ids.CMP_TTT_DIRECTION, inline=True, value=direction if direction in ("below", "above") else None,
                         options=[{"label": " ≤ target", "value": "below"}, {"label": " ≥ target", "value": "above"}])),
-                    control("baseline", dcc.Dropdown(id=ids.CMP_TTT_BASELINE, options=[], value=baseline,
-                                                     clearable=False), width="260px"),
+                    control("baseline", dcc.Dropdown(id=ids.CMP_TTT_BASELINE, options=controls[4],
+                                                     value=controls[5], clearable=False), width="260px"),
                 ], className="controls"),
                 dcc.Loading(html.Div(id=ids.CMP_TTT_TABLE), type="dot", delay_show=400),
             ], className="section"),
@@ -128,7 +135,8 @@ def layout(runs: str | None = None, keys: str | None = None, x: str | None = Non
             html.Section([
                 html.H3("Spectra and neuron update norms at a matched point"),
                 html.Div([
-                    control("layer", dcc.Dropdown(id=ids.CMP_LAYER, options=[], value=layer, clearable=False),
+                    control("layer", dcc.Dropdown(id=ids.CMP_LAYER, options=controls[6], value=controls[7],
+                                                  clearable=False),
                             width="300px"),
                     control("spectrum of", dcc.RadioItems(id=ids.CMP_SOURCE, inline=True,
                                                           value=source if source in SV_SOURCES else "weight",
@@ -158,9 +166,15 @@ def layout(runs: str | None = None, keys: str | None = None, x: str | None = Non
 
 # -- run metadata and the union catalog -----------------------------------------------------------
 
-def run_meta(api: ApiClient, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Name, start time, optimizer and config of each run (concurrently); unknown ids skipped."""
-    def one(rid: str) -> dict[str, Any] | None:
+def run_meta(api: ApiClient, run_ids: Sequence[str],
+             known: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Name, start time, optimizer and config of each run; ``known`` rows (from ``GET /runs``) are
+    used as they are, the others fetched concurrently; unknown ids are skipped."""
+    known = known or {}
+
+    def one(rid: str) -> Mapping[str, Any] | None:
+        if rid in known:
+            return known[rid]
         try:
             return api.get_run(rid)
         except NotFound:
@@ -198,14 +212,8 @@ def union_catalog(catalogs: Mapping[str, Catalog]) -> dict[str, Any]:
             "sources": list(sources), "common_last_step": min(last_steps) if last_steps else None}
 
 
-@callback(
-    Output("cmp-meta", "data"),
-    Output(ids.CMP_KEYS, "data"),
-    Output(ids.CMP_MESSAGE, "children"),
-    Input(ids.CMP_RUNS, "value"),
-)
-def load_runs(run_ids):
-    """Per-run metadata and the merged key catalog for whatever runs are picked."""
+def compare_state(api: ApiClient, run_ids: Sequence[str], known: Mapping[str, Mapping[str, Any]] | None = None):
+    """(meta, merged catalog, notice) for the picked runs."""
     run_ids = list(run_ids or [])
     if len(run_ids) < 2:
         note = message("Pick at least two runs", "Select runs on the runs page and press “compare”, or add "
@@ -214,13 +222,24 @@ def load_runs(run_ids):
         note = None
     if not run_ids:
         return {}, union_catalog({}), note
-    api = current_api()
     try:
-        meta = run_meta(api, run_ids)
+        meta = run_meta(api, run_ids, known)
         keys = api.map(lambda rid: Catalog.from_keys(api.keys(rid)), list(meta))
     except ApiError as exc:
         return {}, union_catalog({}), message("Cannot load runs", str(exc), kind="error")
     return meta, union_catalog(dict(zip(meta, keys))), note
+
+
+@callback(
+    Output("cmp-meta", "data"),
+    Output(ids.CMP_KEYS, "data"),
+    Output(ids.CMP_MESSAGE, "children"),
+    Input(ids.CMP_RUNS, "value"),
+    prevent_initial_call=True,
+)
+def load_runs(run_ids):
+    """Per-run metadata and the merged key catalog when the picked runs change."""
+    return compare_state(current_api(), run_ids or [])
 
 
 @callback(
@@ -238,9 +257,16 @@ def load_runs(run_ids):
     State(ids.CMP_TTT_KEY, "value"),
     State(ids.CMP_TTT_BASELINE, "value"),
     State(ids.CMP_LAYER, "value"),
+    prevent_initial_call=True,
 )
 def fill_controls(catalog, meta, keys, ttt_key, baseline, layer):
     """Offer only what the picked runs logged; keep choices that are still valid."""
+    return controls_for(catalog, meta, keys, ttt_key, baseline, layer)
+
+
+def controls_for(catalog, meta, keys, ttt_key, baseline, layer) -> tuple:
+    """(scalar options, chosen scalars, metric options, metric, baseline options, baseline, layer
+    options, layer) for the runs' merged catalog, keeping earlier choices that are still valid."""
     catalog = catalog or {}
     meta = meta or {}
     scalars = [k for k in catalog.get("scalars", []) if k != "samples_seen"]
@@ -293,7 +319,10 @@ def draw_scalars(keys, x, smooth, log, meta):
     x = x or X_STEP
     run_ids = list(meta)
     wire_x = "time" if x == X_TIME else "step"
-    series = api.series(run_ids, keys, x=wire_x, points=current_config().series_points)
+    # A budget of points per chart, not per run: 20 overlaid runs at 1,500 points each would send
+    # 60k points per chart for a plot ~1,000 px wide (the server's min/max buckets keep the spikes).
+    points = max(200, min(current_config().series_points, CHART_POINT_BUDGET // len(run_ids)))
+    series = api.series(run_ids, keys, x=wire_x, points=points)
     samples: dict[str, tuple[list[int], list[float]]] = {}
     if x == X_SAMPLES:
         for s in api.series(run_ids, ["samples_seen"], x="step", points=5000):
@@ -303,7 +332,7 @@ def draw_scalars(keys, x, smooth, log, meta):
         lines = overlay_lines(api, meta, key, series, x, samples)
         fig = F.line_figure(lines, title=f"{key} — {len(lines)} runs", x_title=X_TITLES[x], y_title=f"{key} (value)",
                             log_y="log" in (log or []), smoothing=float(smooth or 0), uirevision=f"cmp:{key}:{x}",
-                            empty_message=f"no run logged {key}")
+                            empty_message=f"no run logged {key}", compact=True)
         fig.update_layout(showlegend=True, height=380)
         out.append(graph({"type": "cmp-scalar-graph", "key": key}, fig))
     return out
@@ -377,7 +406,8 @@ def time_to_target(key, target, direction, baseline, meta):
         direction = direction_out = default_direction(key)
     placeholder = no_update
     if target is None:
-        target = default_target(api.series(list(meta), [key], points=1000), direction)
+        # min/max buckets keep each run's extreme, so a coarse series gives the exact best value
+        target = default_target(api.series(list(meta), [key], points=200), direction)
         if target is None:
             return message(f"No run logged {key}"), no_update, direction_out
         placeholder = f"auto: {target:g}"
@@ -447,8 +477,14 @@ def matched_panels(layer, source, match, at, meta, catalog):
     run_ids = list(meta)
     steps = matched_steps(api, run_ids, match, at, (catalog or {}).get("common_last_step"))
     source = source or "weight"
-    spec = api.map(lambda rid: _at_step(api, rid, f"sv.{source}", layer, steps[rid]), run_ids)
-    neur = api.map(lambda rid: _at_step(api, rid, "neuron.update_norm", layer, steps[rid]), run_ids)
+    # one request per run and array, concurrently; arrays no picked run logged are not asked for
+    catalog = catalog or {}
+    want_sv = source in catalog.get("sources", []) and layer in catalog.get("sv_layers", [])
+    want_nn = layer in catalog.get("neuron_layers", [])
+    spec = api.map(lambda rid: _at_step(api, rid, f"sv.{source}", layer, steps[rid]), run_ids) if want_sv \
+        else [None] * len(run_ids)
+    neur = api.map(lambda rid: _at_step(api, rid, "neuron.update_norm", layer, steps[rid]), run_ids) if want_nn \
+        else [None] * len(run_ids)
     where = "matched samples seen" if match == MATCH_SAMPLES else f"step ≤ {steps[run_ids[0]]}"
     spectra = [(f"{meta[r]['name']} @ {g[0]}", g[1]) for r, g in zip(run_ids, spec) if g]
     overlay = F.spectrum_figure(spectra, title=f"spectrum of {source} — {layer} ({where})", empty_message=hint_sv)

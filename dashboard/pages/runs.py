@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from dash import Input, Output, State, callback, clientside_callback, dash_table, dcc, html, no_update
+from dash.dash_table.Format import Format, Scheme
 
 from .. import ids
 from ..api import ApiClient, ApiError
@@ -72,7 +73,10 @@ def table_rows(runs: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]],
         {"name": "tags", "id": "tags"},
     ]
     columns += [{"name": f"cfg: {k}", "id": f"cfg:{k}"} for k in cfg_cols]
-    columns += [{"name": f"latest {k}", "id": f"sum:{k}", "type": "numeric"} for k in sum_cols]
+    # 4 significant digits, exponent when needed (a loss of 1.2e-5 stays readable)
+    numeric = {"type": "numeric",
+               "format": Format(precision=4, scheme=Scheme.decimal_or_exponent).to_plotly_json()}
+    columns += [{"name": f"latest {k}", "id": f"sum:{k}", **numeric} for k in sum_cols]
     columns += [
         {"name": "step", "id": "last_step", "type": "numeric"},
         {"name": "alerts", "id": "alerts", "type": "numeric"},

@@ -208,3 +208,16 @@ def test_compare_config_diff_and_matched_spectra(server, seeded) -> None:
     overlay, grid, n_overlay, n_box = cmp.matched_panels("fc1.weight", "weight", "samples", 128 * 60, meta, catalog)
     assert len(overlay.data) // 2 == 3 and all("@ 60" in t.name for t in overlay.data[0:6:2])
     assert len(grid.data) == 3 and len(n_box.data) == 3 and n_overlay.data[0].name.endswith("@ 60")
+
+
+def test_delete_after_confirmation_removes_the_run(server) -> None:
+    runs = page("runs")
+    seeder = Seeder(server.api, server.token)
+    try:
+        seeder.create_run("run-to-delete", name="delete me")
+    finally:
+        seeder.close()
+    version, note = runs.delete_selected(1, ["run-to-delete"], 3)
+    assert version == 4 and note is None
+    with pytest.raises(NotFound):
+        ApiClient(DashboardConfig(api_url=server.url, token=server.token)).get_run("run-to-delete")

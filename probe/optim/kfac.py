@@ -284,6 +284,8 @@ class KFAC(Optimizer):
                 return
             if not isinstance(output, Tensor) or not output.requires_grad or not inputs:
                 return
+            if not layer.weight.requires_grad:  # frozen layer: it never gets a gradient to precondition
+                return
             factors = self._is_factor_step()
             split = self._split_plan()
             if not factors and split is None:

@@ -54,10 +54,12 @@ def inflate(raw: bytes, limit: int, wbits: int = 31) -> bytes:
             data = d.unconsumed_tail
             if d.eof:
                 break
-        out += d.flush(limit + 1 - len(out)) if not d.eof else b""
     except zlib.error as exc:
         raise InvalidBody([{"loc": ["body"], "msg": f"invalid compressed body: {exc}",
                             "type": "value_error"}]) from exc
+    if not d.eof:  # a truncated stream (or one missing its CRC/size trailer) is not a body
+        raise InvalidBody([{"loc": ["body"], "msg": "truncated compressed body (the stream does not end)",
+                            "type": "value_error"}])
     if len(out) > limit:
         raise BodyTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
     return bytes(out)
@@ -72,6 +74,8 @@ def parse_json(raw: bytes) -> Any:
     except orjson.JSONDecodeError:
         try:
             return json.loads(raw)
+        except RecursionError as exc:
+            raise InvalidBody([{"loc": ["body"], "msg": "JSON nested too deeply", "type": "json_invalid"}]) from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidBody([{"loc": ["body"], "msg": f"JSON decode error: {exc}", "type": "json_invalid"}]) from exc
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 # PostgreSQL text cannot hold NUL; refusing it here gives a 422 naming the field, not a 500.
 NO_NUL = r"^[^\x00]*$"
@@ -25,6 +25,26 @@ Step = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 Int32 = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
+MAX_DEPTH = 200
+"""Nesting allowed in free-form objects (config, summary, event data): deep enough for any real
+config, and below orjson's 255-level limit so everything stored can be written back out."""
+
+
+def bounded_depth(value: dict[str, Any]) -> dict[str, Any]:
+    """Raise ValueError when ``value`` nests deeper than ``MAX_DEPTH`` (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        children = obj.values() if isinstance(obj, dict) else obj
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return value
+
+
+JSONObject = Annotated[dict[str, Any], AfterValidator(bounded_depth)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -33,7 +53,7 @@ class RunCreate(_Strict):
     id: RunId | None = None
     project: Project = "default"
     name: Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)] | None = None
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: JSONObject = Field(default_factory=dict)
     tags: list[Tag] = Field(default_factory=list)
     optimizer: Label | None = None
     host: Label | None = None
@@ -44,10 +64,10 @@ class RunCreate(_Strict):
 class RunUpdate(_Strict):
     name: Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=NO_NUL)] | None = None
     tags: list[Tag] | None = None
-    config: dict[str, Any] | None = None
+    config: JSONObject | None = None
     optimizer: Label | None = None
     status: Status | None = None
-    summary: dict[str, Any] | None = None
+    summary: JSONObject | None = None
 
 
 class RunFinish(_Strict):
@@ -119,7 +139,7 @@ class EventIn(_Strict):
     step: Step | None = None
     time: float | None = None
     message: Annotated[str, StringConstraints(pattern=NO_NUL)] = ""
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: JSONObject = Field(default_factory=dict)
 
 
 class BatchIn(_Strict):

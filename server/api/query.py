@@ -15,6 +15,8 @@ from server.store.arrays import array_summary
 from server.wire import WireJSONResponse
 
 router = APIRouter(tags=["query"])
+# Steps and ids are int64 in the database: larger query values are a 422, not an overflow.
+Int64Query = Annotated[int | None, Query(ge=-(2**63), le=2**63 - 1)]
 
 
 @router.get("/series")
@@ -26,7 +28,7 @@ def read_series(
     points: Annotated[int, Query(ge=2, le=20000)] = 2000,
     x_min: float | None = None,
     x_max: float | None = None,
-    after_step: int | None = None,
+    after_step: Int64Query = None,
 ) -> Response:
     missing = [r for r in dict.fromkeys(run_id) if session.get(Run, r) is None]
     if missing:
@@ -54,10 +56,10 @@ def read_arrays(
     run: ReadRunDep, session: SessionDep,
     key: str | None = None,
     layer: str | None = None,
-    step_min: int | None = None,
-    step_max: int | None = None,
+    step_min: Int64Query = None,
+    step_max: Int64Query = None,
     max_steps: Annotated[int, Query(ge=1, le=10000)] = 200,
-    at_step: int | None = None,
+    at_step: Int64Query = None,
 ) -> Response:
     records, total = store.read_arrays(session=session, run_id=run.id, key=key, layer=layer,
                                        step_min=step_min, step_max=step_max, max_steps=max_steps,
@@ -69,7 +71,7 @@ def read_arrays(
 def list_events(
     run: ReadRunDep, session: SessionDep,
     kind: str | None = None,
-    after_id: int | None = None,
+    after_id: Int64Query = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> Response:
     data = store.list_events(session=session, run_id=run.id, kind=kind, after_id=after_id, limit=limit)

@@ -53,7 +53,7 @@ def list_runs(
     q: str | None = None,
     config: Annotated[list[str] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     order: Literal["created_at", "-created_at", "updated_at", "-updated_at", "name", "-name", "last_step",
                    "-last_step"] = "created_at",
     descending: bool = True,

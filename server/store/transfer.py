@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from server.errors import InvalidBody, RunExists, validation_details
 from server.models import ArrayRecord, Event, Run, Series, SeriesChunk
-from server.schemas import RunCreate
+from server.schemas import RunCreate, bounded_depth
 from server.store.runs import _project_id, _set_tags, project_name
 from server.wire import dumps
 
@@ -96,6 +96,12 @@ def import_run(*, session: Session, data: bytes) -> Run:
         RunCreate.model_validate({"id": r.get("id"), "project": r.get("project"), "name": r.get("name")})
     except ValidationError as exc:
         raise InvalidBody(validation_details(exc, ("body", 0, "run"))) from exc
+    try:
+        for obj in (r.get("config") or {}, r.get("summary") or {},
+                    *((o.get("data") or {}) for o in objs[1:] if isinstance(o, dict) and o.get("type") == "event")):
+            bounded_depth(obj)
+    except ValueError as exc:
+        raise InvalidBody([{"loc": ["body"], "msg": str(exc), "type": "value_error"}]) from exc
     if session.get(Run, r["id"]) is not None:
         raise RunExists(f"run {r['id']!r} exists already; delete it first")
     try:
@@ -142,7 +148,7 @@ def import_run(*, session: Session, data: bytes) -> Run:
         if events:
             session.execute(Event.__table__.insert(), events)
         session.commit()
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
         session.rollback()
         raise InvalidBody([{"loc": ["body"], "msg": f"malformed export record: {exc!r}",
                             "type": "value_error"}]) from exc

@@ -284,3 +284,49 @@ def test_nul_characters_are_422_not_500(api: Api) -> None:
     assert r.status_code in (200, 422)
     r = api.get(f"/runs/{run['id']}/latest", params={"key": "a\x00b"})
     assert r.status_code in (200, 422)
+
+
+@pytest.mark.parametrize("cut", [1, 4, 8, 9])
+def test_gzip_body_missing_its_trailer_is_422(api: Api, cut: int) -> None:
+    run = api.create_run()
+    body = gzip.compress(orjson.dumps(batch()))[:-cut]
+    r = api.post(f"/runs/{run['id']}/batches", content=body, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 422 and "truncated" in r.json()["detail"][0]["msg"]
+    assert data_counts(api, run["id"]) == EMPTY
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"a":' * depth + b"1" + b"}" * depth
+
+
+@pytest.mark.parametrize("depth", [300, 5000])
+def test_deeply_nested_json_is_422(api: Api, depth: int) -> None:
+    r = api.post("/runs", content=b'{"project": "p", "config": ' + _nested(depth) + b"}",
+                 headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    run = api.create_run()
+    r = api.post(f"/runs/{run['id']}/batches", content=b'{"events": [{"data": ' + _nested(depth) + b"}]}")
+    assert r.status_code == 422
+    assert data_counts(api, run["id"]) == EMPTY
+    ok = api.post("/runs", content=b'{"project": "p", "config": ' + _nested(100) + b"}")
+    assert ok.status_code == 201
+
+
+@pytest.mark.parametrize(("path", "param"), [("arrays", "step_min"), ("arrays", "at_step"), ("events", "after_id"),
+                                             ("runs", "offset")])
+def test_int_query_parameters_outside_int64_are_422(api: Api, path: str, param: str) -> None:
+    run = api.create_run()
+    url = "/runs" if path == "runs" else f"/runs/{run['id']}/{path}"
+    r = api.get(url, params={param: 2**70})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", param]
+
+
+@pytest.mark.parametrize("where", ["scalars", "arrays", "events"])
+def test_steps_outside_int64_are_422(api: Api, where: str) -> None:
+    run = api.create_run()
+    body = {"scalars": {"scalars": [{"key": "k", "steps": [2**63], "values": [1.0]}]},
+            "arrays": {"arrays": [{"key": "k", "step": 2**63, "values": [1.0]}]},
+            "events": {"events": [{"key": "k", "step": -(2**63) - 1}]}}[where]
+    r = api.post(f"/runs/{run['id']}/batches", content=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert data_counts(api, run["id"]) == EMPTY

@@ -152,12 +152,12 @@ class RowShard:
         pieces = [part[:, : max(0, min(self.chunk, self.rows - r * self.chunk))] for r, part in enumerate(parts)]
         return torch.cat(pieces, dim=1)
 
-    def orthogonalize(self, U_full: Tensor, ns: Callable[[Tensor], Tensor]) -> Tensor:
+    def orthogonalize(self, U_full: Tensor, keep: Tensor, ns: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
         """NS of a (B, m, n) bucket with the work split round-robin: rank r runs ``ns`` on matrices
         r, r+W, … (one batched call), then an all-gather gives every rank all B results."""
         count = U_full.shape[0]
         slots = math.ceil(count / self.world)
-        mine = ns(U_full[self.rank :: self.world])
+        mine = ns(U_full[self.rank :: self.world], keep[self.rank :: self.world])
         padded = mine.new_zeros((slots, *U_full.shape[1:]))
         padded[: mine.shape[0]] = mine
         parts = [torch.empty_like(padded) for _ in range(self.world)]

@@ -53,6 +53,7 @@ def newton_schulz5(
     coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
     eps: float = NS_EPS,
     dtype: torch.dtype | None = None,
+    keep: Tensor | None = None,
 ) -> Tensor:
     """Approximate orthogonalization U Vᵀ of ``G`` (2-D, or 3-D batch of same-shape matrices).
 
@@ -62,6 +63,9 @@ def newton_schulz5(
         coefficients: (a, b, c) of p(σ) = aσ + bσ³ + cσ⁵.
         eps: added to ‖G‖_F before the pre-normalisation.
         dtype: working dtype; ``None`` picks :func:`default_ns_dtype`.
+        keep: optional (B,) bool (0-d for 2-D G); matrices with ``keep == False`` come out as exact
+            zeros. The optimizers pass their per-matrix finiteness mask here: the mask is folded into
+            the pre-normalisation divisor (÷∞ = 0), so skipping costs no extra pass over the data.
 
     Returns:
         A new tensor of G's shape in the working dtype. No host synchronisation happens.
@@ -77,8 +81,11 @@ def newton_schulz5(
     transposed = G.size(-2) > G.size(-1)
     if transposed:
         X = X.mT
-    norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
-    X = X / (norm + eps)
+    divisor = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True) + eps
+    if keep is not None:
+        # ÷1 is exact, so kept matrices are bit-identical to the unmasked path; ÷∞ gives 0 for finite X.
+        divisor = divisor / keep.to(X.dtype).view(divisor.shape)
+    X = X / divisor
     if X.ndim == 2:
         for _ in range(steps):
             A = X @ X.mT

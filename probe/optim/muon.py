@@ -59,7 +59,7 @@ from probe.optim._orthogonalize import (
 if TYPE_CHECKING:
     from probe.optim._distributed import RowShard
 
-__all__ = ["Muon", "muon_momentum", "shape_scale", "ADJUST_LR_FNS"]
+__all__ = ["Muon", "muon_momentum_", "shape_scale", "ADJUST_LR_FNS"]
 
 ADJUST_LR_FNS: tuple[str, ...] = ("original", "match_rms_adamw")
 #: Moonlight's "match AdamW" update RMS.
@@ -75,23 +75,28 @@ def shape_scale(rows: int, cols: int, adjust_lr_fn: str) -> float:
     raise ValueError(f"Invalid adjust_lr_fn: {adjust_lr_fn!r} (must be one of {ADJUST_LR_FNS})")
 
 
-def muon_momentum(G: Tensor, M: Tensor, ok: Tensor, *, momentum: float, nesterov: bool) -> Tensor:
-    """EMA momentum update of a batch, in place on ``M``; returns the Newton–Schulz input U.
+def muon_momentum_(G: Tensor, bufs: list[Tensor], ok: Tensor, *, momentum: float, nesterov: bool) -> Tensor:
+    """EMA momentum of a batch; overwrites the scratch stack ``G`` with the Newton–Schulz input U.
 
     Args:
-        G: (B, m, n) gradients; rows with ``ok == False`` may hold NaN/Inf.
-        M: (B, m, n) momentum buffers, updated in place (untouched where ``ok`` is False).
+        G: (B, m, n) stacked copy of the gradients (scratch; rows with ``ok == False`` may hold NaN/Inf).
+        bufs: B momentum buffers (m, n), updated in place with foreach ops (untouched where ``ok`` is
+            False: the gradient is zeroed and its lerp weight is 0, so M + 0·(0 − M) = M exactly).
         ok: (B,) bool, True where the gradient is finite.
         momentum: β.
-        nesterov: return (1−β)·G + β·M instead of M.
+        nesterov: U = (1−β)·G + β·M (torch/Keller's ``grad.lerp(buf, β)``) instead of U = M.
 
     Returns:
-        U (B, m, n); finite wherever ``ok`` is True (and wherever M was finite).
+        ``G``, now holding U (finite wherever the buffers are finite).
     """
-    okb = ok.view(-1, 1, 1)
-    G = torch.where(okb, G, M)  # lerp(M, M, w) == M: a skipped row leaves M bit-identical
-    M.lerp_(G, 1.0 - momentum)
-    return G.lerp(M, momentum) if nesterov else M  # M is a stacked copy, never modified after this
+    G.masked_fill_(~ok.view(-1, 1, 1), 0.0)
+    rows = list(G.unbind(0))
+    torch._foreach_lerp_(bufs, rows, list((ok.to(G.dtype) * (1.0 - momentum)).unbind(0)))
+    if nesterov:
+        torch._foreach_lerp_(rows, bufs, momentum)
+    else:
+        torch._foreach_copy_(rows, bufs)
+    return G
 
 
 def _check_unit_interval(name: str, value: Any, *, closed_right: bool = False) -> None:
@@ -304,36 +309,32 @@ class Muon(Optimizer):
         bufs = [st["momentum_buffer"].view(local_rows, cols) for st in states]
 
         G = torch.stack([local(p.grad).reshape(local_rows, cols) for p in params])  # type: ignore[arg-type]
-        ok = torch.isfinite(G).flatten(1).all(dim=1)  # exact "all entries finite"; True for 0 local rows
-        if shard is not None:
-            ok = shard.reduce_sum((~ok).to(torch.int32)) == 0
-        M = torch.stack(bufs)
-        U = muon_momentum(G, M, ok, momentum=group["momentum"], nesterov=group["nesterov"])
-        torch._foreach_copy_(bufs, list(M.unbind(0)))
+        # Finite ‖G‖_F ⇔ all entries finite (or the norm overflows, in which case NS would give NaN).
+        norms = torch.linalg.vector_norm(G, dim=(-2, -1))
+        ok = torch.isfinite(norms if shard is None else shard.reduce_sum(norms.square()))
+        U = muon_momentum_(G, bufs, ok, momentum=group["momentum"], nesterov=group["nesterov"])
 
         U_full = U if shard is None else shard.gather_rows(U)
         ns_dtype = group["ns_dtype"] or default_ns_dtype(U.device, U.dtype)
-        def ns(U_batch: Tensor) -> Tensor:
-            return newton_schulz5(U_batch, steps=group["ns_steps"], coefficients=tuple(group["ns_coefficients"]), dtype=ns_dtype)
 
-        O_full = ns(U_full) if shard is None else shard.orthogonalize(U_full, ns)
+        def ns(U_batch: Tensor, keep: Tensor) -> Tensor:
+            return newton_schulz5(
+                U_batch, steps=group["ns_steps"], coefficients=tuple(group["ns_coefficients"]), dtype=ns_dtype, keep=keep
+            )
+
+        # Skipped matrices come out of NS as exact zeros, so the update below needs no mask pass.
+        O_full = ns(U_full, ok) if shard is None else shard.orthogonalize(U_full, ok, ns)
         O = O_full if shard is None else O_full[:, shard.start : shard.start + local_rows]
         D, scale, extra = self._direction(
             group, params, states, O, ok, rows, cols, reduce=None if shard is None else shard.reduce_sum
         )
 
         lr = group["lr"]
-        okf = ok.to(mats[0].dtype)
-        # The shape scale is folded into the float32/64 step size (as torch's ``add_(alpha=)``) rather
-        # than multiplied into a bf16 D, which would round it to 8 bits.
-        step_size = (okf * (-lr * scale)).view(-1, 1, 1)
-        delta = D * step_size  # promotes a bf16 D to the parameter dtype
-        if delta.dtype != mats[0].dtype:
-            delta = delta.to(mats[0].dtype)
         wd = group["weight_decay"]
         if wd != 0.0:
-            torch._foreach_mul_(mats, list((1.0 - okf * (lr * wd)).unbind(0)))
-        torch._foreach_add_(mats, list(delta.unbind(0)))
+            torch._foreach_mul_(mats, list((1.0 - ok.to(mats[0].dtype) * (lr * wd)).unbind(0)))
+        # One fused pass like torch's ``param.add_(update, alpha=-lr·scale)``; a bf16 D is promoted.
+        torch._foreach_add_(mats, list(D.unbind(0)), alpha=-lr * scale)
         torch._foreach_add_([st["nonfinite_skips"] for st in states], list((~ok).to(torch.int64).unbind(0)))
 
         if self.introspect:

@@ -83,18 +83,21 @@ def normuon_normalize(
         (√max(1, m/n) for ``"original"``, 1 for ``"match_rms_adamw"``).
     """
     m, n = (rows if rows is not None else O.shape[-2]), O.shape[-1]
-    Of = O.to(v.dtype)
-    row_ms = Of.square().mean(dim=-1)  # (B, m_local)
-    v.lerp_(row_ms, (ok.to(v.dtype) * (1.0 - beta2)).view(-1, 1))
-    On = Of / (v.sqrt().add_(eps)).unsqueeze(-1)
-    sq = torch.stack([row_ms.sum(dim=-1) * n, On.square().sum(dim=(-2, -1))])  # (2, B): ‖O‖², ‖Ô‖²
+    # Everything is derived from the row norms: ‖Ô_i‖ = ‖O_i‖/(√v_i + ε), so the two Frobenius norms
+    # need no pass over Ô, and the row division and the rescale become one per-row factor (one pass).
+    row_sq = torch.linalg.vector_norm(O, dim=-1, dtype=v.dtype).square_()  # (B, m_local): ‖O_i‖²
+    v.lerp_(row_sq / n, (ok.to(v.dtype) * (1.0 - beta2)).view(-1, 1))
+    inv = 1.0 / (v.sqrt() + eps)
+    sq = torch.stack([row_sq.sum(dim=-1), (row_sq * inv.square()).sum(dim=-1)])  # (2, B): ‖O‖², ‖Ô‖²
     if reduce is not None:
         sq = reduce(sq)
-    norm_old, norm_new = sq.sqrt().view(2, -1, 1, 1).unbind(0)
+    norm_old, norm_new = sq.sqrt().unbind(0)
     if adjust_lr_fn == "original":
-        return On * (norm_old / (norm_new + eps)), shape_scale(m, n, "original")
+        factor = inv * (norm_old / (norm_new + eps)).unsqueeze(-1)
+        return O * factor.unsqueeze(-1), shape_scale(m, n, "original")
     if adjust_lr_fn == "match_rms_adamw":
-        return On * (MATCH_RMS * math.sqrt(m * n) / (norm_new + eps)), 1.0
+        factor = inv * (MATCH_RMS * math.sqrt(m * n) / (norm_new + eps)).unsqueeze(-1)
+        return O * factor.unsqueeze(-1), 1.0
     raise ValueError(f"Invalid adjust_lr_fn: {adjust_lr_fn!r}")
 
 

@@ -166,3 +166,12 @@ def test_property_any_shape_and_scale(m: int, n: int, seed: int, log_scale: floa
     assert torch.linalg.svdvals(O).max().item() <= P1_SIGMA_MAX
     torch.testing.assert_close(O, _svd_reference(G), atol=1e-9, rtol=0)  # P3 in float64
     torch.testing.assert_close(newton_schulz5(G.T), O.T, atol=1e-12, rtol=0)  # P4 transpose
+
+
+def test_keep_mask_zeroes_skipped_matrices_and_leaves_others_bit_identical() -> None:
+    Gs = torch.stack([_gaussian((6, 9), seed=s) for s in range(3)])
+    keep = torch.tensor([True, False, True])
+    masked = newton_schulz5(Gs, keep=keep)
+    assert torch.equal(masked[1], torch.zeros(6, 9))
+    plain = newton_schulz5(Gs)
+    assert torch.equal(masked[0], plain[0]) and torch.equal(masked[2], plain[2])

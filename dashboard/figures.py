@@ -84,6 +84,18 @@ def _layout(title: str, x_title: str, y_title: str, *, uirevision: str | None, h
     return layout
 
 
+MANY_TRACES = 6
+
+
+def _side_legend(layout: dict[str, Any], entries: int) -> None:
+    """Many entries (20 runs) would push the plot down from a legend row: move them to a scrolling
+    column on the right instead."""
+    if entries > MANY_TRACES:
+        layout["legend"] = {"orientation": "v", "x": 1.01, "xanchor": "left", "y": 1.0, "yanchor": "top",
+                            "font": {"size": 10}}
+        layout["margin"] = {**layout["margin"], "r": 170, "t": 48}
+
+
 def empty_figure(title: str, message: str, *, height: int = HEIGHT) -> go.Figure:
     """A blank chart that says why it is blank and what to do about it."""
     layout = _layout(title, "", "", uirevision=None, height=height, xaxis={"visible": False},
@@ -179,6 +191,7 @@ def line_figure(
     layout = _layout(title, x_title, y_title, uirevision=uirevision, height=height)
     if log_y:
         layout["yaxis"]["type"] = "log"
+    _side_legend(layout, len(lines))
     if len(lines) == 1 and not smooth and not bad_x:
         layout["showlegend"] = False
     return _figure(data, layout)
@@ -226,7 +239,7 @@ def heatmap_figure(
     layout = _layout(title, x_title, y_title, uirevision=uirevision, height=height)
     if len(y) and isinstance(y[0], str):
         # layers top-down in model order, as they appear in named_parameters()
-        layout["yaxis"].update(type="category", autorange="reversed")
+        layout["yaxis"].update(type="category", autorange="reversed", dtick=1, tickfont={"size": 10})
     elif reverse_y:
         layout["yaxis"]["autorange"] = "reversed"
     return _figure([trace], layout)
@@ -301,6 +314,10 @@ def distribution_figure(
         y_title = "fraction of neurons" if mode == "hist" else "fraction of neurons ≤ x"
         layout = _layout(title, shown_x, y_title, uirevision=uirevision, height=height)
     layout.update(barmode="overlay", showlegend=True)
+    if mode != "box":
+        _side_legend(layout, len(arrays))
+    else:
+        layout["showlegend"] = len(arrays) <= MANY_TRACES  # the x axis already names each box
     return _figure(data, layout)
 
 
@@ -355,9 +372,9 @@ def small_multiples(
         x0 = c * (width + hgap)
         y1 = 1 - r * (height + vgap)
         suffix = "" if k == 0 else str(k + 1)
-        layout[f"xaxis{suffix}"] = {**_AXIS, "domain": [x0, x0 + width], "anchor": f"y{suffix}",
+        layout[f"xaxis{suffix}"] = {**_AXIS, "domain": _domain(x0, x0 + width), "anchor": f"y{suffix}",
                                     "title": {"text": _esc(x_title) if r == rows - 1 else ""}}
-        layout[f"yaxis{suffix}"] = {**_AXIS, "domain": [y1 - height, y1], "anchor": f"x{suffix}",
+        layout[f"yaxis{suffix}"] = {**_AXIS, "domain": _domain(y1 - height, y1), "anchor": f"x{suffix}",
                                     "type": "log" if log_y else "linear",
                                     "title": {"text": _esc(y_title) if c == 0 else ""}}
         if k:
@@ -375,6 +392,11 @@ def small_multiples(
             names_seen.add(name)
     layout["annotations"] = annotations
     return _figure(data, layout)
+
+
+def _domain(lo: float, hi: float) -> list[float]:
+    """An axis domain clamped to [0, 1] (float sums like 1 - 2*(h+gap) - h land at -1e-17)."""
+    return [round(min(max(lo, 0.0), 1.0), 6), round(min(max(hi, 0.0), 1.0), 6)]
 
 
 def _esc(text: str) -> str:

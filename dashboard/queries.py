@@ -8,6 +8,7 @@ server: series are downsampled there (min/max, spikes kept) and array steps subs
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,12 @@ from .series import X_SAMPLES, X_TIME, layer_grid, relative_time, split_layer_ke
 
 SV_SOURCES = ("weight", "update", "pre_orth", "post_orth")
 SV_METRICS = ("cond", "stable_rank", "spectral_norm", "eff_rank")
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders embedded numbers numerically (``blocks.2`` < ``blocks.10``), which is how
+    ``named_parameters()`` lists layers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 @dataclass(slots=True)
@@ -47,6 +54,9 @@ class Catalog:
         for row in keys.get("arrays", []):
             cat.arrays.setdefault(row["key"], {})[row.get("layer") or ""] = [int(row.get("first_step") or 0),
                                                                              int(row.get("last_step") or 0)]
+        # model order, not the server's alphabetical order: block2 before block10
+        cat.quantities = {q: sorted(layers, key=natural_key) for q, layers in cat.quantities.items()}
+        cat.arrays = {k: dict(sorted(v.items(), key=lambda kv: natural_key(kv[0]))) for k, v in cat.arrays.items()}
         return cat
 
     @classmethod

@@ -333,7 +333,7 @@ def draw_scalars(keys, x, smooth, log, meta):
         fig = F.line_figure(lines, title=f"{key} — {len(lines)} runs", x_title=X_TITLES[x], y_title=f"{key} (value)",
                             log_y="log" in (log or []), smoothing=float(smooth or 0), uirevision=f"cmp:{key}:{x}",
                             empty_message=f"no run logged {key}", compact=True)
-        fig.update_layout(showlegend=True, height=380)
+        fig.layout.showlegend = True
         out.append(graph({"type": "cmp-scalar-graph", "key": key}, fig))
     return out
 
@@ -356,8 +356,8 @@ def default_target(series: Sequence[Mapping[str, Any]], direction: str) -> float
             bests.append(min(ys) if direction == "below" else max(ys))
     if not bests:
         return None
-    value = max(bests) if direction == "below" else min(bests)
-    return float(f"{value:.4g}")
+    # exact, not rounded: a target rounded past the worst run's best value would read "not reached"
+    return max(bests) if direction == "below" else min(bests)
 
 
 def ttt_table(result: Mapping[str, Any], meta: Mapping[str, Mapping[str, Any]]) -> html.Table:
@@ -410,7 +410,7 @@ def time_to_target(key, target, direction, baseline, meta):
         target = default_target(api.series(list(meta), [key], points=200), direction)
         if target is None:
             return message(f"No run logged {key}"), no_update, direction_out
-        placeholder = f"auto: {target:g}"
+        placeholder = f"auto: {target:.4g}"
     run_ids = list(meta)
     if baseline in run_ids:  # the server's default baseline is the first run id: put the chosen one first
         run_ids.remove(baseline)
@@ -420,7 +420,7 @@ def time_to_target(key, target, direction, baseline, meta):
     except ApiError as exc:
         return message("Cannot compute time to target", str(exc), kind="error"), placeholder, direction_out
     rel = "≤" if direction == "below" else "≥"
-    caption = html.P(f"{key} {rel} {target:g}; baseline: {(meta.get(result.get('baseline')) or {}).get('name', result.get('baseline'))}",
+    caption = html.P(f"{key} {rel} {target:.4g}; baseline: {(meta.get(result.get('baseline')) or {}).get('name', result.get('baseline'))}",
                      className="hint")
     return html.Div([caption, ttt_table(result, meta)]), placeholder, direction_out
 

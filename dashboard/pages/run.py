@@ -663,7 +663,7 @@ def spectra_summary(metric, source, _state, tab, run_id, keys):
             "orth_err": "error"}.get(metric, metric)
     return F.heatmap_figure(grid.steps, grid.layers, grid.z, title=title, x_title="step", y_title="layer",
                             colorbar_title=unit, log_color=log, uirevision=f"{run_id}:sum:{quantity}",
-                            height=max(320, 60 + 14 * len(grid.layers)))
+                            height=max(320, 90 + 15 * len(grid.layers)))
 
 
 # -- neurons --------------------------------------------------------------------------------------
@@ -720,7 +720,7 @@ def neuron_summary(_state, tab, run_id, keys):
         grid = quantity_grid(api, run_id, quantity, layers, bins=bins)
         out.append(F.heatmap_figure(grid.steps, grid.layers, grid.z, title=title, x_title="step", y_title="layer",
                                     colorbar_title=unit, uirevision=f"{run_id}:{quantity}",
-                                    height=max(320, 60 + 14 * len(grid.layers))))
+                                    height=max(320, 90 + 15 * len(grid.layers))))
     return out
 
 
@@ -796,7 +796,7 @@ def gdiff_summary(_state, tab, run_id, keys):
     grid = quantity_grid(current_api(), run_id, quantity, layers, bins=current_config().layer_grid_bins)
     return F.heatmap_figure(grid.steps, grid.layers, grid.z, title=title, x_title="step", y_title="layer",
                             colorbar_title="s_proj", uirevision=f"{run_id}:{quantity}",
-                            height=max(320, 60 + 14 * len(grid.layers)))
+                            height=max(320, 90 + 15 * len(grid.layers)))
 
 
 # -- KFAC -----------------------------------------------------------------------------------------

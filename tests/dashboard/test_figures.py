@@ -85,6 +85,14 @@ def test_distribution_figure_modes_count_non_finite(mode: str) -> None:
         assert list(fig.data[1].y) == [0.5, 1.0]
 
 
+@pytest.mark.parametrize("n", [1, 5, 8, 20])
+def test_small_multiples_grid_domains_stay_inside_the_figure(n: int) -> None:
+    fig = F.small_multiples([(f"run {i}", [("w", [3.0, 2.0, 1.0])]) for i in range(n)], title="spectra",
+                            x_title="index", y_title="σ")
+    axes = [v for k, v in fig.layout.to_plotly_json().items() if k.startswith(("xaxis", "yaxis"))]
+    assert len(axes) == 2 * n and all(0 <= d <= 1 for a in axes for d in a["domain"])
+
+
 def test_small_multiples_one_panel_per_run_and_skips_empty() -> None:
     fig = F.small_multiples([("a", [("w", [3, 2, 1])]), ("b", [("w", [])]), ("c", [("w", [2, 1])])],
                             title="spectra", x_title="index", y_title="σ")

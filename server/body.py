@@ -37,8 +37,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     if encoding in ("", "identity"):
         return raw
     if encoding not in ("gzip", "x-gzip", "deflate"):
-        raise InvalidBody([{"loc": ["header", "content-encoding"], "msg": f"unsupported encoding {encoding!r}",
-                            "type": "value_error"}])
+        raise InvalidBody([{"loc": ["header", "content-encoding"], "type": "value_error",
+                            "msg": f"unsupported encoding {encoding!r}"}])
     return inflate(raw, limit, wbits=31 if "gzip" in encoding else 15)
 
 
@@ -75,9 +75,11 @@ def parse_json(raw: bytes) -> Any:
         try:
             return json.loads(raw)
         except RecursionError as exc:
-            raise InvalidBody([{"loc": ["body"], "msg": "JSON nested too deeply", "type": "json_invalid"}]) from exc
+            raise InvalidBody([{"loc": ["body"], "msg": "JSON nested too deeply",
+                                "type": "json_invalid"}]) from exc
         except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidBody([{"loc": ["body"], "msg": f"JSON decode error: {exc}", "type": "json_invalid"}]) from exc
+            raise InvalidBody([{"loc": ["body"], "msg": f"JSON decode error: {exc}",
+                                "type": "json_invalid"}]) from exc
 
 
 def parse_model(raw: bytes, model: type[M]) -> M:

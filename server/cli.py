@@ -94,7 +94,8 @@ def _serve(args: argparse.Namespace) -> int:
             token = ensure_local_token(session=session, home=home)
             url_host = "127.0.0.1" if settings.host in ("localhost",) else settings.host
             url_host = f"[{url_host}]" if ":" in url_host else url_host
-            (home / "server.json").write_text(json.dumps({"url": f"http://{url_host}:{settings.port}"}) + "\n")
+            server_json = {"url": f"http://{url_host}:{settings.port}"}
+            (home / "server.json").write_text(json.dumps(server_json) + "\n")
         elif not any(t.revoked_at is None for t in list_tokens(session=session)):
             print("optiscope: no API token exists yet; clients need one: optiscope token create"
                   + (f" --db {args.db}" if args.db else ""), file=sys.stderr)
@@ -140,7 +141,9 @@ def _token_list(args: argparse.Namespace) -> int:
     try:
         for t in list_tokens(session=session):
             state = f"revoked {t.revoked_at.isoformat()}" if t.revoked_at else "active"
-            print(f"{t.id}\t{t.prefix}…\t{t.name or '-'}\t{t.project or '*'}\t{t.created_at.isoformat()}\t{state}")
+            created = t.created_at.isoformat()
+            fields = (t.id, f"{t.prefix}…", t.name or "-", t.project or "*", created, state)
+            print("\t".join(str(f) for f in fields))
     finally:
         session.close()
     return 0

@@ -50,7 +50,9 @@ class InvalidBody(OptiscopeError):
     status_code = 422
 
 
-def validation_details(exc: ValidationError, prefix: tuple[str | int, ...] = ("body",)) -> list[dict[str, Any]]:
+def validation_details(
+    exc: ValidationError, prefix: tuple[str | int, ...] = ("body",)
+) -> list[dict[str, Any]]:
     """pydantic errors → JSON-safe details (``input``/``ctx`` may hold NaN or exceptions)."""
     return [
         {"loc": [*prefix, *err["loc"]], "msg": err["msg"], "type": err["type"]}

@@ -45,7 +45,8 @@ def _bearer(request: Request) -> str | None:
 def _authenticate(request: Request, session: Session) -> Principal:
     token = _bearer(request)
     if token is None:
-        raise NotAuthenticated("missing token: send 'Authorization: Bearer <token>' (see 'optiscope token create')")
+        raise NotAuthenticated("missing token: send 'Authorization: Bearer <token>' "
+                               "(see 'optiscope token create')")
     principal = verify_token(session=session, token=token)
     if principal is None:
         raise NotAuthenticated("invalid or revoked token")

@@ -29,7 +29,8 @@ def ingest_batch(*, session: Session, run: Run, batch: BatchIn) -> dict[str, Any
     # alerts_count (read-modify-write); different runs still ingest in parallel on PostgreSQL.
     session.refresh(run, with_for_update=True)
     if batch.batch_id is not None:
-        seen = session.scalar(select(Batch.id).where(Batch.run_id == run.id, Batch.batch_id == batch.batch_id))
+        seen = session.scalar(
+            select(Batch.id).where(Batch.run_id == run.id, Batch.batch_id == batch.batch_id))
         if seen is not None:
             return _duplicate()
         session.add(Batch(run_id=run.id, batch_id=batch.batch_id))

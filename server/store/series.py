@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Select, Table, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -59,7 +59,8 @@ def f8_value(b: bytes | None) -> float | None:
 
 
 def append_scalars(
-    *, session: Session, run: Run, keys: Sequence[str], columns: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    *, session: Session, run: Run, keys: Sequence[str],
+    columns: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
 ) -> int:
     """Append (steps, times, values) arrays per key; returns the number of points written.
 
@@ -88,8 +89,8 @@ def append_scalars(
     # per-layer keys with a few points each, and per-object bookkeeping would dominate.
     existing = {
         r.key: r for r in session.execute(
-            select(Series.id, Series.key, Series.count, Series.first_step, Series.last_step, Series.first_time,
-                   Series.last_time, Series.last_value, Series.n_chunks)
+            select(Series.id, Series.key, Series.count, Series.first_step, Series.last_step,
+                   Series.first_time, Series.last_time, Series.last_value, Series.n_chunks)
             .where(Series.run_id == run.id, Series.key.in_(keys_sorted))
             .order_by(Series.key).with_for_update()
         )
@@ -98,8 +99,8 @@ def append_scalars(
     # seq = n_chunks - 1 rather than a long (series_id, seq) IN list.
     tails: dict[int, Any] = {
         c.series_id: c for c in session.execute(
-            select(SeriesChunk.id, SeriesChunk.series_id, SeriesChunk.seq, SeriesChunk.steps, SeriesChunk.times,
-                   SeriesChunk.values)
+            select(SeriesChunk.id, SeriesChunk.series_id, SeriesChunk.seq, SeriesChunk.steps,
+                   SeriesChunk.times, SeriesChunk.values)
             .join(Series, (Series.id == SeriesChunk.series_id) & (SeriesChunk.seq == Series.n_chunks - 1))
             .where(Series.run_id == run.id, Series.key.in_(keys_sorted), SeriesChunk.n < MERGE_BELOW)
         )
@@ -148,15 +149,17 @@ def append_scalars(
     if inserts:
         session.execute(SeriesChunk.__table__.insert(), inserts)
     if chunk_updates:
-        t = SeriesChunk.__table__
-        session.execute(t.update().where(t.c.id == bindparam("_id")),
-                        [{**{k: v for k, v in u.items() if k != "id"}, "_id": u["id"]} for u in chunk_updates])
-    t = Series.__table__
-    session.execute(t.update().where(t.c.id == bindparam("_id")),
-                    [{**{k: v for k, v in u.items() if k != "id"}, "_id": u["id"]} for u in series_updates])
+        _update_by_id(session, SeriesChunk.__table__, chunk_updates)
+    _update_by_id(session, Series.__table__, series_updates)
     run.summary = summary
     run.last_step = run_last
     return total
+
+
+def _update_by_id(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """One executemany UPDATE ... WHERE id = ? (rows carry "id" plus the new column values)."""
+    params = [{**{k: v for k, v in row.items() if k != "id"}, "_id": row["id"]} for row in rows]
+    session.execute(table.update().where(table.c.id == bindparam("_id")), params)
 
 
 def _chunk_row(st: np.ndarray, ti: np.ndarray, va: np.ndarray) -> dict[str, Any]:

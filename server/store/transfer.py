@@ -97,15 +97,17 @@ def import_run(*, session: Session, data: bytes) -> Run:
     except ValidationError as exc:
         raise InvalidBody(validation_details(exc, ("body", 0, "run"))) from exc
     try:
-        for obj in (r.get("config") or {}, r.get("summary") or {},
-                    *((o.get("data") or {}) for o in objs[1:] if isinstance(o, dict) and o.get("type") == "event")):
+        event_data = [o.get("data") or {} for o in objs[1:]
+                      if isinstance(o, dict) and o.get("type") == "event"]
+        for obj in (r.get("config") or {}, r.get("summary") or {}, *event_data):
             bounded_depth(obj)
     except ValueError as exc:
         raise InvalidBody([{"loc": ["body"], "msg": str(exc), "type": "value_error"}]) from exc
     if session.get(Run, r["id"]) is not None:
         raise RunExists(f"run {r['id']!r} exists already; delete it first")
     try:
-        run = Run(id=r["id"], project_id=_project_id(session, r["project"]), name=r["name"], status=r["status"],
+        run = Run(id=r["id"], project_id=_project_id(session, r["project"]), name=r["name"],
+                  status=r["status"],
                   config=r.get("config") or {}, tags=[], optimizer=r.get("optimizer"), host=r.get("host"),
                   world_size=r.get("world_size") or 1, rank=r.get("rank"), summary=r.get("summary") or {},
                   created_at=_dt(r["created_at"]), updated_at=_dt(r["updated_at"]),
@@ -140,7 +142,8 @@ def import_run(*, session: Session, data: bytes) -> Run:
         if chunks:
             session.execute(SeriesChunk.__table__.insert(), [
                 {"series_id": series[o["key"]].id, "seq": o["seq"], "n": o["n"], "step_min": o["step_min"],
-                 "step_max": o["step_max"], "time_min": _float(o["time_min"]), "time_max": _float(o["time_max"]),
+                 "step_max": o["step_max"], "time_min": _float(o["time_min"]),
+                 "time_max": _float(o["time_max"]),
                  "steps": _unb64(o["steps"]), "times": _unb64(o["times"]), "values": _unb64(o["values"])}
                 for o in chunks])
         if arrays:

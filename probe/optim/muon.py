@@ -325,7 +325,7 @@ class Muon(Optimizer):
         # Skipped matrices come out of NS as exact zeros, so the update below needs no mask pass.
         O_full = ns(U_full, ok) if shard is None else shard.orthogonalize(U_full, ok, ns)
         O = O_full if shard is None else O_full[:, shard.start : shard.start + local_rows]
-        D, scale, extra = self._direction(
+        D, row_factor, scale, extra = self._direction(
             group, params, states, O, ok, rows, cols, reduce=None if shard is None else shard.reduce_sum
         )
 
@@ -334,7 +334,10 @@ class Muon(Optimizer):
         if wd != 0.0:
             torch._foreach_mul_(mats, list((1.0 - ok.to(mats[0].dtype) * (lr * wd)).unbind(0)))
         # One fused pass like torch's ``param.add_(update, alpha=-lr·scale)``; a bf16 D is promoted.
-        torch._foreach_add_(mats, list(D.unbind(0)), alpha=-lr * scale)
+        if row_factor is None:
+            torch._foreach_add_(mats, list(D.unbind(0)), alpha=-lr * scale)
+        else:
+            torch._foreach_addcmul_(mats, list(D.unbind(0)), list(row_factor.unbind(0)), value=-lr * scale)
         torch._foreach_add_([st["nonfinite_skips"] for st in states], list((~ok).to(torch.int64).unbind(0)))
 
         if self.introspect:
@@ -357,13 +360,16 @@ class Muon(Optimizer):
         rows: int,
         cols: int,
         reduce: Callable[[Tensor], Tensor] | None = None,
-    ) -> tuple[Tensor, float, dict[str, Tensor]]:
-        """Update direction D and scalar scale (update = −η·scale·D), plus extra introspection tensors.
+    ) -> tuple[Tensor, Tensor | None, float, dict[str, Tensor]]:
+        """Update direction: (D, row_factor, scale, extra) with update = −η·scale·D·row_factor.
+
+        ``row_factor`` is None (Muon) or a (B, m, 1) per-row multiplier (NorMuon) fused into the weight
+        update; ``extra`` holds additional introspection tensors (only filled when ``introspect``).
 
         ``O`` may be this rank's row shard of the NS outputs (row-sharded parameters): then ``rows`` is
         the full row count and ``reduce`` sums per-shard partial sums over the shards.
         """
-        return O, shape_scale(rows, cols, group["adjust_lr_fn"]), {}
+        return O, None, shape_scale(rows, cols, group["adjust_lr_fn"]), {}
 
     # ------------------------------------------------------------------ AdamW groups
     def _step_adamw(self, group: dict[str, Any]) -> None:

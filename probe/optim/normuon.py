@@ -64,7 +64,7 @@ def normuon_normalize(
     rows: int | None = None,
     reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, float]:
-    """Row-normalise a batch of NS outputs and update v in place.
+    """Row-normalisation factors of a batch of NS outputs; updates v in place. a batch of NS outputs and update v in place.
 
     Args:
         O: (B, m, n) Newton–Schulz outputs (any float dtype; computed in ``v.dtype``), or this rank's
@@ -79,8 +79,11 @@ def normuon_normalize(
             of 2 scalars per matrix, which makes the Frobenius rescale exact under row sharding).
 
     Returns:
-        (normalized, scale): Ô after the rescale (in ``v.dtype``) and the shape factor still to apply
-        (√max(1, m/n) for ``"original"``, 1 for ``"match_rms_adamw"``).
+        (row_factor, scale): Ô = O · row_factor, with row_factor of shape (B, m, 1) in ``v.dtype``
+        (the row division and the Frobenius/RMS rescale in one factor), and the shape factor still to
+        apply (√max(1, m/n) for ``"original"``, 1 for ``"match_rms_adamw"``). Returning the factor
+        rather than Ô lets the optimizer fuse it into the weight update (``addcmul``), so NorMuon
+        costs one pass over O (the row norms) more than Muon.
     """
     m, n = (rows if rows is not None else O.shape[-2]), O.shape[-1]
     # Everything is derived from the row norms: ‖Ô_i‖ = ‖O_i‖/(√v_i + ε), so the two Frobenius norms
@@ -94,10 +97,10 @@ def normuon_normalize(
     norm_old, norm_new = sq.sqrt().unbind(0)
     if adjust_lr_fn == "original":
         factor = inv * (norm_old / (norm_new + eps)).unsqueeze(-1)
-        return O * factor.unsqueeze(-1), shape_scale(m, n, "original")
+        return factor.unsqueeze(-1), shape_scale(m, n, "original")
     if adjust_lr_fn == "match_rms_adamw":
         factor = inv * (MATCH_RMS * math.sqrt(m * n) / (norm_new + eps)).unsqueeze(-1)
-        return O * factor.unsqueeze(-1), 1.0
+        return factor.unsqueeze(-1), 1.0
     raise ValueError(f"Invalid adjust_lr_fn: {adjust_lr_fn!r}")
 
 
@@ -181,12 +184,13 @@ class NorMuon(Muon):
         rows: int,
         cols: int,
         reduce: Callable[[Tensor], Tensor] | None = None,
-    ) -> tuple[Tensor, float, dict[str, Tensor]]:
+    ) -> tuple[Tensor, Tensor | None, float, dict[str, Tensor]]:
         vs = [st["v"] for st in states]
         V = torch.stack(vs)
-        normalized, scale = normuon_normalize(
+        row_factor, scale = normuon_normalize(
             O, V, ok, beta2=group["beta2"], eps=group["eps"], adjust_lr_fn=group["adjust_lr_fn"],
             rows=rows, reduce=reduce,
         )
         torch._foreach_copy_(vs, list(V.unbind(0)))
-        return normalized, scale, {"v": V, "normalized": normalized}
+        extra = {"v": V, "normalized": O * row_factor} if self.introspect else {}
+        return O, row_factor, scale, extra

@@ -31,7 +31,10 @@ Decisions on ALGORITHMS.md ambiguities (§6.3):
 * Non-finite gradients: if a parameter's gradient contains NaN/Inf, that parameter's whole step is
   skipped (momentum, weights and weight decay untouched) and ``state["nonfinite_skips"]`` (0-d int64
   tensor) is incremented; it is also reported in ``last_internals`` as ``nonfinite_skips``. The test
-  (``isfinite(G).all()`` per matrix) stays on the device as a mask, so there is no host synchronisation.
+  (finite ‖G‖_F, which also catches a norm that overflows — NS would return NaN for it) stays on the
+  device as a mask: the gradient is zeroed with its momentum weight set to 0, and the mask is folded
+  into the Newton–Schulz pre-normalisation so the skipped matrix's update is an exact 0. No host
+  synchronisation, and no extra pass over the update.
 * ``grad is None`` parameters are skipped entirely (no momentum decay, no weight decay), as in
   torch.optim. (Keller's distributed Muon substitutes zeros to keep ranks in step; our distributed
   path instead assumes every rank sees the same set of gradients, which DDP guarantees.)

@@ -161,6 +161,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         os.environ["OPTISCOPE_HOME"] = home
         runs = {name: probe.init(project="bench", name=name, mode="offline") for name in ("default", "full")}
+        # The same Monitor with a disabled run: what the diagnostics cost without the client's sender thread.
+        runs["quiet"] = probe.init(project="bench", name="quiet", mode="disabled")
         every = dict(scalars_every=1, update_every=1, neuron_every=1, spectra_every=1, vectors_every=1,
                      internals_every=1, budget=None)
         if args.svd_full_max is not None:
@@ -168,6 +170,7 @@ def main() -> None:
         setups = [
             build("no probe", cfg, args.optimizer, device, None, None),
             build("default cadence", cfg, args.optimizer, device, runs["default"], {}),
+            build("default, run disabled", cfg, args.optimizer, device, runs["quiet"], {}),
             build("everything every step", cfg, args.optimizer, device, runs["full"], every),
         ]
         gen = torch.Generator().manual_seed(0)

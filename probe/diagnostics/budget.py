@@ -48,18 +48,24 @@ class OverheadBudget:
         self._step_acc = 0.0
 
     def select(self, due: Iterable[str]) -> set[str]:
-        """Pick, in the given priority order, the due diagnostics whose estimated cost the credit covers."""
-        chosen: set[str] = set()
+        """Pick due diagnostics in the given order (oldest first) while the credit covers their estimated cost.
+
+        Selection stops at the first one the credit does not cover: an expensive diagnostic (spectra every
+        50 steps) then saves up for its turn instead of starving behind a cheap one due every step.
+        """
+        due = list(due)
         if self.fraction is None:
             return set(due)
+        chosen: set[str] = set()
         available = self.credit
-        for name in due:
+        for i, name in enumerate(due):
             estimate = self.cost.get(name, 0.0)
-            if estimate <= available:
-                chosen.add(name)
-                available -= estimate
-            else:
-                self.skipped[name] = self.skipped.get(name, 0) + 1
+            if estimate > available:
+                for later in due[i:]:
+                    self.skipped[later] = self.skipped.get(later, 0) + 1
+                break
+            chosen.add(name)
+            available -= estimate
         return chosen
 
     def charge(self, name: str, seconds: float) -> None:

@@ -57,7 +57,7 @@ from probe.diagnostics.spectra import singular_values, spectrum_stats
 __all__ = ["Monitor", "attach", "RunLike", "SPECTRUM_SOURCES"]
 
 SPECTRUM_SOURCES = ("weight", "update", "pre_orth", "post_orth")
-# Budgeted diagnostics in priority order: when the credit does not cover all due ones, earlier wins.
+# Budgeted diagnostics in priority order (ties among diagnostics that became due at the same step).
 _BUDGETED = ("update", "neuron", "internals", "spectra")
 _FOP_KEYS = (
     "g1_norm", "g2_norm", "gavg_norm", "gdiff_norm", "cos_g1_g2", "gavg_fisher", "gdiff_fisher",
@@ -252,7 +252,7 @@ class Monitor:
         self._next_step = start_step
         self._open = False
         self._stepped: set[int] = set()
-        self._pending: set[str] = set()
+        self._pending: dict[str, int] = {}  # due diagnostic -> step it became due (deferred by the budget)
         self._vectors_pending: set[str] = set()
         self._plan: set[str] = set()
         self._vectors_now: set[str] = set()
@@ -484,13 +484,16 @@ class Monitor:
     def _open_step(self) -> None:
         step = self._next_step
         for name in _BUDGETED:
-            if name not in self.disabled and self.schedules[name](step):
-                self._pending.add(name)
+            if name not in self.disabled and name not in self._pending and self.schedules[name](step):
+                self._pending[name] = step
         if self.vectors_schedule(step):
             self._vectors_pending |= {"spectra", "neuron", "internals"}
-        due = [name for name in _BUDGETED if name in self._pending and name not in self.disabled]
+        # Oldest first (a deferred diagnostic keeps its place in line), then the fixed priority order.
+        due = sorted((n for n in self._pending if n not in self.disabled),
+                     key=lambda n: (self._pending[n], _BUDGETED.index(n)))
         self._plan = self.budget.select(due)
-        self._pending -= self._plan
+        for name in self._plan:
+            del self._pending[name]
         self._vectors_now = self._vectors_pending & self._plan
         self._vectors_pending -= self._vectors_now
         self._open = True

@@ -101,3 +101,16 @@ def test_device_time_of_diagnostics_is_charged_on_cuda(recording_run: RecordingR
     assert mon.errors == {}
     assert mon.budget.cost["spectra"] > 0 and not mon._device_events
     assert len(recording_run.series("sv.weight.cond/fc1.weight")) == 4
+
+
+def test_an_expensive_diagnostic_first_in_line_saves_up_instead_of_starving() -> None:
+    b = OverheadBudget(0.1)
+    b.charge("spectra", 1.0)
+    b.charge("update", 0.05)
+    runs = {"spectra": 0, "update": 0}
+    for _ in range(200):
+        chosen = b.select(["spectra", "update"])  # spectra has been waiting longer
+        for name in chosen:
+            runs[name] += 1
+        b.observe_step(1.0 + sum(b.cost[n] for n in chosen), sum(b.cost[n] for n in chosen))
+    assert runs["spectra"] >= 15  # 0.1 s of credit per step pays 1 s of spectra about every 10 steps

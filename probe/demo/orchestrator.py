@@ -240,8 +240,9 @@ class _Worker:
 
     Why not one process per run: ``import torch`` (plus torch's lazy imports on the first optimizer)
     costs several seconds on a busy 2-core machine, as much as a quick run trains. One worker per pool
-    slot pays it once. If a worker dies mid-run, that run is marked failed and the next job starts a
-    fresh worker.
+    slot pays it once, and starts paying it while the server is still starting (the server URL and token
+    travel with each job, not in the environment). If a worker dies mid-run, that run is marked failed
+    and the next job starts a fresh worker.
     """
 
     def __init__(self, *, env: dict[str, str], log_path: Path) -> None:
@@ -249,6 +250,10 @@ class _Worker:
         self.log_path = log_path
         self._log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._child: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        """Spawn the process now (it imports torch and warms up while nothing waits for it)."""
+        self._ensure()
 
     def _ensure(self) -> subprocess.Popen[str]:
         if self._child is None or self._child.poll() is not None:
@@ -299,15 +304,14 @@ class _Worker:
 def _run_pool(
     specs: list[RunSpec],
     *,
-    workers: int,
-    env: dict[str, str],
+    workers: list[_Worker],
     session: str,
-    logs: Path,
     reports: Path,
     url: str,
+    token: str,
     progress: _Progress,
 ) -> list[RunOutcome]:
-    """Train ``specs`` on ``workers`` worker processes, longest first, and return outcomes in spec order."""
+    """Train ``specs`` (in order) on the ``workers``, each taking the next job when free; outcomes in spec order."""
     import queue
 
     jobs: queue.Queue[RunOutcome] = queue.Queue()
@@ -315,20 +319,16 @@ def _run_pool(
     for outcome in outcomes:
         jobs.put(outcome)
 
-    def serve(slot: int) -> None:
-        worker = _Worker(env=env, log_path=logs / f"worker-{slot}.log")
-        try:
-            while True:
-                try:
-                    outcome = jobs.get_nowait()
-                except queue.Empty:
-                    return
-                _train_one(outcome, worker, session=session, reports=reports, url=url, progress=progress)
-        finally:
-            worker.close()
+    def serve(worker: _Worker) -> None:
+        while True:
+            try:
+                outcome = jobs.get_nowait()
+            except queue.Empty:
+                return
+            _train_one(outcome, worker, session=session, reports=reports, url=url, token=token, progress=progress)
 
-    threads = [threading.Thread(target=serve, args=(i,), name=f"demo-worker-{i}", daemon=True)
-               for i in range(min(workers, len(specs)))]
+    threads = [threading.Thread(target=serve, args=(w,), name=f"demo-worker-{i}", daemon=True)
+               for i, w in enumerate(workers)]
     for t in threads:
         t.start()
     for t in threads:
@@ -338,7 +338,8 @@ def _run_pool(
 
 
 def _train_one(
-    outcome: RunOutcome, worker: _Worker, *, session: str, reports: Path, url: str, progress: _Progress
+    outcome: RunOutcome, worker: _Worker, *, session: str, reports: Path, url: str, token: str,
+    progress: _Progress,
 ) -> None:
     spec = outcome.spec
     outcome.log_path = worker.log_path
@@ -348,6 +349,8 @@ def _train_one(
         "project": PROJECT,
         "tags": ["demo", f"session-{session}", spec.group],
         "report": str(report_path),
+        "url": url,
+        "token": token,
     }
 
     def on_message(message: dict[str, Any]) -> None:
@@ -504,7 +507,17 @@ def run_demo(config: DemoConfig, *, on_ready: Callable[[str], None] | None = Non
     specs = build_specs(quick=config.quick, gpu=gpu)
     workers = config.workers or _default_workers(gpu)
     server = _Server(home=home, port=_choose_port(config.port), log_path=logs / "server.log")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env = {
+        **os.environ,
+        "OPTISCOPE_HOME": str(home),
+        "OMP_NUM_THREADS": str(threads),
+        "PYTHONUNBUFFERED": "1",
+    }
+    pool = [_Worker(env=env, log_path=logs / f"worker-{i}.log") for i in range(min(workers, len(specs)))]
     try:
+        for worker in pool:
+            worker.start()
         health = server.wait_healthy()
         token = _read_token(home)
         print(
@@ -515,30 +528,23 @@ def run_demo(config: DemoConfig, *, on_ready: Callable[[str], None] | None = Non
         )
         print(
             f"Training {len(specs)} runs ({'quick' if config.quick else 'full'}, "
-            f"{'GPU' if gpu else 'CPU'}, {workers} at a time); open the URL to watch them live.",
+            f"{'GPU' if gpu else 'CPU'}, {len(pool)} at a time); open the URL to watch them live.",
             file=out,
             flush=True,
         )
         if on_ready is not None:
             on_ready(server.url)
 
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        env = {
-            **os.environ,
-            "OPTISCOPE_URL": server.url,
-            "OPTISCOPE_TOKEN": token,
-            "OPTISCOPE_HOME": str(home),
-            "OMP_NUM_THREADS": str(threads),
-            "PYTHONUNBUFFERED": "1",
-        }
         progress = _Progress(specs, out)
         try:
             outcomes = _run_pool(
-                specs, workers=workers, env=env, session=session, logs=logs, reports=reports,
-                url=server.url, progress=progress,
+                specs, workers=pool, session=session, reports=reports, url=server.url, token=token,
+                progress=progress,
             )
         finally:
             progress.close()
+            for worker in pool:
+                worker.close()
 
         with httpx.Client(base_url=server.url, timeout=30.0, headers={"Authorization": f"Bearer {token}"}) as client:
             _verify(outcomes, client)
@@ -559,6 +565,8 @@ def run_demo(config: DemoConfig, *, on_ready: Callable[[str], None] | None = Non
         print("\nStopping.", file=out, flush=True)
         raise
     finally:
+        for worker in pool:
+            worker.close()
         server.stop()
 
 

@@ -215,8 +215,20 @@ def _evaluate_text(model: nn.Module, data: _TextData) -> dict[str, float]:
     return {"val_loss": float(F.cross_entropy(logits.flatten(0, 1), data.val_y.flatten()))}
 
 
-def train(spec: RunSpec, *, project: str = "demo", tags: Sequence[str] = (), report: Path | None = None) -> int:
-    """Run one training with the probe attached; returns a process exit code."""
+def train(
+    spec: RunSpec,
+    *,
+    project: str = "demo",
+    tags: Sequence[str] = (),
+    report: Path | None = None,
+    url: str | None = None,
+    token: str | None = None,
+) -> int:
+    """Run one training with the probe attached; returns a process exit code.
+
+    ``url``/``token`` default to ``OPTISCOPE_URL``/``OPTISCOPE_TOKEN`` and the local server's files,
+    exactly as for a user's script.
+    """
     import probe
 
     torch.manual_seed(spec.seed)  # model init; data draws below use their own generator
@@ -248,7 +260,10 @@ def train(spec: RunSpec, *, project: str = "demo", tags: Sequence[str] = (), rep
 
     config = {**asdict(spec), "params": sum(p.numel() for p in model.parameters()), "train_size": n_train}
     optimizer_label = spec.optimizer + ("+infobatch" if spec.infobatch else "")
-    real_run = probe.init(project=project, name=spec.name, config=config, tags=list(tags), optimizer=optimizer_label)
+    real_run = probe.init(
+        project=project, name=spec.name, config=config, tags=list(tags), optimizer=optimizer_label,
+        url=url, token=token,
+    )
     run = CountingRun(real_run)
     _emit("run", id=real_run.id)
 
@@ -341,6 +356,20 @@ def train(spec: RunSpec, *, project: str = "demo", tags: Sequence[str] = (), rep
     return 0
 
 
+def _warm_up() -> None:
+    """Pay torch's lazy imports now, while the orchestrator waits for the server, not in the first run.
+
+    The first ``Optimizer()`` imports ``torch._dynamo`` (seconds on a busy CPU); the probe's own modules
+    and the demo's datasets module are imported here too.
+    """
+    import probe.client.run  # noqa: F401
+    import probe.diagnostics.monitor  # noqa: F401
+    import probe.optim.kfac  # noqa: F401
+    from probe.demo import datasets, models  # noqa: F401
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+
+
 def _serve_jobs(lines: Iterator[str]) -> int:
     """Worker mode: train one job per stdin line until stdin closes.
 
@@ -349,6 +378,7 @@ def _serve_jobs(lines: Iterator[str]) -> int:
     on the first optimizer) are paid once per slot, not once per run. Each job is still its own run, and
     a job that raises is reported (``done`` with code 1) without ending the worker.
     """
+    _warm_up()
     for line in lines:
         if not line.strip():
             continue
@@ -360,6 +390,7 @@ def _serve_jobs(lines: Iterator[str]) -> int:
             code = train(
                 spec, project=job.get("project", "demo"), tags=job.get("tags", ()),
                 report=Path(job["report"]) if job.get("report") else None,
+                url=job.get("url"), token=job.get("token"),
             )
         except Exception:  # noqa: BLE001 - one failed run must not stop the others; the traceback is logged
             traceback.print_exc()

@@ -147,7 +147,8 @@ class Monitor:
         budget: target probe time / training time (default 0.03); ``None`` runs everything when due.
         spectra_sources: which of ``weight update pre_orth post_orth`` get spectra.
         svd_full_max, svd_full_max_numel, svd_top_k: exact ``svdvals`` up to these sizes, else top-k.
-        neuron_axis: per parameter name, the output-neuron axis (default 0; use 1 for (in, out) layouts).
+        neuron_axis: per parameter name, the output-neuron axis (default 0, ``nn.Embedding`` weights 1; use 1
+            for layers stored (in, out)).
         frozen_rel_tol: a neuron is frozen when its update norm ≤ this × the layer's mean norm.
         alerts: alert thresholds and rate limits.
         include: ``(name, param) -> bool`` filter of the monitored parameters (default: all).
@@ -229,7 +230,12 @@ class Monitor:
         self.steps_closed = 0
 
         names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
-        axes = dict(neuron_axis or {})
+        # An embedding table is (tokens, features): its output neurons are the columns, and a row is a
+        # token that legitimately stops moving when it is not in the batch (not a frozen neuron).
+        axes = {f"{prefix}.weight" if prefix else "weight": 1
+                for prefix, module in (model.named_modules() if model is not None else [])
+                if isinstance(module, nn.Embedding)}
+        axes.update(neuron_axis or {})
         self._layers: list[list[_Layer]] = []
         seen: set[int] = set()
         anonymous = 0

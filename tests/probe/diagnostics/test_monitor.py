@@ -289,3 +289,15 @@ def test_a_subclass_calling_super_step_is_observed_once_per_step(recording_run: 
     mon = attach(model, opt, run=recording_run, log_every=1)
     train(model, opt, 4)
     assert mon.steps_closed == 4 and [s for s, _ in recording_run.logs] == [0, 1, 2, 3]
+
+
+def test_embedding_neurons_are_its_feature_columns_not_its_token_rows(recording_run: RecordingRun) -> None:
+    model = nn.Sequential(nn.Embedding(50, 6), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    attach(model, opt, run=recording_run, budget=None, log_every=1, neuron_every=1, vectors_every=1)
+    model(torch.tensor([[1, 2, 3]])).sum().backward()  # only 3 of 50 tokens get a gradient
+    opt.step()
+    (arr,) = [a for a in recording_run.arrays if a["key"] == "neuron.update_norm" and a["layer"] == "0.weight"]
+    assert arr["values"].shape == (6,)
+    assert recording_run.logs[0][1]["neuron.frozen_frac/0.weight"] == 0.0
+    assert not [e for e in recording_run.events if e["key"] == "frozen_neurons" and e["layer"] == "0.weight"]

@@ -132,7 +132,9 @@ def main() -> None:
             page.goto(f"{server.url}/runs/bench-live")
             wait_graphs(page, "#run-tab-scalars", 1)
             seeder = Seeder(server.api, server.token)
-            step = 1000
+            import httpx
+
+            step = httpx.get(f"{server.api}/runs/bench-live/latest", params={"key": "loss"}).json()["loss"]["step"]
             for i in range(args.repeat):
                 step += 1
                 t = time.perf_counter()

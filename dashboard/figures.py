@@ -151,12 +151,13 @@ def line_figure(
     empty_message: str = "no data logged yet",
     height: int = HEIGHT,
     compact: bool = False,
+    live: bool = True,
 ) -> go.Figure:
     """Lines over a common x axis, with optional EMA smoothing and marked non-finite points.
 
     ``compact`` sends x/y as float32 typed arrays (base64 on the wire, no text parsing in the
-    browser): for charts that are redrawn, never appended to — the live page's ``Patch`` extends
-    plain lists.
+    browser) and ``live=False`` drops the empty placeholder traces: both for charts that are
+    redrawn, never appended to — the live page's ``Patch`` extends plain lists at fixed indices.
 
     Trace layout is fixed so the live page can ``Patch`` by index: for line i the raw trace is
     ``2*i``, the smoothed trace ``2*i+1`` (empty when smoothing is off), and the last trace holds
@@ -177,17 +178,20 @@ def line_figure(
                      "legendgroup": name, "line": {"color": c, "width": 1.5}, "opacity": 0.3 if smooth else 1.0,
                      "showlegend": not smooth, "hovertemplate": f"{name}<br>x=%{{x}}<br>y=%{{y:.4g}}<extra></extra>"})
         smoothed = ema(line.y, smoothing)[0] if smooth else []
-        data.append({"type": "scatter", "x": (xs_ if smooth else []),
-                     "y": (_f32(smoothed) if compact else smoothed), "name": name, "mode": "lines",
-                     "legendgroup": name, "line": {"color": c, "width": 2}, "showlegend": smooth,
-                     "hovertemplate": f"{name} (EMA {smoothing:g})<br>x=%{{x}}<br>y=%{{y:.4g}}<extra></extra>"})
+        if live or smooth:
+            data.append({"type": "scatter", "x": (xs_ if smooth else []),
+                         "y": (_f32(smoothed) if compact else smoothed), "name": name, "mode": "lines",
+                         "legendgroup": name, "line": {"color": c, "width": 2}, "showlegend": smooth,
+                         "hovertemplate": f"{name} (EMA {smoothing:g})<br>x=%{{x}}<br>y=%{{y:.4g}}<extra></extra>"})
         xs, labels = _nonfinite(line.x, line.y)
         bad_x += xs
         bad_text += [f"{name}: {label}" for label in labels]
     level = marker_level(line.y for line in lines)
-    data.append({"type": "scatter", "x": bad_x, "y": [level] * len(bad_x), "mode": "markers",
-                 "name": "non-finite (NaN/Inf)", "marker": {"symbol": "x", "color": NONFINITE_COLOR, "size": 9},
-                 "text": bad_text, "hovertemplate": "x=%{x}<br>%{text}<extra></extra>", "showlegend": bool(bad_x)})
+    if live or bad_x:
+        data.append({"type": "scatter", "x": bad_x, "y": [level] * len(bad_x), "mode": "markers",
+                     "name": "non-finite (NaN/Inf)", "marker": {"symbol": "x", "color": NONFINITE_COLOR, "size": 9},
+                     "text": bad_text, "hovertemplate": "x=%{x}<br>%{text}<extra></extra>",
+                     "showlegend": bool(bad_x)})
     layout = _layout(title, x_title, y_title, uirevision=uirevision, height=height)
     if log_y:
         layout["yaxis"]["type"] = "log"
@@ -259,11 +263,11 @@ def spectrum_figure(
     """Overlaid spectra (one per source or per run) against the singular-value index."""
     lines = [Line(name, list(range(1, len(values) + 1)), values) for name, values in spectra]
     fig = line_figure(lines, title=title, x_title=x_title, y_title=y_title, log_y=log_y,
-                      empty_message=empty_message, uirevision=uirevision, height=height)
+                      empty_message=empty_message, uirevision=uirevision, height=height, live=False)
     if not is_empty(fig):
         if len(lines) > 1:
             fig.layout.showlegend = True
-        for trace in fig.data[:-1:2]:
+        for trace in fig.data[:len(lines)]:
             trace.mode = "lines+markers"
             trace.marker = {"size": 3}
     return fig

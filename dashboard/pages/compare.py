@@ -28,6 +28,7 @@ from ..state import current_api, current_config
 TITLE = "Optiscope · compare"
 MAX_RUNS = 50  # the server's /time-to-target takes up to 50 run ids
 CHART_POINT_BUDGET = 12_000
+SMALL_MULTIPLES_MAX = 8
 MATCH_STEP = "step"
 MATCH_SAMPLES = "samples"
 
@@ -332,7 +333,7 @@ def draw_scalars(keys, x, smooth, log, meta):
         lines = overlay_lines(api, meta, key, series, x, samples)
         fig = F.line_figure(lines, title=f"{key} — {len(lines)} runs", x_title=X_TITLES[x], y_title=f"{key} (value)",
                             log_y="log" in (log or []), smoothing=float(smooth or 0), uirevision=f"cmp:{key}:{x}",
-                            empty_message=f"no run logged {key}", compact=True)
+                            empty_message=f"no run logged {key}", compact=True, live=False)
         fig.layout.showlegend = True
         out.append(graph({"type": "cmp-scalar-graph", "key": key}, fig))
     return out
@@ -488,9 +489,18 @@ def matched_panels(layer, source, match, at, meta, catalog):
     where = "matched samples seen" if match == MATCH_SAMPLES else f"step ≤ {steps[run_ids[0]]}"
     spectra = [(f"{meta[r]['name']} @ {g[0]}", g[1]) for r, g in zip(run_ids, spec) if g]
     overlay = F.spectrum_figure(spectra, title=f"spectrum of {source} — {layer} ({where})", empty_message=hint_sv)
-    grid = F.small_multiples([(f"{meta[r]['name']} @ step {g[0]}", [(source, g[1])]) for r, g in zip(run_ids, spec) if g],
-                             title=f"spectra side by side — {layer}", x_title="index i", y_title="σᵢ",
-                             empty_message=hint_sv)
+    found = [(f"{meta[r]['name']} @ step {g[0]}", g[1]) for r, g in zip(run_ids, spec) if g]
+    if len(found) <= SMALL_MULTIPLES_MAX:
+        grid = F.small_multiples([(name, [(source, values)]) for name, values in found],
+                                 title=f"spectra side by side — {layer}", x_title="index i", y_title="σᵢ",
+                                 empty_message=hint_sv)
+    else:  # 20 little charts cost the browser ~1 s; one run x index heatmap shows the same side by side
+        width = max(len(v) for _, v in found)
+        grid = F.heatmap_figure(list(range(1, width + 1)), [name for name, _ in found],
+                                [list(v) + [math.nan] * (width - len(v)) for _, v in found],
+                                title=f"spectra side by side — {layer}", x_title="index i (descending σ)",
+                                y_title="run", colorbar_title="σ", log_color=True,
+                                height=max(320, 90 + 18 * len(found)))
     dists = [(f"{meta[r]['name']} @ {g[0]}", g[1]) for r, g in zip(run_ids, neur) if g]
     n_overlay = F.distribution_figure(dists, title=f"neuron update norms — {layer} ({where})", mode="ecdf",
                                       x_title="‖ΔW_row‖₂", empty_message=hint_nn)

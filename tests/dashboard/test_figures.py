@@ -49,6 +49,13 @@ def test_user_strings_are_escaped_in_titles_and_legends() -> None:
     assert "<script>" not in fig.data[0].hovertemplate
 
 
+def test_redraw_only_charts_carry_no_placeholder_traces() -> None:
+    lines = [F.Line("a", [0, 1], [1.0, 2.0]), F.Line("b", [0, 1], [2.0, math.nan])]
+    fig = F.line_figure(lines, title="t", x_title="step", y_title="y", live=False, compact=True)
+    assert [t.name for t in fig.data] == ["a", "b", "non-finite (NaN/Inf)"]
+    assert '"bdata"' in fig.to_json()
+
+
 def test_empty_figure_says_how_to_get_data() -> None:
     fig = F.line_figure([F.Line("x", [], [])], title="spectra", x_title="step", y_title="σ",
                         empty_message="no spectra logged yet — enable them with probe.attach(...)")

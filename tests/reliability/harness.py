@@ -202,9 +202,10 @@ class DbCheck:
     problems: list[str]
 
 
-def check_database(db_url: str) -> DbCheck:
+def check_database(db_url: str, *, unique_steps: bool = True) -> DbCheck:
     """Every series' ``count`` equals the points in its chunks, chunk sequence numbers are
-    0..n_chunks-1, chunk headers match their blobs, and no step is stored twice in a series.
+    0..n_chunks-1, chunk headers match their blobs, and (``unique_steps``, for writers that never
+    repeat a step, like the probe) no step is stored twice in a series.
 
     A batch torn by a crash would break one of these (or the "all keys of a run share their
     steps" check the fault tests add on top).
@@ -240,7 +241,7 @@ def check_database(db_url: str) -> DbCheck:
                     all_steps.append(st)
                 if n != s.count:
                     problems.append(f"series {s.run_id}/{s.key}: count={s.count} but chunks hold {n}")
-                if all_steps:
+                if all_steps and unique_steps:
                     st = np.concatenate(all_steps)
                     if len(np.unique(st)) != len(st):
                         problems.append(f"series {s.run_id}/{s.key}: {len(st) - len(np.unique(st))} steps twice")

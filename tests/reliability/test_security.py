@@ -45,10 +45,10 @@ API = "/api/v1"
 # -- writes -----------------------------------------------------------------------------------------
 
 
-def _write_requests(run_id: str, export: bytes) -> list[tuple[str, str, dict | bytes | None]]:
+def _write_requests(run_id: str, export: bytes, project: str) -> list[tuple[str, str, dict | bytes | None]]:
     """Every write endpoint with a valid body, so only the credentials can make it fail."""
     return [
-        ("POST", "/runs", {"id": uuid.uuid4().hex, "project": "p"}),
+        ("POST", "/runs", {"id": uuid.uuid4().hex, "project": project}),
         ("PATCH", f"/runs/{run_id}", {"name": "renamed", "status": "finished"}),
         ("POST", f"/runs/{run_id}/heartbeat", None),
         ("POST", f"/runs/{run_id}/finish", {"status": "crashed"}),
@@ -61,18 +61,17 @@ def _write_requests(run_id: str, export: bytes) -> list[tuple[str, str, dict | b
 def test_every_write_is_refused_without_token_with_bad_or_revoked_token_and_across_projects(inproc: InProc) -> None:
     """401 without a token, with garbage, with a wrong scheme and with a revoked token; 403 with a
     token scoped to another project; and the run is exactly as it was afterwards."""
-    run = inproc.create_run(project="p", name="original")
+    project = "sec-" + uuid.uuid4().hex[:8]  # the PostgreSQL database is shared by the session
+    run = inproc.create_run(project=project, name="original")
     rid = run["id"]
     export = inproc.client.get(f"{API}/runs/{rid}/export").content
-    other = inproc.create_run(project="q")
-    inproc.client.delete(f"{API}/runs/{other['id']}", headers=inproc.auth)
     revoked_id, revoked = inproc.new_token()
     session = inproc.app.state.sessionmaker()
     try:
         assert revoke_token(session=session, token_id=revoked_id)
     finally:
         session.close()
-    _, foreign = inproc.new_token(project="q")
+    _, foreign = inproc.new_token(project=project + "-other")
     credentials = {
         "none": ({}, 401),
         "garbage": ({"Authorization": "Bearer osk_not-a-token"}, 401),
@@ -82,7 +81,7 @@ def test_every_write_is_refused_without_token_with_bad_or_revoked_token_and_acro
     }
     tried = 0
     for label, (headers, expected) in credentials.items():
-        for method, path, body in _write_requests(rid, export):
+        for method, path, body in _write_requests(rid, export, project):
             content = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else None)
             r = inproc.client.request(method, API + path, content=content,
                                       headers={**headers, "Content-Type": "application/json"})
@@ -94,7 +93,7 @@ def test_every_write_is_refused_without_token_with_bad_or_revoked_token_and_acro
     after = inproc.client.get(f"{API}/runs/{rid}").json()
     assert (after["name"], after["status"], after["summary"]) == ("original", "running", {})
     assert inproc.client.get(f"{API}/runs/{rid}/keys").json()["scalars"] == []
-    assert inproc.client.get(f"{API}/runs", params={"project": "p"}).json()["count"] == 1
+    assert inproc.client.get(f"{API}/runs", params={"project": project}).json()["count"] == 1
     print(f"\n{tried} refused writes on {inproc.engine}")
 
 

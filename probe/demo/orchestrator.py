@@ -31,7 +31,7 @@ import httpx
 
 from probe.demo.specs import PROGRESS_PREFIX, Comparison, RunSpec, build_specs, comparisons
 
-__all__ = ["DemoConfig", "DemoResult", "RunOutcome", "run_demo", "PROGRESS_PREFIX", "compare_counts"]
+__all__ = ["DemoConfig", "DemoResult", "RunOutcome", "run_demo", "compare_counts", "format_table"]
 
 PROJECT = "demo"
 DEFAULT_PORT = 8000
@@ -48,7 +48,7 @@ class DemoConfig:
     exit_when_done: bool = False
     workers: int | None = None  # None: 2 on small machines (the "at most 2 on 2 cores")
     gpu: bool | None = None  # None: use CUDA when available
-    out: TextIO = sys.stdout
+    out: TextIO = field(default_factory=lambda: sys.stdout)
 
 
 @dataclass
@@ -598,6 +598,11 @@ def _write_session(path: Path, result: DemoResult) -> None:
 
 def _print_summary(result: DemoResult, out: TextIO) -> None:
     print("", file=out)
+    if result.tables:
+        print("Time to target (the server's /time-to-target, as on the compare page). Steps and samples are "
+              "machine-independent; time_s is wall time with the trainings sharing the CPU, so it is noisy.",
+              file=out)
+        print("", file=out)
     for table in result.tables:
         print(format_table(table), file=out)
         if table.get("compare_path"):

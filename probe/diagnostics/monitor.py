@@ -43,6 +43,8 @@ from torch import Tensor, nn
 from probe.diagnostics.alerts import AlertEngine, AlertRules
 from probe.diagnostics.budget import OverheadBudget
 from probe.diagnostics.gradient_diff import gradient_difference
+from probe.diagnostics.internals import global_internals, layer_internals
+from probe.diagnostics.interval import IntervalBuffer, stack_f32
 from probe.diagnostics.quantities import (
     as_matrix,
     global_norm,
@@ -59,11 +61,6 @@ __all__ = ["Monitor", "attach", "RunLike", "SPECTRUM_SOURCES"]
 SPECTRUM_SOURCES = ("weight", "update", "pre_orth", "post_orth")
 # Budgeted diagnostics in priority order (ties among diagnostics that became due at the same step).
 _BUDGETED = ("update", "neuron", "internals", "spectra")
-_FOP_KEYS = (
-    "g1_norm", "g2_norm", "gavg_norm", "gdiff_norm", "cos_g1_g2", "gavg_fisher", "gdiff_fisher",
-    "parallel", "orthogonal", "s_proj", "D", "E", "beta", "eta",
-)  # fmt: skip
-_KFAC_KEYS = ("A_eig_min", "A_eig_max", "G_eig_min", "G_eig_max")
 _NEURON_STATS = ("cv", "min", "max", "q50", "frozen_frac")
 
 FisherFactors = Callable[[Tensor], "tuple[Tensor, Tensor] | None"]
@@ -110,23 +107,6 @@ class _OptStep:
     before: list[Tensor] = field(default_factory=list)
     grad_nonfinite: list[Tensor] = field(default_factory=list)
     introspect_prev: bool | None = None
-
-
-@dataclass
-class _Record:
-    """Several scalars of one step, kept as one 1-D device tensor until the interval's host copy."""
-
-    step: int
-    keys: list[str]
-    values: Tensor
-
-
-@dataclass
-class _ArrayRecord:
-    key: str
-    layer: str
-    step: int
-    values: Tensor
 
 
 class Monitor:
@@ -269,9 +249,7 @@ class Monitor:
         self._probe_s = 0.0
         self._hook_t0: float | None = None
         self._last_close: float | None = None
-        self._records: list[_Record] = []
-        self._arrays: list[_ArrayRecord] = []
-        self._host: dict[int, dict[str, float]] = {}
+        self._buffer = IntervalBuffer()
         self._steps_in_buffer = 0
         self._samples_seen = 0
         self._logged_epochs: set[int] = set()
@@ -509,10 +487,9 @@ class Monitor:
         now = time.perf_counter()
         in_hook = now - self._hook_t0 if self._hook_t0 is not None else 0.0
         probe_s = self._probe_s + in_hook
-        host = self._host.setdefault(step, {})
         if self._last_close is not None:
             step_time = now - self._last_close
-            host["step_time"] = step_time
+            self._buffer.add_host(step, "step_time", step_time)
             self.budget.observe_step(step_time, probe_s)
         for name, seconds in self._costs.items():
             self.budget.charge(name, seconds)
@@ -526,10 +503,10 @@ class Monitor:
         self._step_grad_norms = []
         with self._guard("samples_seen"):
             if self.infobatch is not None:
-                host["samples_seen"] = float(self.infobatch.samples_seen)
+                self._buffer.add_host(step, "samples_seen", float(self.infobatch.samples_seen))
             elif self.batch_size is not None:
                 self._samples_seen += self.batch_size
-                host["samples_seen"] = float(self._samples_seen)
+                self._buffer.add_host(step, "samples_seen", float(self._samples_seen))
         self._open = False
         self._stepped.clear()
         self._plan = set()
@@ -550,10 +527,10 @@ class Monitor:
     def _measure_update(self, step: int, state: _OptStep, deltas: dict[int, Tensor]) -> None:
         layers = state.captured
         d = [deltas[id(layer.param)] for layer in layers]
-        dn = _stack_f32(torch._foreach_norm(d))  # type: ignore[misc]
-        wn = _stack_f32(torch._foreach_norm(state.before))  # type: ignore[misc]
+        dn = stack_f32(torch._foreach_norm(d))  # type: ignore[misc]
+        wn = stack_f32(torch._foreach_norm(state.before))  # type: ignore[misc]
         self._add_record(step, [f"update_ratio/{layer.name}" for layer in layers], dn / wn)
-        counts = _stack_f32(nonfinite_counts(d)) + _stack_f32(state.grad_nonfinite)
+        counts = stack_f32(nonfinite_counts(d)) + stack_f32(state.grad_nonfinite)
         self._add_record(step, [f"nonfinite/{layer.name}" for layer in layers], counts)
 
     def _measure_neurons(self, step: int, state: _OptStep, deltas: dict[int, Tensor]) -> None:
@@ -568,7 +545,7 @@ class Monitor:
                 keys.append(f"neuron.{q}/{layer.name}")
                 values.append(stats[q])
             if "neuron" in self._vectors_now:
-                self._arrays.append(_ArrayRecord("neuron.update_norm", layer.name, step, norms))
+                self._buffer.add_array("neuron.update_norm", layer.name, step, norms)
         self._add_record(step, keys, values)
 
     def _measure_internals(
@@ -581,38 +558,14 @@ class Monitor:
             entry = internals.get(layer.param)
             if not entry:
                 continue
-            name = layer.name
-            if "s_proj" in entry:  # FOP
-                for q in _FOP_KEYS:
-                    if q in entry:
-                        keys.append(f"fop.{q}/{name}")
-                        values.append(entry[q])
-            for q in _KFAC_KEYS:
-                if q in entry:
-                    keys.append(f"kfac.{q}/{name}")
-                    values.append(entry[q])
-            if "damping" in entry and "A_eig_max" in entry and "G_eig_max" in entry:
-                # damping relative to the largest eigenvalue of A ⊗ G: how much curvature it washes out
-                keys.append(f"kfac.damping_rel/{name}")
-                values.append(entry["damping"].float() / (entry["A_eig_max"].float() * entry["G_eig_max"].float()))
+            found = layer_internals(layer.name, entry)
+            keys += found.keys
+            values += found.values
             if vectors:
-                for q in ("A_eigs", "G_eigs"):
-                    if q in entry:
-                        self._arrays.append(_ArrayRecord(f"kfac.{q}", name, step, entry[q]))
-            v = entry.get("v")
-            if v is not None:
-                v = v.reshape(-1).float()
-                stats = spread_stats(v, frozen_rel_tol=0.0)
-                for q in ("cv", "min", "max"):
-                    keys.append(f"normuon.v_{q}/{name}")
-                    values.append(stats[q])
-                if vectors:
-                    self._arrays.append(_ArrayRecord("normuon.v", name, step, v))
-        global_internals = getattr(optimizer, "last_global_internals", {}) or {}
-        if "kl_nu" in global_internals:
-            keys.append("kfac.kl_nu")
-            values.append(global_internals["kl_nu"])
-        self._add_record(step, keys, values)
+                for key, array in found.arrays.items():
+                    self._buffer.add_array(key, layer.name, step, array)
+        found = global_internals(getattr(optimizer, "last_global_internals", {}) or {})
+        self._add_record(step, keys + found.keys, values + found.values)
 
     def _measure_spectra(
         self,
@@ -648,7 +601,7 @@ class Monitor:
                     keys.append(f"sv.{src}.{q}/{layer.name}")
                     values.append(v)
                 if vectors:
-                    self._arrays.append(_ArrayRecord(f"sv.{src}", layer.name, step, spec.values))
+                    self._buffer.add_array(f"sv.{src}", layer.name, step, spec.values)
             if "post_orth" in entry:
                 keys.append(f"orth_err/{layer.name}")
                 values.append(orthogonality_error(entry["post_orth"]))
@@ -656,36 +609,11 @@ class Monitor:
 
     # ------------------------------------------------------------------ flush
     def _flush(self) -> None:
-        records, arrays, host = self._records, self._arrays, self._host
-        self._records, self._arrays, self._host = [], [], {}
         self._steps_in_buffer = 0
-        tensors = [r.values for r in records] + [a.values for a in arrays]
-        flat: list[list[float] | None] = [None] * len(tensors)
-        cpu: list[Tensor | None] = [None] * len(tensors)
-        by_device: dict[torch.device, list[int]] = {}
-        for i, t in enumerate(tensors):
-            by_device.setdefault(t.device, []).append(i)
-        for indices in by_device.values():
-            parts = [tensors[i].detach().reshape(-1).float() for i in indices]
-            joined = torch.cat(parts).cpu()  # the one device→host copy of this interval (per device)
-            values = joined.tolist()
-            offset = 0
-            for i, part in zip(indices, parts):
-                n = part.numel()
-                flat[i] = values[offset : offset + n]
-                cpu[i] = joined[offset : offset + n]
-                offset += n
-
-        if self._device_events:
+        per_step, arrays = self._buffer.drain()
+        if self._device_events:  # the drain's copy synchronized: the interval's CUDA events are complete
             with self._guard("device_timing"):
                 self._settle_device_timing()
-        per_step: dict[int, dict[str, float]] = {}
-        for step, values in host.items():
-            per_step.setdefault(step, {}).update(values)
-        for i, rec in enumerate(records):
-            vals = flat[i]
-            assert vals is not None
-            per_step.setdefault(rec.step, {}).update(zip(rec.keys, vals))
         overhead = self.budget.take_overhead()
         if overhead is not None and per_step:
             per_step[max(per_step)]["probe.overhead"] = overhead
@@ -702,10 +630,8 @@ class Monitor:
                         alert.key, alert.message, step=alert.step, layer=alert.layer, level=alert.level,
                         kind="alert", data=alert.data,
                     )
-        for j, arr in enumerate(arrays):
-            values_cpu = cpu[len(records) + j]
-            assert values_cpu is not None
-            self.run.log_array(arr.key, values_cpu, step=arr.step, layer=arr.layer)
+        for arr in arrays:
+            self.run.log_array(arr.key, arr.values, step=arr.step, layer=arr.layer)
         if self.infobatch is not None:
             with self._guard("infobatch"):
                 self._log_infobatch()
@@ -723,11 +649,7 @@ class Monitor:
 
     # ------------------------------------------------------------------ helpers
     def _add_record(self, step: int, keys: list[str], values: Sequence[Tensor] | Tensor) -> None:
-        """Keep one step's scalars as one 1-D float32 device tensor (a list of 0-d tensors is stacked)."""
-        if not keys:
-            return
-        stacked = values.detach().float() if isinstance(values, Tensor) else _stack_f32(values)
-        self._records.append(_Record(step, keys, stacked))
+        self._buffer.add_scalars(step, keys, values)
 
     def _timed(self, name: str, fn: Callable[[], None]) -> None:
         if name in self.disabled:
@@ -796,12 +718,6 @@ class Monitor:
                 RuntimeWarning,
                 stacklevel=3,
             )
-
-
-def _stack_f32(values: Sequence[Tensor]) -> Tensor:
-    """Stack 0-d tensors (any float/int dtype, one device) into a 1-D float32 tensor."""
-    device = values[0].device
-    return torch.stack([v.detach().reshape(()).to(device=device, dtype=torch.float32) for v in values])
 
 
 def attach(

@@ -1,0 +1,74 @@
+"""Translate our optimizers' ``last_internals`` into contract metric keys (docs/ARCHITECTURE.md).
+
+``probe.optim`` optimizers fill ``last_internals[param]`` with detached device tensors when ``introspect``
+is on; this module only renames and derives (no host sync): FOP's per-layer quantities → ``fop.<q>/L``,
+K-FAC's factor eigenvalue ranges → ``kfac.<q>/L`` (+ ``damping_rel``), NorMuon's per-neuron second moment
+``v`` → ``normuon.v_{cv,min,max}/L``. The Muon family's ``pre_orth``/``post_orth`` matrices are spectra
+sources and are handled with the spectra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from probe.diagnostics.quantities import spread_stats
+
+__all__ = ["LayerInternals", "layer_internals", "global_internals"]
+
+FOP_KEYS = (
+    "g1_norm", "g2_norm", "gavg_norm", "gdiff_norm", "cos_g1_g2", "gavg_fisher", "gdiff_fisher",
+    "parallel", "orthogonal", "s_proj", "D", "E", "beta", "eta",
+)  # fmt: skip
+KFAC_KEYS = ("A_eig_min", "A_eig_max", "G_eig_min", "G_eig_max")
+ARRAY_KEYS = {"A_eigs": "kfac.A_eigs", "G_eigs": "kfac.G_eigs", "v": "normuon.v"}
+
+
+@dataclass
+class LayerInternals:
+    """Scalars (``keys``/``values``, 0-d tensors) and arrays (contract key → 1-D tensor) of one layer."""
+
+    keys: list[str] = field(default_factory=list)
+    values: list[Tensor] = field(default_factory=list)
+    arrays: dict[str, Tensor] = field(default_factory=dict)
+
+    def add(self, key: str, value: Tensor) -> None:
+        self.keys.append(key)
+        self.values.append(value)
+
+
+def layer_internals(name: str, entry: Mapping[str, Tensor]) -> LayerInternals:
+    """Contract metrics of one parameter's ``last_internals`` entry (layer ``name``)."""
+    out = LayerInternals()
+    if "s_proj" in entry:  # FOP (its K-FAC keys follow below)
+        for q in FOP_KEYS:
+            if q in entry:
+                out.add(f"fop.{q}/{name}", entry[q])
+    for q in KFAC_KEYS:
+        if q in entry:
+            out.add(f"kfac.{q}/{name}", entry[q])
+    if "damping" in entry and "A_eig_max" in entry and "G_eig_max" in entry:
+        # damping relative to the largest eigenvalue of A ⊗ G: how much of the curvature it washes out
+        out.add(f"kfac.damping_rel/{name}",
+                entry["damping"].float() / (entry["A_eig_max"].float() * entry["G_eig_max"].float()))
+    v = entry.get("v")
+    if v is not None:
+        v = v.reshape(-1).float()
+        stats = spread_stats(v, frozen_rel_tol=0.0)
+        for q in ("cv", "min", "max"):
+            out.add(f"normuon.v_{q}/{name}", stats[q])
+        out.arrays["normuon.v"] = v
+    for q in ("A_eigs", "G_eigs"):
+        if q in entry:
+            out.arrays[ARRAY_KEYS[q]] = entry[q].reshape(-1)
+    return out
+
+
+def global_internals(entry: Mapping[str, Tensor]) -> LayerInternals:
+    """Contract metrics of ``last_global_internals`` (K-FAC/FOP: ``kfac.kl_nu``)."""
+    out = LayerInternals()
+    if "kl_nu" in entry:
+        out.add("kfac.kl_nu", entry["kl_nu"])
+    return out

@@ -1,0 +1,90 @@
+"""The logging interval's buffer: device tensors in, one device→host copy out.
+
+Per-step measurements are kept as they were computed — 1-D float32 tensors on the device, one per
+(step, group of keys), plus 1-D arrays — so a step never waits for the device. :meth:`IntervalBuffer.drain`
+concatenates everything on a device into one tensor and copies it once (``.cpu()``, which is the
+interval's only synchronization), then hands back Python floats per step and CPU tensors per array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["IntervalBuffer", "ArrayValue", "stack_f32"]
+
+
+@dataclass(frozen=True)
+class ArrayValue:
+    """One array record after the copy: ``values`` is a CPU float32 tensor."""
+
+    key: str
+    layer: str
+    step: int
+    values: Tensor
+
+
+def stack_f32(values: Sequence[Tensor]) -> Tensor:
+    """Stack 0-d tensors (any float/int dtype, one device) into a 1-D float32 tensor."""
+    device = values[0].device
+    return torch.stack([v.detach().reshape(()).to(device=device, dtype=torch.float32) for v in values])
+
+
+class IntervalBuffer:
+    """Measurements of the current logging interval, held on the device until :meth:`drain`."""
+
+    def __init__(self) -> None:
+        self._scalars: list[tuple[int, list[str], Tensor]] = []
+        self._arrays: list[tuple[str, str, int, Tensor]] = []
+        self._host: dict[int, dict[str, float]] = {}
+
+    def add_scalars(self, step: int, keys: list[str], values: Sequence[Tensor] | Tensor) -> None:
+        """Keep ``keys`` at ``step``: a 1-D tensor of len(keys) values, or a list of 0-d tensors (stacked)."""
+        if not keys:
+            return
+        stacked = values.detach().reshape(-1).float() if isinstance(values, Tensor) else stack_f32(values)
+        if stacked.numel() != len(keys):
+            raise ValueError(f"{len(keys)} keys but {stacked.numel()} values")
+        self._scalars.append((step, keys, stacked))
+
+    def add_array(self, key: str, layer: str, step: int, values: Tensor) -> None:
+        """Keep a 1-D array (spectrum, per-neuron norms) of ``key``/``layer`` at ``step``."""
+        self._arrays.append((key, layer, step, values.detach()))
+
+    def add_host(self, step: int, key: str, value: float) -> None:
+        """Keep a value already on the host (e.g. a wall-clock step time)."""
+        self._host.setdefault(step, {})[key] = value
+
+    def __len__(self) -> int:
+        return len(self._scalars) + len(self._arrays) + len(self._host)
+
+    def drain(self) -> tuple[dict[int, dict[str, float]], list[ArrayValue]]:
+        """Empty the buffer: ``({step: {key: float}}, [ArrayValue])`` with one host copy per device."""
+        scalars, arrays, host = self._scalars, self._arrays, self._host
+        self._scalars, self._arrays, self._host = [], [], {}
+        tensors = [t for _, _, t in scalars] + [a[3] for a in arrays]
+        floats: list[list[float]] = [[] for _ in tensors]
+        cpu: list[Tensor] = [torch.empty(0) for _ in tensors]
+        by_device: dict[torch.device, list[int]] = {}
+        for i, t in enumerate(tensors):
+            by_device.setdefault(t.device, []).append(i)
+        for indices in by_device.values():
+            parts = [tensors[i].reshape(-1).float() for i in indices]
+            joined = torch.cat(parts).cpu()  # the interval's one device→host copy (per device)
+            values = joined.tolist()
+            offset = 0
+            for i, part in zip(indices, parts):
+                n = part.numel()
+                floats[i] = values[offset : offset + n]
+                cpu[i] = joined[offset : offset + n]
+                offset += n
+        per_step: dict[int, dict[str, float]] = {step: dict(v) for step, v in host.items()}
+        for i, (step, keys, _) in enumerate(scalars):
+            per_step.setdefault(step, {}).update(zip(keys, floats[i]))
+        out_arrays = [
+            ArrayValue(key, layer, step, cpu[len(scalars) + j]) for j, (key, layer, step, _) in enumerate(arrays)
+        ]
+        return per_step, out_arrays

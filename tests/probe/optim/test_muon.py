@@ -239,3 +239,22 @@ def test_cuda_step_has_no_host_synchronisation() -> None:
             opt.step()
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+def test_checkpoint_without_newer_hyperparameters_loads_with_defaults() -> None:
+    """``__setstate__`` fills hyperparameters added after a checkpoint was written (STYLE.md §6 probe 5)."""
+    from probe.optim import NorMuon
+
+    for cls, added in ((Muon, ("use_muon", "ns_dtype", "adjust_lr_fn")), (NorMuon, ("use_muon", "beta2"))):
+        (p,) = _params([(6, 4)])
+        p.grad = torch.ones(6, 4)
+        opt = cls([p])
+        opt.step()
+        sd = opt.state_dict()
+        for key in added:
+            del sd["param_groups"][0][key]
+        fresh = cls([p])
+        fresh.load_state_dict(sd)
+        assert all(key in fresh.param_groups[0] for key in added)
+        fresh.step()
+        assert torch.isfinite(p).all()

@@ -65,6 +65,9 @@ def create_app(
         title="Optiscope",
         update_title=None,
         serve_locally=True,  # no CDN: works offline and on air-gapped clusters
+        # fetch plotly.js with the other scripts instead of after the first graph arrives: every page
+        # has graphs, and the ~4 MB bundle then loads while the page's callbacks run
+        eager_loading=True,
     )
     install(app.server, DashboardState(cfg, api or ApiClient(cfg)))
     modules = _load_pages()

@@ -103,7 +103,8 @@ def layout(run_id: str | None = None, tab: str | None = None, layer: str | None 
         step_v = int(step) if step not in (None, "") else None
     except ValueError:
         step_v = None
-    live = run.get("status") == "running"
+    # A "crashed" run (no heartbeat for a while) may resume sending, so only finished runs stop polling.
+    live = run.get("status") != "finished"
     log_y = log in ("1", "true", "log")
     # The first scalar charts are drawn here, in the page's own response: one round trip less
     # before the page is useful (draw_scalars takes over for later changes).
@@ -538,7 +539,7 @@ def append_live(_n, run_id, cursor, graph_ids):
 )
 def poll_state(n, run_id, state):
     """Every few polls: refresh the header, bump the data version when the run advanced (heavy panels
-    listen to it), and stop polling once the run is no longer running."""
+    listen to it), and stop polling once the run finished."""
     if (n or 0) % HEAVY_REFRESH_TICKS:
         raise PreventUpdate
     try:
@@ -550,7 +551,7 @@ def poll_state(n, run_id, state):
     if not changed:
         raise PreventUpdate
     state.update(status=run.get("status"), last_step=run.get("last_step"), version=int(state.get("version", 0)) + 1)
-    return state, header(run), run.get("status") != "running"
+    return state, header(run), run.get("status") == "finished"
 
 
 @callback(

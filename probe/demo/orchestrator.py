@@ -503,19 +503,20 @@ def run_demo(config: DemoConfig, *, on_ready: Callable[[str], None] | None = Non
     for path in (logs, reports, demo_dir / "sessions"):
         path.mkdir(parents=True, exist_ok=True)
 
-    gpu = _detect_gpu() if config.gpu is None else config.gpu
-    specs = build_specs(quick=config.quick, gpu=gpu)
-    workers = config.workers or _default_workers(gpu)
     server = _Server(home=home, port=_choose_port(config.port), log_path=logs / "server.log")
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    env = {
-        **os.environ,
-        "OPTISCOPE_HOME": str(home),
-        "OMP_NUM_THREADS": str(threads),
-        "PYTHONUNBUFFERED": "1",
-    }
-    pool = [_Worker(env=env, log_path=logs / f"worker-{i}.log") for i in range(min(workers, len(specs)))]
+    pool: list[_Worker] = []
     try:
+        # Detecting CUDA imports torch (seconds on a busy CPU): done while the server starts up.
+        gpu = _detect_gpu() if config.gpu is None else config.gpu
+        specs = build_specs(quick=config.quick, gpu=gpu)
+        workers = config.workers or _default_workers(gpu)
+        env = {
+            **os.environ,
+            "OPTISCOPE_HOME": str(home),
+            "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers)),
+            "PYTHONUNBUFFERED": "1",
+        }
+        pool = [_Worker(env=env, log_path=logs / f"worker-{i}.log") for i in range(min(workers, len(specs)))]
         for worker in pool:
             worker.start()
         health = server.wait_healthy()

@@ -37,6 +37,7 @@ class OverheadBudget:
         if not 0 < smoothing <= 1:
             raise ValueError(f"Invalid smoothing: {smoothing} (must be in (0, 1])")
         self.fraction = fraction
+        self.gap_factor = 4.0
         self.window_steps = window_steps
         self.smoothing = smoothing
         self.credit = 0.0
@@ -84,6 +85,10 @@ class OverheadBudget:
         train = max(step_seconds - probe_seconds, 0.0)
         self._probe_acc += probe_seconds
         self._step_acc += step_seconds
+        if self.step_time is not None:
+            # A pause between steps (evaluation, checkpointing) is not training time: it must not buy a
+            # burst of diagnostics. A genuine slowdown still shows, since the clamp follows the EMA.
+            train = min(train, self.gap_factor * self.step_time)
         self.step_time = train if self.step_time is None else self.step_time + self.smoothing * (train - self.step_time)
         if self.fraction is None:
             return

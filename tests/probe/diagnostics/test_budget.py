@@ -114,3 +114,12 @@ def test_an_expensive_diagnostic_first_in_line_saves_up_instead_of_starving() ->
             runs[name] += 1
         b.observe_step(1.0 + sum(b.cost[n] for n in chosen), sum(b.cost[n] for n in chosen))
     assert runs["spectra"] >= 15  # 0.1 s of credit per step pays 1 s of spectra about every 10 steps
+
+
+def test_a_pause_between_steps_does_not_buy_a_burst() -> None:
+    b = OverheadBudget(0.03)
+    for _ in range(10):
+        b.observe_step(1.0, 0.0)
+    before = b.credit
+    b.observe_step(600.0, 0.0)  # ten minutes of evaluation between two steps
+    assert b.credit - before == pytest.approx(0.03 * 4.0)

@@ -200,21 +200,23 @@ def _serve_debug(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.slow
-def test_no_token_ever_appears_in_server_or_client_logs(tmp_path: Path) -> None:
+def test_no_token_ever_appears_in_server_or_client_logs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """A debug-level ``optiscope serve`` sees valid, invalid and revoked tokens on writes and reads,
     and a probe with a wrong token warns about the refusal: the plaintext of no token appears in
     the server's output, the CLI's token listing or the probe's warnings."""
+    from probe.cli import main as optiscope_main
+
     home, port, log = tmp_path / "home", free_port(), tmp_path / "serve.log"
     home.mkdir()
-    cli_env = {**os.environ, "OPTISCOPE_HOME": str(home)}
-    cli_env.pop("OPTISCOPE_DATABASE_URL", None)
-    made = subprocess.run([sys.executable, "-m", "probe.cli", "token", "create", "--name", "ci", "--project", "p"],
-                          cwd=REPO_ROOT, env=cli_env, capture_output=True, text=True, timeout=120, check=True)
-    scoped = made.stdout.strip().splitlines()[-1]
-    doomed = subprocess.run([sys.executable, "-m", "probe.cli", "token", "create", "--name", "doomed"],
-                            cwd=REPO_ROOT, env=cli_env, capture_output=True, text=True, timeout=120, check=True)
-    revoked = doomed.stdout.strip().splitlines()[-1]
-    token_id = re.search(r"token id (\d+)", doomed.stderr).group(1)  # type: ignore[union-attr]
+    monkeypatch.setenv("OPTISCOPE_HOME", str(home))
+    monkeypatch.delenv("OPTISCOPE_DATABASE_URL", raising=False)
+    assert optiscope_main(["token", "create", "--name", "ci", "--project", "p"]) == 0
+    scoped = capsys.readouterr().out.strip().splitlines()[-1]
+    assert optiscope_main(["token", "create", "--name", "doomed"]) == 0
+    made = capsys.readouterr()
+    revoked = made.out.strip().splitlines()[-1]
+    token_id = re.search(r"token id (\d+)", made.err).group(1)  # type: ignore[union-attr]
     proc = _serve_debug(home, port, log)
     try:
         api = f"http://127.0.0.1:{port}{API}"
@@ -222,10 +224,10 @@ def test_no_token_ever_appears_in_server_or_client_logs(tmp_path: Path) -> None:
         local = (home / "local-token").read_text().strip()
         bogus = "osk_" + "Z" * 43
         secrets = {"local": local, "scoped": scoped, "revoked": revoked, "bogus": bogus}
-        assert subprocess.run([sys.executable, "-m", "probe.cli", "token", "revoke", token_id], cwd=REPO_ROOT,
-                              env=cli_env, capture_output=True, timeout=120).returncode == 0
-        listing = subprocess.run([sys.executable, "-m", "probe.cli", "token", "list"], cwd=REPO_ROOT, env=cli_env,
-                                 capture_output=True, text=True, timeout=120).stdout
+        assert optiscope_main(["token", "revoke", token_id]) == 0
+        assert optiscope_main(["token", "list"]) == 0
+        listing = capsys.readouterr().out
+        assert "doomed" in listing and "revoked" in listing
         statuses = []
         with httpx.Client(timeout=30) as http:
             for secret in secrets.values():

@@ -14,6 +14,7 @@ proves the data outlived the demo's own server:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -273,3 +274,24 @@ def test_rerunning_adds_runs_and_keeps_the_old_ones(demo: DemoRun, api: httpx.Cl
     for run_id, keys in before.items():
         assert api.get(f"/runs/{run_id}/keys").json() == keys
         assert api.get(f"/runs/{run_id}").json()["status"] == "finished"
+
+
+def test_worker_survives_a_failing_run_and_trains_the_next(tmp_path: Path) -> None:
+    """One broken run must not take the rest of a worker's queue down (the pool keeps going)."""
+    good = next(s for s in build_specs(quick=True) if s.name == "digits-adamw")
+    good = dataclasses.replace(good, epochs=1, eval_every=1)
+    bad = dataclasses.replace(good, name="broken", optimizer="no-such-optimizer")  # type: ignore[arg-type]
+    jobs = "".join(json.dumps({"spec": dataclasses.asdict(s), "report": str(tmp_path / f"{s.name}.json")}) + "\n"
+                   for s in (bad, good))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTISCOPE_")}
+    env.update(OPTISCOPE_MODE="disabled", OPTISCOPE_HOME=str(tmp_path), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "probe.demo.train", "--worker"], input=jobs, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("@@optiscope ")]
+    finished = [(e["name"], e["code"]) for e in events if e["event"] == "done"]
+    assert finished == [("broken", 1), ("digits-adamw", 0)]
+    assert "Invalid optimizer" in done.stderr
+    report = json.loads((tmp_path / "digits-adamw.json").read_text())
+    assert report["status"] == "finished" and report["steps"] == 3 and report["scalars"]["loss"] == 3
+    assert not (tmp_path / "broken.json").exists()

@@ -138,6 +138,8 @@ class Monitor:
             measurement (``None``: off; the user calls :meth:`measure_gradient_diff` when they like).
         fisher_factors: ``param -> (A, G) | None`` K-FAC factors for the Fisher-metric gradient difference;
             by default the factors our KFAC/FOP keep in ``optimizer.state[weight]["A"/"G"]``.
+        capture_max_bytes: memory for the pre-step weight copies ΔW needs (default 1 GiB); above it each
+            step copies a rotating window of layers, so each layer's update measures come every few steps.
         start_step: step index of the first training step.
         seed: seed of the Monitor's own RNG (randomized SVD); the global RNG is never touched.
     """
@@ -168,6 +170,7 @@ class Monitor:
         batch_size: int | None = None,
         gdiff_every: int | Schedule | None = None,
         fisher_factors: FisherFactors | None = None,
+        capture_max_bytes: int | None = 1 << 30,
         start_step: int = 0,
         seed: int = 0,
     ) -> None:
@@ -204,6 +207,8 @@ class Monitor:
         self.infobatch = infobatch
         self.batch_size = batch_size
         self.fisher_factors = fisher_factors
+        self.capture_max_bytes = capture_max_bytes
+        self._capture_cursor: dict[int, int] = {}
         self.seed = seed
         self.errors: dict[str, int] = {}
         self.disabled: set[str] = set()
@@ -414,6 +419,7 @@ class Monitor:
                 captured = [layer for layer in layers if layer.is_matrix]
             else:
                 captured = []
+            captured = self._within_capture_limit(idx, captured)
             if captured and "capture" not in self.disabled:
                 t = time.perf_counter()
                 with self._guard("capture"):
@@ -430,6 +436,31 @@ class Monitor:
             if wants_internals and hasattr(optimizer, "introspect"):
                 state.introspect_prev = bool(optimizer.introspect)  # type: ignore[attr-defined]
                 optimizer.introspect = True  # type: ignore[attr-defined]
+
+    def _within_capture_limit(self, idx: int, layers: list[_Layer]) -> list[_Layer]:
+        """At most ``capture_max_bytes`` of weight copies per step: a rotating window over the layers.
+
+        ΔW needs a copy of the weights taken before the step. For a large model a copy of every layer
+        would be a second model in memory, so each step copies the next layers in turn instead, and every
+        layer is still measured every few steps.
+        """
+        limit = self.capture_max_bytes
+        if limit is None or not layers:
+            return layers
+        sizes = [layer.param.numel() * layer.param.element_size() for layer in layers]
+        if sum(sizes) <= limit:
+            return layers
+        start = self._capture_cursor.get(idx, 0) % len(layers)
+        chosen: list[_Layer] = []
+        total = 0
+        for k in range(len(layers)):
+            j = (start + k) % len(layers)
+            if chosen and total + sizes[j] > limit:
+                break
+            chosen.append(layers[j])
+            total += sizes[j]
+        self._capture_cursor[idx] = start + len(chosen)
+        return chosen
 
     def _post(self, idx: int, optimizer: torch.optim.Optimizer) -> None:
         self._depth[idx] = max(self._depth.get(idx, 0) - 1, 0)

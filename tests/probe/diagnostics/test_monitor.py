@@ -301,3 +301,13 @@ def test_embedding_neurons_are_its_feature_columns_not_its_token_rows(recording_
     assert arr["values"].shape == (6,)
     assert recording_run.logs[0][1]["neuron.frozen_frac/0.weight"] == 0.0
     assert not [e for e in recording_run.events if e["key"] == "frozen_neurons" and e["layer"] == "0.weight"]
+
+
+def test_weight_copies_rotate_through_layers_under_a_memory_limit(recording_run: RecordingRun) -> None:
+    model = TinyMLP()  # fc1.weight 512 B, fc1.bias 64 B, fc2.weight 256 B, fc2.bias 16 B
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    attach(model, opt, run=recording_run, budget=None, log_every=4, capture_max_bytes=600)
+    train(model, opt, 4)
+    measured = [sorted(k.split("/")[1] for k in m if k.startswith("update_ratio/")) for _, m in recording_run.logs]
+    assert measured == [["fc1.bias", "fc1.weight"], ["fc2.bias", "fc2.weight"],
+                        ["fc1.bias", "fc1.weight"], ["fc2.bias", "fc2.weight"]]

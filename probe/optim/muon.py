@@ -170,7 +170,7 @@ class Muon(Optimizer):
         introspect: bool = False,
         distributed: bool = False,
         process_group: Any = None,
-        **extra_defaults: Any,
+        _extra_defaults: dict[str, Any] | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -184,7 +184,7 @@ class Muon(Optimizer):
             betas=betas,
             eps=eps,
             use_muon=True,
-            **extra_defaults,
+            **(_extra_defaults or {}),  # subclasses' hyperparameters; not **kwargs, so typos raise
         )
         self._validate_group(defaults, params=())
         self.introspect: bool = introspect

@@ -156,7 +156,7 @@ class NorMuon(Muon):
             introspect=introspect,
             distributed=distributed,
             process_group=process_group,
-            beta2=beta2,
+            _extra_defaults={"beta2": beta2},
         )
 
     def _validate_group(self, group: dict[str, Any], params: Iterable[Tensor]) -> None:

@@ -258,3 +258,8 @@ def test_checkpoint_without_newer_hyperparameters_loads_with_defaults() -> None:
         assert all(key in fresh.param_groups[0] for key in added)
         fresh.step()
         assert torch.isfinite(p).all()
+
+
+def test_misspelled_argument_raises() -> None:
+    with pytest.raises(TypeError):
+        Muon([nn.Parameter(torch.zeros(3, 3))], lrr=0.1)  # type: ignore[call-arg]

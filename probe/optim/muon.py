@@ -10,7 +10,8 @@ matching settings) and adds what the probe and real training need:
   hooks / ``state_dict`` work as usual.
 * **Introspection** for ``probe.diagnostics`` (``introspect``, ``last_internals``; zero cost when off).
 * **Non-finite guard** without host synchronisation (below).
-* **Distributed** round-robin ownership of matrices (``distributed=True``; ``probe.optim._distributed``).
+* **Distributed**: round-robin ownership of replicated (DDP) matrices with ``distributed=True``, and
+  FSDP2 row-sharded (DTensor Shard(0)) parameters handled automatically; see ``probe.optim._distributed``.
 
 Update of a matrix parameter W (m×n, conv weights viewed as (C_out, C_in·kh·kw)), per step::
 

@@ -80,10 +80,10 @@ def run_duration(run: Mapping[str, Any], now: datetime | None = None) -> float |
     if start is None:
         return None
     end = parse_time(run.get("finished_at"))
-    if end is None:
-        end = now or datetime.now(timezone.utc) if run.get("status") == "running" else (
-            parse_time(run.get("heartbeat_at")) or parse_time(run.get("updated_at"))
-        )
+    if end is None and run.get("status") == "running":
+        end = now or datetime.now(timezone.utc)
+    elif end is None:  # crashed: it ended around its last sign of life
+        end = parse_time(run.get("heartbeat_at")) or parse_time(run.get("updated_at"))
     return (end - start).total_seconds() if end else None
 
 

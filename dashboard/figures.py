@@ -267,9 +267,11 @@ def spectrum_figure(
     if not is_empty(fig):
         if len(lines) > 1:
             fig.layout.showlegend = True
-        for trace in fig.data[:len(lines)]:
-            trace.mode = "lines+markers"
-            trace.marker = {"size": 3}
+        # markers help read a short spectrum; on 20 x 256 values they would be 5k SVG nodes
+        if sum(len(line.y) for line in lines) <= 1000:
+            for trace in fig.data[:len(lines)]:
+                trace.mode = "lines+markers"
+                trace.marker = {"size": 3}
     return fig
 
 

@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dash import Input, Output, State, callback, clientside_callback, dcc, html, no_update
-from dash.exceptions import PreventUpdate
 
 from .. import figures as F
 from .. import ids

@@ -24,8 +24,8 @@ from .. import figures as F
 from .. import ids
 from ..api import ApiError, NotFound
 from ..components import (
-    control, flatten, fmt_datetime, fmt_duration, fmt_value, graph, key_value_table, message, run_duration,
-    status_badge,
+    control, flatten, fmt_datetime, fmt_duration, fmt_value, graph, key_value_table, message, parse_time,
+    run_duration, status_badge,
 )
 from ..queries import SV_METRICS, Catalog, array_at, array_matrix, quantity_grid, x_lines
 from ..series import X_CHOICES, X_SAMPLES, X_STEP, X_TIME, X_TITLES, ema, relative_time, steps_to_samples
@@ -175,8 +175,7 @@ def _default_keys(all_keys: Sequence[str]) -> list[str]:
 
 
 def _created_ts(run: Mapping[str, Any]) -> float | None:
-    from ..components import parse_time
-
+    """The run's start (unix s): the origin of the wall-time axis, so runs compare from their start."""
     dt = parse_time(run.get("created_at"))
     return dt.timestamp() if dt else None
 

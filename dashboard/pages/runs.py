@@ -230,13 +230,16 @@ def load_runs(q, status, project, tag, _clicks, _ticks, _version, selected_ids, 
     Output(ids.RUNS_COMPARE_LINK, "children"),
     Output(ids.RUNS_DELETE, "disabled"),
     Output(ids.SHELL_SELECTION, "data"),
+    Output("shell-compare-link", "href"),
     Input(ids.RUNS_TABLE, "selected_row_ids"),
 )
 def selection_changed(selected_ids):
-    """The compare link follows the selection (and the shell remembers it for the navbar link)."""
+    """The compare link follows the selection; the shell remembers it, and so does the navbar's
+    Compare link, so the picked runs survive a visit to a run page."""
     selected = list(selected_ids or [])
     label = f"compare {len(selected)} selected" if selected else "compare selected"
-    return compare_href(selected), label, not selected, selected
+    href = compare_href(selected)
+    return href, label, not selected, selected, href if selected else "/compare"
 
 
 @callback(

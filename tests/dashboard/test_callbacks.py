@@ -17,7 +17,7 @@ from dashboard.api import ApiClient, NotFound
 from dashboard.config import DashboardConfig
 from dashboard.queries import Catalog
 
-from .seed import TARGET_LOSS, XSS_NAME, Seeder, first_step_below
+from .seed import TARGET_LOSS, Seeder, first_step_below
 
 pytestmark = pytest.mark.usefixtures("request_ctx")
 
@@ -70,8 +70,9 @@ def test_runs_table_escapes_names_and_picks_varying_config(server, seeded) -> No
 
 def test_runs_compare_link_and_delete_confirmation() -> None:
     runs = page("runs")
-    href, label, disabled, stored = runs.selection_changed(["a", "b"])
-    assert href == "/compare?runs=a,b" and label == "compare 2 selected" and not disabled and stored == ["a", "b"]
+    href, label, disabled, stored, nav = runs.selection_changed(["a", "b"])
+    assert href == nav == "/compare?runs=a,b" and label == "compare 2 selected" and not disabled
+    assert stored == ["a", "b"]
     displayed, text = runs.ask_delete(1, ["a", "b"])
     assert displayed and "Delete 2 runs" in text
 

@@ -27,7 +27,10 @@ Decisions on ALGORITHMS.md §6.2 (the paper and the official code differ):
 * Conv weights are flattened to (C_out, C_in·kh·kw) and normalised per output channel (the official
   code's per-kernel-row statistic looks unintended, §2.4); v has shape (C_out,).
 * v is stored flat with shape (rows,) (P11's (m, 1) is the same m scalars), in float32 (float64 for
-  float64 parameters) even when NS runs in bf16; the normalisation is computed in that dtype.
+  float64 parameters) even when NS runs in bf16. The row statistics and the per-row factor
+  (1/(√v+ε) times the rescale) are computed in that dtype from the row norms of O, and the factor is
+  applied inside the weight update (``addcmul``), so Ô is never materialised unless introspecting.
+  The official code does all of this in bf16; ours is at least as precise.
 * The statistic is per row of the stored tensor, i.e. per output neuron for ``nn.Linear``'s
   (out, in) layout (§2.3). Weights stored (in, out) are normalised per input; transpose them at the
   model level if that matters.

@@ -196,8 +196,7 @@ def line_figure(
     if log_y:
         layout["yaxis"]["type"] = "log"
     _side_legend(layout, len(lines))
-    if len(lines) == 1 and not smooth and not bad_x:
-        layout["showlegend"] = False
+    layout["showlegend"] = True  # even for one line: the legend names what is plotted
     return _figure(data, layout)
 
 
@@ -341,7 +340,7 @@ def bar_figure(
     """Bars (per epoch, per class)."""
     if not len(y):
         return empty_figure(title, empty_message, height=height)
-    layout = _layout(title, x_title, y_title, uirevision=None, height=height, showlegend=False)
+    layout = _layout(title, x_title, y_title, uirevision=None, height=height, showlegend=True)
     return _figure([{"type": "bar", "x": _floats(x), "y": _floats(y), "name": _esc(name or y_title),
                      "marker": {"color": color(0)}}], layout)
 

@@ -4,6 +4,7 @@ layer x step grids. Pure numpy, no I/O, so every rule here is tested directly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -39,8 +40,16 @@ def ema(values: Sequence[float], weight: float, *, state: tuple[float, int] | No
         acc = acc * weight + (1.0 - weight) * v
         n += 1
         debias = 1.0 - weight**n if weight > 0 else 1.0
-        out.append(acc / debias)
+        out.append(_round_sig(acc / debias))
     return out, (acc, n)
+
+
+def _round_sig(value: float, digits: int = 12) -> float:
+    """Round to ``digits`` significant digits: the EMA of a constant must stay exactly constant, or
+    plotly's autorange zooms into 1e-17 of floating-point noise (a flat lr drawn as a jagged line)."""
+    if value == 0.0 or not math.isfinite(value):
+        return value
+    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
 
 
 def relative_time(times: Sequence[float], origin: float | None) -> list[float]:

@@ -110,6 +110,7 @@ def test_small_multiples_one_panel_per_run_and_skips_empty() -> None:
 def test_ema_is_debiased_skips_nan_and_continues_from_state() -> None:
     flat, _ = ema([2.0, 2.0, 2.0], 0.9)
     assert flat == pytest.approx([2.0, 2.0, 2.0])  # debiased: no drag towards 0
+    assert set(ema([0.02] * 200, 0.8)[0]) == {0.02}  # exactly flat: no float noise for autorange to zoom into
     vals = [1.0, math.nan, 3.0, 4.0, 5.0]
     full, _ = ema(vals, 0.6)
     assert math.isnan(full[1]) and math.isfinite(full[2])

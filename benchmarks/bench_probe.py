@@ -148,8 +148,6 @@ def main() -> None:
     parser.add_argument("--warmup-rounds", type=int, default=1)
     parser.add_argument("--block", type=int, default=10, help="steps per configuration before switching")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--svd-full-max", type=int, default=None,
-                        help="for the 'everything' configuration: exact SVD up to this size, top-k above")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -161,18 +159,18 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as home:
         os.environ["OPTISCOPE_HOME"] = home
-        runs = {name: probe.init(project="bench", name=name, mode="offline") for name in ("default", "full")}
+        runs = {name: probe.init(project="bench", name=name, mode="offline") for name in ("default", "full", "topk")}
         # The same Monitor with a disabled run: what the diagnostics cost without the client's sender thread.
         runs["quiet"] = probe.init(project="bench", name="quiet", mode="disabled")
         every = dict(scalars_every=1, update_every=1, neuron_every=1, spectra_every=1, vectors_every=1,
                      internals_every=1, budget=None)
-        if args.svd_full_max is not None:
-            every["svd_full_max"] = args.svd_full_max
         setups = [
             build("no probe", cfg, args.optimizer, device, None, None),
             build("default cadence", cfg, args.optimizer, device, runs["default"], {}),
             build("default, run disabled", cfg, args.optimizer, device, runs["quiet"], {}),
             build("everything every step", cfg, args.optimizer, device, runs["full"], every),
+            build("everything, top-k spectra", cfg, args.optimizer, device, runs["topk"],
+                  {**every, "svd_full_max": 0, "svd_top_k": 16}),
         ]
         gen = torch.Generator().manual_seed(0)
         data = torch.randint(0, cfg.vocab, (16, cfg.batch, cfg.seq + 1), generator=gen).to(device)
@@ -207,8 +205,8 @@ def main() -> None:
         assert s.monitor is not None
         b = s.monitor.budget
         costs = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in sorted(b.cost.items()))
-        print(f"  {s.name}: diagnostic costs (EMA) {costs or '-'}; deferred by budget {dict(b.skipped) or 0}; "
-              f"errors {s.monitor.errors or 0}")
+        print(f"  {s.name}: self-measured overhead {s.monitor.overhead:.2%}; diagnostic costs (EMA) "
+              f"{costs or '-'}; deferred by budget {dict(b.skipped) or 0}; errors {s.monitor.errors or 0}")
     print(f"run.log() latency: p50 {p50:.2f} µs, p99 {p99:.2f} µs (3 keys, offline mode)")
     print("points lost in a server outage: measured by benchmarks/bench_client.py (bench_outage), target 0")
     print("targets: default ≤ 1.03×, everything ≤ 1.5× (Cockpit full 21×, wandb.watch all 2.6×), run.log ≤ 20 µs")

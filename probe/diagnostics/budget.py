@@ -44,7 +44,9 @@ class OverheadBudget:
         self.cost: dict[str, float] = {}
         self.step_time: float | None = None
         self.skipped: dict[str, int] = {}
-        # Achieved overhead since the last ``take_overhead()``.
+        # Totals since construction (``Monitor.overhead``) and since the last ``take_overhead()``.
+        self.probe_total = 0.0
+        self.step_total = 0.0
         self._probe_acc = 0.0
         self._step_acc = 0.0
 
@@ -77,6 +79,7 @@ class OverheadBudget:
     def debit(self, seconds: float) -> None:
         """Spend credit on probe work learnt about late (device time measured after the interval's sync)."""
         self._probe_acc += seconds
+        self.probe_total += seconds
         if self.fraction is not None:
             self.credit -= seconds
 
@@ -85,6 +88,8 @@ class OverheadBudget:
         train = max(step_seconds - probe_seconds, 0.0)
         self._probe_acc += probe_seconds
         self._step_acc += step_seconds
+        self.probe_total += probe_seconds
+        self.step_total += step_seconds
         if self.step_time is not None:
             # A pause between steps (evaluation, checkpointing) is not training time: it must not buy a
             # burst of diagnostics. A genuine slowdown still shows, since the clamp follows the EMA.

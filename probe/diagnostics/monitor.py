@@ -273,6 +273,12 @@ class Monitor:
         """Index the next (or current) training step will be logged at."""
         return self._next_step
 
+    @property
+    def overhead(self) -> float | None:
+        """Probe time / step time over the whole run so far (what ``probe.overhead`` logs per interval)."""
+        b = self.budget
+        return b.probe_total / b.step_total if b.step_total > 0 else None
+
     def set_step(self, step: int) -> None:
         """Label the next training step ``step`` (later steps count on from it)."""
         self._next_step = int(step)

@@ -123,3 +123,12 @@ def test_a_pause_between_steps_does_not_buy_a_burst() -> None:
     before = b.credit
     b.observe_step(600.0, 0.0)  # ten minutes of evaluation between two steps
     assert b.credit - before == pytest.approx(0.03 * 4.0)
+
+
+def test_monitor_reports_its_whole_run_overhead(recording_run: RecordingRun) -> None:
+    model = TinyMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = attach(model, opt, run=recording_run, log_every=5)
+    assert mon.overhead is None
+    train(model, opt, 6)
+    assert mon.overhead is not None and 0 < mon.overhead < 1

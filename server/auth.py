@@ -33,9 +33,28 @@ class Principal:
         return self.project is None or self.project == project
 
 
-def create_token(*, session: Session, name: str = "", project: str | None = None) -> tuple[ApiToken, str]:
-    """Make a token; returns the row and the plaintext (shown once, never stored)."""
-    plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
+MIN_GIVEN_TOKEN_LENGTH = 24
+
+
+def create_token(
+    *, session: Session, name: str = "", project: str | None = None, plain: str | None = None
+) -> tuple[ApiToken, str]:
+    """Make a token; returns the row and the plaintext (shown once, never stored).
+
+    ``plain`` registers a secret chosen in advance (a deployment's ``$OPTISCOPE_TOKEN``) instead of
+    minting one; registering the same secret again returns the existing row, so deploy scripts can
+    run it on every start.
+    """
+    if plain is None:
+        plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    else:
+        if len(plain) < MIN_GIVEN_TOKEN_LENGTH or any(c.isspace() for c in plain):
+            raise ValueError(
+                f"token: must be at least {MIN_GIVEN_TOKEN_LENGTH} characters without whitespace"
+            )
+        existing = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(plain)))
+        if existing is not None and existing.revoked_at is None:
+            return existing, plain
     row = ApiToken(name=name, token_hash=hash_token(plain), prefix=plain[:10], project=project)
     session.add(row)
     session.commit()

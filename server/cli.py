@@ -42,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--project", default=None, help="restrict writes to this project")
     create.add_argument("--name", default="")
     create.add_argument("--db", default=None)
+    create.add_argument(
+        "--from-env", action="store_true",
+        help="register the secret in $OPTISCOPE_TOKEN instead of minting one (idempotent; for deployments)",
+    )
     create.set_defaults(func=_token_create)
     lst = tok_sub.add_parser("list", help="list tokens (never their secrets)")
     lst.add_argument("--db", default=None)
@@ -123,14 +127,24 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 def _token_create(args: argparse.Namespace) -> int:
     from server.auth import create_token
 
+    given = None
+    if args.from_env:
+        given = os.environ.get("OPTISCOPE_TOKEN", "")
+        if not given:
+            print("optiscope: --from-env needs OPTISCOPE_TOKEN to be set", file=sys.stderr)
+            return 2
     session = _session(_settings(args))
     try:
-        row, plain = create_token(session=session, name=args.name, project=args.project)
+        row, plain = create_token(session=session, name=args.name, project=args.project, plain=given)
+    except ValueError as exc:
+        print(f"optiscope: {exc}", file=sys.stderr)
+        return 2
     finally:
         session.close()
     print(f"token id {row.id}" + (f" (project {row.project})" if row.project else " (all projects)"),
           file=sys.stderr)
-    print(plain)
+    if given is None:  # never echo a secret the caller already has (it would land in deploy logs)
+        print(plain)
     return 0
 
 

@@ -86,3 +86,31 @@ def test_cli_db_token_export_import(tmp_path, monkeypatch, capsys) -> None:  # n
     assert cli_main(["token", "revoke", "99"]) == 1
     with TestClient(create_app(Settings(home=tmp_path, reaper_interval=0), mounts=False)) as client:
         assert client.delete("/api/v1/runs/r1", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
+def test_cli_token_create_from_env_registers_the_given_secret_once(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    """Deployments (docker compose) choose the token up front; registering it twice is harmless."""
+    monkeypatch.setenv("OPTISCOPE_HOME", str(tmp_path))
+    monkeypatch.delenv("OPTISCOPE_DATABASE_URL", raising=False)
+    secret = "osk_" + "a" * 40
+    monkeypatch.setenv("OPTISCOPE_TOKEN", secret)
+    assert cli_main(["token", "create", "--from-env", "--name", "compose"]) == 0
+    assert cli_main(["token", "create", "--from-env", "--name", "compose"]) == 0
+    out = capsys.readouterr()
+    assert secret not in out.out and secret not in out.err, "a given secret is never echoed"
+    assert cli_main(["token", "list"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "\tcompose\t" in line]
+    assert len(rows) == 1, rows
+
+    from fastapi.testclient import TestClient
+
+    from server.config import Settings
+    from server.main import create_app
+
+    with TestClient(create_app(Settings(home=tmp_path, reaper_interval=0), mounts=False)) as client:
+        h = {"Authorization": f"Bearer {secret}"}
+        assert client.post("/api/v1/runs", json={"id": "r1", "project": "p"}, headers=h).status_code == 201
+
+    monkeypatch.setenv("OPTISCOPE_TOKEN", "short")
+    assert cli_main(["token", "create", "--from-env"]) == 2
+    assert "at least 24 characters" in capsys.readouterr().err

@@ -147,3 +147,26 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
     yield factory
     for server in servers:
         server.stop()
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def browser():  # noqa: ANN201 - playwright's Browser, imported lazily
+    """One headless Chromium for the whole session (Debian's, never a downloaded one).
+
+    Shared by every browser test: Playwright's sync API allows one instance per thread, so two
+    session fixtures each calling ``sync_playwright()`` would collide.
+    """
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not found at {CHROMIUM}")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -14,9 +14,6 @@ from tests.pg_cluster import free_port
 
 from .seed import Seeder, seed_suite
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="session")
@@ -53,20 +50,6 @@ def request_ctx(dash_app):
     """A Flask request context, so callbacks can be called as plain functions."""
     with dash_app.server.test_request_context("/"):
         yield
-
-
-@pytest.fixture(scope="session")
-def browser():
-    """One headless Chromium for the session (Debian's, never a downloaded one)."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"Chromium not found at {CHROMIUM}")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

@@ -264,8 +264,8 @@ class Monitor:
         self._warned: set[str] = set()
         self._handles: list[Any] = []
         for i, opt in enumerate(self.optimizers):
-            self._handles.append(opt.register_step_pre_hook(self._make_pre_hook(i)))
-            self._handles.append(opt.register_step_post_hook(self._make_post_hook(i)))
+            self._handles.append(opt.register_step_pre_hook(self._make_hook(i, self._pre)))
+            self._handles.append(opt.register_step_post_hook(self._make_hook(i, self._post)))
 
     # ------------------------------------------------------------------ public
     @property
@@ -371,24 +371,13 @@ class Monitor:
             self._probe_s += time.perf_counter() - t0
 
     # ------------------------------------------------------------------ hooks
-    def _make_pre_hook(self, idx: int) -> Callable[..., None]:
+    def _make_hook(self, idx: int, body: Callable[[int, torch.optim.Optimizer], None]) -> Callable[..., None]:
+        """Wrap ``body`` as a step hook: timed into the probe's overhead, never raising into training."""
+
         def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
             self._hook_t0 = t0 = time.perf_counter()
             try:
-                self._pre(idx, optimizer)
-            except Exception as exc:  # noqa: BLE001
-                self._fail("monitor", exc)
-            finally:
-                self._probe_s += time.perf_counter() - t0
-                self._hook_t0 = None
-
-        return hook
-
-    def _make_post_hook(self, idx: int) -> Callable[..., None]:
-        def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            self._hook_t0 = t0 = time.perf_counter()
-            try:
-                self._post(idx, optimizer)
+                body(idx, optimizer)
             except Exception as exc:  # noqa: BLE001
                 self._fail("monitor", exc)
             finally:

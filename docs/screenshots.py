@@ -91,7 +91,9 @@ def main() -> int:
             _shoot(page, base + "/", args.out / "runs.png", "text=" + next(iter(by_name)), plots=False)
             _shoot(page, f"{base}/runs/{normuon}?tab=scalars", args.out / "run.png", "#run-name")
             _shoot(page, f"{base}/runs/{normuon}?tab=spectra", args.out / "spectra.png", "#run-name")
-            _shoot(page, f"{base}/compare?runs={','.join(gpt)}", args.out / "compare.png", "table")
+            compare = (f"{base}/compare?runs={','.join(gpt)}&keys=loss,val_loss&metric=val_loss&target=2.4"
+                       f"&direction=below&baseline={gpt[0]}")
+            _shoot(page, compare, args.out / "compare.png", "table")
             browser.close()
     finally:
         server.terminate()

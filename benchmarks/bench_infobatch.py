@@ -23,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from probe.data import InfoBatch
 
@@ -45,6 +45,13 @@ def bench_overhead(n: int, epochs: int) -> dict[str, float]:
         list_ms.append(1e3 * (t2 - t1))
         # CPU time of this (single-threaded) process: what the epoch costs on a core of its own
         cpu_ms.append(1e3 * (c2 - c0))
+    # the same epoch with torch's own shuffling sampler, side by side: what any sampler costs
+    random_ms = []
+    for epoch in range(epochs):
+        sampler = RandomSampler(range(n), generator=torch.Generator().manual_seed(epoch))
+        t0 = time.perf_counter()
+        assert len(list(sampler)) == n
+        random_ms.append(1e3 * (time.perf_counter() - t0))
     batch = torch.tensor(indices[:256])
     losses = torch.rand(256, generator=g, requires_grad=True)
     steps = 2000
@@ -62,6 +69,7 @@ def bench_overhead(n: int, epochs: int) -> dict[str, float]:
         "epoch_ms_min": min(p + q for p, q in zip(plan_ms, list_ms)),
         "epoch_cpu_ms_median": statistics.median(cpu_ms),
         "update_us_per_step": update_us,
+        "random_sampler_ms_median": statistics.median(random_ms),
         "pruned_frac": stats.pruned_frac,
     }
 
@@ -152,6 +160,12 @@ def main() -> None:
         f"min: plan {o['plan_ms_min']:.1f}, total {o['epoch_ms_min']:.1f}; "
         f"CPU time median {o['epoch_cpu_ms_median']:.1f}; target < 50 ms); "
         f"update() {o['update_us_per_step']:.0f} us/step at batch 256; pruned {o['pruned_frac']:.3f}"
+    )
+    extra = o["epoch_ms_median"] - o["random_sampler_ms_median"]
+    print(
+        f"[overhead] side by side: torch RandomSampler epoch over all {args.n:,} samples "
+        f"{o['random_sampler_ms_median']:.1f} ms; InfoBatch {o['epoch_ms_median']:.1f} ms "
+        f"({o['epoch_ms_median'] / o['random_sampler_ms_median']:.2f}x, {extra:+.1f} ms per epoch)"
     )
 
     data = _digits()

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from probe.optim import FOP, KFAC
 from probe.optim._kfac_factors import kfac_precondition
 from probe.optim.fop import fop_direction
-from tests.probe.optim.test_kfac import seeded
+from tests.probe.optim.test_kfac import _spd, seeded
 
 #: fp64 eigenbasis evaluation vs dense (30x30) Kronecker algebra: round-off only.
 FP64_ATOL = 1e-10
@@ -25,20 +25,6 @@ ORTHO_ATOL = 1e-11
 #: different summation orders over <= 64 examples.
 FP32_RTOL = 1e-4
 FP32_ATOL = 1e-6
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """Tiny matrices: intra-op threads only add contention on the shared 2-core test machines."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _spd(n: int, gen: torch.Generator) -> Tensor:
-    x = torch.randn(n, 2 * n, generator=gen, dtype=torch.float64)
-    return x @ x.T / (2 * n)
 
 
 def _setup(seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Tensor, ...]]:

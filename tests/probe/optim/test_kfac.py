@@ -26,15 +26,6 @@ FACTORED_MIN_REL_DIFF = 1e-2
 LARGE_DAMPING_REL_ERR = 1e-2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """Tiny matrices: intra-op threads only add contention on the shared 2-core test machines."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _spd(n: int, gen: torch.Generator) -> Tensor:
     x = torch.randn(n, 2 * n, generator=gen, dtype=torch.float64)
     return x @ x.T / (2 * n)

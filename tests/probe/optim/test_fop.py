@@ -4,7 +4,6 @@ capture (no extra backward), the KFAC -> FOP one-line switch, odd batches, and t
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import numpy as np
 import pytest

@@ -4,7 +4,6 @@ the hook cadence, checkpointing, non-finite handling and introspection."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch

@@ -91,3 +91,25 @@ def test_bf16_input_is_measured_in_float32() -> None:
 def test_rejects_non_matrix() -> None:
     with pytest.raises(ValueError, match="2-D"):
         singular_values(torch.ones(3))
+
+
+@pytest.mark.parametrize("shape", [(96, 40), (40, 96), (64, 64)])
+def test_exact_singular_values_match_float64_svd_down_to_cond_1e6(shape: tuple[int, int]) -> None:
+    """The CPU route (float64 Gram eigenvalues of the tall orientation) must be at least as accurate
+    as a float32 SVD, including the smallest singular value that the condition number rests on."""
+    from probe.diagnostics.spectra import exact_singular_values
+
+    gen = torch.Generator().manual_seed(3)
+    m, n = shape
+    k = min(m, n)
+    u, _ = torch.linalg.qr(torch.randn(m, k, dtype=torch.float64, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(n, k, dtype=torch.float64, generator=gen))
+    sigma = torch.logspace(0, -6, k, dtype=torch.float64)
+    a = ((u * sigma) @ v.T).float()
+    reference = torch.linalg.svdvals(a.double())
+    got = exact_singular_values(a)
+    assert got.dtype == torch.float32 and got.shape == (k,)
+    assert torch.all(got[:-1] >= got[1:]), "descending order"
+    float32_svd_err = (torch.linalg.svdvals(a).double() - reference).abs().max()
+    assert (got.double() - reference).abs().max() <= float32_svd_err
+    assert abs(got[-1].double() / reference[-1] - 1) < 1e-3  # σ_min (≈1e-6·σ_max) resolved

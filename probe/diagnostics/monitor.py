@@ -54,7 +54,7 @@ from probe.diagnostics.quantities import (
     spread_stats,
 )
 from probe.diagnostics.schedule import Schedule, as_schedule
-from probe.diagnostics.spectra import singular_values, spectrum_stats
+from probe.diagnostics.spectra_pool import SpectraPool, SpectrumRequest
 
 __all__ = ["Monitor", "attach", "RunLike", "SPECTRUM_SOURCES"]
 
@@ -142,6 +142,9 @@ class Monitor:
             step copies a rotating window of layers, so each layer's update measures come every few steps.
         start_step: step index of the first training step.
         seed: seed of the Monitor's own RNG (randomized SVD); the global RNG is never touched.
+        spectra_workers: threads that compute CPU spectra side by side, each with one torch thread
+            (default: torch's intra-op thread count, at most 8; see ``spectra_pool``). GPU spectra
+            are queued on the device from the training thread.
     """
 
     def __init__(
@@ -173,6 +176,7 @@ class Monitor:
         capture_max_bytes: int | None = 1 << 30,
         start_step: int = 0,
         seed: int = 0,
+        spectra_workers: int | None = None,
     ) -> None:
         if isinstance(optimizers, torch.optim.Optimizer):
             optimizers = [optimizers]
@@ -258,7 +262,7 @@ class Monitor:
         self._steps_in_buffer = 0
         self._samples_seen = 0
         self._logged_epochs: set[int] = set()
-        self._generators: dict[torch.device, torch.Generator] = {}
+        self._spectra_pool = SpectraPool(spectra_workers)
         self._cuda_timing = any(layer.param.is_cuda for group in self._layers for layer in group)
         self._device_events: list[tuple[str, Any, Any, float]] = []
         self._warned: set[str] = set()
@@ -300,6 +304,7 @@ class Monitor:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._spectra_pool.close()
 
     def __enter__(self) -> Monitor:
         return self
@@ -602,7 +607,8 @@ class Monitor:
     ) -> None:
         keys: list[str] = []
         values: list[Tensor] = []
-        vectors = "spectra" in self._vectors_now
+        jobs: list[tuple[str, str]] = []  # (source, layer name) of each request
+        requests: list[SpectrumRequest] = []
         for layer in self._layers[idx]:
             if not layer.is_matrix:
                 continue
@@ -617,20 +623,23 @@ class Monitor:
                 if src in self.spectra_sources and src in entry:
                     sources[src] = entry[src].reshape(entry[src].shape[0], -1)
             for src, mat in sources.items():
-                spec = singular_values(
+                jobs.append((src, layer.name))
+                requests.append(SpectrumRequest(
                     mat,
                     full_max_dim=self.svd_full_max if mat.numel() <= self.svd_full_max_numel else 0,
                     top_k=self.svd_top_k,
-                    generator=self._generator(mat.device),
-                )
-                for q, v in spectrum_stats(spec).items():
-                    keys.append(f"sv.{src}.{q}/{layer.name}")
-                    values.append(v)
-                if vectors:
-                    self._buffer.add_array(f"sv.{src}", layer.name, step, spec.values)
+                    seed=self._request_seed(step, len(requests)),
+                ))
             if "post_orth" in entry:
                 keys.append(f"orth_err/{layer.name}")
                 values.append(orthogonality_error(entry["post_orth"]))
+        vectors = "spectra" in self._vectors_now
+        for (src, name), result in zip(jobs, self._spectra_pool.compute(requests)):
+            for q, v in result.stats.items():
+                keys.append(f"sv.{src}.{q}/{name}")
+                values.append(v)
+            if vectors:
+                self._buffer.add_array(f"sv.{src}", name, step, result.spectrum.values)
         self._add_record(step, keys, values)
 
     # ------------------------------------------------------------------ flush
@@ -719,13 +728,10 @@ class Monitor:
                 return st["A"], st["G"]
         return None
 
-    def _generator(self, device: torch.device) -> torch.Generator:
-        gen = self._generators.get(device)
-        if gen is None:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            self._generators[device] = gen
-        return gen
+    def _request_seed(self, step: int, index: int) -> int:
+        """Seed of the randomized SVD of the ``index``-th matrix at ``step``: reproducible for a given
+        ``seed``, independent of which worker thread runs it, and never drawn from the global RNG."""
+        return (self.seed * 1_000_003 + step * 4_099 + index) % (1 << 63)
 
     @contextmanager
     def _guard(self, name: str) -> Iterator[None]:

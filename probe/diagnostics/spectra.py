@@ -14,17 +14,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Spectrum", "exact_singular_values", "singular_values", "spectrum_stats"]
+__all__ = ["Spectrum", "exact_singular_values", "exact_spectra", "singular_values", "spectrum_stats"]
 
 
 @dataclass(frozen=True)
 class Spectrum:
-    """Singular values of one matrix.
+    """Singular values of one matrix (or of each matrix of a stack: one more leading dimension).
 
     Attributes:
         values: descending singular values, float32, on the matrix's device (all NaN if the matrix had a
             non-finite entry: an SVD of garbage is garbage, and we must not raise inside training).
-        frob_sq: ``‖M‖_F²`` (0-d), exact even when ``values`` is truncated, so the stable rank stays exact.
+        frob_sq: ``‖M‖_F²`` (0-d, or one per matrix), exact even when ``values`` is truncated, so the
+            stable rank stays exact.
         truncated: True when ``values`` holds only the top-k (randomized) estimate.
     """
 
@@ -68,19 +69,49 @@ def singular_values(
     """
     if mat.ndim != 2:
         raise ValueError(f"singular_values needs a 2-D tensor, got shape {tuple(mat.shape)}")
-    a = mat.detach().float()
-    # No host branch on finiteness (that would sync): zero the matrix if needed and mark the result NaN.
-    finite = torch.isfinite(a).all()
-    a = torch.where(finite, a, torch.zeros((), device=a.device))
-    frob_sq = a.square().sum()
+    a, finite = _zero_if_non_finite(mat.detach().float()[None])
+    a, finite = a[0], finite[0]
     truncated = min(a.shape) > full_max_dim
     if truncated:
         values = _randomized_top_k(a, top_k, oversample, power_iters, generator)
     else:
         values = exact_singular_values(a)
+    return _masked_spectrum(a, finite, values, truncated)
+
+
+def exact_spectra(mats: Tensor) -> Spectrum:
+    """All singular values of each matrix of a ``(B, m, n)`` stack: ``values`` (B, min(m, n)), ``frob_sq`` (B,).
+
+    One batched Gram product and one batched eigensolver call instead of B of each: for the many
+    same-shape layers of a transformer, the per-call overhead is most of the cost of small spectra.
+    A matrix with a non-finite entry gets an all-NaN row without affecting the others.
+
+    Raises:
+        ValueError: if ``mats`` is not 3-D.
+    """
+    if mats.ndim != 3:
+        raise ValueError(f"exact_spectra needs a (B, m, n) stack, got shape {tuple(mats.shape)}")
+    a, finite = _zero_if_non_finite(mats.detach().float())
+    return _masked_spectrum(a, finite, exact_singular_values(a), truncated=False)
+
+
+def _zero_if_non_finite(a: Tensor) -> tuple[Tensor, Tensor]:
+    """Zero each matrix of a stack that has a non-finite entry; also return which were finite.
+
+    No host branch on finiteness (that would synchronize a GPU): the result is marked NaN later.
+    """
+    finite = torch.isfinite(a).flatten(1).all(1)
+    return torch.where(finite[:, None, None], a, torch.zeros((), device=a.device)), finite
+
+
+def _masked_spectrum(a: Tensor, finite: Tensor, values: Tensor, truncated: bool) -> Spectrum:
     nan = torch.full((), float("nan"), device=a.device)
-    values = torch.where(finite, values, nan)
-    return Spectrum(values=values, frob_sq=torch.where(finite, frob_sq, nan), truncated=truncated)
+    frob_sq = a.square().sum((-2, -1))
+    return Spectrum(
+        values=torch.where(finite[..., None], values, nan),
+        frob_sq=torch.where(finite, frob_sq, nan),
+        truncated=truncated,
+    )
 
 
 def exact_singular_values(a: Tensor) -> Tensor:
@@ -103,7 +134,7 @@ def exact_singular_values(a: Tensor) -> Tensor:
 
 
 def spectrum_stats(spec: Spectrum) -> dict[str, Tensor]:
-    """Derived measures of a spectrum, as 0-d tensors.
+    """Derived measures of a spectrum, as 0-d tensors (or one value per matrix of a stack).
 
     * ``spectral_norm`` = σ_max.
     * ``cond`` = σ_max / σ_min (``inf`` for a singular matrix) — only for full spectra, since the
@@ -112,16 +143,16 @@ def spectrum_stats(spec: Spectrum) -> dict[str, Tensor]:
     * ``eff_rank`` = exp(entropy of σ/Σσ) (Roy & Vetterli 2007); over the top-k values when truncated.
     """
     s = spec.values
-    smax = s[0]
+    smax = s[..., 0]
     positive = smax > 0
     stats: dict[str, Tensor] = {"spectral_norm": smax}
     if not spec.truncated:
-        smin = s[-1]
+        smin = s[..., -1]
         stats["cond"] = torch.where(positive, smax / smin, torch.full_like(smax, float("nan")))
     zero = torch.zeros_like(smax)
     stats["stable_rank"] = torch.where(positive, spec.frob_sq / smax.square(), zero)
-    total = s.sum()
+    total = s.sum(-1, keepdim=True)
     p = s / torch.where(total > 0, total, torch.ones_like(total))
-    entropy = -torch.special.xlogy(p, p).sum()
+    entropy = -torch.special.xlogy(p, p).sum(-1)
     stats["eff_rank"] = torch.where(positive, entropy.exp(), zero)
     return stats

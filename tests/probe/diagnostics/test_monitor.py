@@ -237,12 +237,13 @@ def test_samples_seen_from_batch_size(recording_run: RecordingRun) -> None:
 def test_a_failing_diagnostic_is_disabled_with_one_warning_and_training_goes_on(
     recording_run: RecordingRun, monkeypatch
 ) -> None:
-    import probe.diagnostics.monitor as monitor_module
+    import probe.diagnostics.spectra_pool as spectra_pool
 
     def broken(*args, **kwargs):
         raise RuntimeError("svd exploded")
 
-    monkeypatch.setattr(monitor_module, "singular_values", broken)
+    # raised in a worker thread of the spectra pool, re-raised on the training thread
+    monkeypatch.setattr(spectra_pool, "singular_values", broken)
     model = TinyMLP()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with warnings.catch_warnings(record=True) as caught:

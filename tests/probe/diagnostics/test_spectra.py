@@ -113,3 +113,23 @@ def test_exact_singular_values_match_float64_svd_down_to_cond_1e6(shape: tuple[i
     float32_svd_err = (torch.linalg.svdvals(a).double() - reference).abs().max()
     assert (got.double() - reference).abs().max() <= float32_svd_err
     assert abs(got[-1].double() / reference[-1] - 1) < 1e-3  # σ_min (≈1e-6·σ_max) resolved
+
+
+def test_exact_spectra_of_a_stack_match_each_matrix_and_isolate_a_non_finite_one() -> None:
+    from probe.diagnostics.spectra import exact_spectra
+
+    gen = torch.Generator().manual_seed(5)
+    mats = torch.randn(4, 30, 12, generator=gen)
+    mats[2, 0, 0] = float("inf")
+    spec = exact_spectra(mats)
+    assert spec.values.shape == (4, 12) and spec.frob_sq.shape == (4,) and not spec.truncated
+    for b in (0, 1, 3):
+        one = singular_values(mats[b])
+        torch.testing.assert_close(spec.values[b], one.values, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(spec.frob_sq[b], one.frob_sq)
+    assert torch.isnan(spec.values[2]).all() and torch.isnan(spec.frob_sq[2])
+    stats = spectrum_stats(spec)  # one value per matrix, equal to the single-matrix measures
+    for q, v in spectrum_stats(singular_values(mats[1])).items():
+        torch.testing.assert_close(stats[q][1], v, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="stack"):
+        exact_spectra(mats[0])

@@ -1,0 +1,183 @@
+"""Many spectra at once: CPU matrices fan out over worker threads that each run torch single-threaded.
+
+Why not one call after another on the training thread: the symmetric eigensolver behind every CPU
+spectrum (LAPACK ``syevd`` via MKL) does not scale *down*. On this project's 128x128 Gram matrices
+its multi-threaded path ran up to 10x slower than its single-threaded one (2-core machine, measured
+when the call came from a thread other than the one that set the thread count), and at best it gains
+nothing. The matrices of a model are independent, so whole spectra go to ``workers`` threads, each
+with one intra-op thread, and the cores are shared across matrices instead of inside each one.
+torch releases the GIL inside its ops, so Python threads suffice.
+
+Thread counts, measured rather than assumed: a worker must set its own count to 1 before *each*
+batch (a count set once at thread start did not hold, and the worker then started OpenMP teams of
+its own). Extra OpenMP teams are not just waste: once libgomp manages more threads than there are
+cores it stops spin-waiting, and the *training* steps that follow ran 40 % slower. Since
+``torch.set_num_threads`` also sets torch's process-wide default, :meth:`SpectraPool.compute` takes
+the calling thread's count first and restores it before returning.
+
+The training thread waits for the results (it is inside the optimizer's post-step hook), so the
+workers never race the optimizer step that next rewrites the weights they read. Matrices on an
+accelerator are computed in order on the calling thread: their kernels queue on the device anyway.
+Randomized top-k estimates draw from a generator seeded per request, so the values do not depend on
+which worker ran first, and the global RNG is never touched.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from probe.diagnostics.spectra import Spectrum, exact_spectra, singular_values, spectrum_stats
+
+__all__ = ["SpectrumRequest", "SpectrumResult", "SpectraPool", "default_workers"]
+
+_MAX_WORKERS = 8
+_STACK_MAX_ELEMENTS = 1 << 25
+"""Largest stack of same-shape matrices measured in one batched call (128 MiB of float32)."""
+
+
+@dataclass(frozen=True)
+class SpectrumRequest:
+    """One matrix to measure: exact spectrum when ``min(shape) <= full_max_dim``, else the top ``top_k``."""
+
+    mat: Tensor
+    full_max_dim: int
+    top_k: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class SpectrumResult:
+    """The spectrum of a request and its derived measures (``spectrum_stats``), as device tensors."""
+
+    spectrum: Spectrum
+    stats: dict[str, Tensor]
+
+
+def default_workers() -> int:
+    """As many workers as torch has intra-op threads (the cores training uses), at most 8."""
+    return max(1, min(torch.get_num_threads(), _MAX_WORKERS))
+
+
+def _measure(request: SpectrumRequest) -> SpectrumResult:
+    mat = request.mat
+    generator = None
+    if min(mat.shape) > request.full_max_dim:  # only the randomized estimate draws
+        generator = torch.Generator(device=mat.device)
+        generator.manual_seed(request.seed)
+    spec = singular_values(mat, full_max_dim=request.full_max_dim, top_k=request.top_k, generator=generator)
+    return SpectrumResult(spec, spectrum_stats(spec))
+
+
+def _measure_group(requests: Sequence[SpectrumRequest]) -> list[SpectrumResult]:
+    """Exact spectra of same-shape matrices in one batched call (a single request may be top-k)."""
+    if len(requests) == 1:
+        return [_measure(requests[0])]
+    spec = exact_spectra(torch.stack([_tall(r.mat) for r in requests]))
+    stats = spectrum_stats(spec)
+    return [
+        SpectrumResult(Spectrum(spec.values[b], spec.frob_sq[b], False), {q: v[b] for q, v in stats.items()})
+        for b in range(len(requests))
+    ]
+
+
+def _measure_group_single_threaded(requests: Sequence[SpectrumRequest]) -> list[SpectrumResult]:
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    return _measure_group(requests)
+
+
+def _tall(mat: Tensor) -> Tensor:
+    """The orientation with more rows (same singular values), so that M and Mᵀ stack together."""
+    return mat if mat.shape[0] >= mat.shape[1] else mat.mT
+
+
+def _tasks(requests: Sequence[SpectrumRequest], indices: Sequence[int], parts: int) -> list[list[int]]:
+    """Indices grouped into batched calls: same tall shape (exact), split into at least ``parts``
+    pieces so that every worker gets a share; each top-k request alone."""
+    groups: dict[tuple[object, ...], list[int]] = {}
+    tasks: list[list[int]] = []
+    for i in indices:
+        mat = requests[i].mat
+        if min(mat.shape) > requests[i].full_max_dim:
+            tasks.append([i])
+        else:
+            groups.setdefault((max(mat.shape), min(mat.shape), mat.dtype, mat.device), []).append(i)
+    for members in groups.values():
+        numel = requests[members[0]].mat.numel()
+        pieces = min(len(members), max(parts, math.ceil(len(members) * numel / _STACK_MAX_ELEMENTS)))
+        tasks += [members[k::pieces] for k in range(pieces)]
+    return tasks
+
+
+def _cost(requests: Sequence[SpectrumRequest], task: Sequence[int]) -> int:
+    """Work estimate of a task (the Gram product dominates: m·n² a matrix), for longest-first scheduling."""
+    m, n = requests[task[0]].mat.shape
+    return len(task) * max(m, n) * min(m, n) ** 2
+
+
+class SpectraPool:
+    """Compute spectra of many matrices: same-shape ones batched, CPU ones in parallel on single-threaded workers.
+
+    Args:
+        workers: worker threads for CPU matrices (default :func:`default_workers`); 1 computes on the
+            calling thread and starts no thread.
+
+    The threads start on the first CPU batch and end with :meth:`close`.
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        if workers is not None and workers < 1:
+            raise ValueError(f"Invalid workers: {workers} (must be >= 1)")
+        self.workers = workers if workers is not None else default_workers()
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def compute(self, requests: Sequence[SpectrumRequest]) -> list[SpectrumResult]:
+        """Results in the order of ``requests``; an exception of any request is raised here."""
+        results: list[SpectrumResult | None] = [None] * len(requests)
+
+        def keep(task: Sequence[int], found: Sequence[SpectrumResult]) -> None:
+            for i, result in zip(task, found):
+                results[i] = result
+
+        accelerated = [i for i, r in enumerate(requests) if r.mat.device.type != "cpu"]
+        for task in _tasks(requests, accelerated, parts=1):
+            keep(task, _measure_group([requests[i] for i in task]))
+        cpu = [i for i, r in enumerate(requests) if r.mat.device.type == "cpu"]
+        if not cpu:
+            return results  # type: ignore[return-value]
+        tasks = sorted(_tasks(requests, cpu, self.workers), key=lambda t: _cost(requests, t), reverse=True)
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            if len(tasks) > 1 and self.workers > 1:
+                pool = self._executor_or_start()
+                futures = [(t, pool.submit(_measure_group_single_threaded, [requests[i] for i in t])) for t in tasks]
+                for task, future in futures:
+                    keep(task, future.result())
+            else:
+                for task in tasks:
+                    keep(task, _measure_group([requests[i] for i in task]))
+        finally:
+            torch.set_num_threads(threads)
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Stop the worker threads (a later :meth:`compute` starts new ones)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _executor_or_start(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="optiscope-spectra")
+            return self._pool

@@ -1,0 +1,80 @@
+"""SpectraPool: batched and parallel spectra must equal the one-matrix-at-a-time results, in order."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from probe.diagnostics.spectra import singular_values, spectrum_stats
+from probe.diagnostics.spectra_pool import SpectraPool, SpectrumRequest
+
+
+def _requests() -> list[SpectrumRequest]:
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(48, 16), (16, 48), (48, 16), (20, 20), (16, 48), (20, 20), (9, 5), (60, 40)]
+    mats = [torch.randn(*s, generator=gen) for s in shapes]
+    mats[3][1, 1] = float("nan")  # one broken matrix in a batched group
+    # the last one is measured by the randomized top-k (min side 40 > full_max_dim 30)
+    return [SpectrumRequest(m, full_max_dim=30, top_k=6, seed=100 + i) for i, m in enumerate(mats)]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_results_equal_single_matrix_spectra_in_request_order(workers: int) -> None:
+    requests = _requests()
+    pool = SpectraPool(workers)
+    try:
+        results = pool.compute(requests)
+    finally:
+        pool.close()
+    assert len(results) == len(requests)
+    for request, result in zip(requests, results):
+        gen = torch.Generator().manual_seed(request.seed)
+        expected = singular_values(request.mat, full_max_dim=30, top_k=6, generator=gen)
+        assert result.spectrum.truncated == expected.truncated
+        torch.testing.assert_close(result.spectrum.values, expected.values, rtol=1e-5, atol=1e-6, equal_nan=True)
+        for q, v in spectrum_stats(expected).items():
+            torch.testing.assert_close(result.stats[q], v, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert results[-1].spectrum.truncated and results[-1].spectrum.values.shape == (6,)
+    assert torch.isnan(results[3].spectrum.values).all() and not torch.isnan(results[5].spectrum.values).any()
+
+
+def test_randomized_values_do_not_depend_on_the_worker_count() -> None:
+    requests = _requests()
+    one, three = SpectraPool(1), SpectraPool(3)
+    try:
+        a, b = one.compute(requests), three.compute(requests)
+    finally:
+        one.close()
+        three.close()
+    torch.testing.assert_close(a[-1].spectrum.values, b[-1].spectrum.values)
+
+
+def test_thread_count_is_restored_and_workers_stop_on_close() -> None:
+    before = torch.get_num_threads()
+    pool = SpectraPool(2)
+    pool.compute(_requests())
+    assert torch.get_num_threads() == before
+    assert any(t.name.startswith("optiscope-spectra") for t in threading.enumerate())
+    pool.close()
+    # a closed pool starts again on demand
+    assert len(pool.compute(_requests()[:3])) == 3
+    pool.close()
+
+
+def test_an_error_in_a_worker_reaches_the_caller_and_restores_the_thread_count() -> None:
+    before = torch.get_num_threads()
+    pool = SpectraPool(2)
+    bad = SpectrumRequest(torch.ones(3, 3, 3), full_max_dim=30, top_k=2, seed=0)  # not a matrix
+    try:
+        with pytest.raises((ValueError, RuntimeError)):
+            pool.compute([*_requests(), bad])
+    finally:
+        pool.close()
+    assert torch.get_num_threads() == before
+
+
+def test_rejects_zero_workers() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        SpectraPool(0)

@@ -203,6 +203,44 @@ def batch_size(batch: Batch) -> int:
     return sum(len(s["steps"]) for s in batch["scalars"]) + len(batch["arrays"]) + len(batch["events"])
 
 
+def split_batch(batch: Batch) -> tuple[Batch, Batch] | None:
+    """Two halves of a batch the server found too large (413), or None for a single record.
+
+    The halves get the ids ``<batch_id>.0`` and ``<batch_id>.1``: a replay that splits the same
+    batch again produces the same ids, so halves already stored are recognised as resends. Records
+    are halved by weight (points of a series, values of an array, 1 an event); a batch holding one
+    scalar series is split between its points.
+    """
+    items: list[tuple[str, Any, int]] = (
+        [("scalars", s, len(s["steps"])) for s in batch["scalars"]]
+        + [("arrays", a, len(a["values"])) for a in batch["arrays"]]
+        + [("events", e, 1) for e in batch["events"]]
+    )
+    halves: tuple[Batch, Batch] = (
+        Batch(batch_id=f"{batch['batch_id']}.0", scalars=[], arrays=[], events=[]),
+        Batch(batch_id=f"{batch['batch_id']}.1", scalars=[], arrays=[], events=[]),
+    )
+    if len(items) == 1 and items[0][0] == "scalars" and items[0][2] > 1:
+        series: ScalarSeries = items[0][1]
+        mid = len(series["steps"]) // 2
+        for half, part in zip(halves, (slice(None, mid), slice(mid, None))):
+            half["scalars"].append(ScalarSeries(
+                key=series["key"], steps=series["steps"][part], times=series["times"][part],
+                values=series["values"][part],
+            ))
+        return halves
+    if len(items) < 2:
+        return None
+    total = sum(weight for _, _, weight in items)
+    cut, seen = 1, items[0][2]  # the first half: at least one record, at most all but one
+    while cut < len(items) - 1 and seen + items[cut][2] / 2 <= total / 2:
+        seen += items[cut][2]
+        cut += 1
+    for i, (field, record, _) in enumerate(items):
+        halves[0 if i < cut else 1][field].append(record)  # type: ignore[literal-required]
+    return halves
+
+
 def scalar_points(batch: Batch) -> Iterable[tuple[str, int, float | str]]:
     """Every ``(key, step, value)`` of a batch; used by tests and the benchmark to count points."""
     for series in batch["scalars"]:

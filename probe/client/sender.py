@@ -10,8 +10,10 @@ delivers each one:
 
 While batches wait in the spool, the thread retries the oldest one on an exponential backoff with
 jitter (using timestamps, never sleeping, so ``finish()`` is never stuck behind a long wait) and
-replays the spool in order once the server answers. A 4xx that is not 429 is reported once; auth
-failures stop sending but keep spooling so that ``optiscope sync --token ...`` can deliver later.
+replays the spool in order once the server answers. A 413 (body too large for the server, or for a
+proxy in front of it) sends the batch again in halves, down to single records; any other 4xx that
+is not 429 is reported once; auth failures stop sending but keep spooling so that
+``optiscope sync --token ...`` can deliver later.
 
 States: ``online`` (sending), ``outage`` (spooling, probing), ``halted`` (permanent refusal:
 spooling only), ``offline`` (mode="offline": spooling only, by design).
@@ -125,6 +127,8 @@ class Sender:
         """Records lost in an outage because no spool was available."""
         self.sent_batches = 0
         self.duplicate_batches = 0
+        self.split_batches = 0
+        """Batches the server refused as too large (413) and that were sent again in halves."""
         self.spooled_batches = 0
 
     # -- counters -------------------------------------------------------------------------------------
@@ -300,6 +304,12 @@ class Sender:
                     self.created = False
                     self._enter_outage(TransientError(str(exc)), immediate=True)
                 raise _StopReplay from exc
+            halves = protocol.split_batch(batch) if exc.status == 413 else None
+            if halves is not None:  # too large for the server (or a proxy before it): send it in halves
+                self.split_batches += 1
+                for half in halves:
+                    self._post(half, attempts=attempts)
+                return
             n = protocol.batch_size(batch)
             self.rejected += n
             self.problems.report(

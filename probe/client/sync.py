@@ -77,6 +77,11 @@ def sync_run(directory: Path, transport: Transport) -> SyncReport:
             except PermanentError as exc:
                 if exc.status in (401, 403, 404):
                     raise
+                halves = protocol.split_batch(batch) if exc.status == 413 else None
+                if halves is not None:  # too large for the server: send it in halves
+                    for half in halves:
+                        send(half)
+                    return
                 report.rejected += n  # bad data: resending cannot help, keep going
                 report.notes.append(str(exc))
                 return

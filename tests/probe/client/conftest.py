@@ -13,6 +13,7 @@ import json
 import shutil
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -137,18 +138,17 @@ class InProcess:
         return {k["key"]: k["count"] for k in self.get(f"/runs/{run_id}/keys")["scalars"]}
 
 
-@pytest.fixture
-def server(migrated_db: Path, tmp_path: Path) -> Iterator[InProcess]:
+@contextmanager
+def _in_process(migrated_db: Path, home: Path, **settings: object) -> Iterator[InProcess]:
     from fastapi.testclient import TestClient
 
     from server.auth import create_token
     from server.config import Settings
     from server.main import create_app
 
-    home = tmp_path / "server-home"
     home.mkdir()
     shutil.copy(migrated_db, home / "optiscope.db")
-    app = create_app(Settings(home=home, reaper_interval=0), mounts=False)
+    app = create_app(Settings(home=home, reaper_interval=0, **settings), mounts=False)
     with TestClient(app) as client:
         session = app.state.sessionmaker()
         try:
@@ -156,3 +156,16 @@ def server(migrated_db: Path, tmp_path: Path) -> Iterator[InProcess]:
         finally:
             session.close()
         yield InProcess(client, token)
+
+
+@pytest.fixture
+def server(migrated_db: Path, tmp_path: Path) -> Iterator[InProcess]:
+    with _in_process(migrated_db, tmp_path / "server-home") as srv:
+        yield srv
+
+
+@pytest.fixture
+def small_body_server(migrated_db: Path, tmp_path: Path) -> Iterator[InProcess]:
+    """The real server with a 16 kB request-body limit, as behind a strict proxy: batches get 413."""
+    with _in_process(migrated_db, tmp_path / "server-home", max_body_bytes=16_000) as srv:
+        yield srv

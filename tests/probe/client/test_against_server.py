@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,6 +91,50 @@ def test_replaying_a_spool_twice_stores_nothing_twice(
     assert second.ok and second.duplicates == second.batches > 0
     assert server.counts(run.id) == {"loss": 1000}
     assert server.get(f"/runs/{run.id}/arrays", key="neuron.update_norm")["total"] == 10
+
+
+def test_batches_too_large_for_the_server_are_sent_in_halves(
+    small_body_server: InProcess, settings: ClientConfig
+) -> None:
+    srv = small_body_server
+    big = torch.arange(6000, dtype=torch.float32)  # one array over the 16 kB limit: cannot be split
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with probe.init("p", settings=settings, token=srv.token, client=srv.client) as run:
+            for step in range(2000):
+                run.log({"loss": 1.0 / (step + 1), "acc": step / 2000, "lr": 0.02}, step=step)
+                if step % 50 == 0:
+                    run.log_array("sv.weight", torch.linspace(3, 1, 64), step=step, layer="fc1.weight")
+            run.log_array("neuron.update_norm", big, step=0, layer="fc1.weight")
+            assert run.flush(timeout=20)
+            sender = run.sender
+    assert sender is not None and sender.split_batches > 0
+    assert srv.counts(run.id) == {"loss": 2000, "acc": 2000, "lr": 2000}
+    assert _series_in_process(srv, run.id, "loss") == list(range(2000))
+    assert srv.get(f"/runs/{run.id}/arrays", key="sv.weight")["total"] == 40
+    # only the one record that is too large on its own is lost, counted and reported once
+    assert run.dropped == 1 and run.problems == {"http_413": 1}
+    assert sum("413" in str(w.message) for w in record) == 1
+    assert srv.get(f"/runs/{run.id}")["status"] == "finished"
+
+
+def test_sync_splits_spooled_batches_too_large_for_the_server(
+    small_body_server: InProcess, settings: ClientConfig
+) -> None:
+    srv = small_body_server
+    run = probe.init("p", mode="offline", settings=settings)
+    for step in range(3000):
+        run.log({"loss": float(step), "acc": 0.5}, step=step)
+    run.finish()
+    transport = Transport(settings.api, srv.token, client=srv.client)
+    (report,) = sync_home(settings.spool_dir, transport)
+    assert report.ok and report.rejected == 0 and report.records == 6000 and report.status == "finished"
+    assert srv.counts(run.id) == {"loss": 3000, "acc": 3000}
+
+
+def _series_in_process(srv: InProcess, run_id: str, key: str) -> list[int]:
+    (series,) = srv.get("/series", run_id=run_id, key=key, points=20000)["series"]
+    return series["steps"]
 
 
 # -- over a real socket -----------------------------------------------------------------------------

@@ -65,3 +65,41 @@ def test_batch_ids_are_unique_per_rank() -> None:
 
 def test_new_run_id_matches_contract_pattern() -> None:
     assert protocol.RUN_ID_PATTERN.match(protocol.new_run_id())
+
+
+def _batch(n_series: int = 3, points: int = 4, arrays: int = 2, events: int = 1) -> protocol.Batch:
+    return protocol.Batch(
+        batch_id="run:7",
+        scalars=[protocol.ScalarSeries(key=f"k{i}", steps=list(range(points)), times=[0.0] * points,
+                                       values=[float(i)] * points) for i in range(n_series)],
+        arrays=[protocol.ArrayRecord(key="sv.weight", layer=f"l{i}", step=0, time=0.0, shape=[3],
+                                     values=[1.0, 2.0, 3.0]) for i in range(arrays)],
+        events=[protocol.EventRecord(kind="alert", level="warning", key="nonfinite", layer=None, step=i,
+                                     time=0.0, message="m", data={}) for i in range(events)],
+    )
+
+
+def test_split_batch_halves_records_with_derived_ids_and_loses_nothing() -> None:
+    batch = _batch()
+    halves = protocol.split_batch(batch)
+    assert halves is not None
+    first, second = halves
+    assert (first["batch_id"], second["batch_id"]) == ("run:7.0", "run:7.1")
+    assert protocol.batch_size(first) > 0 and protocol.batch_size(second) > 0
+    assert protocol.batch_size(first) + protocol.batch_size(second) == protocol.batch_size(batch)
+    for field in ("scalars", "arrays", "events"):
+        assert first[field] + second[field] == batch[field]  # type: ignore[literal-required]
+    assert protocol.split_batch(batch) == halves  # deterministic: a replay makes the same ids
+
+
+def test_split_batch_splits_a_single_series_between_its_points() -> None:
+    batch = _batch(n_series=1, points=5, arrays=0, events=0)
+    first, second = protocol.split_batch(batch)  # type: ignore[misc]
+    assert first["scalars"][0]["steps"] == [0, 1] and second["scalars"][0]["steps"] == [2, 3, 4]
+    assert first["scalars"][0]["key"] == second["scalars"][0]["key"] == "k0"
+    assert len(second["scalars"][0]["values"]) == len(second["scalars"][0]["times"]) == 3
+
+
+def test_split_batch_cannot_split_a_single_record() -> None:
+    assert protocol.split_batch(_batch(n_series=0, arrays=1, events=0)) is None
+    assert protocol.split_batch(_batch(n_series=1, points=1, arrays=0, events=0)) is None

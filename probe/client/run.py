@@ -10,8 +10,12 @@ How a run ends:
 
 * ``run.finish()``, leaving a ``with`` block normally, or interpreter exit (``atexit``) → finished;
 * an exception leaving the ``with`` block, or an uncaught exception (``sys.excepthook``) → crashed;
-* a killed process cannot say anything: heartbeats stop and the server's reaper marks the run
-  crashed; ``optiscope sync`` does the same for a spool that a dead process left unfinished.
+* SIGTERM (``kill``, a scheduler's preemption, ``docker stop``) → what is queued is delivered (or
+  spooled) and the run is marked crashed, then the signal takes its usual course (the previous
+  handler, or the default exit with status 143); installed only from the main thread, and never
+  over a handler that ignores the signal;
+* a process killed outright (SIGKILL, OOM) cannot say anything: heartbeats stop and the server's
+  reaper marks the run crashed; ``optiscope sync`` does the same for a spool it left unfinished.
 
 Distributed (``torch.distributed`` or the ``RANK``/``WORLD_SIZE`` variables): by default only
 rank 0 logs and the other ranks get a disabled run whose methods do nothing. With
@@ -26,6 +30,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import os
+import signal
 import socket
 import sys
 import threading
@@ -87,7 +92,7 @@ class Run:
         self._high_water = sender.high_water if sender is not None else 0
         self._next_step = 0
         self._failed_calls = 0
-        self._finish_lock = threading.Lock()
+        self._finish_lock = threading.RLock()  # re-entrant: a SIGTERM may arrive inside finish()
         self.status: str = "running" if sender is not None else "disabled"
 
     # -- logging (hot path) ------------------------------------------------------------------------
@@ -277,10 +282,33 @@ def _install_hooks() -> None:
                 _finish_all("crashed")
 
         sys.excepthook = excepthook
+        _install_sigterm_handler()
         if hasattr(os, "register_at_fork"):
             # A forked child (DataLoader worker) inherits the runs but not the sender thread:
             # logging there would only fill a queue nobody drains.
             os.register_at_fork(after_in_child=_disable_in_child)
+
+
+def _install_sigterm_handler() -> None:
+    """Finish the runs as crashed on SIGTERM, then let the signal do what it did before."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+    except (AttributeError, ValueError):  # pragma: no cover - a platform without SIGTERM
+        return
+    if previous in (signal.SIG_IGN, None):  # ignored on purpose, or set outside Python: leave it
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        _finish_all("crashed")
+        if callable(previous):
+            previous(signum, frame)
+            return
+        signal.signal(signum, signal.SIG_DFL)  # the default action: terminate, status 128 + 15
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _disable_in_child() -> None:

@@ -233,6 +233,54 @@ def test_killed_process_ends_up_crashed_and_sync_marks_it(
     assert _series_steps(srv, run_id, "loss") == list(range(500))
 
 
+TERMINATED_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    import probe
+    from probe.client.config import ClientConfig
+    if os.environ.get("USER_HANDLER"):
+        def mine(signum, frame):
+            print("user handler", flush=True)
+            sys.exit(3)
+        signal.signal(signal.SIGTERM, mine)
+    # a long flush interval: the points are still queued in memory when the signal comes
+    settings = ClientConfig.from_env(flush_interval=60, heartbeat_interval=60)
+    run = probe.init("terminated", settings=settings)
+    for step in range(500):
+        run.log({"loss": float(step)}, step=step)
+    print(run.id, run.spool_dir, flush=True)
+    time.sleep(120)
+    """
+)
+
+
+@pytest.mark.parametrize("user_handler", [False, True], ids=["default", "chained"])
+def test_sigterm_delivers_what_is_queued_marks_crashed_and_keeps_the_exit(
+    live_server: Callable, tmp_path: Path, user_handler: bool
+) -> None:
+    srv = live_server(env={"OPTISCOPE_HEARTBEAT_TIMEOUT": "600"})  # the reaper cannot be what marks it
+    env = {**os.environ, "OPTISCOPE_URL": srv.url, "OPTISCOPE_TOKEN": srv.token,
+           "OPTISCOPE_HOME": str(tmp_path / "client"), "USER_HANDLER": "1" if user_handler else ""}
+    proc = subprocess.Popen([sys.executable, "-c", TERMINATED_SCRIPT], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        run_id, spool_dir = proc.stdout.readline().split()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        rest = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if user_handler:
+        assert proc.returncode == 3 and "user handler" in rest  # the user's handler still ran, after ours
+    else:
+        assert proc.returncode == -signal.SIGTERM  # the default action, as without the probe
+    run_url = f"{srv.api}/runs/{run_id}"
+    assert httpx.get(run_url, headers=srv.headers).json()["status"] == "crashed"
+    assert _series_steps(srv, run_id, "loss") == list(range(500))
+    assert not Path(spool_dir).exists()  # everything was delivered: nothing left to sync
+
+
 def test_resuming_a_run_id_adds_points_instead_of_being_deduplicated(
     server: InProcess, settings: ClientConfig
 ) -> None:

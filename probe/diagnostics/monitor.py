@@ -565,19 +565,18 @@ class Monitor:
         self._add_record(step, [f"nonfinite/{layer.name}" for layer in layers], counts)
 
     def _measure_neurons(self, step: int, state: _OptStep, deltas: dict[int, Tensor]) -> None:
-        keys: list[str] = []
-        values: list[Tensor] = []
+        by_width: dict[tuple[int, torch.device], list[tuple[str, Tensor]]] = {}
         for layer in state.captured:
             if not layer.is_matrix:
                 continue
             norms = row_norms(as_matrix(deltas[id(layer.param)], layer.neuron_axis))
-            stats = spread_stats(norms, frozen_rel_tol=self.frozen_rel_tol)
-            for q in _NEURON_STATS:
-                keys.append(f"neuron.{q}/{layer.name}")
-                values.append(stats[q])
+            by_width.setdefault((norms.numel(), norms.device), []).append((layer.name, norms))
             if "neuron" in self._vectors_now:
                 self._buffer.add_array("neuron.update_norm", layer.name, step, norms)
-        self._add_record(step, keys, values)
+        for group in by_width.values():  # layers with as many neurons: one batch of reductions
+            stats = spread_stats(torch.stack([norms for _, norms in group]), frozen_rel_tol=self.frozen_rel_tol)
+            keys = [f"neuron.{q}/{name}" for q in _NEURON_STATS for name, _ in group]
+            self._add_record(step, keys, torch.cat([stats[q] for q in _NEURON_STATS]))
 
     def _measure_internals(
         self, step: int, idx: int, optimizer: torch.optim.Optimizer, internals: Mapping[Tensor, Mapping[str, Tensor]]

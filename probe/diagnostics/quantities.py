@@ -56,18 +56,20 @@ def spread_stats(norms: Tensor, *, frozen_rel_tol: float = 1e-3) -> dict[str, Te
     A neuron is *frozen* when its norm is at most ``frozen_rel_tol`` × the mean norm (relative, so the
     measure does not depend on the learning rate); when every norm is 0 all neurons are frozen.
     The coefficient of variation (population std / mean) is defined as 0 when the mean is 0.
+    A stack of same-length vectors (``(B, n)``) gives each measure per vector (``(B,)``): the Monitor
+    measures the layers that have as many neurons in one go.
     """
     x = norms.float()
-    mean = x.mean()
-    std = x.std(correction=0) if x.numel() > 1 else torch.zeros_like(mean)
+    mean = x.mean(-1)
+    std = x.std(-1, correction=0) if x.shape[-1] > 1 else torch.zeros_like(mean)
     cv = torch.where(mean > 0, std / torch.where(mean > 0, mean, torch.ones_like(mean)), torch.zeros_like(mean))
-    frozen = (x <= frozen_rel_tol * mean).float().mean()
+    frozen = (x <= frozen_rel_tol * mean.unsqueeze(-1)).float().mean(-1)
     return {
         "cv": cv,
         "mean": mean,
-        "min": x.min(),
-        "max": x.max(),
-        "q50": torch.quantile(x, 0.5),
+        "min": x.amin(-1),
+        "max": x.amax(-1),
+        "q50": torch.quantile(x, 0.5, dim=-1),
         "frozen_frac": frozen,
     }
 

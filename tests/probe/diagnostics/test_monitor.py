@@ -312,3 +312,30 @@ def test_weight_copies_rotate_through_layers_under_a_memory_limit(recording_run:
     measured = [sorted(k.split("/")[1] for k in m if k.startswith("update_ratio/")) for _, m in recording_run.logs]
     assert measured == [["fc1.bias", "fc1.weight"], ["fc2.bias", "fc2.weight"],
                         ["fc1.bias", "fc1.weight"], ["fc2.bias", "fc2.weight"]]
+
+
+def test_layers_with_as_many_neurons_each_get_their_own_neuron_and_spectrum_measures(
+    recording_run: RecordingRun,
+) -> None:
+    """Same-width layers are measured in one batch: each key must still carry its own layer's value."""
+    gen = torch.Generator().manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    lr = 0.1
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    attach(model, opt, run=recording_run, budget=None, log_every=1, neuron_every=1, spectra_every=1)
+    model(torch.randn(8, 6, generator=gen)).square().mean().backward()
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.ndim == 2}
+    opt.step()
+    (_, m), = recording_run.logs
+    for name, g in grads.items():
+        rows = lr * g.norm(dim=1)
+        assert m[f"neuron.max/{name}"] == pytest.approx(rows.max().item(), rel=1e-4)
+        assert m[f"neuron.min/{name}"] == pytest.approx(rows.min().item(), rel=1e-4)
+        assert m[f"neuron.cv/{name}"] == pytest.approx((rows.std(correction=0) / rows.mean()).item(), rel=1e-4)
+        s = torch.linalg.svdvals((lr * g).double())
+        assert m[f"sv.update.spectral_norm/{name}"] == pytest.approx(s[0].item(), rel=1e-4)
+        assert m[f"sv.update.cond/{name}"] == pytest.approx((s[0] / s[-1]).item(), rel=1e-3)
+    assert len({m[f"neuron.max/{name}"] for name in grads}) == 3  # distinct layers, distinct values

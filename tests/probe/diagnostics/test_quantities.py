@@ -80,3 +80,14 @@ def test_batched_nonfinite_counts_match_the_single_tensor_count() -> None:
     ]
     assert [c.item() for c in nonfinite_counts(tensors)] == [nonfinite_count(t).item() for t in tensors] == [3, 0, 4]
     assert nonfinite_counts([]) == []
+
+
+def test_spread_of_a_stack_equals_the_spread_of_each_vector() -> None:
+    gen = torch.Generator().manual_seed(2)
+    norms = torch.rand(3, 9, generator=gen)
+    norms[1, :4] = 0.0  # frozen neurons in one layer only
+    batched = spread_stats(norms)
+    for b in range(3):
+        for q, v in spread_stats(norms[b]).items():
+            torch.testing.assert_close(batched[q][b], v)
+    assert batched["frozen_frac"].tolist() == pytest.approx([0.0, 4 / 9, 0.0])

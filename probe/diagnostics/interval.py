@@ -28,7 +28,17 @@ class ArrayValue:
 
 
 def stack_f32(values: Sequence[Tensor]) -> Tensor:
-    """Stack 0-d tensors (any float/int dtype, one device) into a 1-D float32 tensor."""
+    """Stack 0-d tensors (any float/int dtype, one device) into a 1-D float32 tensor.
+
+    One ``torch.stack`` (which promotes dtypes) when the values are 0-d on one device, the common
+    case; converting each value first would cost three tensor ops per value, hundreds per step.
+    """
+    try:
+        stacked = torch.stack(list(values))
+    except RuntimeError:  # mixed devices or shapes
+        stacked = None
+    if stacked is not None and stacked.ndim == 1:
+        return stacked.detach().to(torch.float32)
     device = values[0].device
     return torch.stack([v.detach().reshape(()).to(device=device, dtype=torch.float32) for v in values])
 

@@ -105,7 +105,7 @@ class _OptStep:
 
     captured: list[_Layer] = field(default_factory=list)
     before: list[Tensor] = field(default_factory=list)
-    grad_nonfinite: list[Tensor] = field(default_factory=list)
+    grad_nonfinite: Tensor = field(default_factory=lambda: torch.zeros(0))
     introspect_prev: bool | None = None
 
 
@@ -405,12 +405,14 @@ class Monitor:
         self._opt_state[idx] = state
         step = self._next_step
         layers = [layer for layer in self._layers[idx] if layer.param.grad is not None]
+        grad_norms: dict[int, Tensor] = {}
         with torch.no_grad():
             if self.scalars_schedule(step) and layers and "grad_norm" not in self.disabled:
                 with self._guard("grad_norm"):
                     norms = torch._foreach_norm([layer.param.grad for layer in layers])  # type: ignore[misc]
                     self._step_grad_norms.extend(norms)
                     self._add_record(step, [f"grad_norm/{layer.name}" for layer in layers], norms)
+                    grad_norms = {id(layer.param): n for layer, n in zip(layers, norms)}
             plan = self._plan
             matrix_users = plan & {"neuron"} or ("spectra" in plan and "update" in self.spectra_sources)
             if "update" in plan:
@@ -427,7 +429,11 @@ class Monitor:
                     state.before = torch._foreach_mul(tensors, 1.0)  # one batched clone
                     state.captured = captured
                     if "update" in plan:
-                        state.grad_nonfinite = nonfinite_counts([layer.param.grad for layer in captured])
+                        known = [grad_norms.get(id(layer.param)) for layer in captured]
+                        state.grad_nonfinite = nonfinite_counts(
+                            [layer.param.grad for layer in captured],
+                            stack_f32(known) if all(n is not None for n in known) else None,  # type: ignore[arg-type]
+                        )
                 owner = next((n for n in ("update", "neuron", "spectra") if n in plan), "update")
                 self._costs[owner] = self._costs.get(owner, 0.0) + time.perf_counter() - t
             wants_internals = "internals" in plan or (
@@ -561,7 +567,7 @@ class Monitor:
         dn = stack_f32(torch._foreach_norm(d))  # type: ignore[misc]
         wn = stack_f32(torch._foreach_norm(state.before))  # type: ignore[misc]
         self._add_record(step, [f"update_ratio/{layer.name}" for layer in layers], dn / wn)
-        counts = stack_f32(nonfinite_counts(d)) + stack_f32(state.grad_nonfinite)
+        counts = nonfinite_counts(d, dn) + state.grad_nonfinite
         self._add_record(step, [f"nonfinite/{layer.name}" for layer in layers], counts)
 
     def _measure_neurons(self, step: int, state: _OptStep, deltas: dict[int, Tensor]) -> None:

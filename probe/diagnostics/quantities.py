@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from probe.diagnostics.interval import stack_f32
+
 __all__ = [
     "as_matrix",
     "update_ratio",
@@ -79,14 +81,20 @@ def nonfinite_count(t: Tensor) -> Tensor:
     return t.numel() - torch.isfinite(t).sum()
 
 
-def nonfinite_counts(tensors: Sequence[Tensor]) -> list[Tensor]:
-    """``nonfinite_count`` of many tensors in two batched (``_foreach``) kernels instead of two per tensor.
+def nonfinite_counts(tensors: Sequence[Tensor], norms: Tensor | None = None) -> Tensor:
+    """``nonfinite_count`` of many tensors as one 1-D float32 tensor, in two batched (``_foreach``)
+    kernels instead of two per tensor.
 
     x·0 is 0 for a finite entry and NaN otherwise, and the L0 "norm" counts entries ≠ 0 (NaN ≠ 0).
+    ``norms``: the tensors' norms if the caller has them. A NaN or ±inf entry always makes the norm
+    non-finite, so when every norm is finite every count is 0 and the two passes over the data are
+    skipped — decided on the host, hence only for CPU norms (on a GPU the check would synchronize).
     """
     if not tensors:
-        return []
-    return list(torch._foreach_norm(torch._foreach_mul(list(tensors), 0.0), 0))
+        return torch.zeros(0)
+    if norms is not None and norms.device.type == "cpu" and bool(torch.isfinite(norms).all()):
+        return torch.zeros(len(tensors))
+    return stack_f32(torch._foreach_norm(torch._foreach_mul(list(tensors), 0.0), 0))
 
 
 def orthogonality_error(o: Tensor) -> Tensor:

@@ -69,30 +69,60 @@ def singular_values(
     """
     if mat.ndim != 2:
         raise ValueError(f"singular_values needs a 2-D tensor, got shape {tuple(mat.shape)}")
-    a, finite = _zero_if_non_finite(mat.detach().float()[None])
-    a, finite = a[0], finite[0]
-    truncated = min(a.shape) > full_max_dim
-    if truncated:
-        values = _randomized_top_k(a, top_k, oversample, power_iters, generator)
-    else:
-        values = exact_singular_values(a)
-    return _masked_spectrum(a, finite, values, truncated)
+    a = mat.detach().float()
+    if min(a.shape) <= full_max_dim:
+        values, frob_sq, finite = _exact(a[None])
+        return _masked(values[0], frob_sq[0], finite[0], truncated=False)
+    zeroed, finite = _zero_if_non_finite(a[None])
+    values = _randomized_top_k(zeroed[0], top_k, oversample, power_iters, generator)
+    return _masked(values, zeroed[0].square().sum(), finite[0], truncated=True)
 
 
 def exact_spectra(mats: Tensor) -> Spectrum:
     """All singular values of each matrix of a ``(B, m, n)`` stack: ``values`` (B, min(m, n)), ``frob_sq`` (B,).
 
     One batched Gram product and one batched eigensolver call instead of B of each: for the many
-    same-shape layers of a transformer, the per-call overhead is most of the cost of small spectra.
-    A matrix with a non-finite entry gets an all-NaN row without affecting the others.
+    same-shape layers of a transformer, the per-call overhead is a good part of the cost of small
+    spectra. A matrix with a non-finite entry gets an all-NaN row without affecting the others.
 
     Raises:
         ValueError: if ``mats`` is not 3-D.
     """
     if mats.ndim != 3:
         raise ValueError(f"exact_spectra needs a (B, m, n) stack, got shape {tuple(mats.shape)}")
-    a, finite = _zero_if_non_finite(mats.detach().float())
-    return _masked_spectrum(a, finite, exact_singular_values(a), truncated=False)
+    return _masked(*_exact(mats.detach().float()), truncated=False)
+
+
+def exact_singular_values(a: Tensor) -> Tensor:
+    """All singular values of a float32 matrix (or of each of a stack), descending; see :func:`_exact`."""
+    return _exact(a if a.ndim > 2 else a[None])[0].reshape(*a.shape[:-2], min(a.shape[-2:]))
+
+
+def _exact(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(values, frob_sq, finite)`` of a ``(B, m, n)`` float32 stack, as fast as the device allows.
+
+    LAPACK's ``gesdd`` (behind ``svdvals`` on the CPU) is about 2x slower on a wide matrix than on its
+    transpose, and a symmetric eigensolver beats it again: on the CPU we take the eigenvalues of the
+    k x k Gram matrix of the tall orientation in float64. Its eigenvalues carry an absolute error of
+    ~1e-16·σ_max², so σ is resolved down to ~1e-8·σ_max — finer than a float32 SVD's own ~1e-7·σ_max
+    (measured: a cond-1e6 matrix gives σ_min within 2e-5 relative vs 7e-4 for float32 ``svdvals``),
+    at 1.1-3x less time on this project's layer shapes. The Gram matrix also gives ‖M‖_F² (its trace)
+    and finiteness for free: a NaN or ±inf entry in column j makes the diagonal entry j non-finite,
+    and float64 cannot overflow on float32 input. On accelerators ``svdvals`` of the tall orientation
+    is used as is (float64 is slow on many GPUs). Values of a non-finite matrix are meaningless here
+    (its Gram matrix is zeroed so the solver cannot fail); :func:`_masked` replaces them with NaN.
+    """
+    tall = a if a.shape[-2] >= a.shape[-1] else a.mT
+    if a.device.type != "cpu":
+        zeroed, finite = _zero_if_non_finite(tall)
+        return torch.linalg.svdvals(zeroed), zeroed.square().sum((-2, -1)), finite
+    d = tall.double()
+    gram = d.mT @ d
+    frob_sq = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
+    finite = torch.isfinite(frob_sq)
+    gram = torch.where(finite[:, None, None], gram, torch.zeros((), dtype=gram.dtype))
+    eig = torch.linalg.eigvalsh(gram)  # ascending
+    return eig.clamp_min(0.0).sqrt().flip(-1).to(a.dtype), frob_sq.to(a.dtype), finite
 
 
 def _zero_if_non_finite(a: Tensor) -> tuple[Tensor, Tensor]:
@@ -104,33 +134,13 @@ def _zero_if_non_finite(a: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(finite[:, None, None], a, torch.zeros((), device=a.device)), finite
 
 
-def _masked_spectrum(a: Tensor, finite: Tensor, values: Tensor, truncated: bool) -> Spectrum:
-    nan = torch.full((), float("nan"), device=a.device)
-    frob_sq = a.square().sum((-2, -1))
+def _masked(values: Tensor, frob_sq: Tensor, finite: Tensor, truncated: bool) -> Spectrum:
+    nan = torch.full((), float("nan"), device=values.device)
     return Spectrum(
         values=torch.where(finite[..., None], values, nan),
         frob_sq=torch.where(finite, frob_sq, nan),
         truncated=truncated,
     )
-
-
-def exact_singular_values(a: Tensor) -> Tensor:
-    """All singular values of a float32 matrix, descending, as fast as the device allows.
-
-    LAPACK's ``gesdd`` (behind ``svdvals`` on the CPU) is about 2x slower on a wide matrix than on its
-    transpose, and a symmetric eigensolver beats it again: on the CPU we take the eigenvalues of the
-    k x k Gram matrix of the tall orientation in float64. Its eigenvalues carry an absolute error of
-    ~1e-16·σ_max², so σ is resolved down to ~1e-8·σ_max — finer than a float32 SVD's own ~1e-7·σ_max
-    (measured: a cond-1e6 matrix gives σ_min within 2e-5 relative vs 7e-4 for float32 ``svdvals``),
-    at 1.1-3x less time on this project's layer shapes. On accelerators ``svdvals`` of the tall
-    orientation is used as is (float64 is slow on many GPUs).
-    """
-    tall = a if a.shape[-2] >= a.shape[-1] else a.mT
-    if a.device.type != "cpu":
-        return torch.linalg.svdvals(tall)
-    d = tall.double()
-    eig = torch.linalg.eigvalsh(d.mT @ d)  # ascending
-    return eig.clamp_min(0.0).sqrt().flip(-1).to(a.dtype)
 
 
 def spectrum_stats(spec: Spectrum) -> dict[str, Tensor]:

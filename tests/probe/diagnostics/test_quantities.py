@@ -78,8 +78,17 @@ def test_batched_nonfinite_counts_match_the_single_tensor_count() -> None:
         torch.zeros(3, 2),
         torch.tensor([[float("nan")] * 4]).bfloat16(),
     ]
-    assert [c.item() for c in nonfinite_counts(tensors)] == [nonfinite_count(t).item() for t in tensors] == [3, 0, 4]
-    assert nonfinite_counts([]) == []
+    assert nonfinite_counts(tensors).tolist() == [nonfinite_count(t).item() for t in tensors] == [3, 0, 4]
+    assert nonfinite_counts([]).numel() == 0
+
+
+def test_nonfinite_counts_use_known_norms_only_as_a_shortcut() -> None:
+    tensors = [torch.ones(3), torch.tensor([1.0, float("nan")]), torch.tensor([float("inf"), 2.0])]
+    norms = torch.stack([t.norm() for t in tensors])
+    assert nonfinite_counts(tensors, norms).tolist() == [0, 1, 1]  # a non-finite norm: counted
+    finite = [torch.ones(3), torch.full((2,), 1e30)]  # the second norm overflows: counted, and 0
+    assert nonfinite_counts(finite, torch.stack([t.norm() for t in finite])).tolist() == [0, 0]
+    assert nonfinite_counts(finite[:1], torch.ones(1)).tolist() == [0]
 
 
 def test_spread_of_a_stack_equals_the_spread_of_each_vector() -> None:

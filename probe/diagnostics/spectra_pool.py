@@ -15,6 +15,12 @@ cores it stops spin-waiting, and the *training* steps that follow ran 40 % slowe
 ``torch.set_num_threads`` also sets torch's process-wide default, :meth:`SpectraPool.compute` takes
 the calling thread's count first and restores it before returning.
 
+Same-shape matrices (after turning wide ones tall) are stacked and measured in one batched call,
+split into a piece per worker. Tried and dropped, measured on the 2-core machine: forming the Gram
+products on the calling thread with torch's own threads and only the eigensolvers on the workers
+(no faster: the training loop's OpenMP threads spin-wait for milliseconds after each parallel
+region and then compete with the workers either way), and smaller pieces (slower batched products).
+
 The training thread waits for the results (it is inside the optimizer's post-step hook), so the
 workers never race the optimizer step that next rewrites the weights they read. Matrices on an
 accelerator are computed in order on the calling thread: their kernels queue on the device anyway.
@@ -50,6 +56,10 @@ class SpectrumRequest:
     full_max_dim: int
     top_k: int
     seed: int
+
+    def __post_init__(self) -> None:
+        if self.mat.ndim != 2:
+            raise ValueError(f"a spectrum needs a 2-D matrix, got shape {tuple(self.mat.shape)}")
 
 
 @dataclass(frozen=True)

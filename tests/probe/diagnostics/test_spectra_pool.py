@@ -63,16 +63,26 @@ def test_thread_count_is_restored_and_workers_stop_on_close() -> None:
     pool.close()
 
 
-def test_an_error_in_a_worker_reaches_the_caller_and_restores_the_thread_count() -> None:
+def test_an_error_in_a_worker_reaches_the_caller_and_restores_the_thread_count(monkeypatch) -> None:
+    import probe.diagnostics.spectra_pool as spectra_pool
+
+    def broken(mats):
+        raise RuntimeError("eigensolver failed")
+
+    monkeypatch.setattr(spectra_pool, "exact_spectra", broken)  # raised in a worker thread
     before = torch.get_num_threads()
     pool = SpectraPool(2)
-    bad = SpectrumRequest(torch.ones(3, 3, 3), full_max_dim=30, top_k=2, seed=0)  # not a matrix
     try:
-        with pytest.raises((ValueError, RuntimeError)):
-            pool.compute([*_requests(), bad])
+        with pytest.raises(RuntimeError, match="eigensolver"):
+            pool.compute(_requests())
     finally:
         pool.close()
     assert torch.get_num_threads() == before
+
+
+def test_a_request_must_be_a_matrix() -> None:
+    with pytest.raises(ValueError, match="2-D"):
+        SpectrumRequest(torch.ones(3, 3, 3), full_max_dim=30, top_k=2, seed=0)
 
 
 def test_rejects_zero_workers() -> None:

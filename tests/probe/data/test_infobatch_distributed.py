@@ -65,6 +65,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             },
             Path(out_dir) / f"rank{rank}.pt",
         )
+        dist.barrier()  # no rank tears gloo down while its peer still communicates
     finally:
         dist.destroy_process_group()
 

@@ -67,6 +67,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         results = {name: _run(cls, 2, rank) for name, cls in (("kfac", KFAC), ("fop", FOP))}
         if rank == 0:
             torch.save(results, out)
+        dist.barrier()  # no rank tears gloo down while its peer still communicates
     finally:
         dist.destroy_process_group()
 

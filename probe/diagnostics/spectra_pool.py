@@ -1,25 +1,20 @@
-"""Many spectra at once: CPU matrices fan out over worker threads that each run torch single-threaded.
+"""Many spectra at once: same-shape matrices batched, CPU ones spread over single-threaded worker threads.
 
 Why not one call after another on the training thread: the symmetric eigensolver behind every CPU
 spectrum (LAPACK ``syevd`` via MKL) does not scale *down*. On this project's 128x128 Gram matrices
 its multi-threaded path ran up to 10x slower than its single-threaded one (2-core machine, measured
 when the call came from a thread other than the one that set the thread count), and at best it gains
-nothing. The matrices of a model are independent, so whole spectra go to ``workers`` threads, each
-with one intra-op thread, and the cores are shared across matrices instead of inside each one.
-torch releases the GIL inside its ops, so Python threads suffice.
-
-Thread counts, measured rather than assumed: a worker must set its own count to 1 before *each*
-batch (a count set once at thread start did not hold, and the worker then started OpenMP teams of
-its own). Extra OpenMP teams are not just waste: once libgomp manages more threads than there are
-cores it stops spin-waiting, and the *training* steps that follow ran 40 % slower. Since
-``torch.set_num_threads`` also sets torch's process-wide default, :meth:`SpectraPool.compute` takes
-the calling thread's count first and restores it before returning.
+nothing. The matrices of a model are independent, so pieces of them go to ``workers`` threads that
+each run torch with one intra-op thread (``thread_limit``: per thread, never ``torch.set_num_threads``,
+whose process-wide side effects slowed every later training step), and the cores are shared across
+matrices instead of inside each one. torch releases the GIL inside its ops, so Python threads suffice.
+Where the per-thread limit is not available, everything is computed on the calling thread as it is.
 
 Same-shape matrices (after turning wide ones tall) are stacked and measured in one batched call,
 split into a piece per worker. Tried and dropped, measured on the 2-core machine: forming the Gram
 products on the calling thread with torch's own threads and only the eigensolvers on the workers
 (no faster: the training loop's OpenMP threads spin-wait for milliseconds after each parallel
-region and then compete with the workers either way), and smaller pieces (slower batched products).
+region and then compete with the workers either way), and smaller pieces (no better balanced).
 
 The training thread waits for the results (it is inside the optimizer's post-step hook), so the
 workers never race the optimizer step that next rewrites the weights they read. Matrices on an
@@ -39,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from probe.diagnostics import thread_limit
 from probe.diagnostics.spectra import Spectrum, exact_spectra, singular_values, spectrum_stats
 
 __all__ = ["SpectrumRequest", "SpectrumResult", "SpectraPool", "default_workers"]
@@ -97,10 +93,9 @@ def _measure_group(requests: Sequence[SpectrumRequest]) -> list[SpectrumResult]:
     ]
 
 
-def _measure_group_single_threaded(requests: Sequence[SpectrumRequest]) -> list[SpectrumResult]:
-    if torch.get_num_threads() != 1:
-        torch.set_num_threads(1)
-    return _measure_group(requests)
+def _measure_group_single_threaded(requests: Sequence[SpectrumRequest]) -> tuple[list[SpectrumResult], bool]:
+    limited = thread_limit.limit_this_thread()
+    return _measure_group(requests), limited
 
 
 def _tall(mat: Tensor) -> Tensor:
@@ -137,7 +132,7 @@ class SpectraPool:
 
     Args:
         workers: worker threads for CPU matrices (default :func:`default_workers`); 1 computes on the
-            calling thread and starts no thread.
+            calling thread and starts no thread (as does a process where ``thread_limit`` is unavailable).
 
     The threads start on the first CPU batch and end with :meth:`close`.
     """
@@ -148,6 +143,7 @@ class SpectraPool:
         self.workers = workers if workers is not None else default_workers()
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._limit_works = True
 
     def compute(self, requests: Sequence[SpectrumRequest]) -> list[SpectrumResult]:
         """Results in the order of ``requests``; an exception of any request is raised here."""
@@ -163,20 +159,19 @@ class SpectraPool:
         cpu = [i for i, r in enumerate(requests) if r.mat.device.type == "cpu"]
         if not cpu:
             return results  # type: ignore[return-value]
-        tasks = sorted(_tasks(requests, cpu, self.workers), key=lambda t: _cost(requests, t), reverse=True)
-        threads = torch.get_num_threads()
-        try:
-            torch.set_num_threads(1)
-            if len(tasks) > 1 and self.workers > 1:
-                pool = self._executor_or_start()
-                futures = [(t, pool.submit(_measure_group_single_threaded, [requests[i] for i in t])) for t in tasks]
-                for task, future in futures:
-                    keep(task, future.result())
-            else:
-                for task in tasks:
-                    keep(task, _measure_group([requests[i] for i in task]))
-        finally:
-            torch.set_num_threads(threads)
+        parallel = self.workers > 1 and self._limit_works and thread_limit.available()
+        tasks = sorted(_tasks(requests, cpu, self.workers if parallel else 1),
+                       key=lambda t: _cost(requests, t), reverse=True)
+        if not parallel or len(tasks) < 2:
+            for task in tasks:
+                keep(task, _measure_group([requests[i] for i in task]))
+            return results  # type: ignore[return-value]
+        pool = self._executor_or_start()
+        futures = [(t, pool.submit(_measure_group_single_threaded, [requests[i] for i in t])) for t in tasks]
+        for task, future in futures:
+            found, limited = future.result()
+            keep(task, found)
+            self._limit_works &= limited  # a worker that stayed multi-threaded: use the calling thread from now on
         return results  # type: ignore[return-value]
 
     def close(self) -> None:

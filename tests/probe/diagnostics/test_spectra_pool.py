@@ -51,7 +51,11 @@ def test_randomized_values_do_not_depend_on_the_worker_count() -> None:
     torch.testing.assert_close(a[-1].spectrum.values, b[-1].spectrum.values)
 
 
-def test_thread_count_is_restored_and_workers_stop_on_close() -> None:
+def test_thread_counts_are_left_alone_and_workers_stop_on_close(monkeypatch) -> None:
+    def forbidden(n: int) -> None:
+        raise AssertionError("torch.set_num_threads changes process-wide state; the pool must not call it")
+
+    monkeypatch.setattr(torch, "set_num_threads", forbidden)
     before = torch.get_num_threads()
     pool = SpectraPool(2)
     pool.compute(_requests())
@@ -63,7 +67,7 @@ def test_thread_count_is_restored_and_workers_stop_on_close() -> None:
     pool.close()
 
 
-def test_an_error_in_a_worker_reaches_the_caller_and_restores_the_thread_count(monkeypatch) -> None:
+def test_an_error_in_a_worker_reaches_the_caller(monkeypatch) -> None:
     import probe.diagnostics.spectra_pool as spectra_pool
 
     def broken(mats):

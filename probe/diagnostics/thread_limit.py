@@ -1,0 +1,92 @@
+"""One intra-op thread for the *calling* thread only, without ``torch.set_num_threads``.
+
+The spectra workers (``spectra_pool``) must each run torch single-threaded. ``torch.set_num_threads(1)``
+would do it, but it also changes process-wide state (torch's default for new threads, the size of its
+pthreadpool, MKL's dynamic mode): on the 2-core dev machine a single call, even one that set the count
+it already had, made every later training step of the benchmark GPT about 6 % slower, in runs with and
+without the probe alike. The OpenMP runtime and MKL keep thread counts per thread
+(``omp_set_num_threads``, ``mkl_set_num_threads_local``), so :func:`limit_this_thread` sets those
+directly and then checks that torch and MKL report one thread. Where a library is not found (another
+OpenMP runtime, a build without MKL) :func:`available` is False and callers stay on their own thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "limit_this_thread"]
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    omp_set_num_threads: Callable[[int], None]
+    mkl_set_local: Callable[[int], object] | None
+    mkl_max_threads: Callable[[], int] | None
+
+
+def _mkl(torch_lib: Path) -> tuple[Callable[[int], object], Callable[[], int]] | None:
+    """MKL's per-thread setter from the torch library it is linked into, called with the right ABI."""
+    for path in sorted(torch_lib.glob("libtorch_cpu.*")):
+        try:
+            lib = ctypes.CDLL(str(path))
+            c_name, fortran_name, get_max = (
+                lib.mkl_set_num_threads_local, lib.mkl_set_num_threads_local_, lib.mkl_get_max_threads
+            )
+        except (OSError, AttributeError):
+            continue
+        get_max.restype = ctypes.c_int
+        get_max.argtypes = []
+        c_name.restype = ctypes.c_int
+        # In torch's wheels the C name is an alias of the Fortran entry point (same address), which takes
+        # its argument by reference; a C entry point of its own takes it by value.
+        by_reference = ctypes.cast(c_name, ctypes.c_void_p).value == ctypes.cast(fortran_name, ctypes.c_void_p).value
+
+        def set_local(n: int, fn: ctypes._CFuncPtr = c_name, by_ref: bool = by_reference) -> object:
+            return fn(ctypes.byref(ctypes.c_int(n))) if by_ref else fn(ctypes.c_int(n))
+
+        return set_local, get_max
+    return None
+
+
+@functools.cache
+def _runtime() -> _Runtime | None:
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return None
+    try:
+        omp = ctypes.CDLL(None).omp_set_num_threads  # torch loads its OpenMP runtime globally
+    except (OSError, AttributeError):
+        return None
+    omp.argtypes = [ctypes.c_int]
+    omp.restype = None
+    mkl = _mkl(Path(torch.__file__).parent / "lib") if torch.backends.mkl.is_available() else None
+    if torch.backends.mkl.is_available() and mkl is None:
+        return None  # MKL would keep its own count in the worker: not single-threaded after all
+    return _Runtime(omp, *(mkl or (None, None)))
+
+
+def available() -> bool:
+    """Whether :func:`limit_this_thread` can work in this process (the runtimes were found)."""
+    return _runtime() is not None
+
+
+def limit_this_thread() -> bool:
+    """Make torch ops called from this thread use one intra-op thread; other threads are unaffected.
+
+    Returns whether torch (and MKL, where present) now report one thread here. Meant for threads
+    the caller owns (a worker pool): nothing is restored.
+    """
+    runtime = _runtime()
+    if runtime is None:
+        return False
+    torch.get_num_threads()  # torch's lazy per-thread set-up runs first, or it would undo what follows
+    runtime.omp_set_num_threads(1)
+    if runtime.mkl_set_local is not None and runtime.mkl_max_threads is not None:
+        runtime.mkl_set_local(1)
+        return torch.get_num_threads() == 1 and runtime.mkl_max_threads() == 1
+    return torch.get_num_threads() == 1

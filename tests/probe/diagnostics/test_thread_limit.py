@@ -1,0 +1,54 @@
+"""thread_limit: one intra-op thread for the calling thread, nothing changed for any other thread."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from probe.diagnostics import thread_limit
+
+
+def _in_thread(fn):  # noqa: ANN001, ANN202
+    out: list = []
+    worker = threading.Thread(target=lambda: out.append(fn()))
+    worker.start()
+    worker.join()
+    return out[0]
+
+
+@pytest.mark.skipif(not thread_limit.available(), reason="needs torch's OpenMP runtime (and MKL where built in)")
+@pytest.mark.parametrize("user_set_threads", [False, True], ids=["torch-default", "user-called-set_num_threads"])
+def test_limits_only_the_calling_thread(user_set_threads: bool) -> None:
+    before = torch.get_num_threads()
+    if user_set_threads:
+        torch.set_num_threads(before)  # torch's lazy per-thread set-up then re-applies it in new threads
+
+    def limited() -> tuple[bool, int, float]:
+        ok = thread_limit.limit_this_thread()
+        x = torch.randn(64, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        return ok, torch.get_num_threads(), torch.linalg.eigvalsh(x.mT @ x)[-1].item()
+
+    ok, inside, largest = _in_thread(limited)
+    assert ok and inside == 1 and largest > 0
+    assert torch.get_num_threads() == before  # the caller's thread
+    assert _in_thread(torch.get_num_threads) == before  # and any new thread
+
+
+def test_reports_failure_instead_of_raising_where_unavailable(monkeypatch) -> None:
+    monkeypatch.setattr(thread_limit, "_runtime", lambda: None)  # e.g. a build with another OpenMP runtime
+    assert not thread_limit.available()
+    assert _in_thread(thread_limit.limit_this_thread) is False
+
+
+def test_the_pool_computes_on_the_calling_thread_where_unavailable(monkeypatch) -> None:
+    from probe.diagnostics.spectra_pool import SpectraPool, SpectrumRequest
+
+    monkeypatch.setattr(thread_limit, "_runtime", lambda: None)
+    gen = torch.Generator().manual_seed(1)
+    requests = [SpectrumRequest(torch.randn(12, 5, generator=gen), 64, 4, i) for i in range(4)]
+    pool = SpectraPool(2)
+    results = pool.compute(requests)
+    assert pool._pool is None  # no worker thread was started
+    assert len(results) == 4 and all(r.spectrum.values.shape == (5,) for r in results)

@@ -122,7 +122,19 @@ def test_a_pause_between_steps_does_not_buy_a_burst() -> None:
         b.observe_step(1.0, 0.0)
     before = b.credit
     b.observe_step(600.0, 0.0)  # ten minutes of evaluation between two steps
-    assert b.credit - before == pytest.approx(0.03 * 4.0)
+    assert b.credit - before == pytest.approx(0.03 * 1.5)  # no more than an ordinary step and a half
+
+
+def test_the_step_time_estimate_still_follows_a_genuine_slowdown() -> None:
+    b = OverheadBudget(0.03)
+    for _ in range(10):
+        b.observe_step(1.0, 0.0)
+    for _ in range(30):
+        b.observe_step(3.0, 0.0)  # the model got 3x slower (a longer sequence length, say)
+    assert b.step_time == pytest.approx(3.0, rel=1e-2)
+    before = b.credit
+    b.observe_step(3.0, 0.0)
+    assert b.credit - before == pytest.approx(0.03 * 3.0, rel=1e-2)
 
 
 def test_monitor_reports_its_whole_run_overhead(recording_run: RecordingRun) -> None:

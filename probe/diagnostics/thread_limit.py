@@ -56,11 +56,18 @@ def _mkl(torch_lib: Path) -> tuple[Callable[[int], object], Callable[[], int]] |
 
 @functools.cache
 def _runtime() -> _Runtime | None:
+    try:
+        return _find_runtime()
+    except Exception:  # noqa: BLE001 - an unusual platform must cost speed, never a training run
+        return None
+
+
+def _find_runtime() -> _Runtime | None:
     if "OpenMP" not in torch.__config__.parallel_info():
         return None
     try:
         omp = ctypes.CDLL(None).omp_set_num_threads  # torch loads its OpenMP runtime globally
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: no process handle on Windows
         return None
     omp.argtypes = [ctypes.c_int]
     omp.restype = None

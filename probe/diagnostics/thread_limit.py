@@ -91,9 +91,12 @@ def limit_this_thread() -> bool:
     runtime = _runtime()
     if runtime is None:
         return False
-    torch.get_num_threads()  # torch's lazy per-thread set-up runs first, or it would undo what follows
-    runtime.omp_set_num_threads(1)
-    if runtime.mkl_set_local is not None and runtime.mkl_max_threads is not None:
-        runtime.mkl_set_local(1)
-        return torch.get_num_threads() == 1 and runtime.mkl_max_threads() == 1
-    return torch.get_num_threads() == 1
+    try:
+        torch.get_num_threads()  # torch's lazy per-thread set-up runs first, or it would undo what follows
+        runtime.omp_set_num_threads(1)
+        if runtime.mkl_set_local is not None and runtime.mkl_max_threads is not None:
+            runtime.mkl_set_local(1)
+            return torch.get_num_threads() == 1 and runtime.mkl_max_threads() == 1
+        return torch.get_num_threads() == 1
+    except Exception:  # noqa: BLE001 - the caller then stops using worker threads
+        return False

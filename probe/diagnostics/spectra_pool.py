@@ -128,7 +128,7 @@ def _cost(requests: Sequence[SpectrumRequest], task: Sequence[int]) -> int:
 
 
 class SpectraPool:
-    """Compute spectra of many matrices: same-shape ones batched, CPU ones in parallel on single-threaded workers.
+    """Spectra of many matrices: same-shape ones batched, CPU ones in parallel on single-threaded workers.
 
     Args:
         workers: worker threads for CPU matrices (default :func:`default_workers`); 1 computes on the
@@ -171,7 +171,7 @@ class SpectraPool:
         for task, future in futures:
             found, limited = future.result()
             keep(task, found)
-            self._limit_works &= limited  # a worker that stayed multi-threaded: use the calling thread from now on
+            self._limit_works &= limited  # a worker stayed multi-threaded: the calling thread from now on
         return results  # type: ignore[return-value]
 
     def close(self) -> None:

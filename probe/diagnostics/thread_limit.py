@@ -45,13 +45,17 @@ def _mkl(torch_lib: Path) -> tuple[Callable[[int], object], Callable[[], int]] |
         c_name.restype = ctypes.c_int
         # In torch's wheels the C name is an alias of the Fortran entry point (same address), which takes
         # its argument by reference; a C entry point of its own takes it by value.
-        by_reference = ctypes.cast(c_name, ctypes.c_void_p).value == ctypes.cast(fortran_name, ctypes.c_void_p).value
+        by_reference = _address(c_name) == _address(fortran_name)
 
         def set_local(n: int, fn: ctypes._CFuncPtr = c_name, by_ref: bool = by_reference) -> object:
             return fn(ctypes.byref(ctypes.c_int(n))) if by_ref else fn(ctypes.c_int(n))
 
         return set_local, get_max
     return None
+
+
+def _address(fn: object) -> int | None:
+    return ctypes.cast(fn, ctypes.c_void_p).value
 
 
 @functools.cache

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Spectrum", "exact_singular_values", "exact_spectra", "singular_values", "spectrum_stats"]
+__all__ = ["Spectrum", "exact_spectra", "singular_values", "spectrum_stats"]
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,6 @@ def exact_spectra(mats: Tensor) -> Spectrum:
     if mats.ndim != 3:
         raise ValueError(f"exact_spectra needs a (B, m, n) stack, got shape {tuple(mats.shape)}")
     return _masked(*_exact(mats.detach().float()), truncated=False)
-
-
-def exact_singular_values(a: Tensor) -> Tensor:
-    """All singular values of a float32 matrix (or of each of a stack), descending; see :func:`_exact`."""
-    return _exact(a if a.ndim > 2 else a[None])[0].reshape(*a.shape[:-2], min(a.shape[-2:]))
 
 
 def _exact(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:

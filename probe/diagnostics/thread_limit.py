@@ -24,13 +24,18 @@ __all__ = ["available", "limit_this_thread"]
 
 
 @dataclass(frozen=True)
+class _Mkl:
+    set_local: Callable[[int], object]
+    max_threads: Callable[[], int]
+
+
+@dataclass(frozen=True)
 class _Runtime:
     omp_set_num_threads: Callable[[int], None]
-    mkl_set_local: Callable[[int], object] | None
-    mkl_max_threads: Callable[[], int] | None
+    mkl: _Mkl | None  # None in a build without MKL
 
 
-def _mkl(torch_lib: Path) -> tuple[Callable[[int], object], Callable[[], int]] | None:
+def _mkl(torch_lib: Path) -> _Mkl | None:
     """MKL's per-thread setter from the torch library it is linked into, called with the right ABI."""
     for path in sorted(torch_lib.glob("libtorch_cpu.*")):
         try:
@@ -50,7 +55,7 @@ def _mkl(torch_lib: Path) -> tuple[Callable[[int], object], Callable[[], int]] |
         def set_local(n: int, fn: ctypes._CFuncPtr = c_name, by_ref: bool = by_reference) -> object:
             return fn(ctypes.byref(ctypes.c_int(n))) if by_ref else fn(ctypes.c_int(n))
 
-        return set_local, get_max
+        return _Mkl(set_local, get_max)
     return None
 
 
@@ -75,10 +80,12 @@ def _find_runtime() -> _Runtime | None:
         return None
     omp.argtypes = [ctypes.c_int]
     omp.restype = None
-    mkl = _mkl(Path(torch.__file__).parent / "lib") if torch.backends.mkl.is_available() else None
-    if torch.backends.mkl.is_available() and mkl is None:
-        return None  # MKL would keep its own count in the worker: not single-threaded after all
-    return _Runtime(omp, *(mkl or (None, None)))
+    mkl = None
+    if torch.backends.mkl.is_available():
+        mkl = _mkl(Path(torch.__file__).parent / "lib")
+        if mkl is None:
+            return None  # MKL would keep its own count in the worker: not single-threaded after all
+    return _Runtime(omp, mkl)
 
 
 def available() -> bool:
@@ -98,9 +105,8 @@ def limit_this_thread() -> bool:
     try:
         torch.get_num_threads()  # torch's lazy per-thread set-up runs first, or it would undo what follows
         runtime.omp_set_num_threads(1)
-        if runtime.mkl_set_local is not None and runtime.mkl_max_threads is not None:
-            runtime.mkl_set_local(1)
-            return torch.get_num_threads() == 1 and runtime.mkl_max_threads() == 1
-        return torch.get_num_threads() == 1
+        if runtime.mkl is not None:
+            runtime.mkl.set_local(1)
+        return torch.get_num_threads() == 1 and (runtime.mkl is None or runtime.mkl.max_threads() == 1)
     except Exception:  # noqa: BLE001 - the caller then stops using worker threads
         return False

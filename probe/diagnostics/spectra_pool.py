@@ -10,8 +10,8 @@ whose process-wide side effects slowed every later training step), and the cores
 matrices instead of inside each one. torch releases the GIL inside its ops, so Python threads suffice.
 Where the per-thread limit is not available, everything is computed on the calling thread as it is.
 
-Same-shape matrices (after turning wide ones tall) are stacked and measured in one batched call,
-split into a piece per worker. Tried and dropped, measured on the 2-core machine: forming the Gram
+Matrices with the same smaller side (whatever their longer side and orientation) go to one batched
+eigensolver call, split into pieces of about equal work, one per worker. Tried and dropped, measured on the 2-core machine: forming the Gram
 products on the calling thread with torch's own threads and only the eigensolvers on the workers
 (no faster: the training loop's OpenMP threads spin-wait for milliseconds after each parallel
 region and then compete with the workers either way), and smaller pieces (no better balanced).
@@ -41,7 +41,7 @@ __all__ = ["SpectrumRequest", "SpectrumResult", "SpectraPool", "default_workers"
 
 _MAX_WORKERS = 8
 _STACK_MAX_ELEMENTS = 1 << 25
-"""Largest stack of same-shape matrices measured in one batched call (128 MiB of float32)."""
+"""Most matrix elements measured in one batched call (128 MiB of float32)."""
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,10 @@ def _measure(request: SpectrumRequest) -> SpectrumResult:
 
 
 def _measure_group(requests: Sequence[SpectrumRequest]) -> list[SpectrumResult]:
-    """Exact spectra of same-shape matrices in one batched call (a single request may be top-k)."""
+    """Exact spectra of matrices with one smaller side in one batched call (a single request may be top-k)."""
     if len(requests) == 1:
         return [_measure(requests[0])]
-    spec = exact_spectra(torch.stack([_tall(r.mat) for r in requests]))
+    spec = exact_spectra([r.mat for r in requests])
     stats = spectrum_stats(spec)
     return [
         SpectrumResult(Spectrum(spec.values[b], spec.frob_sq[b], False), {q: v[b] for q, v in stats.items()})
@@ -98,14 +98,9 @@ def _measure_group_single_threaded(requests: Sequence[SpectrumRequest]) -> tuple
     return _measure_group(requests), limited
 
 
-def _tall(mat: Tensor) -> Tensor:
-    """The orientation with more rows (same singular values), so that M and Mᵀ stack together."""
-    return mat if mat.shape[0] >= mat.shape[1] else mat.mT
-
-
 def _tasks(requests: Sequence[SpectrumRequest], indices: Sequence[int], parts: int) -> list[list[int]]:
-    """Indices grouped into batched calls: same tall shape (exact), split into at least ``parts``
-    pieces so that every worker gets a share; each top-k request alone."""
+    """Indices grouped into batched calls: one smaller side (exact), split into at least ``parts``
+    pieces of about equal work so that every worker gets a share; each top-k request alone."""
     groups: dict[tuple[object, ...], list[int]] = {}
     tasks: list[list[int]] = []
     for i in indices:
@@ -113,18 +108,23 @@ def _tasks(requests: Sequence[SpectrumRequest], indices: Sequence[int], parts: i
         if min(mat.shape) > requests[i].full_max_dim:
             tasks.append([i])
         else:
-            groups.setdefault((max(mat.shape), min(mat.shape), mat.dtype, mat.device), []).append(i)
+            groups.setdefault((min(mat.shape), mat.dtype, mat.device), []).append(i)
     for members in groups.values():
-        numel = requests[members[0]].mat.numel()
-        pieces = min(len(members), max(parts, math.ceil(len(members) * numel / _STACK_MAX_ELEMENTS)))
-        tasks += [members[k::pieces] for k in range(pieces)]
+        numel = sum(requests[i].mat.numel() for i in members)
+        pieces = min(len(members), max(parts, math.ceil(numel / _STACK_MAX_ELEMENTS)))
+        split: list[list[int]] = [[] for _ in range(pieces)]
+        load = [0] * pieces
+        for i in sorted(members, key=lambda i: _cost(requests, [i]), reverse=True):  # longest first
+            j = load.index(min(load))
+            split[j].append(i)
+            load[j] += _cost(requests, [i])
+        tasks += split
     return tasks
 
 
 def _cost(requests: Sequence[SpectrumRequest], task: Sequence[int]) -> int:
-    """Work estimate of a task (the Gram product dominates: m·n² a matrix), for longest-first scheduling."""
-    m, n = requests[task[0]].mat.shape
-    return len(task) * max(m, n) * min(m, n) ** 2
+    """Work estimate of a task, for scheduling: the Gram product (m·n² a matrix) and the eigensolver (n³)."""
+    return sum(max(m.shape) * min(m.shape) ** 2 + min(m.shape) ** 3 for m in (requests[i].mat for i in task))
 
 
 class SpectraPool:

@@ -113,21 +113,40 @@ def test_exact_singular_values_match_float64_svd_down_to_cond_1e6(shape: tuple[i
     assert abs(got[-1].double() / reference[-1] - 1) < 1e-3  # σ_min (≈1e-6·σ_max) resolved
 
 
-def test_exact_spectra_of_a_stack_match_each_matrix_and_isolate_a_non_finite_one() -> None:
-    from probe.diagnostics.spectra import exact_spectra
-
+def _mixed_shapes() -> list[torch.Tensor]:
+    """Tall, wide and differently long matrices that share their smaller side (12); one holds an inf."""
     gen = torch.Generator().manual_seed(5)
-    mats = torch.randn(4, 30, 12, generator=gen)
-    mats[2, 0, 0] = float("inf")
-    spec = exact_spectra(mats)
-    assert spec.values.shape == (4, 12) and spec.frob_sq.shape == (4,) and not spec.truncated
-    for b in (0, 1, 3):
-        one = singular_values(mats[b])
-        torch.testing.assert_close(spec.values[b], one.values, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(spec.frob_sq[b], one.frob_sq)
-    assert torch.isnan(spec.values[2]).all() and torch.isnan(spec.frob_sq[2])
+    mats = [torch.randn(*shape, generator=gen) for shape in [(30, 12), (12, 40), (20, 12), (30, 12), (12, 12)]]
+    mats[3][0, 0] = float("inf")
+    return mats
+
+
+@pytest.mark.parametrize("route", ["exact_spectra", "accelerator route"])
+def test_spectra_of_mixed_shapes_match_each_matrix_and_isolate_a_non_finite_one(route: str) -> None:
+    from probe.diagnostics import spectra
+
+    mats = _mixed_shapes()
+    if route == "exact_spectra":
+        spec = spectra.exact_spectra(mats)
+    else:  # the grouping by tall shape that GPUs take, run here on the CPU
+        spec = spectra._masked(*spectra._exact_accelerated(mats), truncated=False)
+    assert spec.values.shape == (5, 12) and spec.frob_sq.shape == (5,) and not spec.truncated
+    for b in (0, 1, 2, 4):
+        reference = torch.linalg.svdvals(mats[b].double())
+        torch.testing.assert_close(spec.values[b].double(), reference, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(spec.frob_sq[b].double(), mats[b].double().square().sum(), rtol=1e-6, atol=0)
+    assert torch.isnan(spec.values[3]).all() and torch.isnan(spec.frob_sq[3])
     stats = spectrum_stats(spec)  # one value per matrix, equal to the single-matrix measures
     for q, v in spectrum_stats(singular_values(mats[1])).items():
         torch.testing.assert_close(stats[q][1], v, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="stack"):
-        exact_spectra(mats[0])
+
+
+def test_exact_spectra_rejects_what_it_cannot_batch() -> None:
+    from probe.diagnostics.spectra import exact_spectra
+
+    with pytest.raises(ValueError, match="one smaller side"):
+        exact_spectra([torch.ones(30, 12), torch.ones(30, 13)])
+    with pytest.raises(ValueError, match="2-D"):
+        exact_spectra([torch.ones(4, 30, 12)])
+    with pytest.raises(ValueError, match="2-D"):
+        exact_spectra([])

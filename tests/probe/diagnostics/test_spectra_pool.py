@@ -13,7 +13,8 @@ from probe.diagnostics.spectra_pool import SpectraPool, SpectrumRequest
 
 def _requests() -> list[SpectrumRequest]:
     gen = torch.Generator().manual_seed(0)
-    shapes = [(48, 16), (16, 48), (48, 16), (20, 20), (16, 48), (20, 20), (9, 5), (60, 40)]
+    # same smaller side, different longer sides and orientations: one batched call
+    shapes = [(48, 16), (16, 48), (48, 16), (20, 20), (16, 48), (20, 20), (9, 5), (32, 16), (16, 100), (60, 40)]
     mats = [torch.randn(*s, generator=gen) for s in shapes]
     mats[3][1, 1] = float("nan")  # one broken matrix in a batched group
     # the last one is measured by the randomized top-k (min side 40 > full_max_dim 30)

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["IntervalBuffer", "ArrayValue", "stack_f32"]
+from probe.diagnostics.quantities import stack_f32
+
+__all__ = ["IntervalBuffer", "ArrayValue"]
 
 
 @dataclass(frozen=True)
@@ -25,22 +27,6 @@ class ArrayValue:
     layer: str
     step: int
     values: Tensor
-
-
-def stack_f32(values: Sequence[Tensor]) -> Tensor:
-    """Stack 0-d tensors (any float/int dtype, one device) into a 1-D float32 tensor.
-
-    One ``torch.stack`` (which promotes dtypes) when the values are 0-d on one device, the common
-    case; converting each value first would cost three tensor ops per value, hundreds per step.
-    """
-    try:
-        stacked = torch.stack(list(values))
-    except RuntimeError:  # mixed devices or shapes
-        stacked = None
-    if stacked is not None and stacked.ndim == 1:
-        return stacked.detach().to(torch.float32)
-    device = values[0].device
-    return torch.stack([v.detach().reshape(()).to(device=device, dtype=torch.float32) for v in values])
 
 
 class IntervalBuffer:

@@ -44,7 +44,7 @@ from probe.diagnostics.alerts import AlertEngine, AlertRules
 from probe.diagnostics.budget import OverheadBudget
 from probe.diagnostics.gradient_diff import gradient_difference
 from probe.diagnostics.internals import global_internals, layer_internals
-from probe.diagnostics.interval import IntervalBuffer, stack_f32
+from probe.diagnostics.interval import IntervalBuffer
 from probe.diagnostics.quantities import (
     as_matrix,
     global_norm,
@@ -52,6 +52,7 @@ from probe.diagnostics.quantities import (
     orthogonality_error,
     row_norms,
     spread_stats,
+    stack_f32,
 )
 from probe.diagnostics.schedule import Schedule, as_schedule
 from probe.diagnostics.spectra_pool import SpectraPool, SpectrumRequest

@@ -11,8 +11,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from probe.diagnostics.interval import stack_f32
-
 __all__ = [
     "as_matrix",
     "update_ratio",
@@ -22,6 +20,7 @@ __all__ = [
     "nonfinite_counts",
     "orthogonality_error",
     "global_norm",
+    "stack_f32",
 ]
 
 
@@ -114,3 +113,19 @@ def global_norm(norms: Sequence[Tensor]) -> Tensor:
     if not norms:
         return torch.zeros(())
     return torch.stack([n.float() for n in norms]).square().sum().sqrt()
+
+
+def stack_f32(values: Sequence[Tensor]) -> Tensor:
+    """Stack 0-d tensors (any float/int dtype, one device) into a 1-D float32 tensor.
+
+    One ``torch.stack`` (which promotes dtypes) when the values are 0-d on one device, the common
+    case; converting each value first would cost three tensor ops per value, hundreds per step.
+    """
+    try:
+        stacked = torch.stack(list(values))
+    except RuntimeError:  # mixed devices or shapes
+        stacked = None
+    if stacked is not None and stacked.ndim == 1:
+        return stacked.detach().to(torch.float32)
+    device = values[0].device
+    return torch.stack([v.detach().reshape(()).to(device=device, dtype=torch.float32) for v in values])

@@ -15,6 +15,7 @@ from probe.diagnostics.quantities import (
     orthogonality_error,
     row_norms,
     spread_stats,
+    stack_f32,
     update_ratio,
 )
 
@@ -100,3 +101,13 @@ def test_spread_of_a_stack_equals_the_spread_of_each_vector() -> None:
         for q, v in spread_stats(norms[b]).items():
             torch.testing.assert_close(batched[q][b], v)
     assert batched["frozen_frac"].tolist() == pytest.approx([0.0, 4 / 9, 0.0])
+
+
+def test_stack_f32_promotes_mixed_dtypes_and_takes_one_element_tensors() -> None:
+    values = [torch.tensor(3), torch.tensor(0.5, dtype=torch.bfloat16), torch.tensor(2.25)]
+    out = stack_f32(values)
+    assert out.dtype == torch.float32 and out.shape == (3,)
+    assert out.tolist() == [3.0, 0.5, 2.25]
+    # a 1-element tensor among 0-d ones takes the slower per-value path, same result
+    mixed = stack_f32([torch.tensor([1.5]), torch.tensor(7, dtype=torch.int32)])
+    assert mixed.dtype == torch.float32 and mixed.tolist() == [1.5, 7.0]

@@ -4,13 +4,16 @@ Per wake-up (every ``flush_interval``, or early when the queue passes its high-w
 ``flush()`` asks) it drains what is queued, builds batches (:mod:`probe.client.batching`) and
 delivers each one:
 
-* **online** and nothing spooled: POST it (the transport retries a few times with backoff);
+* **online** and nothing spooled: POST it (the transport retries a few times with backoff; a
+  cycle somebody waits for — ``flush()`` — makes one try per request, and what fails is spooled);
 * otherwise — the server is down or slow, or earlier batches still wait on disk — append it to
   the run's spool, so order is kept and memory stays bounded however long the outage lasts.
 
 While batches wait in the spool, the thread retries the oldest one on an exponential backoff with
 jitter (using timestamps, never sleeping, so ``finish()`` is never stuck behind a long wait) and
-replays the spool in order once the server answers. A 413 (body too large for the server, or for a
+replays the spool in order once the server answers. At ``finish()`` everything still queued goes
+to the spool first and is then replayed while time allows, so a server that stops answering at the
+very end cannot take records with it when the process exits. A 413 (body too large for the server, or for a
 proxy in front of it) sends the batch again in halves, down to single records; any other 4xx that
 is not 429 is reported once; auth failures stop sending but keep spooling so that
 ``optiscope sync --token ...`` can deliver later.
@@ -207,23 +210,22 @@ class Sender:
     def _cycle(self, *, final: bool = False) -> None:
         with self._waiters_lock:
             waiters, self._waiters = self._waiters, []
+        if final and self.spool is not None:
+            # The end: everything to disk first, so that nothing taken from the queue can be lost
+            # whatever the network does while finish() waits; _replay_before_exit then sends it.
+            self._take_queue(self._to_spool, everything=True)
+            return
+        # Somebody waits (flush, or finish without a spool): one try per request, never the
+        # transport's retries (max_attempts x timeout); what fails is spooled and retried with backoff.
+        attempts = 1 if (final or waiters) else None
         # Older data first: create the run and replay the spool (when due), then the new records.
         now = self._clock()
         if self.state in (ONLINE, OUTAGE) and (final or now >= self._next_try):
-            if self.state == OUTAGE or (final and (self.spool or not self.created)):
+            if self.state == OUTAGE or (final and not self.created):
                 self._catch_up(attempts=1)  # a probe: one try, the backoff is in _next_try
             elif not self.created or self.spool:
-                self._catch_up(attempts=None)
-        # Take what is queued now; a record logged meanwhile waits for the next wake-up, except at
-        # the end, when everything goes.
-        while True:
-            n = len(self.queue)
-            if n:
-                records = [self.queue.popleft() for _ in range(n)]
-                for batch in self.builder.build(records):
-                    self._deliver(batch)
-            if not final or not self.queue:
-                break
+                self._catch_up(attempts=attempts)
+        self._take_queue(lambda batch: self._deliver(batch, attempts), everything=final)
         now = self._clock()
         if self.owns_run and self.state == ONLINE and self.created and now >= self._next_heartbeat and not final:
             self._heartbeat(now)
@@ -231,6 +233,18 @@ class Sender:
         for waiter in waiters:
             waiter.ok = ok
             waiter.event.set()
+
+    def _take_queue(self, handle: Callable[[protocol.Batch], None], *, everything: bool) -> None:
+        """Batch what is queued now and hand each batch on; a record logged meanwhile waits for the
+        next wake-up, except with ``everything`` (the end), when the queue is emptied."""
+        while True:
+            n = len(self.queue)
+            if n:
+                records = [self.queue.popleft() for _ in range(n)]
+                for batch in self.builder.build(records):
+                    handle(batch)
+            if not everything or not self.queue:
+                return
 
     def _release_waiters(self) -> None:
         with self._waiters_lock:
@@ -249,13 +263,13 @@ class Sender:
 
     # -- delivery ---------------------------------------------------------------------------------------
 
-    def _deliver(self, batch: protocol.Batch) -> None:
+    def _deliver(self, batch: protocol.Batch, attempts: int | None) -> None:
         # A backed-up queue means the server is slower than training logs: spool (fast, ordered)
         # and let replay catch up, rather than let memory fill and drop records.
         backed_up = len(self.queue) >= self.high_water
         if self.state == ONLINE and self.created and not self.spool and not backed_up:
             try:
-                self._post(batch, attempts=None)
+                self._post(batch, attempts=attempts)
                 return
             except TransientError as exc:
                 self._enter_outage(exc)
@@ -373,7 +387,7 @@ class Sender:
     def _replay_before_exit(self) -> None:
         """At finish, keep replaying while the server answers (a paused replay is not a failure)."""
         deadline = self._clock() + 0.8 * self.config.finish_timeout
-        while self.spool and self.state in (ONLINE, OUTAGE) and self._clock() < deadline:
+        while (self.spool or not self.created) and self.state in (ONLINE, OUTAGE) and self._clock() < deadline:
             if not self._catch_up(attempts=1):
                 return
 

@@ -12,6 +12,7 @@ import gzip
 import json
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,10 +34,16 @@ class FakeServer:
         self.requests: list[tuple[str, str]] = []
         self.heartbeats = 0
         self.down = False
+        self.hang: float | None = None
+        """Seconds each request waits before timing out (a server that accepts but never answers)."""
         self.script: list[Callable[[httpx.Request], httpx.Response | None]] = []
         """Per-request overrides, consumed in order: return a Response, or None to answer normally."""
 
     def handler(self, request: httpx.Request) -> httpx.Response:
+        hang = self.hang
+        if hang is not None:
+            time.sleep(hang)
+            raise httpx.ReadTimeout("no answer", request=request)
         with self.lock:
             self.requests.append((request.method, request.url.path))
             if self.down:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -165,6 +166,54 @@ def test_bad_token_halts_sending_keeps_data_and_sync_delivers_it(
     assert report.ok and report.status == "finished" and report.records == 50
     assert fake_server.steps("x") == list(range(50)) and fake_server.runs[run.id]["status"] == "finished"
     assert sync_home(fast_settings.spool_dir, transport) == []  # delivered spools are gone
+
+
+def test_finish_against_a_server_that_stopped_answering_keeps_every_record(
+    fake_server: FakeServer, fast_settings: ClientConfig
+) -> None:
+    # Each request hangs for its whole timeout; the transport's retries (3 x 0.3 s + backoff) would
+    # outlast finish_timeout, so the end of the run must reach the disk before any network attempt.
+    settings = dataclasses.replace(fast_settings, timeout=0.3, max_attempts=3, finish_timeout=1.0)
+    run = _init(fake_server, settings)
+    run.log({"loss": 0.0}, step=0)
+    assert run.flush(timeout=5)
+    fake_server.hang = 0.3
+    for step in range(1, 21):
+        run.log({"loss": float(step)}, step=step)
+    t0 = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptiscopeWarning)
+        run.finish()
+    assert time.monotonic() - t0 < settings.finish_timeout + 0.5
+    assert run.dropped == 0
+
+    fake_server.hang = None
+    transport = Transport(settings.api, "t0ken", client=fake_server.client())
+    (report,) = sync_home(settings.spool_dir, transport)
+    assert report.ok and report.status == "finished"
+    assert fake_server.steps("loss") == list(range(21))  # every point, once
+    assert fake_server.runs[run.id]["status"] == "finished"
+
+
+def test_flush_makes_one_try_per_request_never_the_transport_retries(
+    fake_server: FakeServer, fast_settings: ClientConfig
+) -> None:
+    settings = dataclasses.replace(fast_settings, timeout=0.3, max_attempts=4)
+    run = _init(fake_server, settings)
+    run.log({"x": 1.0}, step=0)
+    assert run.flush(timeout=5)
+    fake_server.hang = 0.3
+    run.log({"x": 2.0}, step=1)
+    t0 = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptiscopeWarning)
+        assert run.flush() is False
+    assert time.monotonic() - t0 < 2 * settings.timeout  # one try, not 4 tries and backoff
+    assert run.sender.state == "outage" and run.sender.spool.pending_batches == 1  # spooled, not lost
+    fake_server.hang = None
+    _wait(lambda: run.flush(timeout=1))
+    run.finish()
+    assert fake_server.steps("x") == [0, 1]
 
 
 def test_bad_values_are_dropped_counted_and_never_raise(fake_server: FakeServer, fast_settings: ClientConfig) -> None:

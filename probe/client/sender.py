@@ -13,9 +13,9 @@ While batches wait in the spool, the thread retries the oldest one on an exponen
 jitter (using timestamps, never sleeping, so ``finish()`` is never stuck behind a long wait) and
 replays the spool in order once the server answers. At ``finish()`` everything still queued goes
 to the spool first and is then replayed while time allows, so a server that stops answering at the
-very end cannot take records with it when the process exits. A 413 (body too large for the server, or for a
-proxy in front of it) sends the batch again in halves, down to single records; any other 4xx that
-is not 429 is reported once; auth failures stop sending but keep spooling so that
+very end cannot take records with it when the process exits. A 413 (body too large for the
+server, or for a proxy in front of it) sends the batch again in halves, down to single records; any
+other 4xx that is not 429 is reported once; auth failures stop sending but keep spooling so that
 ``optiscope sync --token ...`` can deliver later.
 
 States: ``online`` (sending), ``outage`` (spooling, probing), ``halted`` (permanent refusal:

@@ -30,11 +30,13 @@ Failure policy
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, Protocol
 
 import torch
@@ -254,6 +256,7 @@ class Monitor:
         self._vectors_now: set[str] = set()
         self._opt_state: dict[int, _OptStep] = {}
         self._depth: dict[int, int] = {}
+        self._step_frames: dict[int, FrameType] = {}  # per optimizer: the outermost step() in progress
         self._step_grad_norms: list[Tensor] = []
         self._costs: dict[str, float] = {}
         self._probe_s = 0.0
@@ -393,8 +396,16 @@ class Monitor:
         return hook
 
     def _pre(self, idx: int, optimizer: torch.optim.Optimizer) -> None:
+        # The frame that called this hook: torch's wrapper around step(), still running while the step does.
+        caller = sys._getframe(2)
+        if self._depth.get(idx, 0) and not _is_running(self._step_frames.get(idx), caller):
+            # The last step() raised between its hooks (say, an out-of-memory the user caught): its
+            # post-hook never ran. Forget that step, or every later one would look nested in it.
+            self._abandon(idx, optimizer)
         self._depth[idx] = self._depth.get(idx, 0) + 1
         # A subclass whose step() calls super().step() runs the hooks again inside: observe the outer call only.
+        if self._depth[idx] == 1:
+            self._step_frames[idx] = caller
         if "monitor" in self.disabled or self._depth[idx] > 1:
             return
         if idx in self._stepped:
@@ -469,8 +480,17 @@ class Monitor:
         self._capture_cursor[idx] = start + len(chosen)
         return chosen
 
+    def _abandon(self, idx: int, optimizer: torch.optim.Optimizer) -> None:
+        self._depth[idx] = 0
+        self._step_frames.pop(idx, None)
+        state = self._opt_state.pop(idx, None)
+        if state is not None and state.introspect_prev is not None:
+            optimizer.introspect = state.introspect_prev  # type: ignore[attr-defined]
+
     def _post(self, idx: int, optimizer: torch.optim.Optimizer) -> None:
         self._depth[idx] = max(self._depth.get(idx, 0) - 1, 0)
+        if self._depth[idx] == 0:
+            self._step_frames.pop(idx, None)  # a frame keeps its locals alive
         if "monitor" in self.disabled or self._depth[idx] > 0:
             return
         state = self._opt_state.pop(idx, None)
@@ -498,6 +518,11 @@ class Monitor:
                 self._timed("spectra", lambda: self._measure_spectra(step, idx, deltas, internals))
             if state.introspect_prev is not None:
                 optimizer.introspect = state.introspect_prev  # type: ignore[attr-defined]
+                if not state.introspect_prev:
+                    # Asked for by the Monitor alone: let go of what it holds (for Muon, the U and O
+                    # stacks: two more copies of every matrix) instead of keeping it until the next time.
+                    optimizer.last_internals = {}  # type: ignore[attr-defined]
+                    optimizer.last_global_internals = {}  # type: ignore[attr-defined]
         state.before = []
         if idx == len(self.optimizers) - 1:
             self._close_step()
@@ -751,11 +776,23 @@ class Monitor:
         self.disabled.add(name)
         if name not in self._warned:
             self._warned.add(name)
-            warnings.warn(
-                f"optiscope: diagnostic {name!r} failed and is disabled for this run: {exc!r}",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            try:
+                warnings.warn(
+                    f"optiscope: diagnostic {name!r} failed and is disabled for this run: {exc!r}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            except Exception:  # noqa: BLE001 - warnings turned into errors (-W error) must not reach training
+                pass
+
+
+def _is_running(frame: FrameType | None, current: FrameType | None) -> bool:
+    """Whether ``frame`` is ``current`` or one of its callers (a call still in progress)."""
+    while current is not None:
+        if current is frame:
+            return True
+        current = current.f_back
+    return False
 
 
 def attach(

@@ -203,6 +203,21 @@ def test_our_optimizers_get_introspect_only_on_measured_steps(recording_run: Rec
     mon2.detach()
 
 
+def test_internals_the_monitor_asked_for_are_let_go_after_measuring(recording_run: RecordingRun) -> None:
+    from probe.optim import Muon
+
+    model = nn.Sequential(nn.Linear(16, 16, bias=False), nn.Linear(16, 4, bias=False))
+    opt = Muon(model.parameters())
+    attach(model, opt, run=recording_run, budget=None, log_every=1, spectra_every=2, internals_every=None)
+    train(model, opt, 3)  # steps 0 and 2 introspected
+    assert "sv.post_orth.cond/0.weight" in recording_run.logs[2][1]  # the internals were measured...
+    assert opt.introspect is False and opt.last_internals == {}  # ...and not kept afterwards
+    opt.introspect = True  # the user's own introspection keeps its results, measured step or not
+    train(model, opt, 2)
+    assert "sv.post_orth.cond/0.weight" in recording_run.logs[4][1]
+    assert set(opt.last_internals) == set(model.parameters())
+
+
 def test_detach_removes_the_hooks_and_flushes(recording_run: RecordingRun) -> None:
     model = TinyMLP()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -253,6 +268,24 @@ def test_a_failing_diagnostic_is_disabled_with_one_warning_and_training_goes_on(
     assert [str(w.message).count("'spectra'") for w in caught] == [1]
     assert mon.errors == {"spectra": 1} and "spectra" in mon.disabled
     assert len(recording_run.logs) == 6 and "update_ratio/fc1.weight" in recording_run.keys()
+
+
+def test_a_failing_diagnostic_under_warnings_as_errors_still_never_reaches_training(
+    recording_run: RecordingRun, monkeypatch
+) -> None:
+    import probe.diagnostics.spectra_pool as spectra_pool
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("svd exploded")
+
+    monkeypatch.setattr(spectra_pool, "singular_values", broken)
+    model = TinyMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # python -W error, or pytest's filterwarnings = error
+        mon = attach(model, opt, run=recording_run, budget=None, log_every=1, spectra_every=1)
+        train(model, opt, 3)
+    assert mon.errors == {"spectra": 1} and len(recording_run.logs) == 3
 
 
 def test_rejects_bad_options() -> None:
@@ -339,3 +372,36 @@ def test_layers_with_as_many_neurons_each_get_their_own_neuron_and_spectrum_meas
         assert m[f"sv.update.spectral_norm/{name}"] == pytest.approx(s[0].item(), rel=1e-4)
         assert m[f"sv.update.cond/{name}"] == pytest.approx((s[0] / s[-1]).item(), rel=1e-3)
     assert len({m[f"neuron.max/{name}"] for name in grads}) == 3  # distinct layers, distinct values
+
+
+def test_a_step_that_raises_between_the_hooks_does_not_switch_the_monitor_off(
+    recording_run: RecordingRun,
+) -> None:
+    class Flaky(torch.optim.SGD):
+        fail = False
+
+        def __init__(self, params) -> None:
+            super().__init__(params, lr=0.1)
+            self.introspect = False
+            self.last_internals: dict = {}
+            self.last_global_internals: dict = {}
+
+        def step(self, closure=None):
+            if self.fail:
+                raise RuntimeError("out of memory (simulated)")
+            return super().step(closure)
+
+    model = TinyMLP()
+    opt = Flaky(model.parameters())
+    mon = attach(model, opt, run=recording_run, log_every=1, budget=None, spectra_every=1)
+    train(model, opt, 2)
+    opt.fail = True
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(model, opt, 1)  # the user catches it and goes on with the next batch
+    assert opt.introspect is True  # (the failed step left it on...)
+    opt.fail = False
+    train(model, opt, 3)
+    assert opt.introspect is False  # (...and the Monitor set it back)
+    assert [s for s, _ in recording_run.logs] == [0, 1, 2, 3, 4, 5]  # the failed step 2 closes with what it had
+    assert all("sv.weight.spectral_norm/fc1.weight" in recording_run.logs[s][1] for s in (0, 1, 3, 4, 5))
+    assert not mon.errors

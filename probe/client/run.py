@@ -104,21 +104,43 @@ class Run:
         touches the network and never synchronises a tensor. Tensors are read later, in the
         sender thread: do not modify one in place after logging it.
         """
-        q = self._q
-        if q is None:
+        if self._q is None:
             return
         try:
             if step is None:
                 step = self._next_step
             self._next_step = step + 1
-            if len(q) >= self._maxlen:
-                self._queue_full()
-            q.append((SCALARS, dict(metrics), step, _time()))
-            if len(q) >= self._high_water:
-                self._sender.wake.set()  # type: ignore[union-attr]
+            self._queue_scalars(metrics, step)
         except Exception as exc:  # noqa: BLE001 - never raise into training
-            self._failed_calls += 1
-            self._problems.report("log", f"run.log failed ({exc!r}); record dropped")
+            self._log_failed("run.log", exc)
+
+    def log_at(self, metrics: Mapping[str, Any], *, step: int) -> None:
+        """Queue scalar metrics at ``step`` like :meth:`log`, without moving the step that
+        ``log(metrics)`` continues from: for records of other steps than the user's current one.
+
+        The probe uses it (a Monitor logs a whole interval of past steps at once, InfoBatch logs per
+        epoch), so that a training loop that calls ``run.log({"loss": ...})`` without a step keeps
+        its own count.
+        """
+        if self._q is None:
+            return
+        try:
+            self._queue_scalars(metrics, step)
+        except Exception as exc:  # noqa: BLE001 - never raise into training
+            self._log_failed("run.log_at", exc)
+
+    def _queue_scalars(self, metrics: Mapping[str, Any], step: int) -> None:
+        q = self._q
+        assert q is not None
+        if len(q) >= self._maxlen:
+            self._queue_full()
+        q.append((SCALARS, dict(metrics), step, _time()))
+        if len(q) >= self._high_water:
+            self._sender.wake.set()  # type: ignore[union-attr]
+
+    def _log_failed(self, call: str, exc: Exception) -> None:
+        self._failed_calls += 1
+        self._problems.report("log", f"{call} failed ({exc!r}); record dropped")
 
     def log_array(self, key: str, values: Any, *, step: int, layer: str = "") -> None:
         """Queue a vector (spectrum, per-neuron norms, histogram) of ``key``/``layer`` at ``step``."""
@@ -130,8 +152,7 @@ class Run:
                 self._queue_full()
             q.append((ARRAY, key, values, step, layer, _time()))
         except Exception as exc:  # noqa: BLE001
-            self._failed_calls += 1
-            self._problems.report("log", f"run.log_array failed ({exc!r}); record dropped")
+            self._log_failed("run.log_array", exc)
 
     def log_event(
         self,
@@ -153,8 +174,7 @@ class Run:
                 self._queue_full()
             q.append((EVENT, key, message, step, layer, level, kind, data, _time()))
         except Exception as exc:  # noqa: BLE001
-            self._failed_calls += 1
-            self._problems.report("log", f"run.log_event failed ({exc!r}); record dropped")
+            self._log_failed("run.log_event", exc)
 
     def _queue_full(self) -> None:
         sender = self._sender

@@ -76,7 +76,7 @@ class InfoBatch(Sampler[int]):
                 losses = F.cross_entropy(model(x), y, reduction="none")   # per-sample losses
                 loss = ib.update(indices, losses)     # records scores, returns mean(w * losses)
                 optimizer.zero_grad(); loss.backward(); optimizer.step()
-            run.log(ib.last_epoch_stats().as_metrics(), step=epoch)   # optional: the pruning ledger
+            run.log_at(ib.last_epoch_stats().as_metrics(), step=epoch)   # optional: the pruning ledger
 
     Epochs. ``set_epoch(e)`` plans epoch ``e`` from the scores recorded so far; call it before iterating,
     as with ``DistributedSampler``. If it is not called, each new iteration plans the next epoch.

@@ -60,6 +60,10 @@ class CountingRun:
         self.scalars.update(metrics.keys())
         self._run.log(metrics, step=step)
 
+    def log_at(self, metrics: Mapping[str, Any], *, step: int) -> None:
+        self.scalars.update(metrics.keys())
+        self._run.log_at(metrics, step=step)
+
     def log_array(self, key: str, values: Any, *, step: int, layer: str = "") -> None:
         self.arrays[f"{key}|{layer}"] += 1
         self._run.log_array(key, values, step=step, layer=layer)

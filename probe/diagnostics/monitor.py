@@ -72,7 +72,7 @@ FisherFactors = Callable[[Tensor], "tuple[Tensor, Tensor] | None"]
 class RunLike(Protocol):
     """The part of ``probe.client.Run`` the Monitor uses (see docs/ARCHITECTURE.md)."""
 
-    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None: ...
+    def log_at(self, metrics: Mapping[str, Any], *, step: int) -> None: ...
 
     def log_array(self, key: str, values: Any, *, step: int, layer: str = "") -> None: ...
 
@@ -687,7 +687,7 @@ class Monitor:
         for step in sorted(per_step):
             metrics = per_step[step]
             if metrics:
-                self.run.log(metrics, step=step)
+                self.run.log_at(metrics, step=step)
             for key, value in metrics.items():
                 quantity, _, layer = key.partition("/")
                 alert = self.alerts.check(quantity, layer, step, value)
@@ -707,7 +707,7 @@ class Monitor:
             if stats.epoch in self._logged_epochs:
                 continue
             self._logged_epochs.add(stats.epoch)
-            self.run.log(stats.as_metrics(), step=stats.epoch)
+            self.run.log_at(stats.as_metrics(), step=stats.epoch)
             if stats.class_pruned_frac is not None:
                 self.run.log_array("infobatch.class_pruned_frac", list(stats.class_pruned_frac), step=stats.epoch)
             if stats.scores_hist is not None:

@@ -70,6 +70,25 @@ def test_step_defaults_to_previous_plus_one(fake_server: FakeServer, fast_settin
     assert fake_server.steps("a") == [0, 1, 10, 11]
 
 
+def test_the_probe_logging_past_steps_leaves_the_users_step_count_alone(
+    fake_server: FakeServer, fast_settings: ClientConfig
+) -> None:
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(0)
+    with _init(fake_server, fast_settings) as run:
+        monitor = probe.attach(model, opt, run=run, log_every=5)  # logs steps 0-4 inside step 4, ...
+        for _ in range(12):
+            opt.zero_grad()
+            loss = model(torch.randn(2, 4, generator=gen)).square().mean()
+            loss.backward()
+            opt.step()
+            run.log({"loss": loss})  # no step: the user counts on "previous + 1"
+        monitor.detach()
+    assert fake_server.steps("loss") == list(range(12))
+    assert sorted(set(fake_server.steps("grad_norm"))) == list(range(12))
+
+
 def test_outage_spools_then_replays_everything_once_in_order(
     fake_server: FakeServer, fast_settings: ClientConfig
 ) -> None:

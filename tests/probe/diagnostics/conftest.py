@@ -19,7 +19,7 @@ class RecordingRun:
     arrays: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
 
-    def log(self, metrics: Mapping[str, float | int | torch.Tensor], step: int | None = None) -> None:
+    def log_at(self, metrics: Mapping[str, float | int | torch.Tensor], *, step: int) -> None:
         self.logs.append((step, dict(metrics)))
 
     def log_array(self, key: str, values: Any, *, step: int, layer: str = "") -> None:

@@ -170,7 +170,8 @@ def spectrum_stats(spec: Spectrum) -> dict[str, Tensor]:
     * ``spectral_norm`` = σ_max.
     * ``cond`` = σ_max / σ_min (``inf`` for a singular matrix) — only for full spectra, since the
       smallest value of a top-k estimate is not σ_min.
-    * ``stable_rank`` = ‖M‖_F² / σ_max² (exact for truncated spectra too; 0 for a zero matrix).
+    * ``stable_rank`` = ‖M‖_F² / σ_max² (exact for truncated spectra too; 0 for a zero matrix, NaN
+      for a matrix with a non-finite entry, as every measure here).
     * ``eff_rank`` = exp(entropy of σ/Σσ) (Roy & Vetterli 2007); over the top-k values when truncated.
     """
     s = spec.values
@@ -180,7 +181,7 @@ def spectrum_stats(spec: Spectrum) -> dict[str, Tensor]:
     if not spec.truncated:
         smin = s[..., -1]
         stats["cond"] = torch.where(positive, smax / smin, torch.full_like(smax, float("nan")))
-    zero = torch.zeros_like(smax)
+    zero = torch.where(smax.isnan(), smax, torch.zeros_like(smax))  # NaN stays NaN: a diverged layer, not rank 0
     stats["stable_rank"] = torch.where(positive, spec.frob_sq / smax.square(), zero)
     total = s.sum(-1, keepdim=True)
     p = s / torch.where(total > 0, total, torch.ones_like(total))

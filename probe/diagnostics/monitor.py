@@ -326,7 +326,9 @@ class Monitor:
 
         Each callable runs the forward pass of one half and returns its mean loss; gradients are taken
         with ``torch.autograd.grad`` so ``.grad`` is untouched — unless ``set_grad=True``, which writes
-        g_avg = (g₁+g₂)/2 into ``.grad`` so the two half passes replace the usual full backward.
+        g_avg = (g₁+g₂)/2 into ``.grad`` so the two half passes replace the usual full backward (a
+        parameter only one half reaches gets half of that half's gradient; one neither half reaches
+        keeps its ``.grad``, None after the usual ``zero_grad()``).
 
         Raises:
             Whatever the loss callables or ``autograd.grad`` raise: they are the training computation.
@@ -342,8 +344,8 @@ class Monitor:
         if set_grad:
             with torch.no_grad():
                 for p, a, b in zip(params, g1, g2):
-                    if a is not None and b is not None:
-                        p.grad = (a + b) / 2
+                    if a is not None or b is not None:  # a half that does not reach p contributes 0
+                        p.grad = ((a if a is not None else 0) + (b if b is not None else 0)) / 2
         t0 = time.perf_counter()
         try:
             self.record_gradient_diff({p: g for p, g in zip(params, g1) if g is not None},

@@ -78,3 +78,19 @@ def test_monitor_measures_half_batches_for_any_optimizer(recording_run: Recordin
     assert recording_run.series("grad_norm/fc1.weight")[0] == pytest.approx(
         recording_run.series("gdiff.gavg_norm/fc1.weight")[0], rel=1e-5
     )
+
+
+def test_set_grad_covers_a_parameter_only_one_half_reaches(recording_run: RecordingRun) -> None:
+    # two branches (experts, say): the second half of the batch never routes through `b`
+    a, b, idle = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    model = torch.nn.ModuleList([a, b, idle])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = attach(model, opt, run=recording_run)
+    b.weight.grad = torch.full_like(b.weight, 123.0)  # left over: no zero_grad() before
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    mon.measure_gradient_diff((lambda: a(x).mean() + b(x).mean(), lambda: a(x).mean()), set_grad=True)
+    (g1_b,) = torch.autograd.grad(b(x).mean(), b.weight)
+    torch.testing.assert_close(b.weight.grad, g1_b / 2)  # half of the one half's gradient, nothing stale
+    (g_a,) = torch.autograd.grad(a(x).mean(), a.weight)
+    torch.testing.assert_close(a.weight.grad, g_a)  # both halves: their mean
+    assert idle.weight.grad is None  # neither half: untouched

@@ -47,8 +47,8 @@ class SpoolBusy(Exception):
 class _Segment:
     path: Path
     size: int
-    records: int | None  # data records inside (None: written by another process, count on demand)
-    batches: int
+    records: int | None  # data records not yet replayed (None: written by another process, count on demand)
+    batches: int  # batches not yet replayed
 
 
 def _fsync_dir(path: Path) -> None:
@@ -244,8 +244,8 @@ class RunSpool:
         while self.bytes > self.max_bytes and len(self._segments) > 1:
             oldest = self._segments.pop(0)
             records = oldest.records
-            if records is None:
-                records = sum(protocol.batch_size(b) for b in self._batches(oldest.path, 0))
+            if records is None:  # only what replay has not delivered yet is lost
+                records = sum(protocol.batch_size(b) for b in self._batches(oldest.path, self._cursor))
             self.dropped_records += records
             self.dropped_batches += oldest.batches
             self._cursor = 0
@@ -287,6 +287,8 @@ class RunSpool:
                 else:
                     send(batch)
                     sent += 1
+                    if segment.records is not None:
+                        segment.records -= protocol.batch_size(batch)
                 self._cursor = end
                 segment.batches -= 1
             if segment is self._segments[-1]:

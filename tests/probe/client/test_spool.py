@@ -76,6 +76,26 @@ def test_size_limit_drops_oldest_and_counts_records(tmp_path: Path) -> None:
     assert spool.dropped_records == 3 * spool.dropped_batches
 
 
+@pytest.mark.parametrize("reopened", [False, True])
+def test_size_limit_counts_only_the_undelivered_part_of_a_partly_replayed_segment(
+    tmp_path: Path, reopened: bool
+) -> None:
+    line = len(protocol.dumps(_batch(0))) + 1
+    spool = RunSpool.create(tmp_path, "r1", CREATE, max_bytes=16 * line, segment_bytes=4 * line)
+    for seq in range(4):  # one full segment
+        spool.append(_batch(seq))
+    if reopened:  # segments found on disk (a restarted process): their record counts are unknown
+        spool.release()
+        spool = RunSpool.open(spool.directory, max_bytes=16 * line, segment_bytes=4 * line)
+    sent: list[str] = []
+    spool.replay(lambda b: sent.append(b["batch_id"]), max_batches=3)  # the replay pauses in it
+    for seq in range(4, 17):  # over the budget at the last one: the oldest segment goes, 1 batch undelivered
+        spool.append(_batch(seq))
+    assert spool.dropped_batches == 1 and spool.dropped_records == 3
+    spool.replay(lambda b: sent.append(b["batch_id"]))
+    assert sent == [f"r1:{i}" for i in range(17) if i != 3]
+
+
 def test_reopen_skips_a_torn_last_line_and_knows_the_run(tmp_path: Path) -> None:
     spool = RunSpool.create(tmp_path, "r1", CREATE)
     spool.append(_batch(0))

@@ -147,7 +147,7 @@ class Monitor:
         seed: seed of the Monitor's own RNG (randomized SVD); the global RNG is never touched.
         spectra_workers: threads that compute CPU spectra side by side, each with one torch thread
             (default: torch's intra-op thread count, at most 8; see ``spectra_pool``). GPU spectra
-            are queued on the device from the training thread.
+            are computed from the training thread (their solvers synchronize: see ``spectra``).
     """
 
     def __init__(

@@ -1,7 +1,10 @@
 """Singular-value spectra of layer matrices and the measures derived from them.
 
 Everything here stays on the tensor's device and returns tensors: the Monitor batches the host copy.
-Small matrices get an exact ``torch.linalg.svdvals``; above ``full_max_dim`` (the smaller side) a
+One exception on CUDA: torch's solvers (``svdvals``, and ``qr`` in the randomized estimate) check
+convergence on the host, so each batched call waits for the work queued before it. Spectra run on
+the few steps their cadence and the overhead budget allow; that wait is their price there.
+Small matrices get an exact spectrum (Gram eigenvalues on the CPU, ``svdvals`` elsewhere); above ``full_max_dim`` (the smaller side) a
 randomized range finder with power iterations estimates the top ``k`` values. We use our own range
 finder instead of ``torch.svd_lowrank`` because the latter draws from the global RNG, and diagnostics
 must not perturb the training run's random stream.

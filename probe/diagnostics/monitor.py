@@ -50,6 +50,7 @@ from probe.diagnostics.interval import IntervalBuffer
 from probe.diagnostics.quantities import (
     as_matrix,
     global_norm,
+    local_shard,
     nonfinite_counts,
     orthogonality_error,
     row_norms,
@@ -100,6 +101,14 @@ class _Layer:
     @property
     def is_matrix(self) -> bool:
         return self.param.ndim >= 2
+
+    def weight(self) -> Tensor:
+        """The values on this rank: a DTensor's local shard (FSDP2, tensor parallel), never a collective."""
+        return local_shard(self.param.detach())
+
+    def grad(self) -> Tensor | None:
+        grad = self.param.grad
+        return None if grad is None else local_shard(grad)
 
 
 @dataclass
@@ -365,6 +374,7 @@ class Monitor:
                     a, b = g1.get(layer.param), g2.get(layer.param)
                     if a is None or b is None:
                         continue
+                    a, b = local_shard(a), local_shard(b)
                     factors = self._factors_of(layer.param)
                     for q, v in gradient_difference(a, b, factors=factors).items():
                         keys.append(f"gdiff.{q}/{layer.name}")
@@ -423,7 +433,7 @@ class Monitor:
         with torch.no_grad():
             if self.scalars_schedule(step) and layers and "grad_norm" not in self.disabled:
                 with self._guard("grad_norm"):
-                    norms = torch._foreach_norm([layer.param.grad for layer in layers])  # type: ignore[misc]
+                    norms = torch._foreach_norm([layer.grad() for layer in layers])  # type: ignore[misc]
                     self._step_grad_norms.extend(norms)
                     self._add_record(step, [f"grad_norm/{layer.name}" for layer in layers], norms)
                     grad_norms = {id(layer.param): n for layer, n in zip(layers, norms)}
@@ -439,13 +449,13 @@ class Monitor:
             if captured and "capture" not in self.disabled:
                 t = time.perf_counter()
                 with self._guard("capture"):
-                    tensors = [layer.param.detach() for layer in captured]
+                    tensors = [layer.weight() for layer in captured]
                     state.before = torch._foreach_mul(tensors, 1.0)  # one batched clone
                     state.captured = captured
                     if "update" in plan:
                         known = [grad_norms.get(id(layer.param)) for layer in captured]
                         state.grad_nonfinite = nonfinite_counts(
-                            [layer.param.grad for layer in captured],
+                            [layer.grad() for layer in captured],
                             stack_f32(known) if all(n is not None for n in known) else None,  # type: ignore[arg-type]
                         )
                 owner = next((n for n in ("update", "neuron", "spectra") if n in plan), "update")
@@ -467,7 +477,7 @@ class Monitor:
         limit = self.capture_max_bytes
         if limit is None or not layers:
             return layers
-        sizes = [layer.param.numel() * layer.param.element_size() for layer in layers]
+        sizes = [layer.weight().numel() * layer.param.element_size() for layer in layers]
         if sum(sizes) <= limit:
             return layers
         start = self._capture_cursor.get(idx, 0) % len(layers)
@@ -504,7 +514,7 @@ class Monitor:
         with torch.no_grad():
             if state.captured:
                 with self._guard("capture"):
-                    after = [layer.param.detach() for layer in state.captured]
+                    after = [layer.weight() for layer in state.captured]
                     for layer, d in zip(state.captured, torch._foreach_sub(after, state.before)):
                         deltas[id(layer.param)] = d
             if "update" in plan and deltas:
@@ -647,7 +657,7 @@ class Monitor:
                 continue
             sources: dict[str, Tensor] = {}
             if "weight" in self.spectra_sources:
-                sources["weight"] = as_matrix(layer.param.detach(), layer.neuron_axis)
+                sources["weight"] = as_matrix(layer.weight(), layer.neuron_axis)
             delta = deltas.get(id(layer.param))
             if "update" in self.spectra_sources and delta is not None:
                 sources["update"] = as_matrix(delta, layer.neuron_axis)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "local_shard",
     "as_matrix",
     "update_ratio",
     "row_norms",
@@ -22,6 +23,17 @@ __all__ = [
     "global_norm",
     "stack_f32",
 ]
+
+
+def local_shard(t: Tensor) -> Tensor:
+    """This rank's part of a DTensor (an FSDP2 or tensor-parallel parameter), else ``t`` itself.
+
+    Measures of a DTensor would run collectives, and ranks do not always measure the same steps (the
+    overhead budget decides per rank): one rank would wait forever in a collective the other never
+    joins. The probe therefore measures each rank's local shard, which needs no communication.
+    """
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
 
 
 def as_matrix(t: Tensor, neuron_axis: int = 0) -> Tensor:

@@ -1,0 +1,90 @@
+"""The Monitor on DTensor parameters (FSDP2's and tensor parallelism's representation), 2 gloo processes.
+
+Ranks do not measure the same steps (here forced by different cadences; in training the overhead budget
+decides per rank from its own timings), so any collective inside a measurement would leave one rank waiting for the other.
+The Monitor measures each rank's local shard: no collective, no hang, and the numbers are the shard's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.pg_cluster import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+WORKER = textwrap.dedent(
+    """
+    import datetime, json, math
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    import probe
+    from tests.probe.diagnostics.conftest import RecordingRun
+
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=20))
+    rank = dist.get_rank()
+    mesh = init_device_mesh("cpu", (2,))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16, bias=False), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    for module in (model[0], model[2]):
+        module.weight = torch.nn.Parameter(distribute_tensor(module.weight.detach(), mesh, [Shard(0)]))
+    model[2].bias = torch.nn.Parameter(distribute_tensor(model[2].bias.detach(), mesh, [Replicate()]))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    every = 1 if rank == 0 else 2  # the ranks disagree on which steps are measured
+    run = RecordingRun()
+    mon = probe.attach(model, opt, run=run, budget=None, log_every=1, scalars_every=1, update_every=every,
+                       neuron_every=every, spectra_every=every, vectors_every=every)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(5):  # rank 1 measures steps 0, 2 and 4
+        opt.zero_grad()
+        x = distribute_tensor(torch.randn(4, 8, generator=gen), mesh, [Replicate()])
+        model(x).square().mean().backward()
+        opt.step()
+    mon.detach()
+    local = model[0].weight.to_local().detach()
+    last = run.logs[-1][1]
+    result = {
+        "rank": rank,
+        "errors": mon.errors,
+        "steps": [s for s, _ in run.logs],
+        "spectral_norm": last.get("sv.weight.spectral_norm/0.weight"),
+        "expected_spectral_norm": torch.linalg.svdvals(local.double())[0].item(),
+        "update_ratio_logged": "update_ratio/0.weight" in last,
+        "neuron_rows": [len(a["values"]) for a in run.arrays if a["key"] == "neuron.update_norm" and a["layer"] == "0.weight"][:1],
+    }
+    dist.barrier()
+    print(json.dumps(result))
+    dist.destroy_process_group()
+    """
+)
+
+
+@pytest.mark.distributed
+def test_dtensor_parameters_are_measured_per_local_shard_without_collectives(tmp_path: Path) -> None:
+    port = str(free_port())
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank),
+               "WORLD_SIZE": "2", "OPTISCOPE_HOME": str(tmp_path / "home")}
+        procs.append(subprocess.Popen([sys.executable, "-c", WORKER], cwd=REPO_ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+        outputs.append(json.loads(out.strip().splitlines()[-1]))
+    for result in outputs:
+        assert result["errors"] == {}, result
+        assert result["steps"] == [0, 1, 2, 3, 4]
+        assert result["spectral_norm"] == pytest.approx(result["expected_spectral_norm"], rel=1e-5)
+        assert result["update_ratio_logged"]
+        assert result["neuron_rows"] == [8]  # this rank's 8 of the 16 output neurons

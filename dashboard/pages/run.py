@@ -826,7 +826,7 @@ def kfac_panels(layer, x, step, state, tab, run_id, keys):
                          title=f"KFAC factor eigenvalue ranges — {layer}", x_title=xt, y_title="eigenvalue",
                          log_y=True, empty_message=HINTS["kfac"], uirevision=f"{run_id}:kf1:{layer}")
     api = current_api()
-    damping_lines = _per_layer_lines("kfac", ["damping_rel"], layer, x, origin, run_id)
+    damping_lines = _per_layer_lines("kfac", ["damping_rel", "damping_rel_mean"], layer, x, origin, run_id)
     damping_lines += x_lines(api, run_id, ["kfac.kl_nu"], x=x, origin=origin, names={"kfac.kl_nu": "KL clip ν (global)"})
     damping = F.line_figure(damping_lines, title=f"relative damping and KL clip — {layer}", x_title=xt,
                             y_title="ratio", log_y=True, empty_message=HINTS["kfac"], uirevision=f"{run_id}:kf2:{layer}")

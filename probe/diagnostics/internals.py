@@ -2,7 +2,7 @@
 
 ``probe.optim`` optimizers fill ``last_internals[param]`` with detached device tensors when ``introspect``
 is on; this module only renames and derives (no host sync): FOP's per-layer quantities → ``fop.<q>/L``,
-K-FAC's factor eigenvalue ranges → ``kfac.<q>/L`` (+ ``damping_rel``), NorMuon's per-neuron second moment
+K-FAC's factor eigenvalue ranges → ``kfac.<q>/L`` (+ ``damping_rel``, ``damping_rel_mean``), NorMuon's per-neuron second moment
 ``v`` → ``normuon.v_{cv,min,max}/L``. The Muon family's ``pre_orth``/``post_orth`` matrices are spectra
 sources and are handled with the spectra.
 """
@@ -49,10 +49,13 @@ def layer_internals(name: str, entry: Mapping[str, Tensor]) -> LayerInternals:
     for q in KFAC_KEYS:
         if q in entry:
             out.add(f"kfac.{q}/{name}", entry[q])
-    if "damping" in entry and "A_eig_max" in entry and "G_eig_max" in entry:
-        # damping relative to the largest eigenvalue of A ⊗ G: how much of the curvature it washes out
-        out.add(f"kfac.damping_rel/{name}",
-                entry["damping"].float() / (entry["A_eig_max"].float() * entry["G_eig_max"].float()))
+    if "damping" in entry:
+        # damping relative to the eigenvalues of A ⊗ G: how much of the curvature it washes out; against
+        # the largest (where it stops mattering) and the mean (ALGORITHMS §3.7: typical directions)
+        for suffix, stat in (("", "max"), ("_mean", "mean")):
+            a, g = entry.get(f"A_eig_{stat}"), entry.get(f"G_eig_{stat}")
+            if a is not None and g is not None:
+                out.add(f"kfac.damping_rel{suffix}/{name}", entry["damping"].float() / (a.float() * g.float()))
     v = entry.get("v")
     if v is not None:
         v = v.reshape(-1).float()

@@ -124,7 +124,8 @@ class KFAC(Optimizer):
     already (DDP). Assumes equal local batch sizes.
 
     Introspection: with ``introspect = True`` each step fills ``last_internals[weight]`` with 0-d
-    ``A_eig_min A_eig_max G_eig_min G_eig_max damping pi`` (pi is reported even when exact damping is used)
+    ``A_eig_min A_eig_max A_eig_mean G_eig_min G_eig_max G_eig_mean damping pi`` (pi is reported even when
+    exact damping is used)
     and, on steps that refreshed the eigendecomposition, 1-D ``A_eigs``/``G_eigs``; and
     ``last_global_internals["kl_nu"]`` (the smallest nu over groups). No ``.item()`` is called in ``step()``.
 
@@ -459,6 +460,7 @@ class KFAC(Optimizer):
         da, dg = st["dA"], st["dG"]
         info = {
             "A_eig_min": da.min(), "A_eig_max": da.max(), "G_eig_min": dg.min(), "G_eig_max": dg.max(),
+            "A_eig_mean": da.mean(), "G_eig_mean": dg.mean(),
             "damping": torch.tensor(damping, dtype=da.dtype, device=da.device), "pi": factored_pi(da, dg),
         }
         if refreshed:

@@ -117,7 +117,7 @@ def training_run(seeder: Seeder, run_id: str, *, name: str, tau: float, steps: i
                     scalars.append(_scalar(f"fop.{q}/{layer}", st, ti, base + 0.05 * np.cos(st / 15.0 + li)))
             if kfac:
                 for q, base in (("A_eig_min", 1e-4), ("A_eig_max", 10.0), ("G_eig_min", 1e-6), ("G_eig_max", 1.0),
-                                ("damping_rel", 1e-3)):
+                                ("damping_rel", 1e-3), ("damping_rel_mean", 2e-2)):
                     scalars.append(_scalar(f"kfac.{q}/{layer}", st, ti, base * (1.0 + 0.1 * np.sin(st / 30.0))))
         for s in range(0, steps, sv_every):
             t = float(t0 + s * SECONDS_PER_STEP)

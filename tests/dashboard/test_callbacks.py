@@ -171,6 +171,7 @@ def test_neuron_gdiff_kfac_and_infobatch_panels(server, seeded) -> None:
     assert not F.is_empty(beta)
     eigs, damping, spec = run.kfac_panels("fc1.weight", "step", 100, {}, "kfac", slow, keys)
     assert len([t for t in eigs.data if t.name and len(t.y)]) == 4 and not F.is_empty(spec)
+    assert [t.name for t in damping.data if t.name and len(t.y)][:2] == ["damping_rel", "damping_rel_mean"]
     pruned, saved, threshold, per_class = run.infobatch_panels(3, {}, "infobatch", ib)
     assert list(pruned.data[0].x) == list(range(10)) and per_class.layout.title.text == "pruned fraction per class (epoch 3)"
 

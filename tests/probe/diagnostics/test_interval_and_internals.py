@@ -37,11 +37,13 @@ def test_fop_kfac_and_normuon_internals_map_to_contract_keys() -> None:
     fop = layer_internals("fc.weight", {
         "s_proj": t(0.5), "beta": t(-0.1), "eta": t(0.9), "A_eig_max": t(4.0), "G_eig_max": t(2.0),
         "A_eig_min": t(0.1), "G_eig_min": t(0.2), "damping": t(1e-3), "pi": t(1.0), "A_eigs": t([4.0, 0.1]),
+        "A_eig_mean": t(2.0), "G_eig_mean": t(0.5),
     })
     got = dict(zip(fop.keys, (v.item() for v in fop.values)))
     assert got["fop.s_proj/fc.weight"] == 0.5 and got["fop.beta/fc.weight"] == pytest.approx(-0.1)
     assert got["kfac.A_eig_max/fc.weight"] == 4.0
-    assert got["kfac.damping_rel/fc.weight"] == pytest.approx(1e-3 / 8.0)
+    assert got["kfac.damping_rel/fc.weight"] == pytest.approx(1e-3 / 8.0)  # vs the largest eigenvalue
+    assert got["kfac.damping_rel_mean/fc.weight"] == pytest.approx(1e-3 / 1.0)  # vs the mean ones
     assert "kfac.pi/fc.weight" not in got  # not a contract key
     assert set(fop.arrays) == {"kfac.A_eigs"}
     normuon = layer_internals("h", {"v": t([[1.0], [3.0]]), "pre_orth": torch.ones(2, 2)})

@@ -58,7 +58,7 @@ def test_kfac_internals_are_logged(recording_run: RecordingRun) -> None:
     mon = attach(model, opt, run=recording_run, budget=None, log_every=3, internals_every=1, vectors_every=3)
     _regression(model, opt, 3)
     mon.detach()
-    for q in ("A_eig_min", "A_eig_max", "G_eig_min", "G_eig_max", "damping_rel"):
+    for q in ("A_eig_min", "A_eig_max", "G_eig_min", "G_eig_max", "damping_rel", "damping_rel_mean"):
         assert set(recording_run.series(f"kfac.{q}/fc1.weight")) == {0, 1, 2}
     assert all(0 < v <= 1 for v in recording_run.series("kfac.kl_nu").values())
     assert {(a["key"], a["step"]) for a in recording_run.arrays if a["layer"] == "fc1.weight"} >= {

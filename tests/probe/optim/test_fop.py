@@ -261,7 +261,8 @@ def test_fop_introspection_keys_without_item(monkeypatch: pytest.MonkeyPatch) ->
     F.mse_loss(model(x), y).backward()
     opt.step()
     monkeypatch.undo()
-    keys = {"A_eig_min", "A_eig_max", "G_eig_min", "G_eig_max", "damping", "pi", "A_eigs", "G_eigs",
+    keys = {"A_eig_min", "A_eig_max", "A_eig_mean", "G_eig_min", "G_eig_max", "G_eig_mean", "damping", "pi",
+            "A_eigs", "G_eigs",
             "g1_norm", "g2_norm", "gavg_norm", "gdiff_norm", "cos_g1_g2", "gavg_fisher", "gdiff_fisher",
             "parallel", "orthogonal", "s_proj", "D", "E", "beta", "eta"}
     info = opt.last_internals[model[0].weight]

@@ -375,7 +375,7 @@ def test_introspection_is_off_by_default_and_never_syncs(monkeypatch: pytest.Mon
         F.mse_loss(model(x), y).backward()
         opt.step()
         info = opt.last_internals[model[0].weight]
-        for key in ("A_eig_min", "A_eig_max", "G_eig_min", "G_eig_max", "damping", "pi"):
+        for key in ("A_eig_min", "A_eig_max", "A_eig_mean", "G_eig_min", "G_eig_max", "G_eig_mean", "damping", "pi"):
             assert info[key].dim() == 0 and not info[key].requires_grad
         assert ("A_eigs" in info) == (step == 1)
     monkeypatch.undo()
@@ -383,6 +383,7 @@ def test_introspection_is_off_by_default_and_never_syncs(monkeypatch: pytest.Mon
     assert info["A_eigs"].shape == (7,) and info["G_eigs"].shape == (16,)
     assert float(info["A_eig_min"]) >= 0
     assert float(info["A_eig_max"]) == pytest.approx(float(info["A_eigs"].max()))
+    assert float(info["G_eig_mean"]) == pytest.approx(float(info["G_eigs"].mean()))
     assert opt.last_global_internals["kl_nu"].dim() == 0
 
 

@@ -10,10 +10,12 @@ K-FAC factors (A, G) of the layer are available.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-__all__ = ["gradient_difference", "fisher_inner"]
+__all__ = ["gradient_difference", "fisher_inner", "noise_scale"]
 
 _EPS = 1e-30  # keeps s_proj finite for a zero gradient (the ε of Eq. 4)
 
@@ -82,3 +84,17 @@ def gradient_difference(
         out["parallel_fisher"] = s_f.abs() * out["gavg_norm_fisher"]
         out["orthogonal_fisher"] = fisher_inner(orth_f, orth_f, fa, fg).clamp_min(0).sqrt()
     return out
+
+
+def noise_scale(gavg_norms: Sequence[Tensor], gdiff_norms: Sequence[Tensor], batch_size: int) -> Tensor:
+    """The simple noise scale tr(Σ)/‖G‖² (McCandlish et al. 2018) from half-batch gradients, 0-d.
+
+    Two halves of a batch of B samples give E‖g₁ − g₂‖² = 4·tr(Σ)/B for the per-example gradient
+    covariance Σ, so tr(Σ) ≈ B·‖g_diff‖²/4, summed over the measured layers; ‖g_avg‖² stands for
+    ‖G‖². It reads somewhat low when noise dominates (E‖g_avg‖² = ‖G‖² + tr(Σ)/B), which keeps the
+    estimate finite and positive on every step; the batch size where more data stops paying is of
+    this order.
+    """
+    diff = torch.stack([n.float() for n in gdiff_norms]).square().sum()
+    avg = torch.stack([n.float() for n in gavg_norms]).square().sum()
+    return batch_size * diff / (4.0 * avg.clamp_min(_EPS))

@@ -3,20 +3,23 @@
 ``probe.optim`` optimizers fill ``last_internals[param]`` with detached device tensors when ``introspect``
 is on; this module only renames and derives (no host sync): FOP's per-layer quantities → ``fop.<q>/L``,
 K-FAC's factor eigenvalue ranges → ``kfac.<q>/L`` (+ ``damping_rel``, ``damping_rel_mean``), NorMuon's per-neuron second moment
-``v`` → ``normuon.v_{cv,min,max}/L``. The Muon family's ``pre_orth``/``post_orth`` matrices are spectra
+``v`` → ``normuon.v_{cv,min,max}/L`` and the row-RMS spread of O and Ô → ``normuon.row_rms_cv_{before,after}/L``;
+across FOP's layers ``fop.beta_neg_frac`` and ``fop.noise_scale``. The Muon family's ``pre_orth``/``post_orth`` matrices are spectra
 sources and are handled with the spectra.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
-from probe.diagnostics.quantities import spread_stats
+from probe.diagnostics.gradient_diff import noise_scale
+from probe.diagnostics.quantities import row_norms, spread_stats
 
-__all__ = ["LayerInternals", "layer_internals", "global_internals"]
+__all__ = ["LayerInternals", "layer_internals", "global_internals", "fop_summary"]
 
 FOP_KEYS = (
     "g1_norm", "g2_norm", "gavg_norm", "gdiff_norm", "cos_g1_g2", "gavg_fisher", "gdiff_fisher",
@@ -56,6 +59,11 @@ def layer_internals(name: str, entry: Mapping[str, Tensor]) -> LayerInternals:
             a, g = entry.get(f"A_eig_{stat}"), entry.get(f"G_eig_{stat}")
             if a is not None and g is not None:
                 out.add(f"kfac.damping_rel{suffix}/{name}", entry["damping"].float() / (a.float() * g.float()))
+    if "normalized" in entry and "post_orth" in entry:
+        # NorMuon (ALGORITHMS §2.7): spread of the row RMS of O, which NorMuon evens out, and of Ô after it
+        for source, q in (("post_orth", "row_rms_cv_before"), ("normalized", "row_rms_cv_after")):
+            m = entry[source]
+            out.add(f"normuon.{q}/{name}", spread_stats(row_norms(m.reshape(m.shape[0], -1)))["cv"])
     v = entry.get("v")
     if v is not None:
         v = v.reshape(-1).float()
@@ -74,4 +82,19 @@ def global_internals(entry: Mapping[str, Tensor]) -> LayerInternals:
     out = LayerInternals()
     if "kl_nu" in entry:
         out.add("kfac.kl_nu", entry["kl_nu"])
+    return out
+
+
+def fop_summary(entries: Sequence[Mapping[str, Tensor]], batch_size: int | None) -> LayerInternals:
+    """Across FOP's layers of one step (ALGORITHMS §4.5): ``fop.beta_neg_frac``, the fraction of layers
+    whose β* < 0 (the orthogonal part turned against), and with a known batch size ``fop.noise_scale``
+    (:func:`~probe.diagnostics.gradient_diff.noise_scale` of FOP's own half-batch gradients)."""
+    out = LayerInternals()
+    fop = [e for e in entries if "beta" in e]
+    if fop:
+        out.add("fop.beta_neg_frac", (torch.stack([e["beta"].float() for e in fop]) < 0).float().mean())
+    halves = [e for e in fop if "gavg_norm" in e and "gdiff_norm" in e]
+    if halves and batch_size is not None:
+        out.add("fop.noise_scale", noise_scale([e["gavg_norm"] for e in halves],
+                                               [e["gdiff_norm"] for e in halves], batch_size))
     return out

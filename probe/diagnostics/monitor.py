@@ -44,8 +44,8 @@ from torch import Tensor, nn
 
 from probe.diagnostics.alerts import AlertEngine, AlertRules
 from probe.diagnostics.budget import OverheadBudget
-from probe.diagnostics.gradient_diff import gradient_difference
-from probe.diagnostics.internals import global_internals, layer_internals
+from probe.diagnostics.gradient_diff import gradient_difference, noise_scale
+from probe.diagnostics.internals import fop_summary, global_internals, layer_internals
 from probe.diagnostics.interval import IntervalBuffer
 from probe.diagnostics.quantities import (
     as_matrix,
@@ -58,6 +58,7 @@ from probe.diagnostics.quantities import (
     stack_f32,
 )
 from probe.diagnostics.schedule import Schedule, as_schedule
+from probe.diagnostics.spectra import not_lifted_fraction
 from probe.diagnostics.spectra_pool import SpectraPool, SpectrumRequest
 
 __all__ = ["Monitor", "attach", "RunLike", "SPECTRUM_SOURCES"]
@@ -369,6 +370,8 @@ class Monitor:
         with self._guard("gdiff"), torch.no_grad():
             keys: list[str] = []
             values: list[Tensor] = []
+            avg_norms: list[Tensor] = []
+            diff_norms: list[Tensor] = []
             for group in self._layers:
                 for layer in group:
                     a, b = g1.get(layer.param), g2.get(layer.param)
@@ -376,9 +379,15 @@ class Monitor:
                         continue
                     a, b = local_shard(a), local_shard(b)
                     factors = self._factors_of(layer.param)
-                    for q, v in gradient_difference(a, b, factors=factors).items():
+                    found = gradient_difference(a, b, factors=factors)
+                    for q, v in found.items():
                         keys.append(f"gdiff.{q}/{layer.name}")
                         values.append(v)
+                    avg_norms.append(found["gavg_norm"])
+                    diff_norms.append(found["gdiff_norm"])
+            if avg_norms and self.batch_size is not None:
+                keys.append("gdiff.noise_scale")
+                values.append(noise_scale(avg_norms, diff_norms, self.batch_size))
             self._add_record(self._next_step, keys, values)
 
     def flush(self) -> None:
@@ -628,18 +637,23 @@ class Monitor:
         keys: list[str] = []
         values: list[Tensor] = []
         vectors = "internals" in self._vectors_now
+        entries = []
         for layer in self._layers[idx]:
             entry = internals.get(layer.param)
             if not entry:
                 continue
+            entries.append(entry)
             found = layer_internals(layer.name, entry)
             keys += found.keys
             values += found.values
             if vectors:
                 for key, array in found.arrays.items():
                     self._buffer.add_array(key, layer.name, step, array)
-        found = global_internals(getattr(optimizer, "last_global_internals", {}) or {})
-        self._add_record(step, keys + found.keys, values + found.values)
+        for found in (global_internals(getattr(optimizer, "last_global_internals", {}) or {}),
+                      fop_summary(entries, self.batch_size)):
+            keys += found.keys
+            values += found.values
+        self._add_record(step, keys, values)
 
     def _measure_spectra(
         self,
@@ -681,6 +695,9 @@ class Monitor:
             for q, v in result.stats.items():
                 keys.append(f"sv.{src}.{q}/{name}")
                 values.append(v)
+            if src == "pre_orth" and not result.spectrum.truncated:
+                keys.append(f"sv.pre_orth.not_lifted/{name}")
+                values.append(not_lifted_fraction(result.spectrum))
             if vectors:
                 self._buffer.add_array(f"sv.{src}", name, step, result.spectrum.values)
         self._add_record(step, keys, values)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Spectrum", "exact_spectra", "singular_values", "spectrum_stats"]
+__all__ = ["Spectrum", "exact_spectra", "not_lifted_fraction", "singular_values", "spectrum_stats"]
 
 
 @dataclass(frozen=True)
@@ -191,3 +191,19 @@ def spectrum_stats(spec: Spectrum) -> dict[str, Tensor]:
     entropy = -torch.special.xlogy(p, p).sum(-1)
     stats["eff_rank"] = torch.where(positive, entropy.exp(), zero)
     return stats
+
+
+def not_lifted_fraction(spec: Spectrum, rel: float = 1e-3) -> Tensor:
+    """Fraction of the singular values below ``rel``·‖M‖_F (0-d; NaN for a non-finite matrix).
+
+    Of the Muon momentum U (the ``pre_orth`` source) this is the mass Newton–Schulz does not lift
+    towards 1 (ALGORITHMS §1.7): directions the orthogonalized update leaves out. Needs a full
+    spectrum: the small values are exactly what a top-k estimate does not know.
+
+    Raises:
+        ValueError: for a truncated spectrum.
+    """
+    if spec.truncated:
+        raise ValueError("not_lifted_fraction needs a full spectrum, got a top-k estimate")
+    below = (spec.values < rel * spec.frob_sq.sqrt()[..., None]).float().mean(-1)
+    return torch.where(spec.frob_sq.isnan(), spec.frob_sq, below)

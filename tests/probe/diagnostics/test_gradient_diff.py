@@ -94,3 +94,36 @@ def test_set_grad_covers_a_parameter_only_one_half_reaches(recording_run: Record
     (g_a,) = torch.autograd.grad(a(x).mean(), a.weight)
     torch.testing.assert_close(a.weight.grad, g_a)  # both halves: their mean
     assert idle.weight.grad is None  # neither half: untouched
+
+
+def test_noise_scale_recovers_the_gradient_noise_of_known_per_example_gradients() -> None:
+    from probe.diagnostics.gradient_diff import noise_scale
+
+    # per-example gradients G + ε, ε ~ N(0, σ²I) in 50 dimensions: tr(Σ) = 50σ²
+    gen = torch.Generator().manual_seed(0)
+    dim, batch, sigma, trials = 50, 16, 0.5, 4000
+    mean = torch.full((dim,), 0.2)
+    examples = mean + sigma * torch.randn(trials, batch, dim, generator=gen)
+    g1, g2 = examples[:, : batch // 2].mean(1), examples[:, batch // 2:].mean(1)
+    # E‖g₁ − g₂‖² = 4·tr(Σ)/B: the relation the estimate stands on
+    assert (batch * (g1 - g2).square().sum(1) / 4).mean().item() == pytest.approx(dim * sigma**2, rel=0.03)
+    one = noise_scale([torch.tensor(2.0)], [torch.tensor(1.0)], batch_size=8)
+    assert one.item() == pytest.approx(8 * 1.0 / (4 * 4.0))
+    two_layers = noise_scale([torch.tensor(3.0), torch.tensor(4.0)], [torch.tensor(1.0), torch.tensor(2.0)], 4)
+    assert two_layers.item() == pytest.approx(4 * 5.0 / (4 * 25.0))  # summed over layers, not averaged
+    assert torch.isfinite(noise_scale([torch.tensor(0.0)], [torch.tensor(0.0)], 4))
+
+
+def test_monitor_logs_the_noise_scale_of_its_half_batch_measurement(recording_run: RecordingRun) -> None:
+    model = TinyMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = attach(model, opt, run=recording_run, log_every=1, batch_size=16)
+    x, y = torch.randn(16, 8), torch.randn(16, 4)
+    mon.measure_gradient_diff((lambda: torch.nn.functional.mse_loss(model(x[:8]), y[:8]),
+                               lambda: torch.nn.functional.mse_loss(model(x[8:]), y[8:])), set_grad=True)
+    opt.step()
+    mon.detach()
+    names = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
+    avg = sum(recording_run.series(f"gdiff.gavg_norm/{n}")[0] ** 2 for n in names)
+    diff = sum(recording_run.series(f"gdiff.gdiff_norm/{n}")[0] ** 2 for n in names)
+    assert recording_run.series("gdiff.noise_scale")[0] == pytest.approx(16 * diff / (4 * avg), rel=1e-5)

@@ -36,9 +36,14 @@ def test_muon_family_spectra_before_and_after_orthogonalization(recording_run: R
     assert all(0 < e < 0.6 for e in recording_run.series("orth_err/fc2.weight").values())
     # pre-orth spectrum: the momentum matrix, whose singular values are not equalised
     assert all(c > 1.0 for c in recording_run.series("sv.pre_orth.cond/fc1.weight").values())
+    # directions Newton–Schulz leaves unlifted: none in a well-conditioned momentum (a fraction in [0, 1])
+    assert set(recording_run.series("sv.pre_orth.not_lifted/fc1.weight").values()) == {0.0}
     if cls_name == "NorMuon":
         assert recording_run.series("normuon.v_max/fc1.weight")[4] >= recording_run.series(
             "normuon.v_min/fc1.weight")[4] > 0
+        # at the first step (v = 0) NorMuon gives every row of Ô the same RMS (ALGORITHMS P7); O's rows differ
+        assert recording_run.series("normuon.row_rms_cv_after/fc1.weight")[0] < 1e-5
+        assert recording_run.series("normuon.row_rms_cv_before/fc1.weight")[0] > 1e-3
         v = [a for a in recording_run.arrays if a["key"] == "normuon.v" and a["layer"] == "fc1.weight"]
         assert v and v[0]["values"].shape == (16,)  # one per output neuron
 
@@ -68,12 +73,18 @@ def test_kfac_internals_are_logged(recording_run: RecordingRun) -> None:
 def test_fop_per_layer_quantities_come_straight_from_the_optimizer(recording_run: RecordingRun) -> None:
     model = TinyMLP()
     opt = optim.FOP(model, lr=0.05, factor_update_interval=1, inv_update_interval=1)
-    mon = attach(model, opt, run=recording_run, budget=None, log_every=2, internals_every=1)
+    mon = attach(model, opt, run=recording_run, budget=None, log_every=2, internals_every=1, batch_size=32)
     _regression(model, opt, 2)
     mon.detach()
     logged = {k.split("/")[0] for k in recording_run.keys() if k.startswith("fop.")}
     assert {"fop.g1_norm", "fop.gdiff_norm", "fop.s_proj", "fop.beta", "fop.eta"} <= logged
     assert set(recording_run.series("fop.cos_g1_g2/fc2.weight")) == {0, 1}
+    for step in (0, 1):  # across layers: the share of β* < 0, and the simple noise scale
+        betas = [recording_run.series(f"fop.beta/{n}")[step] for n in ("fc1.weight", "fc2.weight")]
+        assert recording_run.series("fop.beta_neg_frac")[step] == pytest.approx(sum(b < 0 for b in betas) / 2)
+        avg = sum(recording_run.series(f"fop.gavg_norm/{n}")[step] ** 2 for n in ("fc1.weight", "fc2.weight"))
+        diff = sum(recording_run.series(f"fop.gdiff_norm/{n}")[step] ** 2 for n in ("fc1.weight", "fc2.weight"))
+        assert recording_run.series("fop.noise_scale")[step] == pytest.approx(32 * diff / (4 * avg), rel=1e-5)
 
 
 def test_half_batch_measurement_uses_the_fisher_metric_of_kfac_factors(recording_run: RecordingRun) -> None:

@@ -153,3 +153,16 @@ def test_exact_spectra_rejects_what_it_cannot_batch() -> None:
         exact_spectra([torch.ones(4, 30, 12)])
     with pytest.raises(ValueError, match="2-D"):
         exact_spectra([])
+
+
+def test_not_lifted_fraction_counts_singular_values_below_a_thousandth_of_the_frobenius_norm() -> None:
+    from probe.diagnostics.spectra import not_lifted_fraction
+
+    spec = singular_values(torch.diag(torch.tensor([1.0, 1e-5, 0.5, 1e-6])))
+    assert not_lifted_fraction(spec).item() == pytest.approx(0.5)
+    assert not_lifted_fraction(singular_values(torch.eye(4))).item() == 0.0
+    broken = torch.eye(4)
+    broken[0, 1] = float("inf")
+    assert math.isnan(not_lifted_fraction(singular_values(broken)).item())
+    with pytest.raises(ValueError, match="full spectrum"):
+        not_lifted_fraction(singular_values(torch.eye(40), full_max_dim=10, top_k=4))

@@ -43,6 +43,11 @@ TABS = (
     ("config", "Config"),
 )
 TAB_IDS = tuple(t for t, _ in TABS)
+MUON_SUMMARIES = {  # spectra-tab summaries that belong to the Muon family: (quantity, title)
+    "not_lifted": ("sv.pre_orth.not_lifted", "momentum directions Newton–Schulz does not lift (σ < 1e-3·‖U‖_F) — all layers"),
+    "orth_err": ("orth_err", "orthogonality error ‖OOᵀ−I‖_F/√k — all layers"),
+}
+SUMMARY_METRICS = (*SV_METRICS, *MUON_SUMMARIES)
 # Which shared controls each tab uses (the others are hidden, keeping their values).
 TAB_CONTROLS = {
     "scalars": {"keys", "x", "smooth", "log"},
@@ -141,8 +146,8 @@ def layout(run_id: str | None = None, tab: str | None = None, layer: str | None 
                                                   placeholder="layer"), width="300px"),
                     control("spectrum of", dcc.RadioItems(id=ids.RUN_SOURCE, options=[], value=source, inline=True)),
                     control("all-layer metric", dcc.Dropdown(
-                        id=ids.RUN_SPEC_METRIC, clearable=False, value=metric if metric in (*SV_METRICS, "orth_err") else "cond",
-                        options=[{"label": m.replace("_", " "), "value": m} for m in (*SV_METRICS, "orth_err")]),
+                        id=ids.RUN_SPEC_METRIC, clearable=False, value=metric if metric in SUMMARY_METRICS else "cond",
+                        options=[{"label": m.replace("_", " "), "value": m} for m in SUMMARY_METRICS]),
                         width="170px"),
                     control("step", html.Div([
                         dcc.Slider(id=ids.RUN_STEP, min=0, max=1, step=1, value=step_v, marks=None,
@@ -650,17 +655,20 @@ def spectra_summary(metric, source, _state, tab, run_id, keys):
     if tab != "spectra":
         raise PreventUpdate
     catalog = Catalog.from_store(keys)
-    quantity = "orth_err" if metric == "orth_err" else f"sv.{source or 'weight'}.{metric}"
+    muon_only = MUON_SUMMARIES.get(metric)  # measures of the Muon family, whatever the chosen source
+    if muon_only is not None:
+        quantity, title = muon_only
+    else:
+        quantity = f"sv.{source or 'weight'}.{metric}"
+        title = f"{metric.replace('_', ' ')} of {_src_label(source)} — all layers"
     layers = catalog.layers_with(quantity)
-    title = f"{metric.replace('_', ' ')} of {_src_label(source)} — all layers" if metric != "orth_err" \
-        else "orthogonality error ‖OOᵀ−I‖_F/√k — all layers"
     if not layers:
-        return F.empty_figure(title, HINTS["spectra"] if metric != "orth_err" else
-                              "no orthogonality error logged — it is measured for the Muon family")
+        return F.empty_figure(title, HINTS["spectra"] if muon_only is None else
+                              f"no {metric.replace('_', ' ')} logged — it is measured for the Muon family")
     grid = quantity_grid(current_api(), run_id, quantity, layers, bins=current_config().layer_grid_bins)
     log = metric in ("cond", "spectral_norm", "orth_err")
     unit = {"cond": "σmax/σmin", "stable_rank": "‖W‖F²/‖W‖2²", "spectral_norm": "σmax", "eff_rank": "exp(entropy)",
-            "orth_err": "error"}.get(metric, metric)
+            "orth_err": "error", "not_lifted": "fraction of σ"}.get(metric, metric)
     return F.heatmap_figure(grid.steps, grid.layers, grid.z, title=title, x_title="step", y_title="layer",
                             colorbar_title=unit, log_color=log, uirevision=f"{run_id}:sum:{quantity}",
                             height=max(320, 90 + 15 * len(grid.layers)))
@@ -767,7 +775,11 @@ def gdiff_panels(layer, x, smooth, log, state, tab, run_id, keys):
                           title=f"s_proj and cos(g₁, g₂) — {layer}", x_title=xt, y_title="value (dimensionless)",
                           smoothing=smooth, empty_message=HINTS["gdiff"], uirevision=f"{run_id}:gd2:{layer}")
     if prefix == "fop":
-        beta = F.line_figure(_per_layer_lines(prefix, ["beta", "eta"], layer, x, origin, run_id),
+        lines = _per_layer_lines(prefix, ["beta", "eta"], layer, x, origin, run_id)
+        lines += x_lines(current_api(), run_id, ["fop.beta_neg_frac"], x=x, origin=origin,
+                         names={"fop.beta_neg_frac": "share of layers with negative β* (global)"},
+                         points=current_config().series_points)
+        beta = F.line_figure(lines,
                              title=f"β* and η* — {layer}", x_title=xt, y_title="coefficient", smoothing=smooth,
                              empty_message=HINTS["gdiff"], uirevision=f"{run_id}:gd3:{layer}")
     else:

@@ -143,6 +143,8 @@ def test_spectra_panels_for_a_muon_run(server, seeded) -> None:
     assert list(summary.data[0].y) == ["fc1.weight", "fc2.weight"]
     ortho = run.spectra_summary("orth_err", "weight", {}, "spectra", rid, keys)
     assert not F.is_empty(ortho)
+    lifted = run.spectra_summary("not_lifted", "weight", {}, "spectra", rid, keys)  # U's, whatever the source
+    assert list(lifted.data[0].y) == ["fc1.weight", "fc2.weight"] and "Newton–Schulz" in lifted.layout.title.text
 
 
 def test_tabs_without_data_show_how_to_enable_them(server, seeded) -> None:
@@ -169,6 +171,7 @@ def test_neuron_gdiff_kfac_and_infobatch_panels(server, seeded) -> None:
     assert parts.layout.yaxis.type == "log" and parts.layout.xaxis.title.text == "samples seen"
     assert max(parts.data[0].x) == 199 * 128  # x mapped through samples_seen
     assert not F.is_empty(beta)
+    assert [t.name for t in beta.data if t.name and len(t.y)] == ["beta", "eta", "share of layers with negative β* (global)"]
     eigs, damping, spec = run.kfac_panels("fc1.weight", "step", 100, {}, "kfac", slow, keys)
     assert len([t for t in eigs.data if t.name and len(t.y)]) == 4 and not F.is_empty(spec)
     assert [t.name for t in damping.data if t.name and len(t.y)][:2] == ["damping_rel", "damping_rel_mean"]

@@ -212,8 +212,11 @@ class Sender:
             waiters, self._waiters = self._waiters, []
         if final and self.spool is not None:
             # The end: everything to disk first, so that nothing taken from the queue can be lost
-            # whatever the network does while finish() waits; _replay_before_exit then sends it.
-            self._take_queue(self._to_spool, everything=True)
+            # whatever the network does while finish() waits; _replay_before_exit then sends it (and
+            # answers the flush() callers waiting now, like those who come later).
+            self._take_queue(self._store_at_finish, everything=True)
+            with self._waiters_lock:
+                self._waiters[:0] = waiters
             return
         # Somebody waits (flush, or finish without a spool): one try per request, never the
         # transport's retries (max_attempts x timeout); what fails is spooled and retried with backoff.
@@ -277,21 +280,40 @@ class Sender:
                 pass  # 404 or auth: keep the batch (below), the state says what comes next
         self._to_spool(batch)
 
-    def _to_spool(self, batch: protocol.Batch) -> None:
-        if self.spool is None:
-            n = protocol.batch_size(batch)
-            self.unspooled += n
-            self.problems.report("no_spool", f"server unreachable and no spool on disk: {n} records lost")
+    def _store_at_finish(self, batch: protocol.Batch) -> None:
+        """The spool first; a disk that fails then sends the batch straight away (one try)."""
+        failure = self._spool_append(batch)
+        if failure is None:
             return
+        if self.state == ONLINE and self.created:
+            try:
+                self._post(batch, attempts=1)
+                return
+            except (TransientError, _StopReplay):
+                pass
+        self._lost(batch, failure)
+
+    def _to_spool(self, batch: protocol.Batch) -> None:
+        failure = self._spool_append(batch)
+        if failure is not None:
+            self._lost(batch, failure)
+
+    def _lost(self, batch: protocol.Batch, failure: tuple[str, str]) -> None:
+        problem, why = failure
+        n = protocol.batch_size(batch)
+        self.unspooled += n
+        self.problems.report(problem, f"{why}; {n} records lost")
+
+    def _spool_append(self, batch: protocol.Batch) -> tuple[str, str] | None:
+        """Append to the spool: None when stored, else (problem key, why not)."""
+        if self.spool is None:
+            return "no_spool", "server unreachable and no spool on disk"
         dropped_before = self.spool.dropped_records
         try:
             self.spool.append(batch)
             self.spooled_batches += 1
         except OSError as exc:
-            n = protocol.batch_size(batch)
-            self.unspooled += n
-            self.problems.report("spool_write", f"could not write the spool ({exc}); {n} records lost")
-            return
+            return "spool_write", f"could not write the spool ({exc})"
         newly_dropped = self.spool.dropped_records - dropped_before
         if newly_dropped:
             self.problems.report(
@@ -300,6 +322,7 @@ class Sender:
                 "dropping the oldest batches (counted in run.dropped)",
                 newly_dropped,
             )
+        return None
 
     def _post(self, batch: protocol.Batch, *, attempts: int | None) -> None:
         """Send one batch; handles 4xx here. Raises TransientError, or _StopReplay to keep the batch."""
@@ -385,11 +408,27 @@ class Sender:
         return True
 
     def _replay_before_exit(self) -> None:
-        """At finish, keep replaying while the server answers (a paused replay is not a failure)."""
+        """At finish, replay the spool within 80 % of ``finish_timeout``: one try per request, and after
+        a transient failure up to ``max_attempts`` tries in all, on the outage backoff, each retry only
+        if a whole request ``timeout`` still fits (a paused replay is not a failure). What is left
+        stays in the spool for ``optiscope sync``."""
         deadline = self._clock() + 0.8 * self.config.finish_timeout
-        while (self.spool or not self.created) and self.state in (ONLINE, OUTAGE) and self._clock() < deadline:
-            if not self._catch_up(attempts=1):
+        failures = 0
+        while (self.spool or not self.created) and self.state in (ONLINE, OUTAGE):
+            now = self._clock()
+            if now + self.config.timeout > deadline and (failures or now >= deadline):
+                return  # a try that could outlast finish(): the process may exit in the middle of it
+            if self._catch_up(attempts=1):
+                continue
+            failures += 1
+            if failures >= self.config.max_attempts or self.state not in (ONLINE, OUTAGE):
                 return
+            self._pause(min(max(self._next_try - now, 0.0), deadline - now))
+
+    def _pause(self, seconds: float) -> None:
+        """Wait a backoff delay inside the sender thread (only at finish: training is over then)."""
+        if seconds > 0:
+            time.sleep(seconds)
 
     def _enter_outage(self, exc: TransientError, *, immediate: bool = False) -> None:
         if self.state == HALTED:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -212,6 +213,53 @@ def test_finish_against_a_server_that_stopped_answering_keeps_every_record(
     assert report.ok and report.status == "finished"
     assert fake_server.steps("loss") == list(range(21))  # every point, once
     assert fake_server.runs[run.id]["status"] == "finished"
+
+
+def test_finish_retries_a_transient_error_within_its_time(fake_server: FakeServer, fast_settings: ClientConfig) -> None:
+    run = _init(fake_server, fast_settings)
+    for step in range(6):
+        run.log({"loss": float(step)}, step=step)
+    fake_server.script.append(lambda r: httpx.Response(503, json={"detail": "busy"}))  # one hiccup at the end
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptiscopeWarning)
+        run.finish()
+    assert fake_server.steps("loss") == list(range(6))
+    assert fake_server.runs[run.id]["status"] == "finished" and run.dropped == 0
+
+
+def test_finish_sends_directly_when_the_spool_cannot_be_written(
+    fake_server: FakeServer, fast_settings: ClientConfig, monkeypatch
+) -> None:
+    from probe.client.spool import RunSpool
+
+    run = _init(fake_server, fast_settings)
+    run.log({"loss": 0.0}, step=0)
+    assert run.flush(timeout=5)
+
+    def disk_full(self, batch):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(RunSpool, "append", disk_full)
+    for step in range(1, 6):
+        run.log({"loss": float(step)}, step=step)
+    run.finish()
+    assert fake_server.steps("loss") == list(range(6)) and run.dropped == 0
+    assert fake_server.runs[run.id]["status"] == "finished"
+
+
+def test_a_flush_waiting_when_finish_begins_is_answered(fake_server: FakeServer, fast_settings: ClientConfig) -> None:
+    settings = dataclasses.replace(fast_settings, flush_interval=5.0)  # only flush() and finish() wake the sender
+    run = _init(fake_server, settings)
+    run.log({"x": 1.0}, step=0)
+    sender = run.sender
+    answers: list[bool] = []
+    sender._closing.set()  # finish() has begun (its wake-up not yet seen) when another thread flushes:
+    waiting = threading.Thread(target=lambda: answers.append(run.flush()), daemon=True)
+    waiting.start()  # the flush's wake-up runs the final cycle, which takes the flush's waiter with it
+    waiting.join(5)
+    run.finish()
+    assert not waiting.is_alive() and answers == [True]
+    assert fake_server.steps("x") == [0]
 
 
 def test_flush_makes_one_try_per_request_never_the_transport_retries(

@@ -266,7 +266,6 @@ class Monitor:
         self._vectors_now: set[str] = set()
         self._opt_state: dict[int, _OptStep] = {}
         self._depth: dict[int, int] = {}
-        self._step_frames: dict[int, FrameType] = {}  # per optimizer: the outermost step() in progress
         self._step_grad_norms: list[Tensor] = []
         self._costs: dict[str, float] = {}
         self._probe_s = 0.0
@@ -417,16 +416,13 @@ class Monitor:
         return hook
 
     def _pre(self, idx: int, optimizer: torch.optim.Optimizer) -> None:
-        # The frame that called this hook: torch's wrapper around step(), still running while the step does.
-        caller = sys._getframe(2)
-        if self._depth.get(idx, 0) and not _is_running(self._step_frames.get(idx), caller):
-            # The last step() raised between its hooks (say, an out-of-memory the user caught): its
-            # post-hook never ran. Forget that step, or every later one would look nested in it.
+        if self._depth.get(idx, 0) and _steps_running(sys._getframe(2), optimizer) <= self._depth[idx]:
+            # Fewer step() calls of this optimizer on the stack than hooks awaiting their post-hook: the
+            # last step() raised between its hooks (say, an out-of-memory the user caught). Forget that
+            # step, or every later one would look nested in it.
             self._abandon(idx, optimizer)
         self._depth[idx] = self._depth.get(idx, 0) + 1
         # A subclass whose step() calls super().step() runs the hooks again inside: observe the outer call only.
-        if self._depth[idx] == 1:
-            self._step_frames[idx] = caller
         if "monitor" in self.disabled or self._depth[idx] > 1:
             return
         if idx in self._stepped:
@@ -503,15 +499,12 @@ class Monitor:
 
     def _abandon(self, idx: int, optimizer: torch.optim.Optimizer) -> None:
         self._depth[idx] = 0
-        self._step_frames.pop(idx, None)
         state = self._opt_state.pop(idx, None)
         if state is not None and state.introspect_prev is not None:
             optimizer.introspect = state.introspect_prev  # type: ignore[attr-defined]
 
     def _post(self, idx: int, optimizer: torch.optim.Optimizer) -> None:
         self._depth[idx] = max(self._depth.get(idx, 0) - 1, 0)
-        if self._depth[idx] == 0:
-            self._step_frames.pop(idx, None)  # a frame keeps its locals alive
         if "monitor" in self.disabled or self._depth[idx] > 0:
             return
         state = self._opt_state.pop(idx, None)
@@ -815,13 +808,20 @@ class Monitor:
                 pass
 
 
-def _is_running(frame: FrameType | None, current: FrameType | None) -> bool:
-    """Whether ``frame`` is ``current`` or one of its callers (a call still in progress)."""
-    while current is not None:
-        if current is frame:
-            return True
-        current = current.f_back
-    return False
+def _steps_running(caller: FrameType, optimizer: torch.optim.Optimizer) -> int:
+    """How many step() calls of ``optimizer`` are in progress on this thread.
+
+    ``caller`` is the frame that runs the step hooks (torch's wrapper around ``step``); each call in
+    progress is a frame running that same code for this optimizer. No frame is kept: a frame holds its
+    locals, and after a failed step those may be the very tensors the user wants freed.
+    """
+    count = 0
+    frame: FrameType | None = caller
+    while frame is not None:
+        if frame.f_code is caller.f_code and frame.f_locals.get("self") is optimizer:
+            count += 1
+        frame = frame.f_back
+    return count
 
 
 def attach(

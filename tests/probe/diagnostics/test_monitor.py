@@ -405,3 +405,30 @@ def test_a_step_that_raises_between_the_hooks_does_not_switch_the_monitor_off(
     assert [s for s, _ in recording_run.logs] == [0, 1, 2, 3, 4, 5]  # the failed step 2 closes with what it had
     assert all("sv.weight.spectral_norm/fc1.weight" in recording_run.logs[s][1] for s in (0, 1, 3, 4, 5))
     assert not mon.errors
+
+
+def test_a_step_that_raised_leaves_nothing_of_its_caller_alive(recording_run: RecordingRun) -> None:
+    import gc
+    import weakref
+
+    class Flaky(torch.optim.SGD):
+        def step(self, closure=None):
+            raise RuntimeError("out of memory (simulated)")
+
+    model = TinyMLP()
+    opt = Flaky(model.parameters(), lr=0.1)
+    attach(model, opt, run=recording_run, budget=None, log_every=1)
+    refs = []
+
+    def train_step() -> None:
+        activations = torch.empty(1000)  # stands for the step's big locals
+        refs.append(weakref.ref(activations))
+        model(torch.randn(4, 8)).square().mean().backward()
+        opt.step()
+
+    try:
+        train_step()
+    except RuntimeError:
+        pass  # recover from the out-of-memory: the batch's tensors must be freeable now
+    gc.collect()
+    assert refs[0]() is None

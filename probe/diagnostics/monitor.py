@@ -72,7 +72,8 @@ FisherFactors = Callable[[Tensor], "tuple[Tensor, Tensor] | None"]
 
 
 class RunLike(Protocol):
-    """The part of ``probe.client.Run`` the Monitor uses (see docs/ARCHITECTURE.md)."""
+    """The part of ``probe.client.Run`` the Monitor uses (see docs/ARCHITECTURE.md). An object with
+    ``log(metrics, step=)`` in place of ``log_at`` works too."""
 
     def log_at(self, metrics: Mapping[str, Any], *, step: int) -> None: ...
 
@@ -204,6 +205,9 @@ class Monitor:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"Invalid batch_size: {batch_size} (must be >= 1)")
         self.run = run
+        # log_at keeps the user's implicit step count; a run object of the user's own may have only log()
+        self._log_at: Callable[..., None] = getattr(run, "log_at", None) or (
+            lambda metrics, *, step: run.log(metrics, step=step))  # type: ignore[attr-defined]
         self.log_every = log_every
         self.scalars_schedule = as_schedule(scalars_every)
         self.schedules: dict[str, Schedule] = {
@@ -253,6 +257,8 @@ class Monitor:
                         name = f"param{anonymous}"
                         anonymous += 1
                     if include is not None and not include(name, p):
+                        continue
+                    if local_shard(p).numel() == 0:  # a DTensor with no rows on this rank: nothing to measure
                         continue
                     layers.append(_Layer(name, p, axes.get(name, 0)))
             self._layers.append(layers)
@@ -709,7 +715,7 @@ class Monitor:
         for step in sorted(per_step):
             metrics = per_step[step]
             if metrics:
-                self.run.log_at(metrics, step=step)
+                self._log_at(metrics, step=step)
             for key, value in metrics.items():
                 quantity, _, layer = key.partition("/")
                 alert = self.alerts.check(quantity, layer, step, value)
@@ -729,7 +735,7 @@ class Monitor:
             if stats.epoch in self._logged_epochs:
                 continue
             self._logged_epochs.add(stats.epoch)
-            self.run.log_at(stats.as_metrics(), step=stats.epoch)
+            self._log_at(stats.as_metrics(), step=stats.epoch)
             if stats.class_pruned_frac is not None:
                 self.run.log_array("infobatch.class_pruned_frac", list(stats.class_pruned_frac), step=stats.epoch)
             if stats.scores_hist is not None:

@@ -432,3 +432,25 @@ def test_a_step_that_raised_leaves_nothing_of_its_caller_alive(recording_run: Re
         pass  # recover from the out-of-memory: the batch's tensors must be freeable now
     gc.collect()
     assert refs[0]() is None
+
+
+def test_a_run_object_with_log_but_no_log_at_still_gets_the_records() -> None:
+    class OldStyleRun:
+        def __init__(self) -> None:
+            self.logs: list[tuple[int | None, dict]] = []
+
+        def log(self, metrics, step=None) -> None:
+            self.logs.append((step, dict(metrics)))
+
+        def log_array(self, key, values, *, step, layer="") -> None:
+            pass
+
+        def log_event(self, key, message, **kwargs) -> None:
+            pass
+
+    run = OldStyleRun()
+    model = TinyMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = attach(model, opt, run=run, log_every=1)  # type: ignore[arg-type]
+    train(model, opt, 2)
+    assert [s for s, _ in run.logs] == [0, 1] and not mon.errors

@@ -1,4 +1,4 @@
-"""The Monitor on DTensor parameters (FSDP2's and tensor parallelism's representation), 2 gloo processes.
+"""The Monitor on FSDP2 (DTensor) parameters, 2 gloo processes.
 
 Ranks do not measure the same steps (here forced by different cadences; in training the overhead budget
 decides per rank from its own timings), so any collective inside a measurement would leave one rank waiting for the other.
@@ -25,19 +25,18 @@ WORKER = textwrap.dedent(
     import datetime, json, math
     import torch
     import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    from torch.distributed.fsdp import fully_shard
     import probe
     from tests.probe.diagnostics.conftest import RecordingRun
 
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=20))
     rank = dist.get_rank()
-    mesh = init_device_mesh("cpu", (2,))
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16, bias=False), torch.nn.Tanh(), torch.nn.Linear(16, 4))
-    for module in (model[0], model[2]):
-        module.weight = torch.nn.Parameter(distribute_tensor(module.weight.detach(), mesh, [Shard(0)]))
-    model[2].bias = torch.nn.Parameter(distribute_tensor(model[2].bias.detach(), mesh, [Replicate()]))
+    # FSDP2 shards rows: 8 of the first layer's 16 on each rank; the last layer's single row leaves
+    # rank 1 an empty shard
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16, bias=False), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    for module in (model[0], model[2], model):
+        fully_shard(module)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     every = 1 if rank == 0 else 2  # the ranks disagree on which steps are measured
     run = RecordingRun()
@@ -46,8 +45,7 @@ WORKER = textwrap.dedent(
     gen = torch.Generator().manual_seed(1)
     for step in range(5):  # rank 1 measures steps 0, 2 and 4
         opt.zero_grad()
-        x = distribute_tensor(torch.randn(4, 8, generator=gen), mesh, [Replicate()])
-        model(x).square().mean().backward()
+        model(torch.randn(4, 8, generator=gen)).square().mean().backward()
         opt.step()
     mon.detach()
     local = model[0].weight.to_local().detach()
@@ -59,6 +57,7 @@ WORKER = textwrap.dedent(
         "spectral_norm": last.get("sv.weight.spectral_norm/0.weight"),
         "expected_spectral_norm": torch.linalg.svdvals(local.double())[0].item(),
         "update_ratio_logged": "update_ratio/0.weight" in last,
+        "one_row_layer_logged": any(k.endswith("/2.weight") for _, m in run.logs for k in m),
         "neuron_rows": [len(a["values"]) for a in run.arrays if a["key"] == "neuron.update_norm" and a["layer"] == "0.weight"][:1],
     }
     dist.barrier()
@@ -69,7 +68,7 @@ WORKER = textwrap.dedent(
 
 
 @pytest.mark.distributed
-def test_dtensor_parameters_are_measured_per_local_shard_without_collectives(tmp_path: Path) -> None:
+def test_fsdp2_parameters_are_measured_per_local_shard_without_collectives(tmp_path: Path) -> None:
     port = str(free_port())
     procs = []
     for rank in range(2):
@@ -88,3 +87,4 @@ def test_dtensor_parameters_are_measured_per_local_shard_without_collectives(tmp
         assert result["spectral_norm"] == pytest.approx(result["expected_spectral_norm"], rel=1e-5)
         assert result["update_ratio_logged"]
         assert result["neuron_rows"] == [8]  # this rank's 8 of the 16 output neurons
+        assert result["one_row_layer_logged"] == (result["rank"] == 0)  # an empty shard is left out

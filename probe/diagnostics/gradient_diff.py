@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["gradient_difference", "fisher_inner", "noise_scale"]
+__all__ = ["NoiseScale", "gradient_difference", "fisher_inner"]
 
 _EPS = 1e-30  # keeps s_proj finite for a zero gradient (the ε of Eq. 4)
 
@@ -86,15 +86,32 @@ def gradient_difference(
     return out
 
 
-def noise_scale(gavg_norms: Sequence[Tensor], gdiff_norms: Sequence[Tensor], batch_size: int) -> Tensor:
-    """The simple noise scale tr(Σ)/‖G‖² (McCandlish et al. 2018) from half-batch gradients, 0-d.
+class NoiseScale:
+    """The simple noise scale tr(Σ)/‖G‖² (McCandlish et al. 2018) from half-batch gradients, step by step.
 
-    Two halves of a batch of B samples give E‖g₁ − g₂‖² = 4·tr(Σ)/B for the per-example gradient
-    covariance Σ, so tr(Σ) ≈ B·‖g_diff‖²/4, summed over the measured layers; ‖g_avg‖² stands for
-    ‖G‖². It reads somewhat low when noise dominates (E‖g_avg‖² = ‖G‖² + tr(Σ)/B), which keeps the
-    estimate finite and positive on every step; the batch size where more data stops paying is of
-    this order.
+    Two halves of a batch of B samples give unbiased one-step estimates (Σ: per-example gradient
+    covariance, summed over the measured layers): E‖g₁ − g₂‖² = 4·tr(Σ)/B, so tr(Σ) ≈ B·‖g_diff‖²/4,
+    and E‖g_avg‖² = ‖G‖² + tr(Σ)/B, so ‖G‖² ≈ ‖g_avg‖² − ‖g_diff‖²/4. One step's ‖G‖² estimate is too
+    noisy to divide by (it can be ≤ 0), so, as in the paper's appendix A, the ratio is taken of running
+    means (exponential from zero, ``decay``); it needs no bias correction, which would cancel. ``inf`` while the
+    running ‖G‖² is not positive: noise dominates, beyond any batch size.
     """
-    diff = torch.stack([n.float() for n in gdiff_norms]).square().sum()
-    avg = torch.stack([n.float() for n in gavg_norms]).square().sum()
-    return batch_size * diff / (4.0 * avg.clamp_min(_EPS))
+
+    def __init__(self, decay: float = 0.95) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"Invalid decay: {decay} (must be in [0, 1))")
+        self.decay = decay
+        self._trace: Tensor | None = None
+        self._grad_sq: Tensor | None = None
+
+    def update(self, gavg_norms: Sequence[Tensor], gdiff_norms: Sequence[Tensor], batch_size: int) -> Tensor:
+        """Fold in one step's per-layer ‖g_avg‖ and ‖g_diff‖; return the current estimate (0-d)."""
+        diff = torch.stack([n.float() for n in gdiff_norms]).square().sum()
+        avg = torch.stack([n.float() for n in gavg_norms]).square().sum()
+        trace, grad_sq = batch_size * diff / 4.0, avg - diff / 4.0
+        if self._trace is None or self._grad_sq is None:  # from zero, so that every step weighs alike
+            self._trace, self._grad_sq = torch.zeros_like(trace), torch.zeros_like(grad_sq)
+        self._trace = torch.lerp(trace, self._trace, self.decay)
+        self._grad_sq = torch.lerp(grad_sq, self._grad_sq, self.decay)
+        inf = torch.full_like(self._trace, float("inf"))
+        return torch.where(self._grad_sq > 0, self._trace / self._grad_sq, inf)

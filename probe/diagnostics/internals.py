@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from probe.diagnostics.gradient_diff import noise_scale
+from probe.diagnostics.gradient_diff import NoiseScale
 from probe.diagnostics.quantities import row_norms, spread_stats
 
 __all__ = ["LayerInternals", "layer_internals", "global_internals", "fop_summary"]
@@ -85,16 +85,18 @@ def global_internals(entry: Mapping[str, Tensor]) -> LayerInternals:
     return out
 
 
-def fop_summary(entries: Sequence[Mapping[str, Tensor]], batch_size: int | None) -> LayerInternals:
+def fop_summary(
+    entries: Sequence[Mapping[str, Tensor]], noise: NoiseScale, batch_size: int | None
+) -> LayerInternals:
     """Across FOP's layers of one step (ALGORITHMS §4.5): ``fop.beta_neg_frac``, the fraction of layers
     whose β* < 0 (the orthogonal part turned against), and with a known batch size ``fop.noise_scale``
-    (:func:`~probe.diagnostics.gradient_diff.noise_scale` of FOP's own half-batch gradients)."""
+    (``noise`` fed with FOP's own half-batch gradients)."""
     out = LayerInternals()
     fop = [e for e in entries if "beta" in e]
     if fop:
         out.add("fop.beta_neg_frac", (torch.stack([e["beta"].float() for e in fop]) < 0).float().mean())
     halves = [e for e in fop if "gavg_norm" in e and "gdiff_norm" in e]
     if halves and batch_size is not None:
-        out.add("fop.noise_scale", noise_scale([e["gavg_norm"] for e in halves],
-                                               [e["gdiff_norm"] for e in halves], batch_size))
+        out.add("fop.noise_scale", noise.update([e["gavg_norm"] for e in halves],
+                                                [e["gdiff_norm"] for e in halves], batch_size))
     return out

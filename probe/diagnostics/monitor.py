@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from probe.diagnostics.alerts import AlertEngine, AlertRules
 from probe.diagnostics.budget import OverheadBudget
-from probe.diagnostics.gradient_diff import gradient_difference, noise_scale
+from probe.diagnostics.gradient_diff import NoiseScale, gradient_difference
 from probe.diagnostics.internals import fop_summary, global_internals, layer_internals
 from probe.diagnostics.interval import IntervalBuffer
 from probe.diagnostics.quantities import (
@@ -205,6 +205,7 @@ class Monitor:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"Invalid batch_size: {batch_size} (must be >= 1)")
         self.run = run
+        self._noise = {"fop": NoiseScale(), "gdiff": NoiseScale()}
         # log_at keeps the user's implicit step count; a run object of the user's own may have only log()
         self._log_at: Callable[..., None] = getattr(run, "log_at", None) or (
             lambda metrics, *, step: run.log(metrics, step=step))  # type: ignore[attr-defined]
@@ -392,7 +393,7 @@ class Monitor:
                     diff_norms.append(found["gdiff_norm"])
             if avg_norms and self.batch_size is not None:
                 keys.append("gdiff.noise_scale")
-                values.append(noise_scale(avg_norms, diff_norms, self.batch_size))
+                values.append(self._noise["gdiff"].update(avg_norms, diff_norms, self.batch_size))
             self._add_record(self._next_step, keys, values)
 
     def flush(self) -> None:
@@ -649,7 +650,7 @@ class Monitor:
                 for key, array in found.arrays.items():
                     self._buffer.add_array(key, layer.name, step, array)
         for found in (global_internals(getattr(optimizer, "last_global_internals", {}) or {}),
-                      fop_summary(entries, self.batch_size)):
+                      fop_summary(entries, self._noise["fop"], self.batch_size)):
             keys += found.keys
             values += found.values
         self._add_record(step, keys, values)

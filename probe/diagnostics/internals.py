@@ -23,7 +23,7 @@ __all__ = ["LayerInternals", "layer_internals", "global_internals", "fop_summary
 
 FOP_KEYS = (
     "g1_norm", "g2_norm", "gavg_norm", "gdiff_norm", "cos_g1_g2", "gavg_fisher", "gdiff_fisher",
-    "parallel", "orthogonal", "s_proj", "D", "E", "beta", "eta",
+    "parallel", "orthogonal", "s_proj", "D", "E", "beta", "eta", "kl_base", "kl_cross", "kl_orth",
 )  # fmt: skip
 KFAC_KEYS = ("A_eig_min", "A_eig_max", "G_eig_min", "G_eig_max")
 ARRAY_KEYS = {"A_eigs": "kfac.A_eigs", "G_eigs": "kfac.G_eigs", "v": "normuon.v"}

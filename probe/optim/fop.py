@@ -52,7 +52,9 @@ def fop_direction(
 
     Returns:
         (direction, stats): stats always holds 0-d ``s_proj D E beta eta``; with ``with_stats`` also
-        ``gavg_fisher gdiff_fisher parallel orthogonal``.
+        ``gavg_fisher gdiff_fisher parallel orthogonal`` and the KL-norm split of g_comb (Eq. 21, with
+        Q = M^-1 F M^-1): ``kl_base`` = g_avg^T Q g_avg, ``kl_cross`` = 2 beta* g_avg^T Q g_perp,
+        ``kl_orth`` = beta*^2 g_perp^T Q g_perp.
     """
     step, stats = fop_direction_eigenbasis(
         to_eigenbasis(g_avg, qa, qg), to_eigenbasis(g_diff, qa, qg), a_eigs, g_eigs, damping,
@@ -129,6 +131,11 @@ def _fop_core(
         stats["gdiff_fisher"] = torch.dot(gd * fisher, gd).clamp(min=0).sqrt()
         stats["parallel"] = s_proj.abs() * gavg_f
         stats["orthogonal"] = torch.dot(gp * fisher, gp).clamp(min=0).sqrt()
+        # KL-norm split of g_comb (Eq. 21), Q = M^-1 F M^-1 (diagonal here): base + cross + orthogonal terms
+        ga_mf = ga_m * fisher
+        stats["kl_base"] = torch.dot(ga_m, ga_mf)
+        stats["kl_cross"] = 2.0 * beta * torch.dot(gp_m, ga_mf)
+        stats["kl_orth"] = beta * beta * torch.dot(gp_m, gp_m * fisher)
     step = torch.addcmul(ga_m, gp_m, beta).mul_(eta)  # Eq. 18 without eta_0 (the base step applies lr)
     return step.reshape(shape), stats
 

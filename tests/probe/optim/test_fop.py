@@ -68,6 +68,14 @@ def test_fop_direction_matches_dense_fp64_reference() -> None:
     orthogonal, gavg_fisher = np.sqrt(ref["gp"] @ fisher @ ref["gp"]), np.sqrt(ref["ga"] @ fisher @ ref["ga"])
     assert float(stats["orthogonal"]) == pytest.approx(float(orthogonal), rel=1e-9)
     assert float(stats["gavg_fisher"]) == pytest.approx(float(gavg_fisher), rel=1e-9)
+    # KL-norm split (Eq. 21): the three terms of g_comb^T Q g_comb with Q = M^-1 F M^-1
+    q = ref["minv"] @ fisher @ ref["minv"]
+    ga, gp, beta = ref["ga"], ref["gp"], ref["beta"]
+    expected = {"kl_base": ga @ q @ ga, "kl_cross": 2 * beta * ga @ q @ gp, "kl_orth": beta**2 * gp @ q @ gp}
+    for key, value in expected.items():
+        assert float(stats[key]) == pytest.approx(float(value), rel=1e-9, abs=FP64_ATOL), key
+    comb = ga + beta * gp
+    assert sum(float(stats[k]) for k in expected) == pytest.approx(float(comb @ q @ comb), rel=1e-9)
 
 
 def test_projection_is_fisher_orthogonal() -> None:  # P17
@@ -264,7 +272,7 @@ def test_fop_introspection_keys_without_item(monkeypatch: pytest.MonkeyPatch) ->
     keys = {"A_eig_min", "A_eig_max", "A_eig_mean", "G_eig_min", "G_eig_max", "G_eig_mean", "damping", "pi",
             "A_eigs", "G_eigs",
             "g1_norm", "g2_norm", "gavg_norm", "gdiff_norm", "cos_g1_g2", "gavg_fisher", "gdiff_fisher",
-            "parallel", "orthogonal", "s_proj", "D", "E", "beta", "eta"}
+            "parallel", "orthogonal", "s_proj", "D", "E", "beta", "eta", "kl_base", "kl_cross", "kl_orth"}
     info = opt.last_internals[model[0].weight]
     assert set(info) == keys
     assert all(t.dim() == (1 if k.endswith("eigs") else 0) for k, t in info.items())

@@ -7,11 +7,7 @@ the spools are then synced into the real server in-process.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -19,11 +15,9 @@ import pytest
 
 from probe.client.sync import sync_home
 from probe.client.transport import Transport
-from tests.pg_cluster import free_port
+from tests.gloo_ranks import run_two_ranks
 
 from .conftest import InProcess
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
 
 WORKER = textwrap.dedent(
     """
@@ -56,20 +50,7 @@ WORKER = textwrap.dedent(
 @pytest.mark.distributed
 def test_rank_policy_with_two_gloo_processes(server: InProcess, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    port = str(free_port())
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank),
-               "WORLD_SIZE": "2", "OPTISCOPE_HOME": str(home)}
-        env.pop("OPTISCOPE_RUN_ID", None)
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER], cwd=REPO_ROOT, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err[-3000:]
-        outputs.append(json.loads(out.strip().splitlines()[-1]))
-    rank0, rank1 = sorted(outputs, key=lambda o: o["rank"])
+    rank0, rank1 = run_two_ranks(WORKER, home)
 
     assert rank0["default"][1] == "offline" and rank1["default"][1] == "disabled"
     assert rank0["shared"][0] == rank1["shared"][0]  # one run id, broadcast by rank 0

@@ -249,8 +249,9 @@ def test_samples_seen_from_batch_size(recording_run: RecordingRun) -> None:
     assert recording_run.series("samples_seen") == {0: 32.0, 1: 64.0, 2: 96.0}
 
 
+@pytest.mark.parametrize("warning_filter", ["always", "error"])  # "error": python -W error, pytest's filterwarnings
 def test_a_failing_diagnostic_is_disabled_with_one_warning_and_training_goes_on(
-    recording_run: RecordingRun, monkeypatch
+    recording_run: RecordingRun, monkeypatch, warning_filter: str
 ) -> None:
     import probe.diagnostics.spectra_pool as spectra_pool
 
@@ -262,30 +263,12 @@ def test_a_failing_diagnostic_is_disabled_with_one_warning_and_training_goes_on(
     model = TinyMLP()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter(warning_filter)  # as errors, the warning must not reach training either
         mon = attach(model, opt, run=recording_run, budget=None, log_every=2, spectra_every=1)
         train(model, opt, 6)
-    assert [str(w.message).count("'spectra'") for w in caught] == [1]
+    assert [str(w.message).count("'spectra'") for w in caught] == ([1] if warning_filter == "always" else [])
     assert mon.errors == {"spectra": 1} and "spectra" in mon.disabled
     assert len(recording_run.logs) == 6 and "update_ratio/fc1.weight" in recording_run.keys()
-
-
-def test_a_failing_diagnostic_under_warnings_as_errors_still_never_reaches_training(
-    recording_run: RecordingRun, monkeypatch
-) -> None:
-    import probe.diagnostics.spectra_pool as spectra_pool
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("svd exploded")
-
-    monkeypatch.setattr(spectra_pool, "singular_values", broken)
-    model = TinyMLP()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # python -W error, or pytest's filterwarnings = error
-        mon = attach(model, opt, run=recording_run, budget=None, log_every=1, spectra_every=1)
-        train(model, opt, 3)
-    assert mon.errors == {"spectra": 1} and len(recording_run.logs) == 3
 
 
 def test_rejects_bad_options() -> None:

@@ -1,24 +1,19 @@
 """The Monitor on FSDP2 (DTensor) parameters, 2 gloo processes.
 
-Ranks do not measure the same steps (here forced by different cadences; in training the overhead budget
-decides per rank from its own timings), so any collective inside a measurement would leave one rank waiting for the other.
-The Monitor measures each rank's local shard: no collective, no hang, and the numbers are the shard's.
+Ranks do not measure the same steps (here forced by different cadences; in training the overhead
+budget decides per rank from its own timings), so any collective inside a measurement would leave one
+rank waiting for the other. The Monitor measures each rank's local shard: no collective, no hang, and
+the numbers are the shard's.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.pg_cluster import free_port
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from tests.gloo_ranks import run_two_ranks
 
 WORKER = textwrap.dedent(
     """
@@ -69,19 +64,7 @@ WORKER = textwrap.dedent(
 
 @pytest.mark.distributed
 def test_fsdp2_parameters_are_measured_per_local_shard_without_collectives(tmp_path: Path) -> None:
-    port = str(free_port())
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank),
-               "WORLD_SIZE": "2", "OPTISCOPE_HOME": str(tmp_path / "home")}
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER], cwd=REPO_ROOT, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err[-3000:]
-        outputs.append(json.loads(out.strip().splitlines()[-1]))
-    for result in outputs:
+    for result in run_two_ranks(WORKER, tmp_path / "home"):
         assert result["errors"] == {}, result
         assert result["steps"] == [0, 1, 2, 3, 4]
         assert result["spectral_norm"] == pytest.approx(result["expected_spectral_norm"], rel=1e-5)

@@ -114,6 +114,7 @@ class Sender:
         self._waiters_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._final_status: protocol.Status = "finished"
+        self._finish_deadline = 0.0  # set when finishing begins
 
         self.state = OFFLINE if transport is None else ONLINE
         self.created = False
@@ -192,6 +193,8 @@ class Sender:
             self.wake.wait(self.config.flush_interval)
             self.wake.clear()
             closing = self._closing.is_set()
+            if closing:  # the end's network work must be over before finish() stops waiting
+                self._finish_deadline = self._clock() + 0.8 * self.config.finish_timeout
             try:
                 self._cycle(final=closing)
             except Exception as exc:  # noqa: BLE001 - the thread must outlive any bug
@@ -281,15 +284,19 @@ class Sender:
         self._to_spool(batch)
 
     def _store_at_finish(self, batch: protocol.Batch) -> None:
-        """The spool first; a disk that fails then sends the batch straight away (one try)."""
+        """The spool first. A disk that fails sends the batch straight away (one try), but only in
+        order (nothing older waiting in the spool) and only while a request fits in finish's time."""
         failure = self._spool_append(batch)
         if failure is None:
             return
-        if self.state == ONLINE and self.created:
+        fits = self._clock() + self.config.timeout <= self._finish_deadline
+        if self.state == ONLINE and self.created and not self.spool and fits:
             try:
                 self._post(batch, attempts=1)
                 return
-            except (TransientError, _StopReplay):
+            except TransientError as exc:
+                self._enter_outage(exc)
+            except _StopReplay:
                 pass
         self._lost(batch, failure)
 
@@ -412,18 +419,20 @@ class Sender:
         a transient failure up to ``max_attempts`` tries in all, on the outage backoff, each retry only
         if a whole request ``timeout`` still fits (a paused replay is not a failure). What is left
         stays in the spool for ``optiscope sync``."""
-        deadline = self._clock() + 0.8 * self.config.finish_timeout
+        deadline = self._finish_deadline
         failures = 0
         while (self.spool or not self.created) and self.state in (ONLINE, OUTAGE):
-            now = self._clock()
-            if now + self.config.timeout > deadline and (failures or now >= deadline):
-                return  # a try that could outlast finish(): the process may exit in the middle of it
+            if self._clock() >= deadline:
+                return
             if self._catch_up(attempts=1):
                 continue
             failures += 1
             if failures >= self.config.max_attempts or self.state not in (ONLINE, OUTAGE):
                 return
-            self._pause(min(max(self._next_try - now, 0.0), deadline - now))
+            retry_at = max(self._next_try, self._clock())
+            if retry_at + self.config.timeout > deadline:
+                return  # a try that could outlast finish(): the process may exit in the middle of it
+            self._pause(retry_at - self._clock())
 
     def _pause(self, seconds: float) -> None:
         """Wait a backoff delay inside the sender thread (only at finish: training is over then)."""

@@ -247,6 +247,51 @@ def test_finish_sends_directly_when_the_spool_cannot_be_written(
     assert fake_server.runs[run.id]["status"] == "finished"
 
 
+def test_finish_keeps_its_time_when_both_the_disk_and_the_server_fail(
+    fake_server: FakeServer, fast_settings: ClientConfig, monkeypatch
+) -> None:
+    from probe.client.spool import RunSpool
+
+    # one record a batch: five requests of 0.3 s each would outlast finish_timeout
+    settings = dataclasses.replace(fast_settings, timeout=0.3, finish_timeout=1.0, batch_points=1)
+    run = _init(fake_server, settings)
+    run.log({"loss": 0.0}, step=0)
+    assert run.flush(timeout=5)
+
+    def disk_full(self, batch):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(RunSpool, "append", disk_full)
+    fake_server.hang = 0.3
+    for step in range(1, 6):
+        run.log({"loss": float(step)}, step=step)
+    t0 = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptiscopeWarning)
+        run.finish()
+    assert time.monotonic() - t0 < settings.finish_timeout + 0.3
+    assert run.dropped == 5  # nowhere to keep them: counted and reported, never silently gone
+
+
+def test_finish_does_not_sleep_past_its_time_for_a_long_retry_after(
+    fake_server: FakeServer, fast_settings: ClientConfig
+) -> None:
+    settings = dataclasses.replace(fast_settings, finish_timeout=2.0)
+    run = _init(fake_server, settings)
+    run.log({"loss": 0.0}, step=0)
+    assert run.flush(timeout=5)
+    fake_server.script.append(lambda r: httpx.Response(503, headers={"Retry-After": "60"}, json={}))
+    run.log({"loss": 1.0}, step=1)
+    t0 = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptiscopeWarning)
+        run.finish()
+    assert time.monotonic() - t0 < 1.0  # a retry 60 s away cannot fit: the batch stays on disk
+    transport = Transport(settings.api, "t0ken", client=fake_server.client())
+    (report,) = sync_home(settings.spool_dir, transport)
+    assert report.ok and fake_server.steps("loss") == [0, 1]
+
+
 def test_a_flush_waiting_when_finish_begins_is_answered(fake_server: FakeServer, fast_settings: ClientConfig) -> None:
     settings = dataclasses.replace(fast_settings, flush_interval=5.0)  # only flush() and finish() wake the sender
     run = _init(fake_server, settings)

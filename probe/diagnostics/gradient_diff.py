@@ -94,7 +94,8 @@ class NoiseScale:
     and E‖g_avg‖² = ‖G‖² + tr(Σ)/B, so ‖G‖² ≈ ‖g_avg‖² − ‖g_diff‖²/4. One step's ‖G‖² estimate is too
     noisy to divide by (it can be ≤ 0), so, as in the paper's appendix A, the ratio is taken of running
     means (exponential from zero, ``decay``); it needs no bias correction, which would cancel. ``inf`` while the
-    running ‖G‖² is not positive: noise dominates, beyond any batch size.
+    running ‖G‖² is not positive: noise dominates, beyond any batch size. A step with a non-finite norm
+    is left out; NaN until a finite one came.
     """
 
     def __init__(self, decay: float = 0.95) -> None:
@@ -111,7 +112,10 @@ class NoiseScale:
         trace, grad_sq = batch_size * diff / 4.0, avg - diff / 4.0
         if self._trace is None or self._grad_sq is None:  # from zero, so that every step weighs alike
             self._trace, self._grad_sq = torch.zeros_like(trace), torch.zeros_like(grad_sq)
-        self._trace = torch.lerp(trace, self._trace, self.decay)
-        self._grad_sq = torch.lerp(grad_sq, self._grad_sq, self.decay)
-        inf = torch.full_like(self._trace, float("inf"))
-        return torch.where(self._grad_sq > 0, self._trace / self._grad_sq, inf)
+        # a non-finite step (an overflow) is left out: in a running mean it would stay for good
+        finite = torch.isfinite(trace) & torch.isfinite(grad_sq)
+        self._trace = torch.where(finite, torch.lerp(trace, self._trace, self.decay), self._trace)
+        self._grad_sq = torch.where(finite, torch.lerp(grad_sq, self._grad_sq, self.decay), self._grad_sq)
+        # ‖G‖² ≤ 0 with noise: it dominates (inf); no finite step yet, or neither noise nor signal: NaN
+        undefined = torch.where(self._trace > 0, float("inf"), float("nan"))
+        return torch.where(self._grad_sq > 0, self._trace / self._grad_sq, undefined)

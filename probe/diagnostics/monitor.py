@@ -205,7 +205,7 @@ class Monitor:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"Invalid batch_size: {batch_size} (must be >= 1)")
         self.run = run
-        self._noise = {"fop": NoiseScale(), "gdiff": NoiseScale()}
+        self._noise: dict[str, NoiseScale] = {}  # running means: the half-batch measurement's, each FOP's
         # log_at keeps the user's implicit step count; a run object of the user's own may have only log()
         self._log_at: Callable[..., None] = getattr(run, "log_at", None) or (
             lambda metrics, *, step: run.log(metrics, step=step))  # type: ignore[attr-defined]
@@ -393,7 +393,8 @@ class Monitor:
                     diff_norms.append(found["gdiff_norm"])
             if avg_norms and self.batch_size is not None:
                 keys.append("gdiff.noise_scale")
-                values.append(self._noise["gdiff"].update(avg_norms, diff_norms, self.batch_size))
+                noise = self._noise.setdefault("gdiff", NoiseScale())
+                values.append(noise.update(avg_norms, diff_norms, self.batch_size))
             self._add_record(self._next_step, keys, values)
 
     def flush(self) -> None:
@@ -423,11 +424,16 @@ class Monitor:
         return hook
 
     def _pre(self, idx: int, optimizer: torch.optim.Optimizer) -> None:
-        if self._depth.get(idx, 0) and _steps_running(sys._getframe(2), optimizer) <= self._depth[idx]:
-            # Fewer step() calls of this optimizer on the stack than hooks awaiting their post-hook: the
-            # last step() raised between its hooks (say, an out-of-memory the user caught). Forget that
-            # step, or every later one would look nested in it.
-            self._abandon(idx, optimizer)
+        depth = self._depth.get(idx, 0)
+        if depth:
+            # step() calls of this optimizer still running around this one; fewer than the hooks
+            # awaiting their post-hook means some raised between their hooks (say, an out-of-memory
+            # caught by the user, or by a subclass's step() that retries)
+            live = _steps_running(sys._getframe(2), optimizer) - 1
+            if live == 0:
+                self._abandon(idx, optimizer)  # the whole step died: forget it, or all later ones look nested
+            elif depth > live:
+                self._depth[idx] = live  # an inner call died; the outer step goes on
         self._depth[idx] = self._depth.get(idx, 0) + 1
         # A subclass whose step() calls super().step() runs the hooks again inside: observe the outer call only.
         if "monitor" in self.disabled or self._depth[idx] > 1:
@@ -650,7 +656,7 @@ class Monitor:
                 for key, array in found.arrays.items():
                     self._buffer.add_array(key, layer.name, step, array)
         for found in (global_internals(getattr(optimizer, "last_global_internals", {}) or {}),
-                      fop_summary(entries, self._noise["fop"], self.batch_size)):
+                      fop_summary(entries, self._noise.setdefault(f"fop{idx}", NoiseScale()), self.batch_size)):
             keys += found.keys
             values += found.values
         self._add_record(step, keys, values)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -124,7 +126,11 @@ def test_noise_scale_running_means_and_the_noise_dominated_case() -> None:
     # running means from zero with decay 0.5 weigh the steps 1/4 and 1/2
     ratio = (0.25 * 2 + 0.5 * 8) / (0.25 * 3.75 + 0.5 * 1)
     assert noise.update([t(1.0), t(1.0)], [t(2.0), t(0.0)], batch_size=8).item() == pytest.approx(ratio)
+    # a non-finite step (an overflow) is left out of the running means instead of poisoning them
+    assert noise.update([t(float("nan"))], [t(1.0)], batch_size=8).item() == pytest.approx(ratio)
+    assert noise.update([t(1.0)], [t(float("inf"))], batch_size=8).item() == pytest.approx(ratio)
     flooded = NoiseScale()
+    assert math.isnan(flooded.update([t(float("nan"))], [t(1.0)], batch_size=8).item())  # nothing measured yet
     assert flooded.update([t(0.5)], [t(4.0)], batch_size=8).item() == float("inf")  # ‖G‖² estimate ≤ 0
     with pytest.raises(ValueError, match="decay"):
         NoiseScale(decay=1.0)

@@ -437,3 +437,30 @@ def test_a_run_object_with_log_but_no_log_at_still_gets_the_records() -> None:
     mon = attach(model, opt, run=run, log_every=1)  # type: ignore[arg-type]
     train(model, opt, 2)
     assert [s for s, _ in run.logs] == [0, 1] and not mon.errors
+
+
+def test_a_subclass_that_retries_a_failed_inner_step_is_still_one_step(recording_run: RecordingRun) -> None:
+    class Inner(torch.optim.SGD):
+        failures = 0
+
+        def step(self, closure=None):
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("out of memory (simulated)")
+            return super().step(closure)
+
+    class Retrying(Inner):
+        def step(self, closure=None):
+            try:
+                return super().step(closure)
+            except RuntimeError:
+                return super().step(closure)  # e.g. after emptying a cache
+
+    Inner([nn.Parameter(torch.zeros(1))], lr=0.1)  # make sure Inner.step itself carries the hooks
+    model = TinyMLP()
+    opt = Retrying(model.parameters(), lr=0.1)
+    mon = attach(model, opt, run=recording_run, log_every=1)
+    train(model, opt, 2)
+    opt.failures = 1  # the next step's inner call dies between its hooks, and the outer one retries it
+    train(model, opt, 2)
+    assert mon.steps_closed == 4 and [s for s, _ in recording_run.logs] == [0, 1, 2, 3]

@@ -24,6 +24,7 @@ spooling only), ``offline`` (mode="offline": spooling only, by design).
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -114,7 +115,8 @@ class Sender:
         self._waiters_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._final_status: protocol.Status = "finished"
-        self._finish_deadline = 0.0  # set when finishing begins
+        self._finish_deadline = math.inf  # set by close()
+        self._finish_requested = False  # a request was made since closing began
 
         self.state = OFFLINE if transport is None else ONLINE
         self.created = False
@@ -181,6 +183,9 @@ class Sender:
         if self._thread is None:
             return True
         self._final_status = status
+        # the end's network work must be over before finish() stops waiting (set here, not when the
+        # thread notices: a request in flight now already eats into that time)
+        self._finish_deadline = self._clock() + 0.8 * timeout if timeout is not None else math.inf
         self._closing.set()
         self.wake.set()
         self._thread.join(timeout)
@@ -193,8 +198,6 @@ class Sender:
             self.wake.wait(self.config.flush_interval)
             self.wake.clear()
             closing = self._closing.is_set()
-            if closing:  # the end's network work must be over before finish() stops waiting
-                self._finish_deadline = self._clock() + 0.8 * self.config.finish_timeout
             try:
                 self._cycle(final=closing)
             except Exception as exc:  # noqa: BLE001 - the thread must outlive any bug
@@ -248,7 +251,10 @@ class Sender:
             if n:
                 records = [self.queue.popleft() for _ in range(n)]
                 for batch in self.builder.build(records):
-                    handle(batch)
+                    try:
+                        handle(batch)
+                    except Exception as exc:  # noqa: BLE001 - taken from the queue: count it, never lose it silently
+                        self._lost(batch, ("sender", f"sender error ({exc!r})"))
             if not everything or not self.queue:
                 return
 
@@ -289,8 +295,7 @@ class Sender:
         failure = self._spool_append(batch)
         if failure is None:
             return
-        fits = self._clock() + self.config.timeout <= self._finish_deadline
-        if self.state == ONLINE and self.created and not self.spool and fits:
+        if self.state == ONLINE and self.created and not self.spool and self._start_request():
             try:
                 self._post(batch, attempts=1)
                 return
@@ -382,13 +387,15 @@ class Sender:
         """
         try:
             if not self.created:
+                if not self._start_request():
+                    raise _Pause
                 self._create(attempts)
             if self.spool:
                 assert self.spool is not None
                 deadline = self._clock() + REPLAY_BUDGET_S
 
                 def send(batch: protocol.Batch) -> None:
-                    if self._clock() > deadline or len(self.queue) >= self.high_water:
+                    if self._clock() > deadline or len(self.queue) >= self.high_water or not self._start_request():
                         raise _Pause
                     self._post(batch, attempts=attempts)
 
@@ -414,15 +421,28 @@ class Sender:
             self._next_heartbeat = 0.0
         return True
 
+    def _time_for_a_request(self) -> bool:
+        """Whether a request may start now. Before finish always; at finish the first one (the data is
+        on disk whatever happens to it), then only one whose whole ``timeout`` ends before the deadline."""
+        if not self._closing.is_set() or not self._finish_requested:
+            return True
+        return self._clock() + self.config.timeout <= self._finish_deadline
+
+    def _start_request(self) -> bool:
+        """:meth:`_time_for_a_request`, counting the request as made when it may start."""
+        if not self._time_for_a_request():
+            return False
+        self._finish_requested |= self._closing.is_set()
+        return True
+
     def _replay_before_exit(self) -> None:
-        """At finish, replay the spool within 80 % of ``finish_timeout``: one try per request, and after
-        a transient failure up to ``max_attempts`` tries in all, on the outage backoff, each retry only
-        if a whole request ``timeout`` still fits (a paused replay is not a failure). What is left
-        stays in the spool for ``optiscope sync``."""
-        deadline = self._finish_deadline
+        """At finish, replay the spool before the finish deadline: one try per request, each request
+        only if it fits (:meth:`_time_for_a_request`), and after a transient failure up to
+        ``max_attempts`` tries in all, on the outage backoff (a paused replay is not a failure). What
+        is left stays in the spool for ``optiscope sync``."""
         failures = 0
         while (self.spool or not self.created) and self.state in (ONLINE, OUTAGE):
-            if self._clock() >= deadline:
+            if not self._time_for_a_request():
                 return
             if self._catch_up(attempts=1):
                 continue
@@ -430,7 +450,7 @@ class Sender:
             if failures >= self.config.max_attempts or self.state not in (ONLINE, OUTAGE):
                 return
             retry_at = max(self._next_try, self._clock())
-            if retry_at + self.config.timeout > deadline:
+            if retry_at + self.config.timeout > self._finish_deadline:
                 return  # a try that could outlast finish(): the process may exit in the middle of it
             self._pause(retry_at - self._clock())
 
@@ -471,6 +491,28 @@ class Sender:
         except (TransientError, PermanentError):
             pass  # the next batch finds out whether the server is really gone
 
+    def _mark_finished(self, status: protocol.Status) -> str | None:
+        """POST the final status: up to ``max_attempts`` tries on the backoff, each only if it fits
+        before the finish deadline. None when done, else why not."""
+        assert self.transport is not None
+        failure = "no time left before finish_timeout"
+        for _ in range(self.config.max_attempts):
+            if not self._start_request():
+                return failure
+            try:
+                self.transport.finish(self.run_id, status, attempts=1)
+                return None
+            except PermanentError as exc:
+                return str(exc)
+            except TransientError as exc:
+                failure = str(exc)
+                self._enter_outage(exc)
+                retry_at = max(self._next_try, self._clock())
+                if retry_at + self.config.timeout > self._finish_deadline:
+                    return failure
+                self._pause(retry_at - self._clock())
+        return failure
+
     def _shutdown(self) -> None:
         status = self._final_status
         if self.state == ONLINE and self.created and not self.spool and self.transport is not None:
@@ -478,12 +520,11 @@ class Sender:
                 if self.spool is not None:
                     self.spool.remove()
                 return
-            try:
-                self.transport.finish(self.run_id, status)
-            except (TransientError, PermanentError) as exc:
-                self.problems.report("finish", f"could not mark the run {status} on the server ({exc})")
+            failure = self._mark_finished(status)
+            if failure is not None:
+                self.problems.report("finish", f"could not mark the run {status} on the server ({failure})")
                 if self.spool is not None:
-                    self.spool.write_finish(status)
+                    self.spool.write_finish(status)  # `optiscope sync` marks it
                     self.spool.release()
                 return
             if self.spool is not None:

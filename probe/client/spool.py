@@ -231,9 +231,9 @@ class RunSpool:
         path = self.directory / f"{self._next_index:012d}{SEGMENT_SUFFIX}"
         self._next_index += 1
         self._active_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._segments.append(_Segment(path, 0, 0, 0))  # before the fsync: a failing one must not orphan the file
         if self._fsync:
             _fsync_dir(self.directory)
-        self._segments.append(_Segment(path, 0, 0, 0))
 
     def _close_active(self) -> None:
         if self._active_fd is not None:

@@ -517,6 +517,8 @@ class Monitor:
             optimizer.introspect = state.introspect_prev  # type: ignore[attr-defined]
 
     def _post(self, idx: int, optimizer: torch.optim.Optimizer) -> None:
+        if self._depth.get(idx, 0) > 1:  # an inner call that died between its hooks no longer counts
+            self._depth[idx] = min(self._depth[idx], _steps_running(sys._getframe(2), optimizer))
         self._depth[idx] = max(self._depth.get(idx, 0) - 1, 0)
         if "monitor" in self.disabled or self._depth[idx] > 0:
             return

@@ -36,6 +36,8 @@ class FakeServer:
         self.down = False
         self.hang: float | None = None
         """Seconds each request waits before timing out (a server that accepts but never answers)."""
+        self.delay = 0.0
+        """Seconds each request waits before its answer (a slow server)."""
         self.script: list[Callable[[httpx.Request], httpx.Response | None]] = []
         """Per-request overrides, consumed in order: return a Response, or None to answer normally."""
 
@@ -44,6 +46,7 @@ class FakeServer:
         if hang is not None:
             time.sleep(hang)
             raise httpx.ReadTimeout("no answer", request=request)
+        time.sleep(self.delay)
         with self.lock:
             self.requests.append((request.method, request.url.path))
             if self.down:

@@ -292,6 +292,30 @@ def test_finish_does_not_sleep_past_its_time_for_a_long_retry_after(
     assert report.ok and fake_server.steps("loss") == [0, 1]
 
 
+def test_finish_starts_no_request_it_cannot_end_in_time_against_a_slow_server(
+    fake_server: FakeServer, fast_settings: ClientConfig
+) -> None:
+    # answers take 0.7 s of a 1.0 s timeout; finish has 0.8 x 2.0 = 1.6 s for its network work
+    settings = dataclasses.replace(fast_settings, timeout=1.0, finish_timeout=2.0, batch_points=1)
+    run = _init(fake_server, settings)
+    run.log({"loss": 0.0}, step=0)
+    assert run.flush(timeout=5)
+    fake_server.delay = 0.7
+    for step in range(1, 6):
+        run.log({"loss": float(step)}, step=step)
+    t0 = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptiscopeWarning)
+        run.finish()
+    assert time.monotonic() - t0 < settings.finish_timeout
+    assert not run.sender.is_alive()  # ended on its own terms: the rest and the final status are on disk
+    fake_server.delay = 0.0
+    transport = Transport(settings.api, "t0ken", client=fake_server.client())
+    (report,) = sync_home(settings.spool_dir, transport)
+    assert report.ok and report.status == "finished"
+    assert sorted(fake_server.steps("loss")) == list(range(6))
+
+
 def test_a_flush_waiting_when_finish_begins_is_answered(fake_server: FakeServer, fast_settings: ClientConfig) -> None:
     settings = dataclasses.replace(fast_settings, flush_interval=5.0)  # only flush() and finish() wake the sender
     run = _init(fake_server, settings)

@@ -96,6 +96,30 @@ def test_size_limit_counts_only_the_undelivered_part_of_a_partly_replayed_segmen
     assert sent == [f"r1:{i}" for i in range(17) if i != 3]
 
 
+def test_a_failing_directory_fsync_on_rotation_loses_nothing_later(tmp_path: Path, monkeypatch) -> None:
+    import probe.client.spool as spool_module
+
+    line = len(protocol.dumps(_batch(0))) + 1
+    spool = RunSpool.create(tmp_path, "r1", CREATE, segment_bytes=2 * line, fsync="batch")
+    real = spool_module._fsync_dir
+    calls = {"n": 0}
+
+    def flaky(path: Path) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(5, "I/O error")
+        real(path)
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", flaky)
+    with pytest.raises(OSError):
+        spool.append(_batch(0))  # the rotation's fsync fails: reported to the caller as a failed write
+    for seq in range(1, 6):
+        spool.append(_batch(seq))  # and the spool goes on, consistent
+    sent: list[str] = []
+    spool.replay(lambda b: sent.append(b["batch_id"]))
+    assert sent[-5:] == [f"r1:{i}" for i in range(1, 6)]
+
+
 def test_reopen_skips_a_torn_last_line_and_knows_the_run(tmp_path: Path) -> None:
     spool = RunSpool.create(tmp_path, "r1", CREATE)
     spool.append(_batch(0))

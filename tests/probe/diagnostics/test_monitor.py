@@ -464,3 +464,36 @@ def test_a_subclass_that_retries_a_failed_inner_step_is_still_one_step(recording
     opt.failures = 1  # the next step's inner call dies between its hooks, and the outer one retries it
     train(model, opt, 2)
     assert mon.steps_closed == 4 and [s for s, _ in recording_run.logs] == [0, 1, 2, 3]
+
+
+def test_a_subclass_that_falls_back_after_a_failed_inner_step_is_still_measured(
+    recording_run: RecordingRun,
+) -> None:
+    class Inner(torch.optim.SGD):
+        failures = 0
+
+        def step(self, closure=None):
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("fused kernel unavailable (simulated)")
+            return super().step(closure)
+
+    class FallingBack(Inner):
+        def step(self, closure=None):
+            try:
+                return super().step(closure)
+            except RuntimeError:
+                with torch.no_grad():  # a plain update instead of calling the hooked step again
+                    for group in self.param_groups:
+                        for p in group["params"]:
+                            p.add_(p.grad, alpha=-group["lr"])
+                return None
+
+    Inner([nn.Parameter(torch.zeros(1))], lr=0.1)  # make sure Inner.step itself carries the hooks
+    model = TinyMLP()
+    opt = FallingBack(model.parameters(), lr=0.1)
+    attach(model, opt, run=recording_run, budget=None, log_every=1, update_every=1)
+    train(model, opt, 2)
+    opt.failures = 1
+    train(model, opt, 2)
+    assert sorted(recording_run.series("update_ratio/fc1.weight")) == [0, 1, 2, 3]

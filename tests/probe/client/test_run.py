@@ -8,6 +8,7 @@ import math
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -17,7 +18,7 @@ import torch
 import probe
 from probe.client.config import ClientConfig
 from probe.client.problems import OptiscopeWarning
-from probe.client.sync import sync_home
+from probe.client.sync import SyncReport, sync_home
 from probe.client.transport import Transport
 
 from .conftest import FakeServer
@@ -188,61 +189,67 @@ def test_bad_token_halts_sending_keeps_data_and_sync_delivers_it(
     assert sync_home(fast_settings.spool_dir, transport) == []  # delivered spools are gone
 
 
+def _finish_after(
+    server: FakeServer, settings: ClientConfig, fault: Callable[[], None], records: int = 5
+) -> tuple[probe.Run, float]:
+    """Deliver step 0, let ``fault()`` strike, log steps 1..``records`` and finish: the run, and how
+    long ``finish()`` took. The sender wakes only for flush and finish, so the fault meets the end."""
+    run = _init(server, dataclasses.replace(settings, flush_interval=30.0))
+    run.log({"loss": 0.0}, step=0)
+    assert run.flush(timeout=5)
+    fault()
+    for step in range(1, records + 1):
+        run.log({"loss": float(step)}, step=step)
+    t0 = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptiscopeWarning)
+        run.finish()
+    return run, time.monotonic() - t0
+
+
+def _sync(server: FakeServer, settings: ClientConfig) -> SyncReport:
+    """``optiscope sync`` of the one spooled run, against ``server`` healthy again."""
+    server.hang, server.delay = None, 0.0
+    (report,) = sync_home(settings.spool_dir, Transport(settings.api, "t0ken", client=server.client()))
+    return report
+
+
 def test_finish_against_a_server_that_stopped_answering_keeps_every_record(
     fake_server: FakeServer, fast_settings: ClientConfig
 ) -> None:
     # Each request hangs for its whole timeout; the transport's retries (3 x 0.3 s + backoff) would
     # outlast finish_timeout, so the end of the run must reach the disk before any network attempt.
     settings = dataclasses.replace(fast_settings, timeout=0.3, max_attempts=3, finish_timeout=1.0)
-    run = _init(fake_server, settings)
-    run.log({"loss": 0.0}, step=0)
-    assert run.flush(timeout=5)
-    fake_server.hang = 0.3
-    for step in range(1, 21):
-        run.log({"loss": float(step)}, step=step)
-    t0 = time.monotonic()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", OptiscopeWarning)
-        run.finish()
-    assert time.monotonic() - t0 < settings.finish_timeout + 0.5
-    assert run.dropped == 0
-
-    fake_server.hang = None
-    transport = Transport(settings.api, "t0ken", client=fake_server.client())
-    (report,) = sync_home(settings.spool_dir, transport)
+    run, took = _finish_after(fake_server, settings, lambda: setattr(fake_server, "hang", 0.3), records=20)
+    assert took < settings.finish_timeout + 0.5 and run.dropped == 0
+    report = _sync(fake_server, settings)
     assert report.ok and report.status == "finished"
     assert fake_server.steps("loss") == list(range(21))  # every point, once
     assert fake_server.runs[run.id]["status"] == "finished"
 
 
 def test_finish_retries_a_transient_error_within_its_time(fake_server: FakeServer, fast_settings: ClientConfig) -> None:
-    run = _init(fake_server, fast_settings)
-    for step in range(6):
-        run.log({"loss": float(step)}, step=step)
-    fake_server.script.append(lambda r: httpx.Response(503, json={"detail": "busy"}))  # one hiccup at the end
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", OptiscopeWarning)
-        run.finish()
+    def one_hiccup() -> None:
+        fake_server.script.append(lambda r: httpx.Response(503, json={"detail": "busy"}))
+
+    run, _ = _finish_after(fake_server, fast_settings, one_hiccup)
     assert fake_server.steps("loss") == list(range(6))
     assert fake_server.runs[run.id]["status"] == "finished" and run.dropped == 0
+
+
+def _disk_full(monkeypatch) -> Callable[[], None]:
+    from probe.client.spool import RunSpool
+
+    def append(self, batch):
+        raise OSError(28, "No space left on device")
+
+    return lambda: monkeypatch.setattr(RunSpool, "append", append)
 
 
 def test_finish_sends_directly_when_the_spool_cannot_be_written(
     fake_server: FakeServer, fast_settings: ClientConfig, monkeypatch
 ) -> None:
-    from probe.client.spool import RunSpool
-
-    run = _init(fake_server, fast_settings)
-    run.log({"loss": 0.0}, step=0)
-    assert run.flush(timeout=5)
-
-    def disk_full(self, batch):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(RunSpool, "append", disk_full)
-    for step in range(1, 6):
-        run.log({"loss": float(step)}, step=step)
-    run.finish()
+    run, _ = _finish_after(fake_server, fast_settings, _disk_full(monkeypatch))
     assert fake_server.steps("loss") == list(range(6)) and run.dropped == 0
     assert fake_server.runs[run.id]["status"] == "finished"
 
@@ -250,26 +257,16 @@ def test_finish_sends_directly_when_the_spool_cannot_be_written(
 def test_finish_keeps_its_time_when_both_the_disk_and_the_server_fail(
     fake_server: FakeServer, fast_settings: ClientConfig, monkeypatch
 ) -> None:
-    from probe.client.spool import RunSpool
-
     # one record a batch: five requests of 0.3 s each would outlast finish_timeout
     settings = dataclasses.replace(fast_settings, timeout=0.3, finish_timeout=1.0, batch_points=1)
-    run = _init(fake_server, settings)
-    run.log({"loss": 0.0}, step=0)
-    assert run.flush(timeout=5)
+    disk_full = _disk_full(monkeypatch)
 
-    def disk_full(self, batch):
-        raise OSError(28, "No space left on device")
+    def both() -> None:
+        disk_full()
+        fake_server.hang = 0.3
 
-    monkeypatch.setattr(RunSpool, "append", disk_full)
-    fake_server.hang = 0.3
-    for step in range(1, 6):
-        run.log({"loss": float(step)}, step=step)
-    t0 = time.monotonic()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", OptiscopeWarning)
-        run.finish()
-    assert time.monotonic() - t0 < settings.finish_timeout + 0.3
+    run, took = _finish_after(fake_server, settings, both)
+    assert took < settings.finish_timeout + 0.3
     assert run.dropped == 5  # nowhere to keep them: counted and reported, never silently gone
 
 
@@ -277,19 +274,13 @@ def test_finish_does_not_sleep_past_its_time_for_a_long_retry_after(
     fake_server: FakeServer, fast_settings: ClientConfig
 ) -> None:
     settings = dataclasses.replace(fast_settings, finish_timeout=2.0)
-    run = _init(fake_server, settings)
-    run.log({"loss": 0.0}, step=0)
-    assert run.flush(timeout=5)
-    fake_server.script.append(lambda r: httpx.Response(503, headers={"Retry-After": "60"}, json={}))
-    run.log({"loss": 1.0}, step=1)
-    t0 = time.monotonic()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", OptiscopeWarning)
-        run.finish()
-    assert time.monotonic() - t0 < 1.0  # a retry 60 s away cannot fit: the batch stays on disk
-    transport = Transport(settings.api, "t0ken", client=fake_server.client())
-    (report,) = sync_home(settings.spool_dir, transport)
-    assert report.ok and fake_server.steps("loss") == [0, 1]
+
+    def busy_for_a_minute() -> None:
+        fake_server.script.append(lambda r: httpx.Response(503, headers={"Retry-After": "60"}, json={}))
+
+    _, took = _finish_after(fake_server, settings, busy_for_a_minute, records=1)
+    assert took < 1.0  # a retry 60 s away cannot fit: the batch stays on disk
+    assert _sync(fake_server, settings).ok and fake_server.steps("loss") == [0, 1]
 
 
 def test_finish_starts_no_request_it_cannot_end_in_time_against_a_slow_server(
@@ -297,21 +288,10 @@ def test_finish_starts_no_request_it_cannot_end_in_time_against_a_slow_server(
 ) -> None:
     # answers take 0.7 s of a 1.0 s timeout; finish has 0.8 x 2.0 = 1.6 s for its network work
     settings = dataclasses.replace(fast_settings, timeout=1.0, finish_timeout=2.0, batch_points=1)
-    run = _init(fake_server, settings)
-    run.log({"loss": 0.0}, step=0)
-    assert run.flush(timeout=5)
-    fake_server.delay = 0.7
-    for step in range(1, 6):
-        run.log({"loss": float(step)}, step=step)
-    t0 = time.monotonic()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", OptiscopeWarning)
-        run.finish()
-    assert time.monotonic() - t0 < settings.finish_timeout
+    run, took = _finish_after(fake_server, settings, lambda: setattr(fake_server, "delay", 0.7))
+    assert took < settings.finish_timeout
     assert not run.sender.is_alive()  # ended on its own terms: the rest and the final status are on disk
-    fake_server.delay = 0.0
-    transport = Transport(settings.api, "t0ken", client=fake_server.client())
-    (report,) = sync_home(settings.spool_dir, transport)
+    report = _sync(fake_server, settings)
     assert report.ok and report.status == "finished"
     assert sorted(fake_server.steps("loss")) == list(range(6))
 

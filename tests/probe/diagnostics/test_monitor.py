@@ -439,61 +439,48 @@ def test_a_run_object_with_log_but_no_log_at_still_gets_the_records() -> None:
     assert [s for s, _ in run.logs] == [0, 1] and not mon.errors
 
 
-def test_a_subclass_that_retries_a_failed_inner_step_is_still_one_step(recording_run: RecordingRun) -> None:
-    class Inner(torch.optim.SGD):
-        failures = 0
+class _Flaky(torch.optim.SGD):
+    """An SGD whose hooked step() raises between its hooks ``failures`` more times."""
 
-        def step(self, closure=None):
-            if self.failures:
-                self.failures -= 1
-                raise RuntimeError("out of memory (simulated)")
+    failures = 0
+
+    def step(self, closure=None):
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("out of memory (simulated)")
+        return super().step(closure)
+
+
+class _Retrying(_Flaky):
+    def step(self, closure=None):
+        try:
             return super().step(closure)
+        except RuntimeError:
+            return super().step(closure)  # e.g. after emptying a cache
 
-    class Retrying(Inner):
-        def step(self, closure=None):
-            try:
-                return super().step(closure)
-            except RuntimeError:
-                return super().step(closure)  # e.g. after emptying a cache
 
-    Inner([nn.Parameter(torch.zeros(1))], lr=0.1)  # make sure Inner.step itself carries the hooks
+class _FallingBack(_Flaky):
+    def step(self, closure=None):
+        try:
+            return super().step(closure)
+        except RuntimeError:
+            with torch.no_grad():  # a plain update instead of calling the hooked step again
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.add_(p.grad, alpha=-group["lr"])
+            return None
+
+
+@pytest.mark.parametrize("cls", [_Retrying, _FallingBack])
+def test_a_subclass_that_recovers_from_a_failed_inner_step_is_one_measured_step(
+    recording_run: RecordingRun, cls: type[_Flaky]
+) -> None:
+    _Flaky([nn.Parameter(torch.zeros(1))], lr=0.1)  # make sure _Flaky.step itself carries the hooks
     model = TinyMLP()
-    opt = Retrying(model.parameters(), lr=0.1)
-    mon = attach(model, opt, run=recording_run, log_every=1)
+    opt = cls(model.parameters(), lr=0.1)
+    mon = attach(model, opt, run=recording_run, budget=None, log_every=1, update_every=1)
     train(model, opt, 2)
-    opt.failures = 1  # the next step's inner call dies between its hooks, and the outer one retries it
+    opt.failures = 1  # the next step's inner call dies between its hooks; the outer one recovers
     train(model, opt, 2)
     assert mon.steps_closed == 4 and [s for s, _ in recording_run.logs] == [0, 1, 2, 3]
-
-
-def test_a_subclass_that_falls_back_after_a_failed_inner_step_is_still_measured(
-    recording_run: RecordingRun,
-) -> None:
-    class Inner(torch.optim.SGD):
-        failures = 0
-
-        def step(self, closure=None):
-            if self.failures:
-                self.failures -= 1
-                raise RuntimeError("fused kernel unavailable (simulated)")
-            return super().step(closure)
-
-    class FallingBack(Inner):
-        def step(self, closure=None):
-            try:
-                return super().step(closure)
-            except RuntimeError:
-                with torch.no_grad():  # a plain update instead of calling the hooked step again
-                    for group in self.param_groups:
-                        for p in group["params"]:
-                            p.add_(p.grad, alpha=-group["lr"])
-                return None
-
-    Inner([nn.Parameter(torch.zeros(1))], lr=0.1)  # make sure Inner.step itself carries the hooks
-    model = TinyMLP()
-    opt = FallingBack(model.parameters(), lr=0.1)
-    attach(model, opt, run=recording_run, budget=None, log_every=1, update_every=1)
-    train(model, opt, 2)
-    opt.failures = 1
-    train(model, opt, 2)
     assert sorted(recording_run.series("update_ratio/fc1.weight")) == [0, 1, 2, 3]

@@ -356,11 +356,13 @@ def tab_body(tab: str, scalar_graphs: list[Any] | None = None) -> Any:
         return html.Div([
             html.Div([graph(ids.RUN_NEURON_DIST), graph(ids.RUN_NEURON_V)], className="grid2"),
             html.Div([graph(ids.RUN_NEURON_CV), graph(ids.RUN_NEURON_FROZEN)], className="grid2"),
+            graph(ids.RUN_NEURON_ROWS),
         ])
     if tab == "gdiff":
         return html.Div([
             html.Div([graph(ids.RUN_GDIFF_PARTS), graph(ids.RUN_GDIFF_SPROJ)], className="grid2"),
             html.Div([graph(ids.RUN_GDIFF_BETA), graph(ids.RUN_GDIFF_SUMMARY)], className="grid2"),
+            html.Div([graph(ids.RUN_GDIFF_NOISE), graph(ids.RUN_GDIFF_KL)], className="grid2"),
         ])
     if tab == "kfac":
         return html.Div([
@@ -732,6 +734,27 @@ def neuron_summary(_state, tab, run_id, keys):
     return out
 
 
+@callback(
+    Output(ids.RUN_NEURON_ROWS, "figure"),
+    Input(ids.RUN_LAYER, "value"),
+    Input(ids.RUN_STATE, "data"),
+    Input(ids.RUN_TABS, "value"),
+    State(ids.RUN_ID, "data"),
+)
+def neuron_row_rms(layer, state, tab, run_id):
+    """NorMuon's row-RMS spread of O (before) and Ô (after its row normalization) for one layer."""
+    if tab != "neurons":
+        raise PreventUpdate
+    title = f"NorMuon: row-RMS spread of O and Ô — {layer or 'no layer'}"
+    if not layer:
+        return F.empty_figure(title, HINTS["neurons"])
+    lines = _per_layer_lines("normuon", ["row_rms_cv_before", "row_rms_cv_after"], layer, X_STEP,
+                             (state or {}).get("created_at"), run_id)
+    return F.line_figure(lines, title=title, x_title=X_TITLES[X_STEP], y_title="CV of row RMS",
+                         empty_message="no row-RMS spread logged — it is measured for probe.optim.NorMuon",
+                         uirevision=f"{run_id}:rows:{layer}")
+
+
 # -- gradient difference --------------------------------------------------------------------------
 
 def _per_layer_lines(prefix: str, names: Sequence[str], layer: str, x: str, origin: float | None, run_id: str):
@@ -809,6 +832,43 @@ def gdiff_summary(_state, tab, run_id, keys):
     return F.heatmap_figure(grid.steps, grid.layers, grid.z, title=title, x_title="step", y_title="layer",
                             colorbar_title="s_proj", uirevision=f"{run_id}:{quantity}",
                             height=max(320, 90 + 15 * len(grid.layers)))
+
+
+@callback(
+    Output(ids.RUN_GDIFF_NOISE, "figure"),
+    Output(ids.RUN_GDIFF_KL, "figure"),
+    Input(ids.RUN_LAYER, "value"),
+    Input(ids.RUN_X, "value"),
+    Input(ids.RUN_SMOOTH, "value"),
+    Input(ids.RUN_STATE, "data"),
+    Input(ids.RUN_TABS, "value"),
+    State(ids.RUN_ID, "data"),
+    State(ids.RUN_KEYS, "data"),
+)
+def gdiff_noise_and_kl(layer, x, smooth, state, tab, run_id, keys):
+    """The simple noise scale (global) and FOP's KL-norm split of g_comb for one layer."""
+    if tab != "gdiff":
+        raise PreventUpdate
+    catalog = Catalog.from_store(keys)
+    x = x or X_STEP
+    smooth = float(smooth or 0)
+    origin = (state or {}).get("created_at")
+    key = "fop.noise_scale" if "fop.noise_scale" in catalog.globals else "gdiff.noise_scale"
+    noise = F.line_figure(
+        x_lines(current_api(), run_id, [key], x=x, origin=origin, names={key: "tr(Σ)/‖G‖²"},
+                points=current_config().series_points),
+        title="simple noise scale — the batch size beyond which more samples stop paying", x_title=X_TITLES[x],
+        y_title="samples", log_y=True, smoothing=smooth, uirevision=f"{run_id}:gd4",
+        empty_message="no noise scale logged — pass batch_size= to probe.attach (FOP, or the two-half-batch "
+                      "measurement)")
+    title = f"KL-norm split of g_comb — {layer or 'no layer'}"
+    if layer and catalog.layers_with_prefix("fop."):
+        kl = F.line_figure(_per_layer_lines("fop", ["kl_base", "kl_cross", "kl_orth"], layer, x, origin, run_id),
+                           title=title, x_title=X_TITLES[x], y_title="gᵀM⁻¹FM⁻¹g term", smoothing=smooth,
+                           empty_message=HINTS["gdiff"], uirevision=f"{run_id}:gd5:{layer}")
+    else:
+        kl = F.empty_figure(title, "the KL-norm split is FOP's: it exists for runs using probe.optim.FOP")
+    return noise, kl
 
 
 # -- KFAC -----------------------------------------------------------------------------------------

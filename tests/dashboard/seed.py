@@ -112,12 +112,17 @@ def training_run(seeder: Seeder, run_id: str, *, name: str, tau: float, steps: i
             if muon:
                 scalars.append(_scalar(f"orth_err/{layer}", st, ti, np.full(steps, 0.05 + 0.01 * li)))
                 scalars.append(_scalar(f"sv.pre_orth.not_lifted/{layer}", st, ti, np.full(steps, 0.02 * li)))
+            if normuon:
+                scalars.append(_scalar(f"normuon.row_rms_cv_before/{layer}", st, ti, np.full(steps, 0.3 + 0.01 * li)))
+                scalars.append(_scalar(f"normuon.row_rms_cv_after/{layer}", st, ti, np.full(steps, 0.01)))
             if fop:
                 for q, base in (("parallel", 0.5), ("orthogonal", 0.3), ("gdiff_norm", 0.6), ("s_proj", 0.4),
-                                ("cos_g1_g2", 0.8), ("beta", 0.9), ("eta", 0.1)):
+                                ("cos_g1_g2", 0.8), ("beta", 0.9), ("eta", 0.1), ("kl_base", 2.0),
+                                ("kl_cross", -0.2), ("kl_orth", 0.3)):
                     scalars.append(_scalar(f"fop.{q}/{layer}", st, ti, base + 0.05 * np.cos(st / 15.0 + li)))
                 if li == 0:
                     scalars.append(_scalar("fop.beta_neg_frac", st, ti, np.full(steps, 0.5)))
+                    scalars.append(_scalar("fop.noise_scale", st, ti, 200.0 + 50.0 * np.sin(st / 40.0)))
             if kfac:
                 for q, base in (("A_eig_min", 1e-4), ("A_eig_max", 10.0), ("G_eig_min", 1e-6), ("G_eig_max", 1.0),
                                 ("damping_rel", 1e-3), ("damping_rel_mean", 2e-2)):

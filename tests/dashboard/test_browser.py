@@ -54,8 +54,8 @@ def test_runs_page_lists_seeded_runs_and_renders_names_as_text(server, seeded, p
 def test_run_page_shows_every_panel_with_data(server, seeded, page) -> None:
     cases = [
         (seeded["baseline"], [("Scalars", "scalars", 4), ("Spectra", "spectra", 3), ("Neuron norms", "neurons", 3)]),
-        (seeded["fast"], [("Neuron norms", "neurons", 4)]),
-        (seeded["slow"], [("Gradient difference", "gdiff", 4), ("KFAC", "kfac", 3)]),
+        (seeded["fast"], [("Neuron norms", "neurons", 5)]),
+        (seeded["slow"], [("Gradient difference", "gdiff", 6), ("KFAC", "kfac", 3)]),
         (seeded["infobatch"], [("InfoBatch", "infobatch", 4)]),
     ]
     for run_id, tabs in cases:

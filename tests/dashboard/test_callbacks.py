@@ -165,12 +165,20 @@ def test_neuron_gdiff_kfac_and_infobatch_panels(server, seeded) -> None:
     assert not F.is_empty(dist) and len(dist.data[0].x) == 32 and not F.is_empty(v)
     cv, frozen = run.neuron_summary({}, "neurons", fast, _catalog(server, fast))
     assert list(cv.data[0].y) == ["fc1.weight", "fc2.weight"] and not F.is_empty(frozen)
+    rows = run.neuron_row_rms("fc1.weight", {}, "neurons", fast)
+    assert [t.name for t in rows.data if t.name and len(t.y)] == ["row_rms_cv_before", "row_rms_cv_after"]
+    assert F.is_empty(run.neuron_row_rms("fc1.weight", {}, "neurons", seeded["baseline"]))  # Muon: no rows spread
     keys = _catalog(server, slow)
     parts, sproj, beta = run.gdiff_panels("fc2.weight", "samples", 0.0, ["log"], {}, "gdiff", slow, keys)
     assert [t.name for t in parts.data[:6:2]] == ["parallel", "orthogonal", "gdiff_norm"]
     assert parts.layout.yaxis.type == "log" and parts.layout.xaxis.title.text == "samples seen"
     assert max(parts.data[0].x) == 199 * 128  # x mapped through samples_seen
     assert not F.is_empty(beta)
+    noise, kl = run.gdiff_noise_and_kl("fc2.weight", "step", 0.0, {}, "gdiff", slow, keys)
+    assert [t.name for t in noise.data if t.name and len(t.y)] == ["tr(Σ)/‖G‖²"]
+    assert [t.name for t in kl.data if t.name and len(t.y)] == ["kl_base", "kl_cross", "kl_orth"]
+    noise, kl = run.gdiff_noise_and_kl("fc1.weight", "step", 0.0, {}, "gdiff", fast, _catalog(server, fast))
+    assert F.is_empty(noise) and F.is_empty(kl)  # a NorMuon run: neither exists
     assert [t.name for t in beta.data if t.name and len(t.y)] == ["beta", "eta", "share of layers with negative β* (global)"]
     eigs, damping, spec = run.kfac_panels("fc1.weight", "step", 100, {}, "kfac", slow, keys)
     assert len([t for t in eigs.data if t.name and len(t.y)]) == 4 and not F.is_empty(spec)

@@ -147,7 +147,9 @@ class Monitor:
         alerts: alert thresholds and rate limits.
         include: ``(name, param) -> bool`` filter of the monitored parameters (default: all).
         infobatch: a ``probe.data.InfoBatch`` whose per-epoch ledger and ``samples_seen`` are logged.
-        batch_size: samples per step, for ``samples_seen`` when no InfoBatch is attached.
+        batch_size: samples per step, for ``samples_seen`` when no InfoBatch is attached, and the B of
+            the noise scales (``gdiff.noise_scale``, ``fop.noise_scale``: B is the batch the two halves
+            split, so for a distributed FOP, whose halves span the ranks, the global batch).
         gdiff_every: cadence advertised by :attr:`wants_gradient_diff` for the opt-in two-half-batch
             measurement (``None``: off; the user calls :meth:`measure_gradient_diff` when they like).
         fisher_factors: ``param -> (A, G) | None`` K-FAC factors for the Fisher-metric gradient difference;

@@ -60,8 +60,11 @@ def layer_internals(name: str, entry: Mapping[str, Tensor]) -> LayerInternals:
             if a is not None and g is not None:
                 out.add(f"kfac.damping_rel{suffix}/{name}", entry["damping"].float() / (a.float() * g.float()))
     if "normalized" in entry and "post_orth" in entry:
-        # NorMuon (ALGORITHMS §2.7): spread of the row RMS of O, which NorMuon evens out, and of Ô after it
-        for source, q in (("post_orth", "row_rms_cv_before"), ("normalized", "row_rms_cv_after")):
+        # NorMuon (ALGORITHMS §2.7): spread of the row RMS of O, which NorMuon evens out, and of Ô after it.
+        # A sharded NorMuon normalizes only its own rows of O: then O's spread would not compare like with like.
+        same_rows = entry["post_orth"].shape[0] == entry["normalized"].shape[0]
+        sources = (("post_orth", "row_rms_cv_before"),) if same_rows else ()
+        for source, q in (*sources, ("normalized", "row_rms_cv_after")):
             m = entry[source]
             out.add(f"normuon.{q}/{name}", spread_stats(row_norms(m.reshape(m.shape[0], -1)))["cv"])
     v = entry.get("v")

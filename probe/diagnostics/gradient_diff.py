@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from probe.diagnostics.quantities import global_norm
+
 __all__ = ["NoiseScale", "gradient_difference", "fisher_inner"]
 
 _EPS = 1e-30  # keeps s_proj finite for a zero gradient (the ε of Eq. 4)
@@ -107,8 +109,7 @@ class NoiseScale:
 
     def update(self, gavg_norms: Sequence[Tensor], gdiff_norms: Sequence[Tensor], batch_size: int) -> Tensor:
         """Fold in one step's per-layer ‖g_avg‖ and ‖g_diff‖; return the current estimate (0-d)."""
-        diff = torch.stack([n.float() for n in gdiff_norms]).square().sum()
-        avg = torch.stack([n.float() for n in gavg_norms]).square().sum()
+        diff, avg = global_norm(gdiff_norms).square(), global_norm(gavg_norms).square()
         trace, grad_sq = batch_size * diff / 4.0, avg - diff / 4.0
         if self._trace is None or self._grad_sq is None:  # from zero, so that every step weighs alike
             self._trace, self._grad_sq = torch.zeros_like(trace), torch.zeros_like(grad_sq)

@@ -449,15 +449,18 @@ class Sender:
             failures += 1
             if failures >= self.config.max_attempts or self.state not in (ONLINE, OUTAGE):
                 return
-            retry_at = max(self._next_try, self._clock())
-            if retry_at + self.config.timeout > self._finish_deadline:
-                return  # a try that could outlast finish(): the process may exit in the middle of it
-            self._pause(retry_at - self._clock())
+            if not self._wait_to_retry():
+                return
 
-    def _pause(self, seconds: float) -> None:
-        """Wait a backoff delay inside the sender thread (only at finish: training is over then)."""
-        if seconds > 0:
-            time.sleep(seconds)
+    def _wait_to_retry(self) -> bool:
+        """At finish, sleep until the outage backoff allows the next try, if that try still ends before
+        the finish deadline; False (no wait) when it would not: the process may exit in the middle of
+        it. Sleeping is fine here: training is over."""
+        retry_at = max(self._next_try, self._clock())
+        if retry_at + self.config.timeout > self._finish_deadline:
+            return False
+        time.sleep(max(retry_at - self._clock(), 0.0))
+        return True
 
     def _enter_outage(self, exc: TransientError, *, immediate: bool = False) -> None:
         if self.state == HALTED:
@@ -507,10 +510,8 @@ class Sender:
             except TransientError as exc:
                 failure = str(exc)
                 self._enter_outage(exc)
-                retry_at = max(self._next_try, self._clock())
-                if retry_at + self.config.timeout > self._finish_deadline:
+                if not self._wait_to_retry():
                     return failure
-                self._pause(retry_at - self._clock())
         return failure
 
     def _shutdown(self) -> None:

@@ -426,16 +426,8 @@ class Monitor:
         return hook
 
     def _pre(self, idx: int, optimizer: torch.optim.Optimizer) -> None:
-        depth = self._depth.get(idx, 0)
-        if depth:
-            # step() calls of this optimizer still running around this one; fewer than the hooks
-            # awaiting their post-hook means some raised between their hooks (say, an out-of-memory
-            # caught by the user, or by a subclass's step() that retries)
-            live = _steps_running(sys._getframe(2), optimizer) - 1
-            if live == 0:
-                self._abandon(idx, optimizer)  # the whole step died: forget it, or all later ones look nested
-            elif depth > live:
-                self._depth[idx] = live  # an inner call died; the outer step goes on
+        if self._depth.get(idx, 0):  # the step() calls around this one, not this one
+            self._forget_dead_steps(idx, optimizer, _steps_running(sys._getframe(2), optimizer) - 1)
         self._depth[idx] = self._depth.get(idx, 0) + 1
         # A subclass whose step() calls super().step() runs the hooks again inside: observe the outer call only.
         if "monitor" in self.disabled or self._depth[idx] > 1:
@@ -512,15 +504,22 @@ class Monitor:
         self._capture_cursor[idx] = start + len(chosen)
         return chosen
 
-    def _abandon(self, idx: int, optimizer: torch.optim.Optimizer) -> None:
-        self._depth[idx] = 0
-        state = self._opt_state.pop(idx, None)
-        if state is not None and state.introspect_prev is not None:
-            optimizer.introspect = state.introspect_prev  # type: ignore[attr-defined]
+    def _forget_dead_steps(self, idx: int, optimizer: torch.optim.Optimizer, running: int) -> None:
+        """Hooks still awaiting their post-hook beyond the ``running`` step() calls of this optimizer
+        belong to calls that raised between their hooks (an out-of-memory caught by the user, or by a
+        subclass's step() that retries or falls back): they no longer count. With none running, the
+        whole step died: forget it, or every later one would look nested in it."""
+        if self._depth.get(idx, 0) <= running:
+            return
+        self._depth[idx] = running
+        if running == 0:
+            state = self._opt_state.pop(idx, None)
+            if state is not None and state.introspect_prev is not None:
+                optimizer.introspect = state.introspect_prev  # type: ignore[attr-defined]
 
     def _post(self, idx: int, optimizer: torch.optim.Optimizer) -> None:
-        if self._depth.get(idx, 0) > 1:  # an inner call that died between its hooks no longer counts
-            self._depth[idx] = min(self._depth[idx], _steps_running(sys._getframe(2), optimizer))
+        if self._depth.get(idx, 0) > 1:  # the step() calls running, this one included
+            self._forget_dead_steps(idx, optimizer, _steps_running(sys._getframe(2), optimizer))
         self._depth[idx] = max(self._depth.get(idx, 0) - 1, 0)
         if "monitor" in self.disabled or self._depth[idx] > 0:
             return

@@ -49,6 +49,10 @@ class Alert:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+_QUANTITIES = frozenset({"nonfinite", "grad_norm", "neuron.frozen_frac", "update_ratio"})
+"""The quantities :meth:`AlertEngine.check` has a rule for, besides the ``sv.<source>.cond`` family."""
+
+
 class AlertEngine:
     """Evaluates ``AlertRules`` on logged values and applies the rate limit."""
 
@@ -58,6 +62,21 @@ class AlertEngine:
         self._suppressed: dict[tuple[str, str], int] = {}
         self._emitted_this_flush = 0
         self.total = 0
+        self._metric_keys: dict[str, tuple[str, str] | None] = {}
+
+    def check_metric(self, key: str, step: int, value: float) -> Alert | None:
+        """:meth:`check` of a logged metric ``quantity/layer``.
+
+        The Monitor logs hundreds of metrics per step and most have no rule: the split of each key, and
+        whether a rule reads it, are remembered.
+        """
+        try:
+            target = self._metric_keys[key]
+        except KeyError:
+            quantity, _, layer = key.partition("/")
+            reads = quantity in _QUANTITIES or (quantity.startswith("sv.") and quantity.endswith(".cond"))
+            target = self._metric_keys[key] = (quantity, layer) if reads else None
+        return None if target is None else self.check(target[0], target[1], step, value)
 
     def start_flush(self) -> None:
         """Reset the per-interval cap."""

@@ -62,25 +62,31 @@ class IntervalBuffer:
         scalars, arrays, host = self._scalars, self._arrays, self._host
         self._scalars, self._arrays, self._host = [], [], {}
         tensors = [t for _, _, t in scalars] + [a[3] for a in arrays]
-        floats: list[list[float]] = [[] for _ in tensors]
-        cpu: list[Tensor] = [torch.empty(0) for _ in tensors]
+        n_scalars = len(scalars)
+        floats: list[list[float]] = [[] for _ in scalars]
+        array_values: list[Tensor] = [torch.empty(0)] * len(arrays)
         by_device: dict[torch.device, list[int]] = {}
         for i, t in enumerate(tensors):
             by_device.setdefault(t.device, []).append(i)
         for indices in by_device.values():
-            parts = [tensors[i].reshape(-1).float() for i in indices]
+            # Scalar groups are 1-D float32 already (add_scalars); only odd arrays need a conversion.
+            parts = [_flat_f32(tensors[i]) for i in indices]
             joined = torch.cat(parts).cpu()  # the interval's one device→host copy (per device)
             values = joined.tolist()
             offset = 0
             for i, part in zip(indices, parts):
-                n = part.numel()
-                floats[i] = values[offset : offset + n]
-                cpu[i] = joined[offset : offset + n]
+                n = part.shape[0]
+                if i < n_scalars:
+                    floats[i] = values[offset : offset + n]
+                else:
+                    array_values[i - n_scalars] = joined[offset : offset + n]
                 offset += n
         per_step: dict[int, dict[str, float]] = {step: dict(v) for step, v in host.items()}
-        for i, (step, keys, _) in enumerate(scalars):
-            per_step.setdefault(step, {}).update(zip(keys, floats[i]))
-        out_arrays = [
-            ArrayValue(key, layer, step, cpu[len(scalars) + j]) for j, (key, layer, step, _) in enumerate(arrays)
-        ]
+        for (step, keys, _), found in zip(scalars, floats):
+            per_step.setdefault(step, {}).update(zip(keys, found))
+        out_arrays = [ArrayValue(key, layer, step, a) for (key, layer, step, _), a in zip(arrays, array_values)]
         return per_step, out_arrays
+
+
+def _flat_f32(t: Tensor) -> Tensor:
+    return t if t.ndim == 1 and t.dtype == torch.float32 else t.reshape(-1).float()

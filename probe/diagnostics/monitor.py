@@ -727,8 +727,7 @@ class Monitor:
             if metrics:
                 self._log_at(metrics, step=step)
             for key, value in metrics.items():
-                quantity, _, layer = key.partition("/")
-                alert = self.alerts.check(quantity, layer, step, value)
+                alert = self.alerts.check_metric(key, step, value)
                 if alert is not None:
                     self.run.log_event(
                         alert.key, alert.message, step=alert.step, layer=alert.layer, level=alert.level,

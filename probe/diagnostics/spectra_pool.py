@@ -11,10 +11,15 @@ matrices instead of inside each one. torch releases the GIL inside its ops, so P
 Where the per-thread limit is not available, everything is computed on the calling thread as it is.
 
 Matrices with the same smaller side (whatever their longer side and orientation) go to one batched
-eigensolver call, split into pieces of about equal work, one per worker. Tried and dropped, measured on the 2-core machine: forming the Gram
-products on the calling thread with torch's own threads and only the eigensolvers on the workers
-(no faster: the training loop's OpenMP threads spin-wait for milliseconds after each parallel
-region and then compete with the workers either way), and smaller pieces (no better balanced).
+eigensolver call, split into pieces of about equal work; the pieces (and the top-k estimates) are
+dealt out as one task per worker, so a worker pays its per-task set-up once. Before the workers
+start, the training thread's idle OpenMP threads are released (``thread_limit.release_idle_threads``):
+they would otherwise spin-wait for milliseconds on the cores the workers need. Tried and dropped,
+measured on the 2-core machine: forming the Gram products on the calling thread with torch's own
+threads and only the eigensolvers on the workers (no faster); one batched product per shape instead
+of one product per matrix (slower: the stacked float64 copies cost more than the calls they save);
+and the training thread measuring updates and neurons while the workers compute (no gain that
+stood out of the machine's noise).
 
 The training thread waits for the results (it is inside the optimizer's post-step hook), so the
 workers never race the optimizer step that next rewrites the weights they read. Matrices on an
@@ -27,9 +32,10 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -40,6 +46,7 @@ from probe.diagnostics.spectra import Spectrum, exact_spectra, singular_values, 
 __all__ = ["SpectrumRequest", "SpectrumResult", "SpectraPool", "default_workers"]
 
 _MAX_WORKERS = 8
+_I = TypeVar("_I")
 _STACK_MAX_ELEMENTS = 1 << 25
 """Most matrix elements measured in one batched call (128 MiB of float32)."""
 
@@ -71,60 +78,94 @@ def default_workers() -> int:
     return max(1, min(torch.get_num_threads(), _MAX_WORKERS))
 
 
-def _measure(request: SpectrumRequest) -> SpectrumResult:
+_Outcome = tuple[Spectrum, dict[str, Tensor]]
+"""What one call measured: a spectrum and its ``spectrum_stats``, with a leading batch dimension
+unless the call had a lone request."""
+
+
+def _measure(request: SpectrumRequest) -> _Outcome:
     mat = request.mat
     generator = None
     if min(mat.shape) > request.full_max_dim:  # only the randomized estimate draws
         generator = torch.Generator(device=mat.device)
         generator.manual_seed(request.seed)
     spec = singular_values(mat, full_max_dim=request.full_max_dim, top_k=request.top_k, generator=generator)
-    return SpectrumResult(spec, spectrum_stats(spec))
+    return spec, spectrum_stats(spec)
 
 
-def _measure_group(requests: Sequence[SpectrumRequest]) -> list[SpectrumResult]:
-    """Exact spectra of matrices with one smaller side in one batched call (a single request may be top-k)."""
+def _measure_batch(requests: Sequence[SpectrumRequest]) -> _Outcome:
+    """Exact spectra of matrices with one smaller side in one batched call (a lone request may be top-k)."""
     if len(requests) == 1:
-        return [_measure(requests[0])]
+        return _measure(requests[0])
     spec = exact_spectra([r.mat for r in requests])
-    stats = spectrum_stats(spec)
+    return spec, spectrum_stats(spec)
+
+
+def _measure_task(requests: Sequence[SpectrumRequest], task: list[list[int]]) -> tuple[list[_Outcome], bool]:
+    """A worker's share: its batched calls one after another, on one intra-op thread.
+
+    Outcomes stay batched: splitting them per request takes a tensor call per value, and every call
+    from a worker first competes for the GIL; the calling thread, which waits anyway, splits them.
+    """
+    limited = thread_limit.limit_this_thread()
+    return [_measure_batch([requests[i] for i in batch]) for batch in task], limited
+
+
+def _split(outcome: _Outcome, count: int) -> list[SpectrumResult]:
+    spec, stats = outcome
+    if spec.values.ndim == 1:  # a lone request
+        return [SpectrumResult(spec, stats)]
     return [
-        SpectrumResult(Spectrum(spec.values[b], spec.frob_sq[b], False), {q: v[b] for q, v in stats.items()})
-        for b in range(len(requests))
+        SpectrumResult(Spectrum(spec.values[b], spec.frob_sq[b], spec.truncated), {q: v[b] for q, v in stats.items()})
+        for b in range(count)
     ]
 
 
-def _measure_group_single_threaded(requests: Sequence[SpectrumRequest]) -> tuple[list[SpectrumResult], bool]:
-    limited = thread_limit.limit_this_thread()
-    return _measure_group(requests), limited
-
-
-def _tasks(requests: Sequence[SpectrumRequest], indices: Sequence[int], parts: int) -> list[list[int]]:
+def _batches(requests: Sequence[SpectrumRequest], indices: Sequence[int], parts: int) -> list[list[int]]:
     """Indices grouped into batched calls: one smaller side (exact), split into at least ``parts``
     pieces of about equal work so that every worker gets a share; each top-k request alone."""
     groups: dict[tuple[object, ...], list[int]] = {}
-    tasks: list[list[int]] = []
+    batches: list[list[int]] = []
     for i in indices:
         mat = requests[i].mat
         if min(mat.shape) > requests[i].full_max_dim:
-            tasks.append([i])
+            batches.append([i])
         else:
             groups.setdefault((min(mat.shape), mat.dtype, mat.device), []).append(i)
     for members in groups.values():
         numel = sum(requests[i].mat.numel() for i in members)
         pieces = min(len(members), max(parts, math.ceil(numel / _STACK_MAX_ELEMENTS)))
-        split: list[list[int]] = [[] for _ in range(pieces)]
-        load = [0] * pieces
-        for i in sorted(members, key=lambda i: _cost(requests, [i]), reverse=True):  # longest first
-            j = load.index(min(load))
-            split[j].append(i)
-            load[j] += _cost(requests, [i])
-        tasks += split
-    return tasks
+        batches += _balanced(members, pieces, lambda i: _cost(requests, [i]))
+    return batches
 
 
-def _cost(requests: Sequence[SpectrumRequest], task: Sequence[int]) -> int:
-    """Work estimate of a task, for scheduling: the Gram product (m·n² a matrix) and the eigensolver (n³)."""
-    return sum(max(m.shape) * min(m.shape) ** 2 + min(m.shape) ** 3 for m in (requests[i].mat for i in task))
+def _balanced(items: Sequence[_I], bins: int, cost: Callable[[_I], int]) -> list[list[_I]]:
+    """``items`` in ``bins`` lists of about equal total cost (longest first, each to the lightest bin)."""
+    split: list[list[_I]] = [[] for _ in range(bins)]
+    load = [0] * bins
+    for item in sorted(items, key=cost, reverse=True):
+        j = load.index(min(load))
+        split[j].append(item)
+        load[j] += cost(item)
+    return [s for s in split if s]
+
+
+def _cost(requests: Sequence[SpectrumRequest], batch: Sequence[int]) -> int:
+    """Work estimate of a batch, for scheduling: the Gram product (m·n² a matrix) and the eigensolver (n³)."""
+    return sum(max(m.shape) * min(m.shape) ** 2 + min(m.shape) ** 3 for m in (requests[i].mat for i in batch))
+
+
+_RELEASED_THREADS_MAX = 100_000
+"""Most idle OpenMP threads one pool lets the runtime end (``thread_limit.release_idle_threads``).
+
+MKL keeps about 100 bytes for every thread that ever called it, so each release and restart of a
+team thread costs that much memory (measured: 32 MB after 300,000 releases of a 2-thread team). The
+cap bounds that to about 10 MB; past it, the workers share the cores with the spinning threads."""
+
+
+def _keep(results: list[SpectrumResult | None], batch: Sequence[int], outcome: _Outcome) -> None:
+    for i, result in zip(batch, _split(outcome, len(batch))):
+        results[i] = result
 
 
 class SpectraPool:
@@ -144,35 +185,44 @@ class SpectraPool:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._limit_works = True
+        self._released_threads = 0
 
     def compute(self, requests: Sequence[SpectrumRequest]) -> list[SpectrumResult]:
         """Results in the order of ``requests``; an exception of any request is raised here."""
         results: list[SpectrumResult | None] = [None] * len(requests)
-
-        def keep(task: Sequence[int], found: Sequence[SpectrumResult]) -> None:
-            for i, result in zip(task, found):
-                results[i] = result
-
         accelerated = [i for i, r in enumerate(requests) if r.mat.device.type != "cpu"]
-        for task in _tasks(requests, accelerated, parts=1):
-            keep(task, _measure_group([requests[i] for i in task]))
+        for batch in _batches(requests, accelerated, parts=1):
+            _keep(results, batch, _measure_batch([requests[i] for i in batch]))
         cpu = [i for i, r in enumerate(requests) if r.mat.device.type == "cpu"]
-        if not cpu:
-            return results  # type: ignore[return-value]
         parallel = self.workers > 1 and self._limit_works and thread_limit.available()
-        tasks = sorted(_tasks(requests, cpu, self.workers if parallel else 1),
-                       key=lambda t: _cost(requests, t), reverse=True)
-        if not parallel or len(tasks) < 2:
-            for task in tasks:
-                keep(task, _measure_group([requests[i] for i in task]))
+        batches = _batches(requests, cpu, self.workers if parallel else 1)
+        if not parallel or len(batches) < 2:
+            for batch in batches:
+                _keep(results, batch, _measure_batch([requests[i] for i in batch]))
             return results  # type: ignore[return-value]
+        # One task per worker, of about equal work: the calls of a task run one after another.
+        tasks = _balanced(batches, self.workers, lambda batch: _cost(requests, batch))
+        self._release_idle_threads()
         pool = self._executor_or_start()
-        futures = [(t, pool.submit(_measure_group_single_threaded, [requests[i] for i in t])) for t in tasks]
-        for task, future in futures:
-            found, limited = future.result()
-            keep(task, found)
-            self._limit_works &= limited  # a worker stayed multi-threaded: the calling thread from now on
+        futures = [(task, pool.submit(_measure_task, requests, task)) for task in tasks]
+        try:
+            for task, future in futures:
+                outcomes, limited = future.result()
+                for batch, outcome in zip(task, outcomes):
+                    _keep(results, batch, outcome)
+                self._limit_works &= limited  # a worker stayed multi-threaded: the calling thread from now on
+        finally:  # on an error, still wait: the workers must not outlive the caller's optimizer hook
+            for _, future in futures:
+                future.cancel() or future.exception()
         return results  # type: ignore[return-value]
+
+    def _release_idle_threads(self) -> None:
+        """The training thread's idle OpenMP threads would spin on the cores the workers need: end them
+        (while the memory cap allows, see ``_RELEASED_THREADS_MAX``)."""
+        team = torch.get_num_threads() - 1
+        if team > 0 and self._released_threads + team <= _RELEASED_THREADS_MAX:
+            if thread_limit.release_idle_threads():
+                self._released_threads += team
 
     def close(self) -> None:
         """Stop the worker threads (a later :meth:`compute` starts new ones)."""

@@ -8,6 +8,10 @@ without the probe alike. The OpenMP runtime and MKL keep thread counts per threa
 (``omp_set_num_threads``, ``mkl_set_num_threads_local``), so :func:`limit_this_thread` sets those
 directly and then checks that torch and MKL report one thread. Where a library is not found (another
 OpenMP runtime, a build without MKL) :func:`available` is False and callers stay on their own thread.
+
+:func:`release_idle_threads` is the other half of sharing the cores with the training thread: its
+OpenMP team threads spin-wait after every parallel region, and the workers starting right after the
+optimizer step would compete with that spinning (see the function).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "limit_this_thread"]
+__all__ = ["available", "limit_this_thread", "release_idle_threads"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class _Mkl:
 class _Runtime:
     omp_set_num_threads: Callable[[int], None]
     mkl: _Mkl | None  # None in a build without MKL
+    omp_pause_resource_all: Callable[[int], int] | None  # None in a runtime older than OpenMP 5.0
 
 
 def _mkl(torch_lib: Path) -> _Mkl | None:
@@ -75,17 +80,22 @@ def _find_runtime() -> _Runtime | None:
     if "OpenMP" not in torch.__config__.parallel_info():
         return None
     try:
-        omp = ctypes.CDLL(None).omp_set_num_threads  # torch loads its OpenMP runtime globally
+        process = ctypes.CDLL(None)  # torch loads its OpenMP runtime globally
+        omp = process.omp_set_num_threads
     except (OSError, AttributeError, TypeError):  # TypeError: no process handle on Windows
         return None
     omp.argtypes = [ctypes.c_int]
     omp.restype = None
+    pause = getattr(process, "omp_pause_resource_all", None)
+    if pause is not None:
+        pause.argtypes = [ctypes.c_int]
+        pause.restype = ctypes.c_int
     mkl = None
     if torch.backends.mkl.is_available():
         mkl = _mkl(Path(torch.__file__).parent / "lib")
         if mkl is None:
             return None  # MKL would keep its own count in the worker: not single-threaded after all
-    return _Runtime(omp, mkl)
+    return _Runtime(omp, mkl, pause)
 
 
 def available() -> bool:
@@ -110,3 +120,32 @@ def limit_this_thread() -> bool:
         return torch.get_num_threads() == 1 and (runtime.mkl is None or runtime.mkl.max_threads() == 1)
     except Exception:  # noqa: BLE001 - the caller then stops using worker threads
         return False
+
+
+_OMP_PAUSE_SOFT = 1
+"""``omp_pause_soft`` of OpenMP 5.0's ``omp_pause_resource_t``: release threads, keep the settings."""
+
+
+def release_idle_threads() -> bool:
+    """Let the OpenMP runtime release the calling thread's idle team threads until its next parallel region.
+
+    After each parallel region, GNU OpenMP's team threads spin-wait for the next one (300,000 spins:
+    about 8 ms of CPU on the 2-core dev machine) before they sleep. The spectra workers start right
+    after the optimizer step's last region, so on a machine whose cores the training uses, that
+    spinning takes a core's share from them: measured there, the spectra of the benchmark GPT took
+    19.3 ms instead of 16.4 ms. ``omp_pause_resource_all(omp_pause_soft)`` (OpenMP 5.0) is the
+    runtime's own way to hand the cores to other work: the idle threads end now, the settings stay,
+    and the next parallel region starts them again (measured: the training step did not get slower).
+    GNU OpenMP releases only the calling thread's team; other threads' teams are not touched.
+
+    Call it on the training thread outside any parallel region. Returns whether the runtime did it;
+    never raises (an unusual runtime only costs the speed-up).
+    """
+    runtime = _runtime()
+    if runtime is None or runtime.omp_pause_resource_all is None:
+        return False
+    try:
+        return runtime.omp_pause_resource_all(_OMP_PAUSE_SOFT) == 0
+    except Exception:  # noqa: BLE001
+        return False
+

@@ -26,6 +26,17 @@ def test_rules_fire_on_each_condition_and_not_otherwise() -> None:
     assert engine.check("update_ratio", "a", 10, 1e-3) is None
 
 
+def test_check_metric_splits_the_key_and_skips_metrics_without_a_rule() -> None:
+    engine = AlertEngine(AlertRules(cooldown_steps=1))
+    for step in (1, 2):  # the second time from the remembered split
+        alert = engine.check_metric("sv.weight.cond/blocks.0.fc", step, 1e9)
+        assert (alert.key, alert.layer, alert.step) == ("cond_explode", "blocks.0.fc", step)
+        assert engine.check_metric("nonfinite/head", step, 2.0).layer == "head"
+        assert engine.check_metric("sv.weight.spectral_norm/head", step, 1e30) is None
+        assert engine.check_metric("step_time", step, 1e30) is None
+    assert engine.check_metric("grad_norm", 3, math.nan).key == "nonfinite"  # the global norm has no layer
+
+
 def test_rate_limit_per_key_and_layer_reports_what_it_suppressed() -> None:
     engine = AlertEngine(AlertRules(cooldown_steps=10))
     fired = [engine.check("nonfinite", "a", s, 1.0) for s in range(25)]

@@ -27,6 +27,19 @@ def test_drain_returns_floats_per_step_and_cpu_arrays_with_one_copy(monkeypatch)
     assert len(buf) == 0 and buf.drain() == ({}, [])
 
 
+def test_drain_converts_arrays_of_other_dtypes_and_shapes_and_keeps_their_order() -> None:
+    buf = IntervalBuffer()
+    buf.add_array("neuron.update_norm", "x", 1, torch.tensor([1, 2], dtype=torch.int64))
+    buf.add_scalars(1, ["a/x"], [torch.tensor(0.5)])
+    buf.add_array("sv.weight", "y", 1, torch.tensor([[4.0, 3.0], [2.0, 1.0]], dtype=torch.float64))
+    per_step, arrays = buf.drain()
+    assert per_step == {1: {"a/x": 0.5}}
+    assert [(a.key, a.layer, a.values.dtype, a.values.tolist()) for a in arrays] == [
+        ("neuron.update_norm", "x", torch.float32, [1.0, 2.0]),
+        ("sv.weight", "y", torch.float32, [4.0, 3.0, 2.0, 1.0]),
+    ]
+
+
 def test_keys_and_values_must_match() -> None:
     with pytest.raises(ValueError, match="2 keys"):
         IntervalBuffer().add_scalars(0, ["a", "b"], torch.ones(3))

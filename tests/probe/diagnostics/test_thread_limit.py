@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -52,3 +55,39 @@ def test_the_pool_computes_on_the_calling_thread_where_unavailable(monkeypatch) 
     results = pool.compute(requests)
     assert pool._pool is None  # no worker thread was started
     assert len(results) == 4 and all(r.spectrum.values.shape == (5,) for r in results)
+
+
+_RELEASE_SCRIPT = """
+import os, torch
+from probe.diagnostics import thread_limit
+torch.set_num_threads(2)
+def threads():
+    return len(os.listdir("/proc/self/task"))
+x = torch.randn(1 << 20)
+def parallel_op():
+    return float((x * 2.0).sum())  # well above torch's grain size: a 2-thread OpenMP region
+expected = parallel_op()
+with_team = threads()
+released = thread_limit.release_idle_threads()
+after_release = threads()
+again = parallel_op()
+print(released, with_team, after_release, threads(), torch.get_num_threads(), again == expected)
+"""
+
+
+@pytest.mark.skipif(not thread_limit.available() or not os.path.isdir("/proc/self/task"),
+                    reason="needs torch's OpenMP runtime and Linux's /proc")
+def test_release_idle_threads_ends_the_idle_team_threads_and_the_next_region_restarts_them() -> None:
+    # A fresh process: torch.set_num_threads(2) must not leak into the other tests.
+    out = subprocess.run([sys.executable, "-c", _RELEASE_SCRIPT], capture_output=True, text=True, check=True,
+                         timeout=120).stdout.split()
+    released, with_team, after_release, restarted, num_threads, same = out
+    assert released == "True"
+    assert int(after_release) == int(with_team) - 1  # the team's one idle thread ended
+    assert int(restarted) == int(with_team)  # and the next parallel region started it again
+    assert num_threads == "2" and same == "True"  # the settings stayed, results are unchanged
+
+
+def test_release_idle_threads_reports_failure_instead_of_raising_where_unavailable(monkeypatch) -> None:
+    monkeypatch.setattr(thread_limit, "_runtime", lambda: None)
+    assert thread_limit.release_idle_threads() is False

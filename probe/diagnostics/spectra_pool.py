@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -155,14 +155,6 @@ def _cost(requests: Sequence[SpectrumRequest], batch: Sequence[int]) -> int:
     return sum(max(m.shape) * min(m.shape) ** 2 + min(m.shape) ** 3 for m in (requests[i].mat for i in batch))
 
 
-_RELEASED_THREADS_MAX = 100_000
-"""Most idle OpenMP threads one pool lets the runtime end (``thread_limit.release_idle_threads``).
-
-MKL keeps about 100 bytes for every thread that ever called it, so each release and restart of a
-team thread costs that much memory (measured: 32 MB after 300,000 releases of a 2-thread team). The
-cap bounds that to about 10 MB; past it, the workers share the cores with the spinning threads."""
-
-
 def _keep(results: list[SpectrumResult | None], batch: Sequence[int], outcome: _Outcome) -> None:
     for i, result in zip(batch, _split(outcome, len(batch))):
         results[i] = result
@@ -185,7 +177,6 @@ class SpectraPool:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._limit_works = True
-        self._released_threads = 0
 
     def compute(self, requests: Sequence[SpectrumRequest]) -> list[SpectrumResult]:
         """Results in the order of ``requests``; an exception of any request is raised here."""
@@ -202,10 +193,12 @@ class SpectraPool:
             return results  # type: ignore[return-value]
         # One task per worker, of about equal work: the calls of a task run one after another.
         tasks = _balanced(batches, self.workers, lambda batch: _cost(requests, batch))
-        self._release_idle_threads()
+        thread_limit.release_idle_threads()  # the training's OpenMP threads would spin on the workers' cores
         pool = self._executor_or_start()
-        futures = [(task, pool.submit(_measure_task, requests, task)) for task in tasks]
+        futures: list[tuple[list[list[int]], Future[tuple[list[_Outcome], bool]]]] = []
         try:
+            for task in tasks:
+                futures.append((task, pool.submit(_measure_task, requests, task)))
             for task, future in futures:
                 outcomes, limited = future.result()
                 for batch, outcome in zip(task, outcomes):
@@ -215,14 +208,6 @@ class SpectraPool:
             for _, future in futures:
                 future.cancel() or future.exception()
         return results  # type: ignore[return-value]
-
-    def _release_idle_threads(self) -> None:
-        """The training thread's idle OpenMP threads would spin on the cores the workers need: end them
-        (while the memory cap allows, see ``_RELEASED_THREADS_MAX``)."""
-        team = torch.get_num_threads() - 1
-        if team > 0 and self._released_threads + team <= _RELEASED_THREADS_MAX:
-            if thread_limit.release_idle_threads():
-                self._released_threads += team
 
     def close(self) -> None:
         """Stop the worker threads (a later :meth:`compute` starts new ones)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -35,6 +36,18 @@ def test_check_metric_splits_the_key_and_skips_metrics_without_a_rule() -> None:
         assert engine.check_metric("sv.weight.spectral_norm/head", step, 1e30) is None
         assert engine.check_metric("step_time", step, 1e30) is None
     assert engine.check_metric("grad_norm", 3, math.nan).key == "nonfinite"  # the global norm has no layer
+
+
+@pytest.mark.parametrize("quantity", ["nonfinite", "grad_norm", "sv.weight.cond", "sv.update.cond",
+                                      "neuron.frozen_frac", "update_ratio", "neuron.cv", "sv.weight.eff_rank"])
+@pytest.mark.parametrize("value", [0.0, 1e-9, 0.9, 2.0, 1e9, math.inf, -math.inf, math.nan])
+def test_check_metric_agrees_with_check_on_every_rule(quantity: str, value: float) -> None:
+    by_key, direct = AlertEngine(), AlertEngine()
+    a = by_key.check_metric(f"{quantity}/L", 5, value)
+    b = direct.check(quantity, "L", 5, value)
+    assert (a is None) == (b is None)
+    if a is not None:
+        assert (a.key, a.layer, a.step, a.message) == (b.key, b.layer, b.step, b.message)
 
 
 def test_rate_limit_per_key_and_layer_reports_what_it_suppressed() -> None:

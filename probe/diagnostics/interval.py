@@ -84,7 +84,9 @@ class IntervalBuffer:
         per_step: dict[int, dict[str, float]] = {step: dict(v) for step, v in host.items()}
         for (step, keys, _), found in zip(scalars, floats):
             per_step.setdefault(step, {}).update(zip(keys, found))
-        out_arrays = [ArrayValue(key, layer, step, a) for (key, layer, step, _), a in zip(arrays, array_values)]
+        out_arrays = [
+            ArrayValue(key, layer, step, values) for (key, layer, step, _), values in zip(arrays, array_values)
+        ]
         return per_step, out_arrays
 
 

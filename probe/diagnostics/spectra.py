@@ -125,7 +125,7 @@ def _exact(mats: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         torch.matmul(d.mT, d, out=slot) if m.shape[0] >= m.shape[1] else torch.matmul(d, d.mT, out=slot)
     frob_sq = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
     finite = torch.isfinite(frob_sq)
-    if not bool(finite.all()):  # in place, and only then: a copy of the stack costs as much as 1/4 of its eigensolves
+    if not bool(finite.all()):  # in place and only then: a copy of the stack costs 1/4 of its eigensolves
         gram[~finite] = 0.0
     eig = torch.linalg.eigvalsh(gram)  # ascending
     return eig.clamp_min(0.0).sqrt().flip(-1).float(), frob_sq.float(), finite

@@ -116,7 +116,9 @@ def _split(outcome: _Outcome, count: int) -> list[SpectrumResult]:
     if spec.values.ndim == 1:  # a lone request
         return [SpectrumResult(spec, stats)]
     return [
-        SpectrumResult(Spectrum(spec.values[b], spec.frob_sq[b], spec.truncated), {q: v[b] for q, v in stats.items()})
+        SpectrumResult(
+            Spectrum(spec.values[b], spec.frob_sq[b], spec.truncated), {q: v[b] for q, v in stats.items()}
+        )
         for b in range(count)
     ]
 
@@ -151,7 +153,7 @@ def _balanced(items: Sequence[_I], bins: int, cost: Callable[[_I], int]) -> list
 
 
 def _cost(requests: Sequence[SpectrumRequest], batch: Sequence[int]) -> int:
-    """Work estimate of a batch, for scheduling: the Gram product (m·n² a matrix) and the eigensolver (n³)."""
+    """Work estimate of a batch, for scheduling: Gram products (m·n² a matrix) and eigensolves (n³)."""
     return sum(max(m.shape) * min(m.shape) ** 2 + min(m.shape) ** 3 for m in (requests[i].mat for i in batch))
 
 

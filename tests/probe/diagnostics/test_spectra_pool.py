@@ -100,7 +100,8 @@ def test_batches_are_dealt_out_as_one_task_per_worker_of_about_equal_work(monkey
 
     tasks: list[list[list[int]]] = []
     real = spectra_pool._measure_task
-    monkeypatch.setattr(spectra_pool, "_measure_task", lambda requests, task: tasks.append(task) or real(requests, task))
+    monkeypatch.setattr(spectra_pool, "_measure_task",
+                        lambda requests, task: tasks.append(task) or real(requests, task))
     requests = _requests()
     pool = SpectraPool(2)
     try:

@@ -145,10 +145,10 @@ def _balanced(items: Sequence[_I], bins: int, cost: Callable[[_I], int]) -> list
     """``items`` in ``bins`` lists of about equal total cost (longest first, each to the lightest bin)."""
     split: list[list[_I]] = [[] for _ in range(bins)]
     load = [0] * bins
-    for item in sorted(items, key=cost, reverse=True):
+    for weight, item in sorted(((cost(item), item) for item in items), key=lambda pair: pair[0], reverse=True):
         j = load.index(min(load))
         split[j].append(item)
-        load[j] += cost(item)
+        load[j] += weight
     return [s for s in split if s]
 
 

@@ -38,7 +38,7 @@ class _Mkl:
 class _Runtime:
     omp_set_num_threads: Callable[[int], None]
     mkl: _Mkl | None  # None in a build without MKL
-    omp_pause_resource_all: Callable[[int], int] | None  # None in a runtime older than OpenMP 5.0
+    omp_pause_resource_all: Callable[[int], int] | None  # GNU OpenMP's, where torch ships it (see _gnu_pause)
 
 
 def _mkl(torch_lib: Path) -> _Mkl | None:
@@ -98,19 +98,18 @@ def _find_runtime() -> _Runtime | None:
     if "OpenMP" not in torch.__config__.parallel_info():
         return None
     try:
-        process = ctypes.CDLL(None)  # torch loads its OpenMP runtime globally
-        omp = process.omp_set_num_threads
+        omp = ctypes.CDLL(None).omp_set_num_threads  # torch loads its OpenMP runtime globally
     except (OSError, AttributeError, TypeError):  # TypeError: no process handle on Windows
         return None
     omp.argtypes = [ctypes.c_int]
     omp.restype = None
-    pause = _gnu_pause(Path(torch.__file__).parent / "lib")
+    torch_lib = Path(torch.__file__).parent / "lib"
     mkl = None
     if torch.backends.mkl.is_available():
-        mkl = _mkl(Path(torch.__file__).parent / "lib")
+        mkl = _mkl(torch_lib)
         if mkl is None:
             return None  # MKL would keep its own count in the worker: not single-threaded after all
-    return _Runtime(omp, mkl, pause)
+    return _Runtime(omp, mkl, _gnu_pause(torch_lib))
 
 
 def available() -> bool:

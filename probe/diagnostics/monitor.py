@@ -158,8 +158,9 @@ class Monitor:
             step copies a rotating window of layers, so each layer's update measures come every few steps.
         start_step: step index of the first training step.
         seed: seed of the Monitor's own RNG (randomized SVD); the global RNG is never touched.
-        spectra_workers: threads that compute CPU spectra side by side, each with one torch thread
-            (default: torch's intra-op thread count, at most 8; see ``spectra_pool``). GPU spectra
+        spectra_workers: threads that compute CPU spectra side by side, each with one torch thread,
+            the training thread one of them (default: torch's intra-op thread count, at most 8; see
+            ``spectra_pool``). GPU spectra
             are computed from the training thread (their solvers synchronize: see ``spectra``).
     """
 

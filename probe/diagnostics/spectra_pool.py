@@ -8,11 +8,13 @@ nothing. The matrices of a model are independent, so pieces of them go to ``work
 each run torch with one intra-op thread (``thread_limit``: per thread, never ``torch.set_num_threads``,
 whose process-wide side effects slowed every later training step), and the cores are shared across
 matrices instead of inside each one. torch releases the GIL inside its ops, so Python threads suffice.
+The calling thread, which has to wait for the results anyway, computes one share itself, made
+single-threaded only for that while (``thread_limit.limited_here``, which puts its counts back).
 Where the per-thread limit is not available, everything is computed on the calling thread as it is.
 
 Matrices with the same smaller side (whatever their longer side and orientation) go to one batched
 eigensolver call, split into pieces of about equal work; the pieces (and the top-k estimates) are
-dealt out as one task per worker, so a worker pays its per-task set-up once. Before the workers
+dealt out as one share per worker, so a worker pays its per-task set-up once. Before the workers
 start, the training thread's idle OpenMP threads are released (``thread_limit.release_idle_threads``):
 they would otherwise spin-wait for milliseconds on the cores the workers need. Tried and dropped,
 measured on the 2-core machine: forming the Gram products on the calling thread with torch's own
@@ -101,14 +103,19 @@ def _measure_batch(requests: Sequence[SpectrumRequest]) -> _Outcome:
     return spec, spectrum_stats(spec)
 
 
-def _measure_task(requests: Sequence[SpectrumRequest], task: list[list[int]]) -> tuple[list[_Outcome], bool]:
-    """A worker's share: its batched calls one after another, on one intra-op thread.
+def _measure_task(requests: Sequence[SpectrumRequest], task: list[list[int]]) -> list[_Outcome]:
+    """A share of the work: its batched calls one after another, on the thread that runs it.
 
     Outcomes stay batched: splitting them per request takes a tensor call per value, and every call
-    from a worker first competes for the GIL; the calling thread, which waits anyway, splits them.
+    from a worker first competes for the GIL; the calling thread splits them once all are in.
     """
+    return [_measure_batch([requests[i] for i in batch]) for batch in task]
+
+
+def _worker_task(requests: Sequence[SpectrumRequest], task: list[list[int]]) -> tuple[list[_Outcome], bool]:
+    """:func:`_measure_task` on a pool thread, made single-threaded first (it stays so: the pool owns it)."""
     limited = thread_limit.limit_this_thread()
-    return [_measure_batch([requests[i] for i in batch]) for batch in task], limited
+    return _measure_task(requests, task), limited
 
 
 def _split(outcome: _Outcome, count: int) -> list[SpectrumResult]:
@@ -166,10 +173,11 @@ class SpectraPool:
     """Spectra of many matrices: same-shape ones batched, CPU ones in parallel on single-threaded workers.
 
     Args:
-        workers: worker threads for CPU matrices (default :func:`default_workers`); 1 computes on the
-            calling thread and starts no thread (as does a process where ``thread_limit`` is unavailable).
+        workers: threads that compute CPU matrices side by side, the calling thread one of them
+            (default :func:`default_workers`); 1 computes on the calling thread alone and starts no
+            thread (as does a process where ``thread_limit`` is unavailable).
 
-    The threads start on the first CPU batch and end with :meth:`close`.
+    The other ``workers - 1`` threads start on the first CPU batch and end with :meth:`close`.
     """
 
     def __init__(self, workers: int | None = None) -> None:
@@ -193,19 +201,26 @@ class SpectraPool:
             for batch in batches:
                 _keep(results, batch, _measure_batch([requests[i] for i in batch]))
             return results  # type: ignore[return-value]
-        # One task per worker, of about equal work: the calls of a task run one after another.
-        tasks = _balanced(batches, self.workers, lambda batch: _cost(requests, batch))
+        # One share per worker, of about equal work: the calls of a share run one after another. The
+        # calling thread takes the first share itself instead of sleeping until the others are done:
+        # one thread less to wake, measured 3.5-4.5 ms faster per step of the benchmark GPT.
+        shares = _balanced(batches, self.workers, lambda batch: _cost(requests, batch))
         thread_limit.release_idle_threads()  # the training's OpenMP threads would spin on the workers' cores
         pool = self._executor_or_start()
         futures: list[tuple[list[list[int]], Future[tuple[list[_Outcome], bool]]]] = []
         try:
-            for task in tasks:
-                futures.append((task, pool.submit(_measure_task, requests, task)))
-            for task, future in futures:
+            for share in shares[1:]:
+                futures.append((share, pool.submit(_worker_task, requests, share)))
+            with thread_limit.limited_here() as limited:
+                mine = _measure_task(requests, shares[0])
+            self._limit_works &= limited
+            for batch, outcome in zip(shares[0], mine):
+                _keep(results, batch, outcome)
+            for share, future in futures:
                 outcomes, limited = future.result()
-                for batch, outcome in zip(task, outcomes):
+                for batch, outcome in zip(share, outcomes):
                     _keep(results, batch, outcome)
-                self._limit_works &= limited  # a worker stayed multi-threaded: the calling thread from now on
+                self._limit_works &= limited  # a thread stayed multi-threaded: the calling thread alone from now on
         finally:  # on an error, still wait: the workers must not outlive the caller's optimizer hook
             for _, future in futures:
                 future.cancel() or future.exception()
@@ -220,6 +235,6 @@ class SpectraPool:
 
     def _executor_or_start(self) -> ThreadPoolExecutor:
         with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="optiscope-spectra")
+            if self._pool is None:  # the calling thread is the other worker
+                self._pool = ThreadPoolExecutor(self.workers - 1, thread_name_prefix="optiscope-spectra")
             return self._pool

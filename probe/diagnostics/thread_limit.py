@@ -16,21 +16,22 @@ optimizer step would compete with that spinning (see the function).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["available", "limit_this_thread", "release_idle_threads"]
+__all__ = ["available", "limit_this_thread", "limited_here", "release_idle_threads"]
 
 
 @dataclass(frozen=True)
 class _Mkl:
-    set_local: Callable[[int], object]
+    set_local: Callable[[int], int]  # returns the thread's previous local count (0: none, MKL's global)
     max_threads: Callable[[], int]
 
 
@@ -58,8 +59,8 @@ def _mkl(torch_lib: Path) -> _Mkl | None:
         # its argument by reference; a C entry point of its own takes it by value.
         by_reference = _address(c_name) == _address(fortran_name)
 
-        def set_local(n: int, fn: ctypes._CFuncPtr = c_name, by_ref: bool = by_reference) -> object:
-            return fn(ctypes.byref(ctypes.c_int(n))) if by_ref else fn(ctypes.c_int(n))
+        def set_local(n: int, fn: ctypes._CFuncPtr = c_name, by_ref: bool = by_reference) -> int:
+            return int(fn(ctypes.byref(ctypes.c_int(n))) if by_ref else fn(ctypes.c_int(n)))
 
         return _Mkl(set_local, get_max)
     return None
@@ -134,6 +135,35 @@ def limit_this_thread() -> bool:
         return torch.get_num_threads() == 1 and (runtime.mkl is None or runtime.mkl.max_threads() == 1)
     except Exception:  # noqa: BLE001 - the caller then stops using worker threads
         return False
+
+
+@contextlib.contextmanager
+def limited_here() -> Iterator[bool]:
+    """:func:`limit_this_thread` for the calling thread until the block ends, then its own counts again.
+
+    For a thread the caller does not own (the training thread, which takes a share of the spectra
+    instead of sleeping while the workers compute). Yields whether torch and MKL report one thread;
+    the thread's OpenMP and MKL counts are put back even when the block raises.
+    """
+    runtime = _runtime()
+    if runtime is None:
+        yield False
+        return
+    before = torch.get_num_threads()  # also runs torch's lazy per-thread set-up first
+    mkl_before: int | None = None
+    try:
+        try:
+            runtime.omp_set_num_threads(1)
+            if runtime.mkl is not None:
+                mkl_before = runtime.mkl.set_local(1)
+            one = torch.get_num_threads() == 1 and (runtime.mkl is None or runtime.mkl.max_threads() == 1)
+        except Exception:  # noqa: BLE001 - the caller then computes with the thread's own counts
+            one = False
+        yield one
+    finally:
+        runtime.omp_set_num_threads(before)
+        if mkl_before is not None:
+            runtime.mkl.set_local(mkl_before)  # type: ignore[union-attr]
 
 
 _OMP_PAUSE_SOFT = 1

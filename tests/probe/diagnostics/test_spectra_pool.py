@@ -137,3 +137,52 @@ def test_idle_openmp_threads_are_released_before_the_workers_start(monkeypatch) 
         assert order == []  # everything on the calling thread: no worker, nothing to release for
     else:
         assert order == ["release", "task", "task"]
+
+
+def test_the_calling_thread_computes_one_share_single_threaded_and_gets_its_counts_back(monkeypatch) -> None:
+    import probe.diagnostics.spectra_pool as spectra_pool
+
+    if not spectra_pool.thread_limit.available():
+        pytest.skip("needs torch's OpenMP runtime: without it everything runs on the calling thread")
+    shares: list[tuple[int, int]] = []  # (thread, torch threads while computing) of each share
+    real = spectra_pool._measure_task
+    monkeypatch.setattr(spectra_pool, "_measure_task", lambda requests, share: shares.append(
+        (threading.get_ident(), torch.get_num_threads())) or real(requests, share))
+    before = torch.get_num_threads()
+    pool = SpectraPool(2)
+    try:
+        assert len(pool.compute(_requests())) == len(_requests())
+    finally:
+        pool.close()
+    caller = threading.get_ident()
+    assert sorted(thread == caller for thread, _ in shares) == [False, True]  # one share here, one on the pool
+    assert [n for _, n in shares] == [1, 1]
+    assert torch.get_num_threads() == before
+
+
+def test_an_error_in_the_calling_threads_share_waits_for_the_workers_and_restores_its_counts(monkeypatch) -> None:
+    import probe.diagnostics.spectra_pool as spectra_pool
+
+    if not spectra_pool.thread_limit.available():
+        pytest.skip("needs torch's OpenMP runtime: without it everything runs on the calling thread")
+    caller = threading.get_ident()
+    finished: list[int] = []
+    real = spectra_pool._measure_task
+
+    def share(requests, task):  # noqa: ANN001, ANN202
+        if threading.get_ident() == caller:
+            raise RuntimeError("eigensolver failed here")
+        out = real(requests, task)
+        finished.append(threading.get_ident())
+        return out
+
+    monkeypatch.setattr(spectra_pool, "_measure_task", share)
+    before = torch.get_num_threads()
+    pool = SpectraPool(2)
+    try:
+        with pytest.raises(RuntimeError, match="failed here"):
+            pool.compute(_requests())
+        assert len(finished) == 1  # the worker's share was done before compute() returned
+    finally:
+        pool.close()
+    assert torch.get_num_threads() == before

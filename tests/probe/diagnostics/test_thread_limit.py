@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -103,3 +104,43 @@ def test_release_idle_threads_stops_at_the_process_wide_cap(monkeypatch) -> None
     assert thread_limit._released == thread_limit.RELEASED_THREADS_MAX
     assert thread_limit.release_idle_threads() is False
     assert thread_limit._released == thread_limit.RELEASED_THREADS_MAX
+
+
+_LIMITED_HERE_SCRIPT = """
+import json, torch
+from probe.diagnostics import thread_limit
+torch.set_num_threads(2)
+mkl = thread_limit._runtime().mkl
+if mkl is not None:
+    mkl.set_local(2)  # a thread-local MKL count of the thread's own, which the block must put back
+def counts():
+    return [torch.get_num_threads(), mkl.max_threads() if mkl is not None else 1]
+before = counts()
+with thread_limit.limited_here() as one:
+    inside = counts()
+after = counts()
+try:
+    with thread_limit.limited_here():
+        raise RuntimeError("in the block")
+except RuntimeError:
+    pass
+print(json.dumps([one, before, inside, after, counts()]))
+"""
+
+
+@pytest.mark.skipif(not thread_limit.available(), reason="needs torch's OpenMP runtime (and MKL where built in)")
+def test_limited_here_limits_the_block_and_puts_the_thread_counts_back_even_after_an_error() -> None:
+    # A fresh process: the counts set here must not leak into the other tests.
+    out = subprocess.run([sys.executable, "-c", _LIMITED_HERE_SCRIPT], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    one, before, inside, after, after_error = json.loads(out)
+    assert before == [2, 2]
+    assert one is True and inside == [1, 1]
+    assert after == before and after_error == before
+
+
+def test_limited_here_yields_false_where_unavailable(monkeypatch) -> None:
+    monkeypatch.setattr(thread_limit, "_runtime", lambda: None)
+    before = torch.get_num_threads()
+    with thread_limit.limited_here() as one:
+        assert one is False and torch.get_num_threads() == before

@@ -1,7 +1,8 @@
 """The logging interval's buffer: device tensors in, one device→host copy out.
 
 Per-step measurements are kept as they were computed — 1-D float32 tensors on the device, one per
-(step, group of keys), plus 1-D arrays — so a step never waits for the device. :meth:`IntervalBuffer.drain`
+(step, group of keys), plus arrays (a batch of them as the rows of one tensor) — so a step never
+waits for the device. :meth:`IntervalBuffer.drain`
 concatenates everything on a device into one tensor and copies it once (``.cpu()``, which is the
 interval's only synchronization), then hands back Python floats per step and CPU tensors per array.
 """
@@ -34,7 +35,7 @@ class IntervalBuffer:
 
     def __init__(self) -> None:
         self._scalars: list[tuple[int, list[str], Tensor]] = []
-        self._arrays: list[tuple[str, str, int, Tensor]] = []
+        self._arrays: list[tuple[list[tuple[str, str]], int, Tensor]] = []  # (key, layer) of each row
         self._host: dict[int, dict[str, float]] = {}
 
     def add_scalars(self, step: int, keys: list[str], values: Sequence[Tensor] | Tensor) -> None:
@@ -48,7 +49,15 @@ class IntervalBuffer:
 
     def add_array(self, key: str, layer: str, step: int, values: Tensor) -> None:
         """Keep a 1-D array (spectrum, per-neuron norms) of ``key``/``layer`` at ``step``."""
-        self._arrays.append((key, layer, step, values.detach()))
+        self._arrays.append(([(key, layer)], step, values.detach().reshape(1, -1)))
+
+    def add_arrays(self, rows: list[tuple[str, str]], step: int, values: Tensor) -> None:
+        """Keep the rows of a 2-D tensor as arrays at ``step``, row ``b`` for ``rows[b]`` = (key, layer):
+        a batch of spectra without a tensor call per row."""
+        if values.ndim != 2 or values.shape[0] != len(rows):
+            raise ValueError(f"{len(rows)} rows but values of shape {tuple(values.shape)}")
+        if rows:
+            self._arrays.append((rows, step, values.detach()))
 
     def add_host(self, step: int, key: str, value: float) -> None:
         """Keep a value already on the host (e.g. a wall-clock step time)."""
@@ -61,10 +70,10 @@ class IntervalBuffer:
         """Empty the buffer: ``({step: {key: float}}, [ArrayValue])`` with one host copy per device."""
         scalars, arrays, host = self._scalars, self._arrays, self._host
         self._scalars, self._arrays, self._host = [], [], {}
-        tensors = [t for _, _, t in scalars] + [a[3] for a in arrays]
+        tensors = [t for _, _, t in scalars] + [a[2] for a in arrays]
         n_scalars = len(scalars)
         floats: list[list[float]] = [[] for _ in scalars]
-        array_values: list[Tensor] = [torch.empty(0)] * len(arrays)
+        array_values: list[Tensor] = [torch.empty(0, 0)] * len(arrays)
         by_device: dict[torch.device, list[int]] = {}
         for i, t in enumerate(tensors):
             by_device.setdefault(t.device, []).append(i)
@@ -79,16 +88,20 @@ class IntervalBuffer:
                 if i < n_scalars:
                     floats[i] = values[offset : offset + n]
                 else:
-                    array_values[i - n_scalars] = joined[offset : offset + n]
+                    array_values[i - n_scalars] = joined[offset : offset + n].view(tensors[i].shape)
                 offset += n
         per_step: dict[int, dict[str, float]] = {step: dict(v) for step, v in host.items()}
         for (step, keys, _), found in zip(scalars, floats):
             per_step.setdefault(step, {}).update(zip(keys, found))
         out_arrays = [
-            ArrayValue(key, layer, step, values) for (key, layer, step, _), values in zip(arrays, array_values)
+            ArrayValue(key, layer, step, row)
+            for (rows, step, _), values in zip(arrays, array_values)
+            for (key, layer), row in zip(rows, values)
         ]
         return per_step, out_arrays
 
 
 def _flat_f32(t: Tensor) -> Tensor:
-    return t if t.ndim == 1 and t.dtype == torch.float32 else t.reshape(-1).float()
+    if t.dtype == torch.float32:
+        return t if t.ndim == 1 else t.reshape(-1)
+    return t.reshape(-1).float()

@@ -700,17 +700,21 @@ class Monitor:
             if "post_orth" in entry:
                 keys.append(f"orth_err/{layer.name}")
                 values.append(orthogonality_error(entry["post_orth"]))
+        parts = [stack_f32(values)] if values else []  # the orthogonality errors
         vectors = "spectra" in self._vectors_now
-        for (src, name), result in zip(jobs, self._spectra_pool.compute(requests)):
-            for q, v in result.stats.items():
-                keys.append(f"sv.{src}.{q}/{name}")
-                values.append(v)
-            if src == "pre_orth" and not result.spectrum.truncated:
-                keys.append(f"sv.pre_orth.not_lifted/{name}")
-                values.append(not_lifted_fraction(result.spectrum))
+        for group in self._spectra_pool.compute_groups(requests):
+            rows = [jobs[i] for i in group.indices]
+            keys += [f"sv.{src}.{q}/{name}" for q in group.stats for src, name in rows]
+            parts.append(torch.stack(list(group.stats.values())).reshape(-1))  # measure-major, as the keys
+            pre_orth = [b for b, (src, _) in enumerate(rows) if src == "pre_orth"]
+            if pre_orth and not group.spectrum.truncated:
+                keys += [f"sv.pre_orth.not_lifted/{rows[b][1]}" for b in pre_orth]
+                fractions = not_lifted_fraction(group.spectrum)
+                parts.append(torch.stack([fractions[b] for b in pre_orth]))  # views: no index tensor to copy
             if vectors:
-                self._buffer.add_array(f"sv.{src}", name, step, result.spectrum.values)
-        self._add_record(step, keys, values)
+                self._buffer.add_arrays([(f"sv.{src}", name) for src, name in rows], step, group.spectrum.values)
+        if parts:
+            self._add_record(step, keys, torch.cat(parts))
 
     # ------------------------------------------------------------------ flush
     def _flush(self) -> None:

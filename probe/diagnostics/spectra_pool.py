@@ -45,7 +45,7 @@ from torch import Tensor
 from probe.diagnostics import thread_limit
 from probe.diagnostics.spectra import Spectrum, exact_spectra, singular_values, spectrum_stats
 
-__all__ = ["SpectrumRequest", "SpectrumResult", "SpectraPool", "default_workers"]
+__all__ = ["SpectrumGroup", "SpectrumRequest", "SpectrumResult", "SpectraPool", "default_workers"]
 
 _MAX_WORKERS = 8
 _I = TypeVar("_I")
@@ -80,54 +80,45 @@ def default_workers() -> int:
     return max(1, min(torch.get_num_threads(), _MAX_WORKERS))
 
 
-_Outcome = tuple[Spectrum, dict[str, Tensor]]
-"""What one call measured: a spectrum and its ``spectrum_stats``, with a leading batch dimension
-unless the call had a lone request."""
+@dataclass(frozen=True)
+class SpectrumGroup:
+    """Spectra of requests measured in one call: row ``b`` of ``spectrum`` (values ``(B, k)``,
+    ``frob_sq`` ``(B,)``) and of each stat (``(B,)``) belongs to request ``indices[b]``."""
+
+    indices: list[int]
+    spectrum: Spectrum
+    stats: dict[str, Tensor]
 
 
-def _measure(request: SpectrumRequest) -> _Outcome:
+def _measure_batch(requests: Sequence[SpectrumRequest], batch: list[int]) -> SpectrumGroup:
+    """Exact spectra of matrices with one smaller side in one batched call (a lone request may be top-k)."""
+    if len(batch) > 1:
+        spec = exact_spectra([requests[i].mat for i in batch])
+        return SpectrumGroup(batch, spec, spectrum_stats(spec))
+    request = requests[batch[0]]
     mat = request.mat
     generator = None
     if min(mat.shape) > request.full_max_dim:  # only the randomized estimate draws
         generator = torch.Generator(device=mat.device)
         generator.manual_seed(request.seed)
-    spec = singular_values(mat, full_max_dim=request.full_max_dim, top_k=request.top_k, generator=generator)
-    return spec, spectrum_stats(spec)
+    lone = singular_values(mat, full_max_dim=request.full_max_dim, top_k=request.top_k, generator=generator)
+    spec = Spectrum(lone.values[None], lone.frob_sq[None], lone.truncated)
+    return SpectrumGroup(batch, spec, spectrum_stats(spec))
 
 
-def _measure_batch(requests: Sequence[SpectrumRequest]) -> _Outcome:
-    """Exact spectra of matrices with one smaller side in one batched call (a lone request may be top-k)."""
-    if len(requests) == 1:
-        return _measure(requests[0])
-    spec = exact_spectra([r.mat for r in requests])
-    return spec, spectrum_stats(spec)
-
-
-def _measure_task(requests: Sequence[SpectrumRequest], task: list[list[int]]) -> list[_Outcome]:
+def _measure_share(requests: Sequence[SpectrumRequest], share: list[list[int]]) -> list[SpectrumGroup]:
     """A share of the work: its batched calls one after another, on the thread that runs it.
 
-    Outcomes stay batched: splitting them per request takes a tensor call per value, and every call
-    from a worker first competes for the GIL; the calling thread splits them once all are in.
+    Groups stay batched: splitting them per request would take a tensor call per value, and every
+    call from a worker first competes for the GIL.
     """
-    return [_measure_batch([requests[i] for i in batch]) for batch in task]
+    return [_measure_batch(requests, batch) for batch in share]
 
 
-def _worker_task(requests: Sequence[SpectrumRequest], task: list[list[int]]) -> tuple[list[_Outcome], bool]:
-    """:func:`_measure_task` on a pool thread, made single-threaded first (it stays so: the pool owns it)."""
+def _worker_share(requests: Sequence[SpectrumRequest], share: list[list[int]]) -> tuple[list[SpectrumGroup], bool]:
+    """:func:`_measure_share` on a pool thread, made single-threaded first (it stays so: the pool owns it)."""
     limited = thread_limit.limit_this_thread()
-    return _measure_task(requests, task), limited
-
-
-def _split(outcome: _Outcome, count: int) -> list[SpectrumResult]:
-    spec, stats = outcome
-    if spec.values.ndim == 1:  # a lone request
-        return [SpectrumResult(spec, stats)]
-    return [
-        SpectrumResult(
-            Spectrum(spec.values[b], spec.frob_sq[b], spec.truncated), {q: v[b] for q, v in stats.items()}
-        )
-        for b in range(count)
-    ]
+    return _measure_share(requests, share), limited
 
 
 def _batches(requests: Sequence[SpectrumRequest], indices: Sequence[int], parts: int) -> list[list[int]]:
@@ -164,11 +155,6 @@ def _cost(requests: Sequence[SpectrumRequest], batch: Sequence[int]) -> int:
     return sum(max(m.shape) * min(m.shape) ** 2 + min(m.shape) ** 3 for m in (requests[i].mat for i in batch))
 
 
-def _keep(results: list[SpectrumResult | None], batch: Sequence[int], outcome: _Outcome) -> None:
-    for i, result in zip(batch, _split(outcome, len(batch))):
-        results[i] = result
-
-
 class SpectraPool:
     """Spectra of many matrices: same-shape ones batched, CPU ones in parallel on single-threaded workers.
 
@@ -189,42 +175,49 @@ class SpectraPool:
         self._limit_works = True
 
     def compute(self, requests: Sequence[SpectrumRequest]) -> list[SpectrumResult]:
-        """Results in the order of ``requests``; an exception of any request is raised here."""
+        """One result per request, in the order of ``requests``; an exception of any request is raised here."""
         results: list[SpectrumResult | None] = [None] * len(requests)
+        for group in self.compute_groups(requests):
+            spec = group.spectrum
+            for b, i in enumerate(group.indices):
+                row = Spectrum(spec.values[b], spec.frob_sq[b], spec.truncated)
+                results[i] = SpectrumResult(row, {q: v[b] for q, v in group.stats.items()})
+        return results  # type: ignore[return-value]
+
+    def compute_groups(self, requests: Sequence[SpectrumRequest]) -> list[SpectrumGroup]:
+        """Every request's spectrum, in the groups they were measured in (each request in exactly one).
+
+        The cheap way to consume many spectra: a group's rows come as one tensor per measure, so the
+        caller needs no tensor call per request. An exception of any request is raised here.
+        """
         accelerated = [i for i, r in enumerate(requests) if r.mat.device.type != "cpu"]
-        for batch in _batches(requests, accelerated, parts=1):
-            _keep(results, batch, _measure_batch([requests[i] for i in batch]))
+        groups = [_measure_batch(requests, batch) for batch in _batches(requests, accelerated, parts=1)]
         cpu = [i for i, r in enumerate(requests) if r.mat.device.type == "cpu"]
         parallel = self.workers > 1 and self._limit_works and thread_limit.available()
         batches = _batches(requests, cpu, self.workers if parallel else 1)
         if not parallel or len(batches) < 2:
-            for batch in batches:
-                _keep(results, batch, _measure_batch([requests[i] for i in batch]))
-            return results  # type: ignore[return-value]
+            return groups + [_measure_batch(requests, batch) for batch in batches]
         # One share per worker, of about equal work: the calls of a share run one after another. The
         # calling thread takes the first share itself instead of sleeping until the others are done:
         # one thread less to wake, measured 3.5-4.5 ms faster per step of the benchmark GPT.
         shares = _balanced(batches, self.workers, lambda batch: _cost(requests, batch))
         thread_limit.release_idle_threads()  # the training's OpenMP threads would spin on the workers' cores
         pool = self._executor_or_start()
-        futures: list[tuple[list[list[int]], Future[tuple[list[_Outcome], bool]]]] = []
+        futures: list[Future[tuple[list[SpectrumGroup], bool]]] = []
         try:
             for share in shares[1:]:
-                futures.append((share, pool.submit(_worker_task, requests, share)))
+                futures.append(pool.submit(_worker_share, requests, share))
             with thread_limit.limited_here() as limited:
-                mine = _measure_task(requests, shares[0])
+                groups += _measure_share(requests, shares[0])
             self._limit_works &= limited
-            for batch, outcome in zip(shares[0], mine):
-                _keep(results, batch, outcome)
-            for share, future in futures:
-                outcomes, limited = future.result()
-                for batch, outcome in zip(share, outcomes):
-                    _keep(results, batch, outcome)
+            for future in futures:
+                measured, limited = future.result()
+                groups += measured
                 self._limit_works &= limited  # a thread stayed multi-threaded: the calling thread alone from now on
         finally:  # on an error, still wait: the workers must not outlive the caller's optimizer hook
-            for _, future in futures:
+            for future in futures:
                 future.cancel() or future.exception()
-        return results  # type: ignore[return-value]
+        return groups
 
     def close(self) -> None:
         """Stop the worker threads (a later :meth:`compute` starts new ones)."""

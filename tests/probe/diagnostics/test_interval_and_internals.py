@@ -75,3 +75,19 @@ def test_normuon_row_spread_compares_the_same_rows() -> None:
     # a sharded NorMuon normalizes its own 2 rows of the 4: only Ô's spread is logged
     shard = layer_internals("h", {"post_orth": o, "normalized": o[:2] / o[:2].norm(dim=1, keepdim=True)})
     assert shard.keys == ["normuon.row_rms_cv_after/h"]
+
+
+def test_rows_of_a_batch_become_arrays_of_their_own_keys_in_order() -> None:
+    buf = IntervalBuffer()
+    buf.add_array("sv.weight", "a", 2, torch.tensor([9.0]))
+    buf.add_arrays([("sv.weight", "b"), ("sv.update", "b")], 2, torch.tensor([[3.0, 2.0], [1.0, 0.5]]))
+    buf.add_array("neuron.update_norm", "c", 2, torch.empty(0))  # an empty array survives the drain
+    _, arrays = buf.drain()
+    assert [(a.key, a.layer, a.step, a.values.tolist()) for a in arrays] == [
+        ("sv.weight", "a", 2, [9.0]),
+        ("sv.weight", "b", 2, [3.0, 2.0]),
+        ("sv.update", "b", 2, [1.0, 0.5]),
+        ("neuron.update_norm", "c", 2, []),
+    ]
+    with pytest.raises(ValueError, match="2 rows"):
+        buf.add_arrays([("k", "x"), ("k", "y")], 0, torch.ones(3, 2))

@@ -341,11 +341,13 @@ def test_layers_with_as_many_neurons_each_get_their_own_neuron_and_spectrum_meas
             p.copy_(torch.randn(p.shape, generator=gen))
     lr = 0.1
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    attach(model, opt, run=recording_run, budget=None, log_every=1, neuron_every=1, spectra_every=1)
+    attach(model, opt, run=recording_run, budget=None, log_every=1, neuron_every=1, spectra_every=1,
+           vectors_every=1)
     model(torch.randn(8, 6, generator=gen)).square().mean().backward()
     grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.ndim == 2}
     opt.step()
     (_, m), = recording_run.logs
+    arrays = {(a["key"], a["layer"]): a["values"] for a in recording_run.arrays}
     for name, g in grads.items():
         rows = lr * g.norm(dim=1)
         assert m[f"neuron.max/{name}"] == pytest.approx(rows.max().item(), rel=1e-4)
@@ -354,6 +356,9 @@ def test_layers_with_as_many_neurons_each_get_their_own_neuron_and_spectrum_meas
         s = torch.linalg.svdvals((lr * g).double())
         assert m[f"sv.update.spectral_norm/{name}"] == pytest.approx(s[0].item(), rel=1e-4)
         assert m[f"sv.update.cond/{name}"] == pytest.approx((s[0] / s[-1]).item(), rel=1e-3)
+        # the batched spectra's rows reach the arrays of their own layers too
+        torch.testing.assert_close(torch.as_tensor(arrays[("sv.update", name)]), s.float(), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(torch.as_tensor(arrays[("neuron.update_norm", name)]), rows, rtol=1e-4, atol=1e-6)
     assert len({m[f"neuron.max/{name}"] for name in grads}) == 3  # distinct layers, distinct values
 
 

@@ -99,8 +99,8 @@ def test_batches_are_dealt_out_as_one_task_per_worker_of_about_equal_work(monkey
     import probe.diagnostics.spectra_pool as spectra_pool
 
     tasks: list[list[list[int]]] = []
-    real = spectra_pool._measure_task
-    monkeypatch.setattr(spectra_pool, "_measure_task",
+    real = spectra_pool._measure_share
+    monkeypatch.setattr(spectra_pool, "_measure_share",
                         lambda requests, task: tasks.append(task) or real(requests, task))
     requests = _requests()
     pool = SpectraPool(2)
@@ -123,10 +123,10 @@ def test_idle_openmp_threads_are_released_before_the_workers_start(monkeypatch) 
     import probe.diagnostics.spectra_pool as spectra_pool
 
     order: list[str] = []
-    real_release, real_task = spectra_pool.thread_limit.release_idle_threads, spectra_pool._measure_task
+    real_release, real_task = spectra_pool.thread_limit.release_idle_threads, spectra_pool._measure_share
     monkeypatch.setattr(spectra_pool.thread_limit, "release_idle_threads",
                         lambda: order.append("release") or real_release())
-    monkeypatch.setattr(spectra_pool, "_measure_task",
+    monkeypatch.setattr(spectra_pool, "_measure_share",
                         lambda requests, task: order.append("task") or real_task(requests, task))
     pool = SpectraPool(2)
     try:
@@ -145,8 +145,8 @@ def test_the_calling_thread_computes_one_share_single_threaded_and_gets_its_coun
     if not spectra_pool.thread_limit.available():
         pytest.skip("needs torch's OpenMP runtime: without it everything runs on the calling thread")
     shares: list[tuple[int, int]] = []  # (thread, torch threads while computing) of each share
-    real = spectra_pool._measure_task
-    monkeypatch.setattr(spectra_pool, "_measure_task", lambda requests, share: shares.append(
+    real = spectra_pool._measure_share
+    monkeypatch.setattr(spectra_pool, "_measure_share", lambda requests, share: shares.append(
         (threading.get_ident(), torch.get_num_threads())) or real(requests, share))
     before = torch.get_num_threads()
     pool = SpectraPool(2)
@@ -167,7 +167,7 @@ def test_an_error_in_the_calling_threads_share_waits_for_the_workers_and_restore
         pytest.skip("needs torch's OpenMP runtime: without it everything runs on the calling thread")
     caller = threading.get_ident()
     finished: list[int] = []
-    real = spectra_pool._measure_task
+    real = spectra_pool._measure_share
 
     def share(requests, task):  # noqa: ANN001, ANN202
         if threading.get_ident() == caller:
@@ -176,7 +176,7 @@ def test_an_error_in_the_calling_threads_share_waits_for_the_workers_and_restore
         finished.append(threading.get_ident())
         return out
 
-    monkeypatch.setattr(spectra_pool, "_measure_task", share)
+    monkeypatch.setattr(spectra_pool, "_measure_share", share)
     before = torch.get_num_threads()
     pool = SpectraPool(2)
     try:
@@ -186,3 +186,21 @@ def test_an_error_in_the_calling_threads_share_waits_for_the_workers_and_restore
     finally:
         pool.close()
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_groups_hold_every_request_once_with_the_rows_of_its_per_request_result(workers: int) -> None:
+    requests = _requests()
+    pool = SpectraPool(workers)
+    try:
+        groups, results = pool.compute_groups(requests), pool.compute(requests)
+    finally:
+        pool.close()
+    assert sorted(i for group in groups for i in group.indices) == list(range(len(requests)))
+    for group in groups:
+        assert group.spectrum.values.shape[0] == len(group.indices)
+        for b, i in enumerate(group.indices):
+            torch.testing.assert_close(group.spectrum.values[b], results[i].spectrum.values, equal_nan=True)
+            assert group.stats.keys() == results[i].stats.keys()
+            for q, v in group.stats.items():
+                torch.testing.assert_close(v[b], results[i].stats[q], equal_nan=True)

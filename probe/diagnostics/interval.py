@@ -35,7 +35,8 @@ class IntervalBuffer:
 
     def __init__(self) -> None:
         self._scalars: list[tuple[int, list[str], Tensor]] = []
-        self._arrays: list[tuple[list[tuple[str, str]], int, Tensor]] = []  # (key, layer) of each row
+        # (key, layer) of each array, step, values: one array as is, or a batch as the rows of a 2-D tensor
+        self._arrays: list[tuple[list[tuple[str, str]], int, Tensor, bool]] = []
         self._host: dict[int, dict[str, float]] = {}
 
     def add_scalars(self, step: int, keys: list[str], values: Sequence[Tensor] | Tensor) -> None:
@@ -49,7 +50,7 @@ class IntervalBuffer:
 
     def add_array(self, key: str, layer: str, step: int, values: Tensor) -> None:
         """Keep a 1-D array (spectrum, per-neuron norms) of ``key``/``layer`` at ``step``."""
-        self._arrays.append(([(key, layer)], step, values.detach().reshape(1, -1)))
+        self._arrays.append(([(key, layer)], step, values.detach(), False))
 
     def add_arrays(self, rows: list[tuple[str, str]], step: int, values: Tensor) -> None:
         """Keep the rows of a 2-D tensor as arrays at ``step``, row ``b`` for ``rows[b]`` = (key, layer):
@@ -57,7 +58,7 @@ class IntervalBuffer:
         if values.ndim != 2 or values.shape[0] != len(rows):
             raise ValueError(f"{len(rows)} rows but values of shape {tuple(values.shape)}")
         if rows:
-            self._arrays.append((rows, step, values.detach()))
+            self._arrays.append((rows, step, values.detach(), True))
 
     def add_host(self, step: int, key: str, value: float) -> None:
         """Keep a value already on the host (e.g. a wall-clock step time)."""
@@ -70,10 +71,10 @@ class IntervalBuffer:
         """Empty the buffer: ``({step: {key: float}}, [ArrayValue])`` with one host copy per device."""
         scalars, arrays, host = self._scalars, self._arrays, self._host
         self._scalars, self._arrays, self._host = [], [], {}
-        tensors = [t for _, _, t in scalars] + [a[2] for a in arrays]
+        tensors = [t for _, _, t in scalars] + [t for _, _, t, _ in arrays]
         n_scalars = len(scalars)
         floats: list[list[float]] = [[] for _ in scalars]
-        array_values: list[Tensor] = [torch.empty(0, 0)] * len(arrays)
+        array_values: list[Tensor] = [torch.empty(0)] * len(arrays)
         by_device: dict[torch.device, list[int]] = {}
         for i, t in enumerate(tensors):
             by_device.setdefault(t.device, []).append(i)
@@ -81,23 +82,24 @@ class IntervalBuffer:
             # Scalar groups are 1-D float32 already (add_scalars); only odd arrays need a conversion.
             parts = [_flat_f32(tensors[i]) for i in indices]
             joined = torch.cat(parts).cpu()  # the interval's one device→host copy (per device)
-            values = joined.tolist()
+            # Python floats for the scalars only (they come first): the arrays, often most of the
+            # values, stay tensors.
+            values = joined[: sum(part.shape[0] for i, part in zip(indices, parts) if i < n_scalars)].tolist()
             offset = 0
             for i, part in zip(indices, parts):
                 n = part.shape[0]
                 if i < n_scalars:
                     floats[i] = values[offset : offset + n]
                 else:
-                    array_values[i - n_scalars] = joined[offset : offset + n].view(tensors[i].shape)
+                    array_values[i - n_scalars] = joined[offset : offset + n]
                 offset += n
         per_step: dict[int, dict[str, float]] = {step: dict(v) for step, v in host.items()}
         for (step, keys, _), found in zip(scalars, floats):
             per_step.setdefault(step, {}).update(zip(keys, found))
-        out_arrays = [
-            ArrayValue(key, layer, step, row)
-            for (rows, step, _), values in zip(arrays, array_values)
-            for (key, layer), row in zip(rows, values)
-        ]
+        out_arrays: list[ArrayValue] = []
+        for (rows, step, t, batch), values in zip(arrays, array_values):
+            found = values.view(t.shape).unbind(0) if batch else [values]
+            out_arrays += [ArrayValue(key, layer, step, row) for (key, layer), row in zip(rows, found)]
         return per_step, out_arrays
 
 

@@ -30,6 +30,7 @@ Failure policy
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 import warnings
@@ -111,6 +112,12 @@ class _Layer:
     def grad(self) -> Tensor | None:
         grad = self.param.grad
         return None if grad is None else local_shard(grad)
+
+    @functools.cached_property
+    def nbytes(self) -> int:
+        """Bytes of a copy of :meth:`weight` (a parameter keeps its shape: computed once)."""
+        weight = self.weight()
+        return weight.numel() * weight.element_size()
 
 
 @dataclass
@@ -490,7 +497,7 @@ class Monitor:
         limit = self.capture_max_bytes
         if limit is None or not layers:
             return layers
-        sizes = [layer.weight().numel() * layer.param.element_size() for layer in layers]
+        sizes = [layer.nbytes for layer in layers]
         if sum(sizes) <= limit:
             return layers
         start = self._capture_cursor.get(idx, 0) % len(layers)
@@ -712,7 +719,8 @@ class Monitor:
                 fractions = not_lifted_fraction(group.spectrum)
                 parts.append(torch.stack([fractions[b] for b in pre_orth]))  # views: no index tensor to copy
             if vectors:
-                self._buffer.add_arrays([(f"sv.{src}", name) for src, name in rows], step, group.spectrum.values)
+                names = [(f"sv.{src}", name) for src, name in rows]
+                self._buffer.add_arrays(names, step, group.spectrum.values)
         if parts:
             self._add_record(step, keys, torch.cat(parts))
 

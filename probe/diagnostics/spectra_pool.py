@@ -115,7 +115,9 @@ def _measure_share(requests: Sequence[SpectrumRequest], share: list[list[int]]) 
     return [_measure_batch(requests, batch) for batch in share]
 
 
-def _worker_share(requests: Sequence[SpectrumRequest], share: list[list[int]]) -> tuple[list[SpectrumGroup], bool]:
+def _worker_share(
+    requests: Sequence[SpectrumRequest], share: list[list[int]]
+) -> tuple[list[SpectrumGroup], bool]:
     """:func:`_measure_share` on a pool thread, made single-threaded first (it stays so: the pool owns it)."""
     limited = thread_limit.limit_this_thread()
     return _measure_share(requests, share), limited
@@ -175,7 +177,7 @@ class SpectraPool:
         self._limit_works = True
 
     def compute(self, requests: Sequence[SpectrumRequest]) -> list[SpectrumResult]:
-        """One result per request, in the order of ``requests``; an exception of any request is raised here."""
+        """One result per request, in the order of ``requests``; an exception of any is raised here."""
         results: list[SpectrumResult | None] = [None] * len(requests)
         for group in self.compute_groups(requests):
             spec = group.spectrum
@@ -213,7 +215,7 @@ class SpectraPool:
             for future in futures:
                 measured, limited = future.result()
                 groups += measured
-                self._limit_works &= limited  # a thread stayed multi-threaded: the calling thread alone from now on
+                self._limit_works &= limited  # multi-threaded still: the calling thread alone from now on
         finally:  # on an error, still wait: the workers must not outlive the caller's optimizer hook
             for future in futures:
                 future.cancel() or future.exception()

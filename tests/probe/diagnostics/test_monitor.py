@@ -357,8 +357,8 @@ def test_layers_with_as_many_neurons_each_get_their_own_neuron_and_spectrum_meas
         assert m[f"sv.update.spectral_norm/{name}"] == pytest.approx(s[0].item(), rel=1e-4)
         assert m[f"sv.update.cond/{name}"] == pytest.approx((s[0] / s[-1]).item(), rel=1e-3)
         # the batched spectra's rows reach the arrays of their own layers too
-        torch.testing.assert_close(torch.as_tensor(arrays[("sv.update", name)]), s.float(), rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(torch.as_tensor(arrays[("neuron.update_norm", name)]), rows, rtol=1e-4, atol=1e-6)
+        for key, expected in (("sv.update", s.float()), ("neuron.update_norm", rows)):
+            torch.testing.assert_close(torch.as_tensor(arrays[(key, name)]), expected, rtol=1e-4, atol=1e-6)
     assert len({m[f"neuron.max/{name}"] for name in grads}) == 3  # distinct layers, distinct values
 
 

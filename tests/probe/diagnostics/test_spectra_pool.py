@@ -155,12 +155,14 @@ def test_the_calling_thread_computes_one_share_single_threaded_and_gets_its_coun
     finally:
         pool.close()
     caller = threading.get_ident()
-    assert sorted(thread == caller for thread, _ in shares) == [False, True]  # one share here, one on the pool
+    assert sorted(thread == caller for thread, _ in shares) == [False, True]  # one here, one on the pool
     assert [n for _, n in shares] == [1, 1]
     assert torch.get_num_threads() == before
 
 
-def test_an_error_in_the_calling_threads_share_waits_for_the_workers_and_restores_its_counts(monkeypatch) -> None:
+def test_an_error_in_the_calling_threads_share_waits_for_the_workers_and_restores_its_counts(
+    monkeypatch,
+) -> None:
     import probe.diagnostics.spectra_pool as spectra_pool
 
     if not spectra_pool.thread_limit.available():

@@ -128,7 +128,7 @@ print(json.dumps([one, before, inside, after, counts()]))
 """
 
 
-@pytest.mark.skipif(not thread_limit.available(), reason="needs torch's OpenMP runtime (and MKL where built in)")
+@pytest.mark.skipif(not thread_limit.available(), reason="needs torch's OpenMP runtime, and MKL if built in")
 def test_limited_here_limits_the_block_and_puts_the_thread_counts_back_even_after_an_error() -> None:
     # A fresh process: the counts set here must not leak into the other tests.
     out = subprocess.run([sys.executable, "-c", _LIMITED_HERE_SCRIPT], capture_output=True, text=True,

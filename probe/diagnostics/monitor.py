@@ -543,17 +543,23 @@ class Monitor:
                     after = [layer.weight() for layer in state.captured]
                     for layer, d in zip(state.captured, torch._foreach_sub(after, state.before)):
                         deltas[id(layer.param)] = d
+            measures: list[tuple[str, Callable[[], None]]] = []
             if "update" in plan and deltas:
-                self._timed("update", lambda: self._measure_update(step, state, deltas))
+                measures.append(("update", lambda: self._measure_update(step, state, deltas)))
             if "neuron" in plan and deltas:
-                self._timed("neuron", lambda: self._measure_neurons(step, state, deltas))
+                measures.append(("neuron", lambda: self._measure_neurons(step, state, deltas)))
+            if "spectra" not in plan or self._cuda_timing:
+                self._run_measures(measures)
             internals: Mapping[Tensor, Mapping[str, Tensor]] = {}
             if state.introspect_prev is not None:
                 internals = getattr(optimizer, "last_internals", {}) or {}
             if "internals" in plan:
                 self._timed("internals", lambda: self._measure_internals(step, idx, optimizer, internals))
             if "spectra" in plan:
-                self._timed("spectra", lambda: self._measure_spectra(step, idx, deltas, internals))
+                # On the CPU the update and neuron measures run while the spectra workers compute.
+                meanwhile = (lambda: self._run_measures(measures, within="spectra")) if measures else None
+                self._timed("spectra", lambda: self._measure_spectra(step, idx, deltas, internals, meanwhile))
+                self._run_measures(measures)  # any the spectra did not get to (they failed first)
             if state.introspect_prev is not None:
                 optimizer.introspect = state.introspect_prev  # type: ignore[attr-defined]
                 if not state.introspect_prev:
@@ -678,7 +684,9 @@ class Monitor:
         idx: int,
         deltas: dict[int, Tensor],
         internals: Mapping[Tensor, Mapping[str, Tensor]],
+        meanwhile: Callable[[], None] | None = None,
     ) -> None:
+        """Spectra of the optimizer's matrices; ``meanwhile`` runs while the spectra workers compute."""
         keys: list[str] = []
         values: list[Tensor] = []
         jobs: list[tuple[str, str]] = []  # (source, layer name) of each request
@@ -709,7 +717,7 @@ class Monitor:
                 values.append(orthogonality_error(entry["post_orth"]))
         parts = [stack_f32(values)] if values else []  # the orthogonality errors
         vectors = "spectra" in self._vectors_now
-        for group in self._spectra_pool.compute_groups(requests):
+        for group in self._spectra_pool.compute_groups(requests, meanwhile):
             rows = [jobs[i] for i in group.indices]
             keys += [f"sv.{src}.{q}/{name}" for q in group.stats for src, name in rows]
             parts.append(torch.stack(list(group.stats.values())).reshape(-1))  # measure-major, as the keys
@@ -787,6 +795,15 @@ class Monitor:
                 self._device_events.append((name, events[0], events[1], host_s))
                 return
         self._costs[name] = self._costs.get(name, 0.0) + host_s
+
+    def _run_measures(self, pending: list[tuple[str, Callable[[], None]]], within: str | None = None) -> None:
+        """Run and time each pending (name, measure), emptying the list. ``within``: the diagnostic
+        whose timing they ran inside of, which gets their time taken back from its own."""
+        t0 = time.perf_counter()
+        while pending:
+            self._timed(*pending.pop(0))
+        if within is not None:
+            self._costs[within] = self._costs.get(within, 0.0) - (time.perf_counter() - t0)
 
     def _settle_device_timing(self) -> None:
         """Charge the budget with the device time of the interval's diagnostics (events are complete now)."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ __all__ = ["SpectrumGroup", "SpectrumRequest", "SpectrumResult", "SpectraPool", 
 
 _MAX_WORKERS = 8
 _I = TypeVar("_I")
+_SMOOTHING = 0.3
+"""Weight of the newest measurement in the running averages that size the calling thread's share."""
 _STACK_MAX_ELEMENTS = 1 << 25
 """Most matrix elements measured in one batched call (128 MiB of float32)."""
 
@@ -123,9 +126,9 @@ def _worker_share(
     return _measure_share(requests, share), limited
 
 
-def _batches(requests: Sequence[SpectrumRequest], indices: Sequence[int], parts: int) -> list[list[int]]:
-    """Indices grouped into batched calls: one smaller side (exact), split into at least ``parts``
-    pieces of about equal work so that every worker gets a share; each top-k request alone."""
+def _batches(requests: Sequence[SpectrumRequest], indices: Sequence[int]) -> list[list[int]]:
+    """Indices grouped into batched calls: one per smaller side for exact spectra (split when larger
+    than ``_STACK_MAX_ELEMENTS``), each top-k request alone."""
     groups: dict[tuple[object, ...], list[int]] = {}
     batches: list[list[int]] = []
     for i in indices:
@@ -135,26 +138,42 @@ def _batches(requests: Sequence[SpectrumRequest], indices: Sequence[int], parts:
         else:
             groups.setdefault((min(mat.shape), mat.dtype, mat.device), []).append(i)
     for members in groups.values():
-        numel = sum(requests[i].mat.numel() for i in members)
-        pieces = min(len(members), max(parts, math.ceil(numel / _STACK_MAX_ELEMENTS)))
-        batches += _balanced(members, pieces, lambda i: _cost(requests, [i]))
+        pieces = math.ceil(sum(requests[i].mat.numel() for i in members) / _STACK_MAX_ELEMENTS)
+        pieces_of = _balanced(members, [0.0] * pieces, lambda i: _cost(requests, i))
+        batches += [piece for piece in pieces_of if piece]
     return batches
 
 
-def _balanced(items: Sequence[_I], bins: int, cost: Callable[[_I], int]) -> list[list[_I]]:
-    """``items`` in ``bins`` lists of about equal total cost (longest first, each to the lightest bin)."""
-    split: list[list[_I]] = [[] for _ in range(bins)]
-    load = [0] * bins
+def _shares(
+    requests: Sequence[SpectrumRequest], indices: Sequence[int], workers: int, preload: float
+) -> list[list[list[int]]]:
+    """The requests dealt out to ``workers`` threads by their cost, each share in batched calls.
+
+    Dealt one by one, so shares come out within one matrix of each other (a share still makes one
+    batched call per smaller side). The first share is the calling thread's, which has ``preload``
+    of other work to do first (in cost units).
+    """
+    loads = [preload] + [0.0] * (workers - 1)
+    return [_batches(requests, share) for share in _balanced(indices, loads, lambda i: _cost(requests, i))]
+
+
+def _balanced(items: Sequence[_I], loads: list[float], cost: Callable[[_I], float]) -> list[list[_I]]:
+    """``items`` in ``len(loads)`` lists of about equal total cost, the lists starting at ``loads``
+    (longest first, each to the lightest list); some lists may stay empty."""
+    split: list[list[_I]] = [[] for _ in loads]
+    load = list(loads)
     for weight, item in sorted(((cost(item), item) for item in items), key=lambda pair: pair[0], reverse=True):
         j = load.index(min(load))
         split[j].append(item)
         load[j] += weight
-    return [s for s in split if s]
+    return split
 
 
-def _cost(requests: Sequence[SpectrumRequest], batch: Sequence[int]) -> int:
-    """Work estimate of a batch, for scheduling: Gram products (m·n² a matrix) and eigensolves (n³)."""
-    return sum(max(m.shape) * min(m.shape) ** 2 + min(m.shape) ** 3 for m in (requests[i].mat for i in batch))
+def _cost(requests: Sequence[SpectrumRequest], i: int) -> float:
+    """Work estimate of a request, for scheduling: its Gram product (m·n²) and eigensolve (n³; measured
+    3x a product's cost per n³ for 128x128 on the dev machine, LAPACK's per-call overhead included)."""
+    m, n = max(requests[i].mat.shape), min(requests[i].mat.shape)
+    return float(m * n * n + 3 * n**3)
 
 
 class SpectraPool:
@@ -175,6 +194,8 @@ class SpectraPool:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._limit_works = True
+        self._meanwhile_s = 0.0  # running average of the calling thread's other work (``meanwhile``)
+        self._s_per_cost = 0.0  # running average of its seconds per unit of ``_cost``
 
     def compute(self, requests: Sequence[SpectrumRequest]) -> list[SpectrumResult]:
         """One result per request, in the order of ``requests``; an exception of any is raised here."""
@@ -186,31 +207,49 @@ class SpectraPool:
                 results[i] = SpectrumResult(row, {q: v[b] for q, v in group.stats.items()})
         return results  # type: ignore[return-value]
 
-    def compute_groups(self, requests: Sequence[SpectrumRequest]) -> list[SpectrumGroup]:
+    def compute_groups(
+        self, requests: Sequence[SpectrumRequest], meanwhile: Callable[[], object] | None = None
+    ) -> list[SpectrumGroup]:
         """Every request's spectrum, in the groups they were measured in (each request in exactly one).
 
         The cheap way to consume many spectra: a group's rows come as one tensor per measure, so the
         caller needs no tensor call per request. An exception of any request is raised here.
+
+        Args:
+            meanwhile: other work for the calling thread, run once before this returns; while the
+                pool threads compute their shares when there are any (single-threaded then, too), and
+                the calling thread's own share is smaller by about as much as it took last time.
         """
         accelerated = [i for i, r in enumerate(requests) if r.mat.device.type != "cpu"]
-        groups = [_measure_batch(requests, batch) for batch in _batches(requests, accelerated, parts=1)]
+        groups = [_measure_batch(requests, batch) for batch in _batches(requests, accelerated)]
         cpu = [i for i, r in enumerate(requests) if r.mat.device.type == "cpu"]
         parallel = self.workers > 1 and self._limit_works and thread_limit.available()
-        batches = _batches(requests, cpu, self.workers if parallel else 1)
-        if not parallel or len(batches) < 2:
-            return groups + [_measure_batch(requests, batch) for batch in batches]
+        preload = self._meanwhile_s / self._s_per_cost if meanwhile is not None and self._s_per_cost else 0.0
+        shares = _shares(requests, cpu, self.workers if parallel else 1, preload)
+        if not any(shares[1:]):  # nothing for the pool threads
+            groups += [_measure_batch(requests, batch) for batch in shares[0]]
+            if meanwhile is not None:
+                meanwhile()
+            return groups
         # One share per worker, of about equal work: the calls of a share run one after another. The
         # calling thread takes the first share itself instead of sleeping until the others are done:
         # one thread less to wake, measured 3.5-4.5 ms faster per step of the benchmark GPT.
-        shares = _balanced(batches, self.workers, lambda batch: _cost(requests, batch))
         thread_limit.release_idle_threads()  # the training's OpenMP threads would spin on the workers' cores
         pool = self._executor_or_start()
         futures: list[Future[tuple[list[SpectrumGroup], bool]]] = []
         try:
             for share in shares[1:]:
-                futures.append(pool.submit(_worker_share, requests, share))
+                if share:
+                    futures.append(pool.submit(_worker_share, requests, share))
             with thread_limit.limited_here() as limited:
+                t0 = time.perf_counter()
+                if meanwhile is not None:
+                    meanwhile()
+                t1 = time.perf_counter()
                 groups += _measure_share(requests, shares[0])
+                t2 = time.perf_counter()
+            self._learn(t1 - t0 if meanwhile is not None else None, t2 - t1,
+                        sum(_cost(requests, i) for batch in shares[0] for i in batch))
             self._limit_works &= limited
             for future in futures:
                 measured, limited = future.result()
@@ -220,6 +259,14 @@ class SpectraPool:
             for future in futures:
                 future.cancel() or future.exception()
         return groups
+
+    def _learn(self, meanwhile_s: float | None, share_s: float, share_cost: float) -> None:
+        """Running averages of how long ``meanwhile`` takes and of the seconds per unit of cost."""
+        if meanwhile_s is not None:
+            self._meanwhile_s += _SMOOTHING * (meanwhile_s - self._meanwhile_s)
+        if share_cost > 0:
+            rate = share_s / share_cost
+            self._s_per_cost += (_SMOOTHING if self._s_per_cost else 1.0) * (rate - self._s_per_cost)
 
     def close(self) -> None:
         """Stop the worker threads (a later :meth:`compute` starts new ones)."""

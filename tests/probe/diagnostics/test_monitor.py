@@ -489,3 +489,45 @@ def test_a_subclass_that_recovers_from_a_failed_inner_step_is_one_measured_step(
     train(model, opt, 2)
     assert mon.steps_closed == 4 and [s for s, _ in recording_run.logs] == [0, 1, 2, 3]
     assert sorted(recording_run.series("update_ratio/fc1.weight")) == [0, 1, 2, 3]
+
+
+def test_update_and_neuron_measures_run_with_the_spectra_and_are_charged_as_their_own(
+    recording_run: RecordingRun, monkeypatch
+) -> None:
+    """On the CPU they run while the spectra workers compute: their time must not count as the spectra's."""
+    import time
+
+    real = Monitor._measure_neurons
+
+    def slow_neurons(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        time.sleep(0.05)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Monitor, "_measure_neurons", slow_neurons)
+    model = TinyMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = attach(model, opt, run=recording_run, budget=None, log_every=1, update_every=1, neuron_every=1,
+                 spectra_every=1)
+    train(model, opt, 2)
+    assert {"neuron.cv/fc1.weight", "update_ratio/fc1.weight", "sv.weight.cond/fc1.weight"} <= recording_run.keys()
+    assert mon.budget.cost["neuron"] >= 0.05
+    assert mon.budget.cost["spectra"] < 0.04  # the tiny spectra alone, not the 50 ms spent meanwhile
+
+
+def test_update_and_neuron_measures_survive_spectra_that_fail_before_reaching_them(
+    recording_run: RecordingRun, monkeypatch
+) -> None:
+    import probe.diagnostics.monitor as monitor_module
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("bad matrix")
+
+    monkeypatch.setattr(monitor_module, "as_matrix", broken)  # fails while the spectra requests are built
+    model = TinyMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mon = attach(model, opt, run=recording_run, budget=None, log_every=1, update_every=1, spectra_every=1)
+        train(model, opt, 1)
+    assert "spectra" in mon.disabled
+    assert "update_ratio/fc1.weight" in recording_run.keys()

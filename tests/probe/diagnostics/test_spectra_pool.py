@@ -95,13 +95,13 @@ def test_rejects_zero_workers() -> None:
         SpectraPool(0)
 
 
-def test_batches_are_dealt_out_as_one_task_per_worker_of_about_equal_work(monkeypatch) -> None:
+def test_requests_are_dealt_out_as_one_share_per_worker_of_about_equal_work(monkeypatch) -> None:
     import probe.diagnostics.spectra_pool as spectra_pool
 
-    tasks: list[list[list[int]]] = []
+    shares: list[list[list[int]]] = []
     real = spectra_pool._measure_share
     monkeypatch.setattr(spectra_pool, "_measure_share",
-                        lambda requests, task: tasks.append(task) or real(requests, task))
+                        lambda requests, share: shares.append(share) or real(requests, share))
     requests = _requests()
     pool = SpectraPool(2)
     try:
@@ -110,13 +110,27 @@ def test_batches_are_dealt_out_as_one_task_per_worker_of_about_equal_work(monkey
         pool.close()
     assert len(results) == len(requests)
     if not spectra_pool.thread_limit.available():
-        assert tasks == []  # computed on the calling thread
+        assert shares == []  # computed on the calling thread
         return
-    assert len(tasks) == 2  # several batched calls and top-k estimates, but one task per worker
-    assert sorted(i for task in tasks for batch in task for i in batch) == list(range(len(requests)))
-    loads = [sum(spectra_pool._cost(requests, batch) for batch in task) for task in tasks]
-    biggest = max(spectra_pool._cost(requests, batch) for task in tasks for batch in task)
-    assert abs(loads[0] - loads[1]) <= biggest  # the greedy deal is off by at most one batched call
+    assert len(shares) == 2  # several batched calls and top-k estimates, but one share per worker
+    assert sorted(i for share in shares for batch in share for i in batch) == list(range(len(requests)))
+    loads = [sum(spectra_pool._cost(requests, i) for batch in share for i in batch) for share in shares]
+    biggest = max(spectra_pool._cost(requests, i) for i in range(len(requests)))
+    assert abs(loads[0] - loads[1]) <= biggest  # the greedy deal is off by at most one request
+
+
+def test_the_calling_threads_share_is_smaller_by_its_other_work() -> None:
+    import probe.diagnostics.spectra_pool as spectra_pool
+
+    gen = torch.Generator().manual_seed(3)
+    requests = [SpectrumRequest(torch.randn(64, 16, generator=gen), 30, 4, i) for i in range(40)]
+    one = spectra_pool._cost(requests, 0)
+    for preload in (0.0, 10 * one):
+        shares = spectra_pool._shares(requests, range(40), 2, preload)
+        assert sorted(i for share in shares for batch in share for i in batch) == list(range(40))
+        assert all(len(share) == 1 for share in shares)  # one smaller side: one batched call a share
+        caller, worker = (sum(spectra_pool._cost(requests, i) for i in share[0]) for share in shares)
+        assert abs(caller + preload - worker) <= one
 
 
 def test_idle_openmp_threads_are_released_before_the_workers_start(monkeypatch) -> None:
@@ -206,3 +220,45 @@ def test_groups_hold_every_request_once_with_the_rows_of_its_per_request_result(
             assert group.stats.keys() == results[i].stats.keys()
             for q, v in group.stats.items():
                 torch.testing.assert_close(v[b], results[i].stats[q], equal_nan=True)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_other_work_runs_once_on_the_calling_thread_single_threaded(workers: int) -> None:
+    import probe.diagnostics.spectra_pool as spectra_pool
+
+    seen: list[tuple[int, int]] = []
+    pool = SpectraPool(workers)
+    try:
+        groups = pool.compute_groups(_requests(), meanwhile=lambda: seen.append(
+            (threading.get_ident(), torch.get_num_threads())))
+    finally:
+        pool.close()
+    assert sorted(i for group in groups for i in group.indices) == list(range(len(_requests())))
+    assert [thread for thread, _ in seen] == [threading.get_ident()]
+    if workers > 1 and spectra_pool.thread_limit.available():
+        assert seen[0][1] == 1  # while the pool threads compute, the calling thread is single-threaded too
+
+
+def test_slow_other_work_moves_the_calling_threads_share_to_the_pool(monkeypatch) -> None:
+    import time
+
+    import probe.diagnostics.spectra_pool as spectra_pool
+
+    if not spectra_pool.thread_limit.available():
+        pytest.skip("needs torch's OpenMP runtime: without it everything runs on the calling thread")
+    caller = threading.get_ident()
+    mine: list[int] = []  # requests the calling thread measured, per call
+    real = spectra_pool._measure_share
+    monkeypatch.setattr(spectra_pool, "_measure_share", lambda requests, share: (
+        mine.append(sum(map(len, share))) if threading.get_ident() == caller else None) or real(requests, share))
+    gen = torch.Generator().manual_seed(5)
+    requests = [SpectrumRequest(torch.randn(64, 16, generator=gen), 30, 4, i) for i in range(12)]
+    pool = SpectraPool(2)
+    try:
+        for _ in range(2):
+            groups = pool.compute_groups(requests, meanwhile=lambda: time.sleep(0.05))
+            assert sorted(i for group in groups for i in group.indices) == list(range(12))
+    finally:
+        pool.close()
+    assert mine[0] == 6  # nothing known yet: an even deal
+    assert mine[1] == 0  # 50 ms of other work outweighs all twelve small spectra: the pool takes them

@@ -30,7 +30,6 @@ Failure policy
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
 import warnings
@@ -113,11 +112,6 @@ class _Layer:
         grad = self.param.grad
         return None if grad is None else local_shard(grad)
 
-    @functools.cached_property
-    def nbytes(self) -> int:
-        """Bytes of a copy of :meth:`weight` (a parameter keeps its shape: computed once)."""
-        weight = self.weight()
-        return weight.numel() * weight.element_size()
 
 
 @dataclass
@@ -497,7 +491,7 @@ class Monitor:
         limit = self.capture_max_bytes
         if limit is None or not layers:
             return layers
-        sizes = [layer.nbytes for layer in layers]
+        sizes = [layer.weight().numel() * layer.param.element_size() for layer in layers]
         if sum(sizes) <= limit:
             return layers
         start = self._capture_cursor.get(idx, 0) % len(layers)
@@ -686,7 +680,8 @@ class Monitor:
         internals: Mapping[Tensor, Mapping[str, Tensor]],
         meanwhile: Callable[[], None] | None = None,
     ) -> None:
-        """Spectra of the optimizer's matrices; ``meanwhile`` runs while the spectra workers compute."""
+        """Spectra of the optimizer's matrices; ``meanwhile``: other work for this thread, run while
+        the spectra workers compute (see ``SpectraPool.compute_groups``)."""
         keys: list[str] = []
         values: list[Tensor] = []
         jobs: list[tuple[str, str]] = []  # (source, layer name) of each request
@@ -715,22 +710,24 @@ class Monitor:
             if "post_orth" in entry:
                 keys.append(f"orth_err/{layer.name}")
                 values.append(orthogonality_error(entry["post_orth"]))
-        parts = [stack_f32(values)] if values else []  # the orthogonality errors
+        self._add_record(step, keys, values)  # the orthogonality errors
         vectors = "spectra" in self._vectors_now
+        by_device: dict[torch.device, tuple[list[str], list[Tensor]]] = {}  # one record per device
         for group in self._spectra_pool.compute_groups(requests, meanwhile):
             rows = [jobs[i] for i in group.indices]
-            keys += [f"sv.{src}.{q}/{name}" for q in group.stats for src, name in rows]
+            dev_keys, parts = by_device.setdefault(group.spectrum.values.device, ([], []))
+            dev_keys += [f"sv.{src}.{q}/{name}" for q in group.stats for src, name in rows]
             parts.append(torch.stack(list(group.stats.values())).reshape(-1))  # measure-major, as the keys
             pre_orth = [b for b, (src, _) in enumerate(rows) if src == "pre_orth"]
             if pre_orth and not group.spectrum.truncated:
-                keys += [f"sv.pre_orth.not_lifted/{rows[b][1]}" for b in pre_orth]
+                dev_keys += [f"sv.pre_orth.not_lifted/{rows[b][1]}" for b in pre_orth]
                 fractions = not_lifted_fraction(group.spectrum)
                 parts.append(torch.stack([fractions[b] for b in pre_orth]))  # views: no index tensor to copy
             if vectors:
                 names = [(f"sv.{src}", name) for src, name in rows]
                 self._buffer.add_arrays(names, step, group.spectrum.values)
-        if parts:
-            self._add_record(step, keys, torch.cat(parts))
+        for dev_keys, parts in by_device.values():
+            self._add_record(step, dev_keys, torch.cat(parts))
 
     # ------------------------------------------------------------------ flush
     def _flush(self) -> None:

@@ -1,4 +1,4 @@
-"""Many spectra at once: same-shape matrices batched, CPU ones spread over single-threaded worker threads.
+"""Many spectra at once: batched per smaller side, CPU ones spread over single-threaded worker threads.
 
 Why not one call after another on the training thread: the symmetric eigensolver behind every CPU
 spectrum (LAPACK ``syevd`` via MKL) does not scale *down*. On this project's 128x128 Gram matrices
@@ -12,15 +12,18 @@ The calling thread, which has to wait for the results anyway, computes one share
 single-threaded only for that while (``thread_limit.limited_here``, which puts its counts back).
 Where the per-thread limit is not available, everything is computed on the calling thread as it is.
 
-Matrices with the same smaller side (whatever their longer side and orientation) go to one batched
-eigensolver call, split into pieces of about equal work; the pieces (and the top-k estimates) are
-dealt out as one share per worker, so a worker pays its per-task set-up once. Before the workers
-start, the training thread's idle OpenMP threads are released (``thread_limit.release_idle_threads``):
-they would otherwise spin-wait for milliseconds on the cores the workers need. Tried and dropped,
-measured on the 2-core machine: forming the Gram products on the calling thread with torch's own
-threads and only the eigensolvers on the workers (no faster); one batched product per shape instead
-of one product per matrix (slower: the stacked float64 copies cost more than the calls they save);
-and the training thread measuring updates and neurons while the workers compute (no gain that
+The requests are dealt out one by one, by their estimated cost, into one share per worker; within a
+share, matrices with the same smaller side (whatever their longer side and orientation) go to one
+batched eigensolver call, so a worker pays its per-call set-up once per shape. The calling thread may
+have other work to do meanwhile (the Monitor's update and neuron measures, ≈2.5 ms a step on the
+benchmark GPT): its share is then smaller by a running average of how long that takes. Before the
+workers start, the training thread's idle OpenMP threads are released
+(``thread_limit.release_idle_threads``): they would otherwise spin-wait for milliseconds on the cores
+the workers need. Tried and dropped, measured on the 2-core machine: forming the Gram products on the
+calling thread with torch's own threads and only the eigensolvers on the workers (no faster); one
+batched product per shape instead of one product per matrix (slower: the stacked float64 copies cost
+more than the calls they save); and the calling thread measuring updates and neurons while two
+workers computed, before it had a share of its own (three busy threads on two cores: no gain that
 stood out of the machine's noise).
 
 The training thread waits for the results (it is inside the optimizer's post-step hook), so the
@@ -120,10 +123,12 @@ def _measure_share(requests: Sequence[SpectrumRequest], share: list[list[int]]) 
 
 def _worker_share(
     requests: Sequence[SpectrumRequest], share: list[list[int]]
-) -> tuple[list[SpectrumGroup], bool]:
-    """:func:`_measure_share` on a pool thread, made single-threaded first (it stays so: the pool owns it)."""
+) -> tuple[list[SpectrumGroup], bool, float]:
+    """:func:`_measure_share` on a pool thread, made single-threaded first (it stays so: the pool owns
+    it); also returns whether that worked and the seconds the share took."""
     limited = thread_limit.limit_this_thread()
-    return _measure_share(requests, share), limited
+    t0 = time.perf_counter()
+    return _measure_share(requests, share), limited, time.perf_counter() - t0
 
 
 def _batches(requests: Sequence[SpectrumRequest], indices: Sequence[int]) -> list[list[int]]:
@@ -138,7 +143,7 @@ def _batches(requests: Sequence[SpectrumRequest], indices: Sequence[int]) -> lis
         else:
             groups.setdefault((min(mat.shape), mat.dtype, mat.device), []).append(i)
     for members in groups.values():
-        pieces = math.ceil(sum(requests[i].mat.numel() for i in members) / _STACK_MAX_ELEMENTS)
+        pieces = max(1, math.ceil(sum(requests[i].mat.numel() for i in members) / _STACK_MAX_ELEMENTS))
         pieces_of = _balanced(members, [0.0] * pieces, lambda i: _cost(requests, i))
         batches += [piece for piece in pieces_of if piece]
     return batches
@@ -170,14 +175,24 @@ def _balanced(items: Sequence[_I], loads: list[float], cost: Callable[[_I], floa
 
 
 def _cost(requests: Sequence[SpectrumRequest], i: int) -> float:
-    """Work estimate of a request, for scheduling: its Gram product (m·n²) and eigensolve (n³; measured
-    3x a product's cost per n³ for 128x128 on the dev machine, LAPACK's per-call overhead included)."""
-    m, n = max(requests[i].mat.shape), min(requests[i].mat.shape)
+    """Work estimate of a request, for scheduling. Exact: its Gram product (m·n²) and eigensolve (n³;
+    measured 3x a product's cost per n³ for 128x128 on the dev machine, LAPACK's per-call overhead
+    included). Top-k: the range finder's products with m x n (six of them with ``singular_values``'
+    two power iterations, each m·n·(k + 16))."""
+    request = requests[i]
+    m, n = max(request.mat.shape), min(request.mat.shape)
+    if n > request.full_max_dim:
+        return float(6 * m * n * (request.top_k + 16))
     return float(m * n * n + 3 * n**3)
 
 
+def _average(old: float, new: float) -> float:
+    """Running average; 0 means none yet (the first measurement is taken as it is)."""
+    return new if not old else old + _SMOOTHING * (new - old)
+
+
 class SpectraPool:
-    """Spectra of many matrices: same-shape ones batched, CPU ones in parallel on single-threaded workers.
+    """Spectra of many matrices: batched per smaller side, CPU ones in parallel on single-threaded workers.
 
     Args:
         workers: threads that compute CPU matrices side by side, the calling thread one of them
@@ -216,9 +231,10 @@ class SpectraPool:
         caller needs no tensor call per request. An exception of any request is raised here.
 
         Args:
-            meanwhile: other work for the calling thread, run once before this returns; while the
-                pool threads compute their shares when there are any (single-threaded then, too), and
-                the calling thread's own share is smaller by about as much as it took last time.
+            meanwhile: other work for the calling thread, run once before this returns: while the
+                pool threads compute their shares when there are any (single-threaded then, too; the
+                calling thread's own share is smaller by a running average of its time), else after
+                the spectra.
         """
         accelerated = [i for i, r in enumerate(requests) if r.mat.device.type != "cpu"]
         groups = [_measure_batch(requests, batch) for batch in _batches(requests, accelerated)]
@@ -236,7 +252,7 @@ class SpectraPool:
         # one thread less to wake, measured 3.5-4.5 ms faster per step of the benchmark GPT.
         thread_limit.release_idle_threads()  # the training's OpenMP threads would spin on the workers' cores
         pool = self._executor_or_start()
-        futures: list[Future[tuple[list[SpectrumGroup], bool]]] = []
+        futures: list[Future[tuple[list[SpectrumGroup], bool, float]]] = []
         try:
             for share in shares[1:]:
                 if share:
@@ -247,26 +263,27 @@ class SpectraPool:
                     meanwhile()
                 t1 = time.perf_counter()
                 groups += _measure_share(requests, shares[0])
-                t2 = time.perf_counter()
-            self._learn(t1 - t0 if meanwhile is not None else None, t2 - t1,
-                        sum(_cost(requests, i) for batch in shares[0] for i in batch))
+                share_s = time.perf_counter() - t1
             self._limit_works &= limited
             for future in futures:
-                measured, limited = future.result()
+                measured, limited, seconds = future.result()
                 groups += measured
+                share_s += seconds
                 self._limit_works &= limited  # multi-threaded still: the calling thread alone from now on
+            meanwhile_s = t1 - t0 if meanwhile is not None else None
+            self._learn(meanwhile_s, share_s, sum(_cost(requests, i) for i in cpu))
         finally:  # on an error, still wait: the workers must not outlive the caller's optimizer hook
             for future in futures:
                 future.cancel() or future.exception()
         return groups
 
-    def _learn(self, meanwhile_s: float | None, share_s: float, share_cost: float) -> None:
-        """Running averages of how long ``meanwhile`` takes and of the seconds per unit of cost."""
+    def _learn(self, meanwhile_s: float | None, shares_s: float, cost: float) -> None:
+        """Running averages of how long ``meanwhile`` takes and of the seconds per unit of cost (over
+        every share: the calling thread's alone would stop learning once its share is empty)."""
         if meanwhile_s is not None:
-            self._meanwhile_s += _SMOOTHING * (meanwhile_s - self._meanwhile_s)
-        if share_cost > 0:
-            rate = share_s / share_cost
-            self._s_per_cost += (_SMOOTHING if self._s_per_cost else 1.0) * (rate - self._s_per_cost)
+            self._meanwhile_s = _average(self._meanwhile_s, meanwhile_s)
+        if cost > 0:
+            self._s_per_cost = _average(self._s_per_cost, shares_s / cost)
 
     def close(self) -> None:
         """Stop the worker threads (a later :meth:`compute` starts new ones)."""

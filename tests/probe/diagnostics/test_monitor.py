@@ -509,7 +509,8 @@ def test_update_and_neuron_measures_run_with_the_spectra_and_are_charged_as_thei
     mon = attach(model, opt, run=recording_run, budget=None, log_every=1, update_every=1, neuron_every=1,
                  spectra_every=1)
     train(model, opt, 2)
-    assert {"neuron.cv/fc1.weight", "update_ratio/fc1.weight", "sv.weight.cond/fc1.weight"} <= recording_run.keys()
+    expected = {"neuron.cv/fc1.weight", "update_ratio/fc1.weight", "sv.weight.cond/fc1.weight"}
+    assert expected <= recording_run.keys()
     assert mon.budget.cost["neuron"] >= 0.05
     assert mon.budget.cost["spectra"] < 0.04  # the tiny spectra alone, not the 50 ms spent meanwhile
 
@@ -531,3 +532,102 @@ def test_update_and_neuron_measures_survive_spectra_that_fail_before_reaching_th
         train(model, opt, 1)
     assert "spectra" in mon.disabled
     assert "update_ratio/fc1.weight" in recording_run.keys()
+
+
+def test_on_the_cpu_update_and_neuron_measures_run_inside_the_spectra_computation(
+    recording_run: RecordingRun, monkeypatch
+) -> None:
+    from probe.diagnostics.spectra_pool import SpectraPool
+
+    inside = [False]
+    ran: list[tuple[str, bool]] = []
+    real_groups = SpectraPool.compute_groups
+
+    def groups(self, requests, meanwhile=None):  # noqa: ANN001, ANN202
+        assert meanwhile is not None
+        inside[0] = True
+        try:
+            return real_groups(self, requests, meanwhile)
+        finally:
+            inside[0] = False
+
+    def recorded(name: str, real):  # noqa: ANN001, ANN202
+        return lambda self, *args: ran.append((name, inside[0])) or real(self, *args)
+
+    monkeypatch.setattr(SpectraPool, "compute_groups", groups)
+    monkeypatch.setattr(Monitor, "_measure_update", recorded("update", Monitor._measure_update))
+    monkeypatch.setattr(Monitor, "_measure_neurons", recorded("neuron", Monitor._measure_neurons))
+    model = TinyMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    attach(model, opt, run=recording_run, budget=None, log_every=1, update_every=1, neuron_every=1,
+           spectra_every=1)
+    train(model, opt, 2)
+    assert ran == [("update", True), ("neuron", True)] * 2
+    assert {"update_ratio/fc1.weight", "neuron.cv/fc1.weight"} <= recording_run.keys()
+
+
+def test_spectra_failing_after_the_measures_ran_neither_repeat_nor_charge_them(
+    recording_run: RecordingRun, monkeypatch
+) -> None:
+    import time
+
+    import probe.diagnostics.spectra_pool as spectra_pool
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("eigensolver failed")
+
+    calls: list[int] = []
+    real_update = Monitor._measure_update
+
+    def slow_update(self, *args):  # noqa: ANN001, ANN202
+        calls.append(1)
+        time.sleep(0.05)
+        return real_update(self, *args)
+
+    monkeypatch.setattr(spectra_pool, "_measure_batch", broken)  # after the measures, or instead of them
+    monkeypatch.setattr(Monitor, "_measure_update", slow_update)
+    model = TinyMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mon = attach(model, opt, run=recording_run, budget=None, log_every=1, update_every=1, spectra_every=1)
+        train(model, opt, 1)
+    assert "spectra" in mon.disabled and calls == [1]
+    assert "update_ratio/fc1.weight" in recording_run.keys()
+    assert mon.budget.cost["update"] >= 0.05 and mon.budget.cost["spectra"] < 0.04
+
+
+def test_spectra_of_layers_on_different_devices_are_recorded_per_device(
+    recording_run: RecordingRun, monkeypatch
+) -> None:
+    """One record (one tensor) per device: a model split over devices must not need a cross-device cat."""
+    from probe.diagnostics.spectra import Spectrum
+    from probe.diagnostics.spectra_pool import SpectraPool, SpectrumGroup
+
+    real_groups = SpectraPool.compute_groups
+
+    def split_over_devices(self, requests, meanwhile=None):  # noqa: ANN001, ANN202
+        groups = real_groups(self, requests, meanwhile)
+        first = groups[0]  # the same measures, as if on another device ("meta" stands in for a GPU)
+        moved = SpectrumGroup(
+            first.indices,
+            Spectrum(first.spectrum.values.to("meta"), first.spectrum.frob_sq.to("meta"), truncated=False),
+            {q: v.to("meta") for q, v in first.stats.items()},
+        )
+        return [moved, *groups[1:]]
+
+    records: list[tuple[list[str], torch.device]] = []
+    monkeypatch.setattr(SpectraPool, "compute_groups", split_over_devices)
+    monkeypatch.setattr(Monitor, "_add_record", lambda self, step, keys, values: records.append(
+        (keys, values.device if isinstance(values, torch.Tensor) else None)))
+    model = TinyMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    attach(model, opt, run=recording_run, budget=None, log_every=1000, spectra_every=1, spectra_workers=1)
+    train(model, opt, 1)
+    spectra = [(keys, device) for keys, device in records if keys and keys[0].startswith("sv.")]
+    assert sorted(device.type for _, device in spectra) == ["cpu", "meta"]
+    measures = ("spectral_norm", "cond", "stable_rank", "eff_rank")
+    layers = ("fc1.weight", "fc2.weight")
+    assert sorted(k for keys, _ in spectra for k in keys) == sorted(
+        f"sv.{src}.{q}/{name}" for src in ("weight", "update") for q in measures for name in layers
+    )

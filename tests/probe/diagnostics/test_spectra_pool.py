@@ -249,8 +249,13 @@ def test_slow_other_work_moves_the_calling_threads_share_to_the_pool(monkeypatch
     caller = threading.get_ident()
     mine: list[int] = []  # requests the calling thread measured, per call
     real = spectra_pool._measure_share
-    monkeypatch.setattr(spectra_pool, "_measure_share", lambda requests, share: (
-        mine.append(sum(map(len, share))) if threading.get_ident() == caller else None) or real(requests, share))
+
+    def share_of(requests, share):  # noqa: ANN001, ANN202
+        if threading.get_ident() == caller:
+            mine.append(sum(map(len, share)))
+        return real(requests, share)
+
+    monkeypatch.setattr(spectra_pool, "_measure_share", share_of)
     gen = torch.Generator().manual_seed(5)
     requests = [SpectrumRequest(torch.randn(64, 16, generator=gen), 30, 4, i) for i in range(12)]
     pool = SpectraPool(2)

@@ -524,14 +524,19 @@ def test_update_and_neuron_measures_survive_spectra_that_fail_before_reaching_th
         raise RuntimeError("bad matrix")
 
     monkeypatch.setattr(monitor_module, "as_matrix", broken)  # fails while the spectra requests are built
+    _one_step_with_failing_spectra(recording_run)
+    assert "update_ratio/fc1.weight" in recording_run.keys()
+
+
+def _one_step_with_failing_spectra(run: RecordingRun) -> Monitor:
     model = TinyMLP()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mon = attach(model, opt, run=recording_run, budget=None, log_every=1, update_every=1, spectra_every=1)
+        mon = attach(model, opt, run=run, budget=None, log_every=1, update_every=1, spectra_every=1)
         train(model, opt, 1)
     assert "spectra" in mon.disabled
-    assert "update_ratio/fc1.weight" in recording_run.keys()
+    return mon
 
 
 def test_on_the_cpu_update_and_neuron_measures_run_inside_the_spectra_computation(
@@ -586,13 +591,8 @@ def test_spectra_failing_after_the_measures_ran_neither_repeat_nor_charge_them(
 
     monkeypatch.setattr(spectra_pool, "_measure_batch", broken)  # after the measures, or instead of them
     monkeypatch.setattr(Monitor, "_measure_update", slow_update)
-    model = TinyMLP()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mon = attach(model, opt, run=recording_run, budget=None, log_every=1, update_every=1, spectra_every=1)
-        train(model, opt, 1)
-    assert "spectra" in mon.disabled and calls == [1]
+    mon = _one_step_with_failing_spectra(recording_run)
+    assert calls == [1]
     assert "update_ratio/fc1.weight" in recording_run.keys()
     assert mon.budget.cost["update"] >= 0.05 and mon.budget.cost["spectra"] < 0.04
 

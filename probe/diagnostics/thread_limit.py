@@ -129,10 +129,8 @@ def limit_this_thread() -> bool:
         return False
     try:
         torch.get_num_threads()  # torch's lazy per-thread set-up runs first, or it would undo what follows
-        runtime.omp_set_num_threads(1)
-        if runtime.mkl is not None:
-            runtime.mkl.set_local(1)
-        return torch.get_num_threads() == 1 and (runtime.mkl is None or runtime.mkl.max_threads() == 1)
+        _set_one_thread(runtime)
+        return _reports_one_thread(runtime)
     except Exception:  # noqa: BLE001 - the caller then stops using worker threads
         return False
 
@@ -153,10 +151,8 @@ def limited_here() -> Iterator[bool]:
     mkl_before: int | None = None
     try:
         try:
-            runtime.omp_set_num_threads(1)
-            if runtime.mkl is not None:
-                mkl_before = runtime.mkl.set_local(1)
-            one = torch.get_num_threads() == 1 and (runtime.mkl is None or runtime.mkl.max_threads() == 1)
+            mkl_before = _set_one_thread(runtime)
+            one = _reports_one_thread(runtime)
         except Exception:  # noqa: BLE001 - the caller then computes with the thread's own counts
             one = False
         yield one
@@ -164,6 +160,17 @@ def limited_here() -> Iterator[bool]:
         runtime.omp_set_num_threads(before)
         if mkl_before is not None:
             runtime.mkl.set_local(mkl_before)  # type: ignore[union-attr]
+
+
+def _set_one_thread(runtime: _Runtime) -> int | None:
+    """Set the calling thread's OpenMP and MKL counts to one; returns MKL's previous local count
+    (None in a build without MKL)."""
+    runtime.omp_set_num_threads(1)
+    return runtime.mkl.set_local(1) if runtime.mkl is not None else None
+
+
+def _reports_one_thread(runtime: _Runtime) -> bool:
+    return torch.get_num_threads() == 1 and (runtime.mkl is None or runtime.mkl.max_threads() == 1)
 
 
 _OMP_PAUSE_SOFT = 1

@@ -2,9 +2,9 @@
 
 Per-step measurements are kept as they were computed — 1-D float32 tensors on the device, one per
 (step, group of keys), plus arrays (a batch of them as the rows of one tensor) — so a step never
-waits for the device. :meth:`IntervalBuffer.drain`
-concatenates everything on a device into one tensor and copies it once (``.cpu()``, which is the
-interval's only synchronization), then hands back Python floats per step and CPU tensors per array.
+waits for the device. :meth:`IntervalBuffer.drain` concatenates everything on a device into one
+tensor and copies it once (``.cpu()``, which is the interval's only synchronization), then hands back
+Python floats per step and CPU tensors per array.
 """
 
 from __future__ import annotations

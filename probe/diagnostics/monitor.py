@@ -113,7 +113,6 @@ class _Layer:
         return None if grad is None else local_shard(grad)
 
 
-
 @dataclass
 class _OptStep:
     """What an optimizer's pre-hook leaves for its post-hook."""
@@ -161,8 +160,8 @@ class Monitor:
         seed: seed of the Monitor's own RNG (randomized SVD); the global RNG is never touched.
         spectra_workers: threads that compute CPU spectra side by side, each with one torch thread,
             the training thread one of them (default: torch's intra-op thread count, at most 8; see
-            ``spectra_pool``). GPU spectra
-            are computed from the training thread (their solvers synchronize: see ``spectra``).
+            ``spectra_pool``). GPU spectra are computed from the training thread (their solvers
+            synchronize: see ``spectra``).
     """
 
     def __init__(

@@ -87,8 +87,8 @@ class AlertEngine:
         r = self.rules
         if quantity == "nonfinite":
             if value > 0:
-                return self._emit("nonfinite", layer, step, f"{value:.0f} non-finite values in grad or update",
-                                  "error", {"count": value})
+                message = f"{value:.0f} non-finite values in grad or update"
+                return self._emit("nonfinite", layer, step, message, "error", {"count": value})
         elif quantity == "grad_norm":
             if not math.isfinite(value):
                 return self._emit("nonfinite", layer, step, f"non-finite gradient norm ({value})", "error",

@@ -61,7 +61,8 @@ def layer_internals(name: str, entry: Mapping[str, Tensor]) -> LayerInternals:
                 out.add(f"kfac.damping_rel{suffix}/{name}", entry["damping"].float() / (a.float() * g.float()))
     if "normalized" in entry and "post_orth" in entry:
         # NorMuon (ALGORITHMS §2.7): spread of the row RMS of O, which NorMuon evens out, and of Ô after it.
-        # A sharded NorMuon normalizes only its own rows of O: then O's spread would not compare like with like.
+        # A sharded NorMuon normalizes only its own rows of O: then O's spread would not compare like
+        # with like.
         same_rows = entry["post_orth"].shape[0] == entry["normalized"].shape[0]
         sources = (("post_orth", "row_rms_cv_before"),) if same_rows else ()
         for source, q in (*sources, ("normalized", "row_rms_cv_after")):

@@ -167,7 +167,8 @@ def _balanced(items: Sequence[_I], loads: list[float], cost: Callable[[_I], floa
     (longest first, each to the lightest list); some lists may stay empty."""
     split: list[list[_I]] = [[] for _ in loads]
     load = list(loads)
-    for weight, item in sorted(((cost(item), item) for item in items), key=lambda pair: pair[0], reverse=True):
+    weighed = sorted(((cost(item), item) for item in items), key=lambda pair: pair[0], reverse=True)
+    for weight, item in weighed:
         j = load.index(min(load))
         split[j].append(item)
         load[j] += weight

@@ -38,8 +38,10 @@ def test_check_metric_splits_the_key_and_skips_metrics_without_a_rule() -> None:
     assert engine.check_metric("grad_norm", 3, math.nan).key == "nonfinite"  # the global norm has no layer
 
 
-@pytest.mark.parametrize("quantity", ["nonfinite", "grad_norm", "sv.weight.cond", "sv.update.cond",
-                                      "neuron.frozen_frac", "update_ratio", "neuron.cv", "sv.weight.eff_rank"])
+@pytest.mark.parametrize("quantity", [
+    "nonfinite", "grad_norm", "sv.weight.cond", "sv.update.cond", "neuron.frozen_frac", "update_ratio",
+    "neuron.cv", "sv.weight.eff_rank",
+])
 @pytest.mark.parametrize("value", [0.0, 1e-9, 0.9, 2.0, 1e9, math.inf, -math.inf, math.nan])
 def test_check_metric_agrees_with_check_on_every_rule(quantity: str, value: float) -> None:
     by_key, direct = AlertEngine(), AlertEngine()

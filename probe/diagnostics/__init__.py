@@ -3,7 +3,7 @@
 Layout (one concern per module): ``spectra`` (singular values and derived ranks), ``spectra_pool``
 (many spectra at once: batched, CPU eigensolvers on worker threads), ``thread_limit`` (one intra-op
 thread for a worker, without process-wide side effects; the training's idle OpenMP threads released
-while the workers run), ``quantities`` (pure per-tensor measures), ``gradient_diff`` (two-half-batch
+while the workers run), ``measures`` (pure per-tensor measures), ``gradient_diff`` (two-half-batch
 projections), ``schedule`` (when to measure), ``budget`` (how much the probe may cost), ``alerts``
 (values → events) and ``monitor`` (the step hooks that tie them together; ``probe.attach`` returns a
 :class:`~probe.diagnostics.monitor.Monitor`).

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from probe.diagnostics.quantities import global_norm
+from probe.diagnostics.measures import global_norm
 
 __all__ = ["NoiseScale", "gradient_difference", "fisher_inner"]
 

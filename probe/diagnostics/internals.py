@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from probe.diagnostics.gradient_diff import NoiseScale
-from probe.diagnostics.quantities import row_norms, spread_stats
+from probe.diagnostics.measures import row_norms, spread_stats
 
 __all__ = ["LayerInternals", "layer_internals", "global_internals", "fop_summary"]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from probe.diagnostics.quantities import stack_f32
+from probe.diagnostics.measures import stack_f32
 
 __all__ = ["IntervalBuffer", "ArrayValue"]
 

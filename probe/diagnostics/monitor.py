@@ -47,7 +47,7 @@ from probe.diagnostics.budget import OverheadBudget
 from probe.diagnostics.gradient_diff import NoiseScale, gradient_difference
 from probe.diagnostics.internals import fop_summary, global_internals, layer_internals
 from probe.diagnostics.interval import IntervalBuffer
-from probe.diagnostics.quantities import (
+from probe.diagnostics.measures import (
     as_matrix,
     global_norm,
     local_shard,

@@ -62,7 +62,7 @@ def singular_values(
     """Return the singular values of a 2-D tensor (full when small, randomized top-k when large).
 
     Args:
-        mat: a 2-D tensor (reshape conv weights first; see ``quantities.as_matrix``).
+        mat: a 2-D tensor (reshape conv weights first; see ``measures.as_matrix``).
         full_max_dim: exact SVD when ``min(mat.shape) <= full_max_dim``.
         top_k: number of values estimated above that size.
         oversample, power_iters: accuracy knobs of the randomized estimate.

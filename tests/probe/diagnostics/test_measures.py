@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from probe.diagnostics.quantities import (
+from probe.diagnostics.measures import (
     as_matrix,
     global_norm,
     nonfinite_count,

@@ -85,40 +85,50 @@ def _session(settings: Settings) -> Session:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from server.access_log import uvicorn_log_config
     from server.auth import ensure_local_token, list_tokens
     from server.main import create_app
+    from server.private_files import private_dir, tighten_sqlite_files, write_private_text
+    from server.slow_clients import protocol_class
 
     settings = _settings(args, host=args.host, port=args.port)
-    home = Path(settings.home).expanduser()
-    home.mkdir(parents=True, exist_ok=True)
+    home = private_dir(Path(settings.home).expanduser())
     session = _session(settings)
-    token = None
     try:
+        if settings.uses_default_db:
+            tighten_sqlite_files(home / "optiscope.db")
         if is_loopback(settings.host) and settings.uses_default_db:
-            token = ensure_local_token(session=session, home=home)
+            ensure_local_token(session=session, home=home)
             url_host = "127.0.0.1" if settings.host in ("localhost",) else settings.host
             url_host = f"[{url_host}]" if ":" in url_host else url_host
             server_json = {"url": f"http://{url_host}:{settings.port}"}
-            (home / "server.json").write_text(json.dumps(server_json) + "\n")
+            write_private_text(home / "server.json", json.dumps(server_json) + "\n")
         elif not any(t.revoked_at is None for t in list_tokens(session=session)):
             print("optiscope: no API token exists yet; clients need one: optiscope token create"
                   + (f" --db {args.db}" if args.db else ""), file=sys.stderr)
     finally:
         session.close()
-    app = create_app(settings, token=token or os.environ.get("OPTISCOPE_TOKEN"))
+    app = create_app(settings)
     print(f"optiscope: serving on http://{settings.host}:{settings.port} "
           f"(database: {settings.db_url.split('@')[-1]})", file=sys.stderr, flush=True)
+    # Slow or hostile clients: headers within header_timeout, idle keep-alive closed after
+    # keep_alive_timeout, at most limit_concurrency connections (then 503), h11 header cap 64 KiB.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5)
+                log_config=uvicorn_log_config(), timeout_graceful_shutdown=5,
+                http=protocol_class(settings.header_timeout), timeout_keep_alive=settings.keep_alive_timeout,
+                limit_concurrency=settings.limit_concurrency, backlog=settings.backlog,
+                h11_max_incomplete_event_size=64 * 1024)
     return 0
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
     from server.migrate import upgrade
 
+    from server.private_files import private_dir
+
     settings = _settings(args)
     if settings.uses_default_db:
-        Path(settings.home).expanduser().mkdir(parents=True, exist_ok=True)
+        private_dir(Path(settings.home).expanduser())
     upgrade(settings.db_url, args.revision)
     print(f"database at {settings.db_url.split('@')[-1]} is at {args.revision}")
     return 0

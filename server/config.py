@@ -50,6 +50,22 @@ class Settings(BaseSettings):
     series_cache_mb: int = 256
     # None = derived from the bind host (loopback → reads are open); True/False force it.
     read_auth: bool | None = None
+    # Extra Host names answered besides the bound address and loopback names (comma-separated;
+    # "*" turns the DNS-rebinding check off, e.g. behind a proxy that checks Host itself).
+    allowed_hosts: str = ""
+    # Slow clients (``optiscope serve``): a connection must deliver its request headers within
+    # ``header_timeout`` s; idle keep-alive connections close after ``keep_alive_timeout`` s;
+    # past ``limit_concurrency`` open connections new requests get 503.
+    header_timeout: float = 10.0
+    keep_alive_timeout: int = 5
+    limit_concurrency: int = 1000
+    backlog: int = 2048
+    # One GET /runs/{id}/arrays may return at most this many float values (≈ 20 bytes each as
+    # JSON); larger reads are refused with 422 saying how to page.
+    max_array_read_values: int = 1_000_000
+    # Array reads that may build their response at the same time (the rest wait): bounds the
+    # server's memory under concurrent heavy reads.
+    array_read_concurrency: int = 2
 
     @property
     def db_url(self) -> str:
@@ -61,6 +77,12 @@ class Settings(BaseSettings):
     @property
     def uses_default_db(self) -> bool:
         return not self.database_url
+
+    @property
+    def extra_hosts(self) -> frozenset[str]:
+        """``allowed_hosts`` as lower-case names (ports and brackets stripped)."""
+        names = (h.strip().lower() for h in self.allowed_hosts.split(","))
+        return frozenset(n for n in names if n)
 
     @property
     def reads_need_token(self) -> bool:

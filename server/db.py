@@ -18,6 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from server import wire
+from server.private_files import DIR_MODE, private_file
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -72,8 +73,11 @@ def make_engine(url: str) -> Engine:
     """Engine for ``url``; creates the SQLite file's directory so the default needs no set-up."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+            database = Path(parsed.database).expanduser()
+            database.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            if not database.exists():  # 0600 before SQLite creates it (its -wal/-shm copy the mode)
+                private_file(database)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                json_serializer=_json_dumps, json_deserializer=orjson.loads)
         event.listen(engine, "connect", _sqlite_pragmas)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,8 @@ from server.api import openapi as api_openapi
 from server.config import VERSION, Settings, get_settings
 from server.db import make_engine, make_sessionmaker
 from server.errors import install_handlers
+from server.host_check import HostCheckMiddleware
+from server.nul_check import NulCheckMiddleware
 from server.store.series import SeriesCache
 from server.wire import WireJSONResponse
 
@@ -85,27 +88,38 @@ def _lifespan_for(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContex
     return lifespan
 
 
-def _mount_plugins(app: FastAPI, *, api_url: str, token: str | None) -> None:
+def _mount_plugins(app: FastAPI, *, api_url: str, bind_host: str) -> None:
+    """Mounted apps get the API's URL and the bind host, never a token: the dashboard acts with
+    the authority of the person using it (see dashboard.auth), not with one of its own."""
     for entry in entry_points(group="optiscope.mounts"):
         try:
-            entry.load()(app, api_url=api_url, token=token)
+            mount = entry.load()
+            params = inspect.signature(mount).parameters
+            takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+            if takes_kwargs or "bind_host" in params:
+                mount(app, api_url=api_url, bind_host=bind_host)
+            else:  # a mount from before the no-token contract: it still gets no token
+                mount(app, api_url=api_url, token=None)
         except Exception as exc:  # a broken/missing dashboard must not take the API down
             log.warning("mount %r not loaded: %s", entry.name, exc)
 
 
-def create_app(settings: Settings | None = None, *, token: str | None = None, mounts: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None, *, mounts: bool = True) -> FastAPI:
     """Build the app. The schema must already be migrated (``optiscope db upgrade`` / ``serve``).
 
     Args:
         settings: defaults to ``get_settings()`` (environment).
-        token: handed to mounted apps (the dashboard) so they can call the API.
         mounts: load the ``optiscope.mounts`` entry points (tests of the API turn this off).
     """
     settings = settings or get_settings()
     app = FastAPI(title="Optiscope", version=VERSION, lifespan=_lifespan_for(settings),
                   default_response_class=WireJSONResponse)
     app.state.settings = settings
+    app.state.array_reads = threading.BoundedSemaphore(max(1, settings.array_read_concurrency))
     install_handlers(app)
+    # Outermost last: a foreign Host is refused before anything else (the mounted dashboard too).
+    app.add_middleware(NulCheckMiddleware)
+    app.add_middleware(HostCheckMiddleware, settings=settings)
     app.include_router(api_router, prefix=API_PREFIX)
     api_openapi.install(app)
 
@@ -117,5 +131,6 @@ def create_app(settings: Settings | None = None, *, token: str | None = None, mo
 
     if mounts:
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-        _mount_plugins(app, api_url=f"http://{host}:{settings.port}{API_PREFIX}", token=token)
+        host = f"[{host}]" if ":" in host else host
+        _mount_plugins(app, api_url=f"http://{host}:{settings.port}{API_PREFIX}", bind_host=settings.host)
     return app

@@ -25,6 +25,21 @@ from tests.pg_cluster import PgCluster, find_pg_bin, free_port, start_cluster
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _testclient_host_allowed() -> Iterator[None]:
+    """Starlette's TestClient sends ``Host: testserver``; the server answers only its own names
+    (DNS-rebinding defence, server/host_check.py), so in-process tests name it as allowed."""
+    before = os.environ.get("OPTISCOPE_ALLOWED_HOSTS")
+    os.environ["OPTISCOPE_ALLOWED_HOSTS"] = ",".join(filter(None, [before, "testserver"]))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("OPTISCOPE_ALLOWED_HOSTS", None)
+        else:
+            os.environ["OPTISCOPE_ALLOWED_HOSTS"] = before
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
     """The running throwaway cluster (use ``.create_database(name)`` for an isolated database)."""

@@ -1,0 +1,314 @@
+"""The ranked "why": which per-layer diagnostics differ most between A and a baseline, at matched progress.
+
+Every per-layer diagnostic both sides logged is read at a matched point — the same step, the same
+number of samples seen, or the step where each run first reached the same loss — averaged over the
+layers of one role (``blocks.*.mlp.fc.weight``) and ranked by a standardized difference:
+
+* with >= 2 seeds on both sides the scale is the pooled seed-to-seed standard deviation (Cohen's d),
+  and "within noise" is decided by Welch's t-test with a Benjamini–Hochberg correction over all the
+  (diagnostic, role) pairs compared — a 48-layer model compares hundreds, and uncorrected p < 0.05 would
+  flag a dozen by chance;
+* with one seed there is no noise estimate, so the scale is the robust spread (1.4826 × MAD) of that
+  diagnostic across the layers of the model, and a pair counts as a difference beyond |z| >= 3.
+
+Positive quantities spanning decades (condition numbers, norms, ratios) are compared in log space, so
+"4.1× more even" is the readable number; quantities that can be zero or negative (fractions, cosines)
+are compared as plain differences. A scale floor (1 % in log space) keeps identical deterministic
+diagnostics from dividing by zero: differences below it are never flagged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+import numpy as np
+from scipy import stats
+
+from server.analysis.crossing import SAMPLES_KEY, first_crossing
+from server.analysis.groups import RunData
+from server.analysis.layers import DERIVED, describe, layer_role, split_key
+
+__all__ = ["Match", "WhyRow", "WhyResult", "why", "LOG_FLOOR", "Z_SINGLE", "Q_LEVEL"]
+
+Match = Literal["step", "samples", "loss"]
+LOG_FLOOR = 0.01  # 1 %: log-space differences smaller than this are never a finding
+Z_SINGLE = 3.0  # one seed: robust z-score across layers beyond which a difference is flagged
+Q_LEVEL = 0.05  # Benjamini–Hochberg false discovery rate with seeds
+MAD_TO_SD = 1.4826
+
+
+@dataclass(frozen=True)
+class WhyRow:
+    """One (diagnostic, layer role) comparison. ``a``/``baseline`` are in the quantity's own units
+    (geometric means across seeds and layers on the log scale, arithmetic on the linear one)."""
+
+    quantity: str
+    role: str
+    layers: tuple[str, ...]
+    a: float
+    baseline: float
+    ratio: float | None  # a ÷ baseline (log scale only)
+    diff: float  # a − baseline
+    effect: float  # standardized difference, signed
+    p: float | None
+    q: float | None
+    significant: bool
+    n_a: int
+    n_baseline: int
+    scale: Literal["log", "linear"]
+    noise: Literal["seeds", "layers"]
+    sentence: str
+    link: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.quantity}/{self.layers[0]}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"layer": self.role, "diagnostic": self.quantity, "a": self.a, "baseline": self.baseline,
+                "ratio": self.ratio, "diff": self.diff, "effect": self.effect, "p": self.p, "q": self.q,
+                "significant": self.significant, "n_a": self.n_a, "n_baseline": self.n_baseline,
+                "layers": list(self.layers), "key": self.key, "scale": self.scale, "noise": self.noise,
+                "sentence": self.sentence, "link": self.link}
+
+
+@dataclass(frozen=True)
+class WhyResult:
+    a_label: str
+    baseline_label: str
+    match: Match
+    at: float | None
+    matched_steps: dict[str, int]  # run id -> the step its diagnostics were read at
+    rows: list[WhyRow]  # every compared pair, ranked by |effect|
+    top: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def lines(self) -> list[str]:
+        return [r.sentence for r in self.rows[: self.top]]
+
+    @property
+    def within_noise(self) -> int:
+        return sum(not r.significant for r in self.rows)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"a": self.a_label, "baseline": self.baseline_label, "match": self.match, "at": self.at,
+                "matched_steps": self.matched_steps, "lines": self.lines, "top": self.top,
+                "compared": len(self.rows), "significant": len(self.rows) - self.within_noise,
+                "within_noise": self.within_noise, "notes": self.notes,
+                "rows": [r.as_dict() for r in self.rows]}
+
+
+def why(
+    a_runs: Sequence[RunData], baseline_runs: Sequence[RunData], *, a_label: str, baseline_label: str,
+    match: Match = "step", at: float | None = None, match_key: str = "val_loss", direction: str = "below",
+    top: int = 10, link_base: str = "/compare",
+) -> WhyResult:
+    """Rank the per-layer diagnostics of ``a_runs`` against ``baseline_runs`` at matched progress.
+
+    ``at`` is the step, the samples seen, or the ``match_key`` value to match at; by default the latest
+    point every run reached (the last common step, the fewest samples any run saw, the best loss the
+    worst run reached). Runs that never reach ``at`` are left out and named in ``notes``.
+    """
+    notes: list[str] = []
+    everyone = [*a_runs, *baseline_runs]
+    if at is None:
+        at = _default_at(everyone, match, match_key, direction)
+    steps: dict[str, int] = {}
+    for run in everyone:
+        step = _matched_step(run, match, at, match_key, direction)
+        if step is None:
+            notes.append(f"{run.name or run.id} never reached {match} {at:g}: left out")
+        else:
+            steps[run.id] = step
+    a_used = [r for r in a_runs if r.id in steps]
+    b_used = [r for r in baseline_runs if r.id in steps]
+    if not a_used or not b_used:
+        notes.append("nothing to compare: one side has no run at the matched point")
+        return WhyResult(a_label, baseline_label, match, at, steps, [], top, notes)
+    a_vals = [_values_at(r, steps[r.id]) for r in a_used]
+    b_vals = [_values_at(r, steps[r.id]) for r in b_used]
+    common = set.intersection(*(set(v) for v in [*a_vals, *b_vals]))
+    if not common:
+        notes.append("the two sides logged no per-layer diagnostic in common")
+    rows = _rank(a_vals, b_vals, common, a_label=a_label,
+                 link_runs=[r.id for r in [*a_used, *b_used]], link_base=link_base)
+    if min(len(a_used), len(b_used)) < 2:
+        notes.append("one seed on a side: no seed-to-seed noise estimate; differences are scaled by the "
+                     "spread of each diagnostic across layers (robust z >= 3 flagged)")
+    return WhyResult(a_label, baseline_label, match, at, steps, rows, top, notes)
+
+
+# ------------------------------------------------------------------------------------------ matching
+
+
+def _diagnostic_steps(run: RunData) -> list[int]:
+    return [int(s.steps[-1]) for k, s in run.series.items() if split_key(k) and len(s.steps)]
+
+
+def _default_at(runs: Sequence[RunData], match: Match, match_key: str, direction: str) -> float:
+    if match == "step":
+        lasts = [max(steps) for r in runs if (steps := _diagnostic_steps(r))]
+        return float(min(lasts)) if lasts else 0.0
+    key = SAMPLES_KEY if match == "samples" else match_key
+    ends = []
+    for r in runs:
+        s = r.series.get(key)
+        if s is None or not len(s.values):
+            continue
+        finite = s.values[np.isfinite(s.values)]
+        if not len(finite):
+            continue
+        if match == "samples":
+            ends.append(float(finite.max()))
+        else:
+            ends.append(float(finite.min() if direction == "below" else finite.max()))
+    if not ends:
+        raise ValueError(f"match={match}: no run logged {key!r}")
+    if match == "samples":
+        return min(ends)
+    return max(ends) if direction == "below" else min(ends)
+
+
+def _matched_step(run: RunData, match: Match, at: float, match_key: str, direction: str) -> int | None:
+    if match == "step":
+        return int(at)
+    key = SAMPLES_KEY if match == "samples" else match_key
+    s = run.series.get(key)
+    if s is None or not len(s.values):
+        return None
+    i = first_crossing(s.values, at, "above" if match == "samples" else direction)
+    return None if i is None else int(s.steps[i])
+
+
+def _nearest(steps: np.ndarray, values: np.ndarray, step: int) -> float | None:
+    """The value logged nearest to ``step`` (the earlier one on a tie): diagnostics are logged on their
+    own cadence, rarely at exactly the step an evaluation crossed the target."""
+    if not len(steps):
+        return None
+    i = int(np.searchsorted(steps, step, side="left"))
+    cands = [j for j in (i - 1, i) if 0 <= j < len(steps)]
+    j = min(cands, key=lambda j: (abs(int(steps[j]) - step), int(steps[j])))
+    v = float(values[j])
+    return v if math.isfinite(v) else None
+
+
+def _values_at(run: RunData, step: int) -> dict[tuple[str, str], float]:
+    out: dict[tuple[str, str], float] = {}
+    for key, series in run.series.items():
+        parts = split_key(key)
+        if parts is None:
+            continue
+        v = _nearest(np.asarray(series.steps), np.asarray(series.values), step)
+        if v is not None:
+            out[parts] = v
+    for derived, (hi, lo) in DERIVED.items():
+        layers = {layer for q, layer in out if q == hi} & {layer for q, layer in out if q == lo}
+        for layer in layers:
+            den = out[(lo, layer)]
+            if den > 0:
+                out[(derived, layer)] = out[(hi, layer)] / den
+    return out
+
+
+# ------------------------------------------------------------------------------------------ ranking
+
+
+def _rank(a_vals: list[dict[tuple[str, str], float]], b_vals: list[dict[tuple[str, str], float]],
+          common: set[tuple[str, str]], *, a_label: str, link_runs: list[str], link_base: str) -> list[WhyRow]:
+    by_quantity: dict[str, dict[str, list[str]]] = {}
+    for quantity, layer in sorted(common):
+        by_quantity.setdefault(quantity, {}).setdefault(layer_role(layer), []).append(layer)
+    with_seeds = len(a_vals) >= 2 and len(b_vals) >= 2
+    pending: list[dict[str, Any]] = []
+    for quantity, roles in by_quantity.items():
+        everything = [v[(quantity, layer)] for v in [*a_vals, *b_vals] for ls in roles.values() for layer in ls]
+        log = all(x > 0 for x in everything)
+
+        def tf(x: float, log: bool = log) -> float:
+            return math.log(x) if log else x
+
+        floor = LOG_FLOOR if log else max(LOG_FLOOR * float(np.median(np.abs(everything))), 1e-3)
+        layer_scale = _layer_scale(a_vals, b_vals, quantity, roles, tf, floor)
+        for role, layers in roles.items():
+            a = np.array([np.mean([tf(v[(quantity, layer)]) for layer in layers]) for v in a_vals])
+            b = np.array([np.mean([tf(v[(quantity, layer)]) for layer in layers]) for v in b_vals])
+            diff_t = float(a.mean() - b.mean())
+            p = None
+            if with_seeds:
+                va, vb = max(float(a.var(ddof=1)), floor**2), max(float(b.var(ddof=1)), floor**2)
+                pooled = math.sqrt(((len(a) - 1) * va + (len(b) - 1) * vb) / (len(a) + len(b) - 2))
+                effect = diff_t / pooled
+                se2 = va / len(a) + vb / len(b)
+                df = se2**2 / ((va / len(a)) ** 2 / (len(a) - 1) + (vb / len(b)) ** 2 / (len(b) - 1))
+                p = float(2 * stats.t.sf(abs(diff_t) / math.sqrt(se2), df))
+            else:
+                effect = diff_t / layer_scale
+            a_val = math.exp(a.mean()) if log else float(a.mean())
+            b_val = math.exp(b.mean()) if log else float(b.mean())
+            pending.append({"quantity": quantity, "role": role, "layers": tuple(layers), "a": a_val,
+                            "baseline": b_val, "ratio": a_val / b_val if log and b_val else None,
+                            "diff": a_val - b_val, "effect": effect, "p": p, "log": log})
+    if with_seeds and pending:
+        qs = stats.false_discovery_control([r["p"] for r in pending], method="bh")
+        for r, q in zip(pending, qs, strict=True):
+            r["q"] = float(q)
+            r["significant"] = bool(q < Q_LEVEL)
+    else:
+        for r in pending:
+            r["q"] = None
+            r["significant"] = abs(r["effect"]) >= Z_SINGLE
+    pending.sort(key=lambda r: (-abs(r["effect"]), r["quantity"], r["role"]))
+    n_a, n_b = len(a_vals), len(b_vals)
+    rows = []
+    for r in pending:
+        link = f"{link_base}?" + urlencode({"runs": ",".join(link_runs), "keys": f"{r['quantity']}/{r['layers'][0]}"},
+                                           safe=",/")
+        rows.append(WhyRow(
+            quantity=r["quantity"], role=r["role"], layers=r["layers"], a=r["a"], baseline=r["baseline"],
+            ratio=r["ratio"], diff=r["diff"], effect=r["effect"], p=r["p"], q=r["q"],
+            significant=r["significant"], n_a=n_a, n_baseline=n_b, scale="log" if r["log"] else "linear",
+            noise="seeds" if with_seeds else "layers", sentence=_sentence(r, a_label, n_a, n_b, with_seeds),
+            link=link,
+        ))
+    return rows
+
+
+def _layer_scale(a_vals: list[Mapping[tuple[str, str], float]], b_vals: list[Mapping[tuple[str, str], float]],
+                 quantity: str, roles: Mapping[str, list[str]], tf: Any, floor: float) -> float:
+    """Robust spread of a diagnostic across the model's layers, each side about its own median."""
+    devs: list[float] = []
+    for side in (a_vals, b_vals):
+        per_layer = [float(np.mean([tf(v[(quantity, layer)]) for v in side]))
+                     for ls in roles.values() for layer in ls]
+        med = float(np.median(per_layer))
+        devs.extend(abs(x - med) for x in per_layer)
+    return max(MAD_TO_SD * float(np.median(devs)), floor)
+
+
+def _sentence(r: Mapping[str, Any], a_label: str, n_a: int, n_b: int, with_seeds: bool) -> str:
+    d = describe(r["quantity"])
+    if r["log"] and r["ratio"]:
+        ratio = float(r["ratio"])
+        fold = 1 / ratio if ratio < 1 else ratio
+        change = f"{fold:.2f}× " if fold < 10 else f"{fold:.3g}× "
+        change += d.lower if ratio < 1 else d.higher
+    else:
+        change = f"{d.lower if r['diff'] < 0 else d.higher} by {abs(r['diff']):.3g}"
+    seeds = f"{n_a} seeds" if n_a == n_b else f"{n_a} vs {n_b} seeds"
+    if n_a == n_b == 1:
+        seeds = "1 seed"
+    k = len(r["layers"])
+    layers = "1 layer" if k == 1 else f"all {k} layers of that kind"
+    if r["significant"]:
+        noise = f"{r['effect']:+.1f} sd" if with_seeds else f"robust z {r['effect']:+.1f}"
+        if r["q"] is not None:
+            noise += f", q = {r['q']:.2g}"
+    else:
+        noise = "within noise"
+    return (f"{a_label}: {d.name} {change} in {r['role']} ({d.symbol} {r['a']:.3g} vs {r['baseline']:.3g}; "
+            f"{seeds}; {layers}) — {noise}")

@@ -874,8 +874,14 @@ def attach(
 ) -> Monitor:
     """Attach diagnostics to ``optimizer`` (any ``torch.optim.Optimizer``, or several) and return the Monitor.
 
+    Wrappers that expose the real optimizer as ``.optimizer`` (accelerate's ``AcceleratedOptimizer``,
+    Lightning's ``LightningOptimizer``) are seen through; anything else raises ``TypeError`` naming its type.
+
     ``options`` are :class:`Monitor`'s keyword arguments (``log_every``, ``spectra_every``, ``budget``,
     ``neuron_axis``, ``infobatch``, ``batch_size``, …). Call ``monitor.detach()`` (or use it as a context
     manager) to flush and remove the hooks.
     """
-    return Monitor(model, optimizer, run=run, **options)
+    from probe.integrations.wrappers import unwrap_optimizer
+
+    optimizers = [optimizer] if not isinstance(optimizer, Sequence) else list(optimizer)
+    return Monitor(model, [unwrap_optimizer(opt) for opt in optimizers], run=run, **options)

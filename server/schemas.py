@@ -49,6 +49,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ResumeIn(_Strict):
+    """Continue an existing run (``probe.init(run_id=..., resume=True)``); see server/store/resume.py."""
+
+    id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    from_step: Step | None = None
+
+
 class RunCreate(_Strict):
     id: RunId | None = None
     project: Project = "default"
@@ -59,6 +66,8 @@ class RunCreate(_Strict):
     host: Label | None = None
     world_size: Annotated[int, Field(ge=1, le=2**31 - 1)] = 1
     rank: Int32 | None = None
+    resume: ResumeIn | None = None
+    """Only meaningful for an id that exists: rewind it to ``from_step`` and merge ``config`` (once per id)."""
 
 
 class RunUpdate(_Strict):

@@ -70,6 +70,13 @@ class Batch(TypedDict):
     events: list[EventRecord]
 
 
+class Resume(TypedDict):
+    """``RunCreate.resume``: continue an existing run, dropping what it logged at ``step >= from_step``."""
+
+    id: str
+    from_step: int | None
+
+
 class RunCreate(TypedDict):
     """The body of ``POST /runs``."""
 
@@ -82,6 +89,7 @@ class RunCreate(TypedDict):
     host: NotRequired[str | None]
     world_size: int
     rank: NotRequired[int | None]
+    resume: NotRequired[Resume]
 
 
 def new_run_id() -> str:

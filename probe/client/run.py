@@ -398,6 +398,8 @@ def init(
     world_size: int | None = None,
     log_all_ranks: bool = False,
     run_id: str | None = None,
+    resume: bool = False,
+    resume_from: int | None = None,
     home: str | os.PathLike[str] | None = None,
     settings: ClientConfig | None = None,
     client: httpx.Client | None = None,
@@ -415,6 +417,12 @@ def init(
         log_all_ranks: every rank logs into one shared run (keys of rank r > 0 get ``rank<r>.``);
             must be the same on every rank, since rank 0 broadcasts the run id.
         run_id: choose the id (``[A-Za-z0-9_-]{1,64}``); default ``uuid4().hex``.
+        resume: continue the existing run ``run_id`` (after a restart): it is marked running again and
+            ``config`` is merged into the stored one (the keys that changed are recorded in a ``resume``
+            event). A run id the server does not know is simply created.
+        resume_from: the step your checkpoint resumes at (implies ``resume``): everything the run logged
+            at this step or later is dropped first, so steps logged again replace the abandoned ones
+            instead of being stored twice. Applied once, also if the request is replayed later.
         home: data directory (default ``OPTISCOPE_HOME`` or ``~/.optiscope``).
         settings: tuning (flush interval, limits); url/token/home arguments still override it.
         client: an ``httpx.Client`` to send through (tests pass ``TestClient(app)``).
@@ -427,6 +435,11 @@ def init(
         raise ValueError(f"Invalid mode: {mode!r} (must be one of {', '.join(_MODES)})")
     if run_id is not None and not protocol.RUN_ID_PATTERN.match(run_id):
         raise ValueError(f"Invalid run_id: {run_id!r} (must match [A-Za-z0-9_-]{{1,64}})")
+    resume = resume or resume_from is not None
+    if resume and not run_id:
+        raise ValueError("Invalid resume: needs the run_id of the run to continue")
+    if resume_from is not None and not -(2**63) <= int(resume_from) < 2**63:
+        raise ValueError(f"Invalid resume_from: {resume_from!r} (must be an int64 step)")
     if settings is None:
         settings = ClientConfig.from_env(url, token, home)
     elif url is not None or token is not None or home is not None:
@@ -457,6 +470,9 @@ def init(
         "world_size": world_size_,
         "rank": rank_,
     }
+    if resume and rank_ == 0:
+        create_body["resume"] = {"id": protocol.new_run_id(),
+                                 "from_step": None if resume_from is None else int(resume_from)}
     owns_run = rank_ == 0
     spool: RunSpool | None = None
     try:

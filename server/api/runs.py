@@ -14,6 +14,7 @@ from server.body import parse_model
 from server.errors import Forbidden, InvalidBody
 from server.models import Run
 from server.schemas import RunCreate, RunFinish, RunUpdate
+from server.store.resume import resume_run
 from server.wire import WireJSONResponse
 
 router = APIRouter(tags=["runs"])
@@ -33,6 +34,8 @@ def create_run(request: Request, principal: WriterDep, session: SessionDep, body
         run, created = store.create_run(session=session, run_in=run_in)
         if not created and not principal.may_write(store.runs.project_name(session=session, run=run)):
             raise Forbidden(f"run {run.id!r} belongs to another project")
+        if not created and run_in.resume is not None:
+            resume_run(session=session, run=run, resume=run_in.resume, config=run_in.config)
     return _run_response(session, run, 201 if created else 200)
 
 

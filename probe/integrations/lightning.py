@@ -9,6 +9,10 @@ Why a callback and a logger: a Lightning ``Logger`` sees metrics but never the o
 sees the optimizers but not the logging calls. Steps are Lightning's ``global_step`` (optimizer steps), the
 value it passes to ``log_metrics``, so the probe's per-step records and ``self.log`` line up.
 
+Resume: the callback saves the run id in Lightning checkpoints; ``fit(ckpt_path=...)`` continues that run,
+dropping what it logged after the checkpoint's step (``probe.init(resume_from=...)``), so steps trained
+again are stored once.
+
 Distributed (``strategy="ddp"``): Lightning calls loggers on rank 0 only; ``probe.init`` gives the other
 ranks a disabled run, so one run per job with no collective.
 """
@@ -111,6 +115,20 @@ class OptiscopeCallback(pl.Callback):
         else:
             self.logger = OptiscopeLogger(**self.logger_options)
             trainer.loggers = [*trainer.loggers, self.logger]
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        if self.logger is not None and self.logger.last_run_id:
+            checkpoint["optiscope"] = {"run_id": self.logger.last_run_id, "global_step": trainer.global_step}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("optiscope")
+        if self.logger is None or not isinstance(saved, dict) or self.logger._run is not None:
+            return
+        if "run_id" not in self.logger.init_options and isinstance(saved.get("run_id"), str):
+            # Lightning logs batch k at step k: the first step trained again is the checkpoint's global_step
+            self.logger.init_options.update(run_id=saved["run_id"], resume_from=int(saved["global_step"]))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self.logger is not None

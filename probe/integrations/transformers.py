@@ -12,13 +12,18 @@ What it does, and why each choice:
 - **Steps are the Trainer's ``global_step``**: the k-th optimizer step (1-based, what the Trainer's logs
   say) is logged at step k by the probe too, so its diagnostics and the Trainer's loss line up, also
   after ``resume_from_checkpoint``.
+- **Resume continues the run.** Each checkpoint gets an ``optiscope-run.json`` naming the run; a Trainer
+  resumed from that checkpoint logs into the same run, and what the run logged after the checkpoint's step
+  is dropped first (``probe.init(resume_from=...)``), so the re-trained steps are stored once.
 - **The Trainer's logs are forwarded** as ``train/<key>`` and ``eval/<key>`` (the names HF's own W&B and
   MLflow integrations use). ``train/grad_norm`` is the Trainer's value: the norm *before* clipping.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -29,6 +34,8 @@ from probe.integrations.wrappers import unwrap_model, unwrap_optimizer
 __all__ = ["OptiscopeCallback", "rename_logs"]
 
 _EVAL_PREFIX = "eval_"
+RUN_FILE = "optiscope-run.json"
+"""Written into every checkpoint folder: which run a Trainer resumed from it continues."""
 
 
 def rename_logs(logs: Mapping[str, Any]) -> dict[str, float]:
@@ -86,6 +93,10 @@ class OptiscopeCallback(TrainerCallback):
             self.monitor = None
         inner = unwrap_optimizer(optimizer) if optimizer is not None else None
         if self.run is None:
+            init_options = dict(self.init_options)
+            saved = _saved_run_id(args, state)
+            if saved is not None and "run_id" not in init_options:
+                init_options.update(run_id=saved, resume_from=state.global_step + 1)
             config: dict[str, Any] = {"training_args": args.to_dict()}
             model_config = getattr(model, "config", None)
             if model_config is not None and hasattr(model_config, "to_dict"):
@@ -93,7 +104,7 @@ class OptiscopeCallback(TrainerCallback):
             config.update(self.extra_config)
             self.run = probe.init(
                 project=self.project, name=self.name or args.run_name, config=config, tags=self.tags,
-                optimizer=type(inner).__name__ if inner is not None else None, **self.init_options)
+                optimizer=type(inner).__name__ if inner is not None else None, **init_options)
             self.last_run_id = self.run.id
         if inner is not None:
             self.monitor = probe.attach(unwrap_model(model) if model is not None else None, inner,
@@ -111,6 +122,14 @@ class OptiscopeCallback(TrainerCallback):
             if metrics:
                 self.run.log(metrics, step=state.global_step)
 
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                **kwargs: Any) -> None:
+        if self.last_run_id is None or not state.is_world_process_zero:
+            return
+        folder = _checkpoint_folder(args, state.global_step)
+        if folder.is_dir():
+            (folder / RUN_FILE).write_text(json.dumps({"run_id": self.last_run_id, "step": state.global_step}))
+
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> None:
         if self.monitor is not None:
@@ -119,3 +138,19 @@ class OptiscopeCallback(TrainerCallback):
         if self.run is not None and self._owns_run:
             self.run.finish()
             self.run = None
+
+
+def _checkpoint_folder(args: TrainingArguments, step: int) -> Path:
+    return Path(args.output_dir) / f"checkpoint-{step}"  # transformers' PREFIX_CHECKPOINT_DIR layout
+
+
+def _saved_run_id(args: TrainingArguments, state: TrainerState) -> str | None:
+    """The run a resumed Trainer continues: named in the checkpoint it resumed from (``global_step > 0``)."""
+    if state.global_step <= 0:
+        return None
+    try:
+        saved = json.loads((_checkpoint_folder(args, state.global_step) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    run_id = saved.get("run_id") if isinstance(saved, dict) else None
+    return run_id if isinstance(run_id, str) and run_id else None

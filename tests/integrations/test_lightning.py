@@ -96,3 +96,32 @@ def test_lightning_logger_alone_logs_metrics(live_server, monkeypatch) -> None: 
     series = stored_series(srv.api, srv.headers, logger.last_run_id)
     assert series["loss"][1] == pytest.approx(module.losses, rel=1e-6)
     assert not any(k.startswith("grad_norm/") for k in series)  # no callback, no probe
+
+
+def test_lightning_fit_from_a_checkpoint_continues_the_run(live_server, monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    srv = live_server()
+    monkeypatch.setenv("OPTISCOPE_URL", srv.url)
+    monkeypatch.setenv("OPTISCOPE_TOKEN", srv.token)
+    monkeypatch.setenv("OPTISCOPE_HOME", str(srv.home / "client"))
+
+    def trainer(callback: OptiscopeCallback) -> pl.Trainer:
+        saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1,
+                                             filename="{step}")
+        return pl.Trainer(max_steps=STEPS, accelerator="cpu", devices=1, logger=False,
+                          callbacks=[callback, saver], enable_progress_bar=False, enable_model_summary=False,
+                          log_every_n_steps=1)
+
+    torch.manual_seed(0)
+    first = OptiscopeCallback(project="pl", name="resume", attach_options={"log_every": 1})
+    trainer(first).fit(Regressor(manual=True), _data())
+    torch.manual_seed(0)
+    module = Regressor(manual=True)
+    second = OptiscopeCallback(project="pl", name="resume", attach_options={"log_every": 1})
+    trainer(second).fit(module, _data(), ckpt_path=str(tmp_path / "step=3.ckpt"))
+    assert second.logger.last_run_id == first.logger.last_run_id
+
+    series = stored_series(srv.api, srv.headers, first.logger.last_run_id)
+    steps, values = series["loss"]
+    assert steps == list(range(STEPS))  # steps 3-5 trained twice, stored once
+    assert values[3:] == pytest.approx(module.losses, rel=1e-6)  # the second life's values
+    assert series["grad_norm/net.0.weight"][0] == list(range(STEPS))

@@ -132,3 +132,23 @@ def test_attach_sees_through_accelerated_optimizer_and_rejects_strangers() -> No
     monitor = probe.attach(model, AcceleratedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
                                                        device_placement=False), run=run)
     monitor.detach()
+
+
+def test_trainer_resumed_from_a_checkpoint_continues_the_run_without_duplicates(live_server, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    srv = live_server()
+    _client_env(monkeypatch, srv)
+    args = _args(tmp_path, save_strategy="steps", save_steps=3)
+    first = OptiscopeCallback(project="hf")
+    Trainer(model=_gpt2(), args=args, train_dataset=Tokens(64, 64), callbacks=[first]).train()
+
+    second = OptiscopeCallback(project="hf")
+    trainer = Trainer(model=_gpt2(), args=args, train_dataset=Tokens(64, 64), callbacks=[second])
+    trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
+    assert second.last_run_id == first.last_run_id
+
+    series = stored_series(srv.api, srv.headers, first.last_run_id)
+    steps, values = series["train/loss"]
+    assert steps == list(range(1, STEPS + 1))  # steps 4-6 trained twice, stored once
+    resumed = [h["loss"] for h in trainer.state.log_history if "loss" in h and h["step"] > 3]
+    assert values[3:] == pytest.approx(resumed, rel=1e-6)  # the second life's values
+    assert series["grad_norm/transformer.wte.weight"][0] == list(range(1, STEPS + 1))

@@ -33,6 +33,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -876,12 +877,26 @@ def attach(
 
     Wrappers that expose the real optimizer as ``.optimizer`` (accelerate's ``AcceleratedOptimizer``,
     Lightning's ``LightningOptimizer``) are seen through; anything else raises ``TypeError`` naming its type.
+    DDP's ``module.`` and ``torch.compile``'s ``_orig_mod.`` wrappers are seen through too, so layer names are
+    the user's model's. Attaching to an optimizer that is still attached raises ``RuntimeError``.
 
     ``options`` are :class:`Monitor`'s keyword arguments (``log_every``, ``spectra_every``, ``budget``,
     ``neuron_axis``, ``infobatch``, ``batch_size``, …). Call ``monitor.detach()`` (or use it as a context
     manager) to flush and remove the hooks.
     """
-    from probe.integrations.wrappers import unwrap_optimizer
+    from probe.integrations.wrappers import unwrap_model, unwrap_optimizer
 
-    optimizers = [optimizer] if not isinstance(optimizer, Sequence) else list(optimizer)
-    return Monitor(model, [unwrap_optimizer(opt) for opt in optimizers], run=run, **options)
+    optimizers = [unwrap_optimizer(opt) for opt in ([optimizer] if not isinstance(optimizer, Sequence) else optimizer)]
+    for opt in optimizers:
+        previous = _ATTACHED.get(opt)
+        if previous is not None and previous._handles:
+            raise RuntimeError(f"probe.attach: this {type(opt).__name__} is already attached (every point would be "
+                               "stored twice); call monitor.detach() on the first Monitor before attaching again")
+    monitor = Monitor(unwrap_model(model) if model is not None else None, optimizers, run=run, **options)
+    for opt in optimizers:
+        _ATTACHED[opt] = monitor
+    return monitor
+
+
+_ATTACHED: weakref.WeakKeyDictionary[torch.optim.Optimizer, Monitor] = weakref.WeakKeyDictionary()
+"""Which Monitor watches an optimizer, so a second ``attach`` fails instead of logging everything twice."""

@@ -190,6 +190,8 @@ class InfoBatch(Sampler[int]):
         self._samples_seen = 0
         self._nonfinite = 0
         self._ledger: list[EpochStats] = []
+        self.logged_epochs: set[int] = set()
+        """Ledger epochs a Monitor has already logged; saved in the state so a resumed run does not log them again."""
         self._plan(0)
 
     # ------------------------------------------------------------------ public properties
@@ -246,11 +248,15 @@ class InfoBatch(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         """Plan ``epoch`` from the scores recorded so far; later epochs' ledger records are dropped.
 
-        Calling it twice for the same epoch without new scores gives the same plan (the generator is a
-        function of (seed, epoch)).
+        The epoch already planned keeps its plan: a run resumed mid-epoch (``load_state_dict``,
+        ``set_epoch(e)``, skip the consumed batches) continues the checkpoint's plan exactly, every planned
+        sample once, instead of re-planning from the scores of the epoch's first half.
         """
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"Invalid epoch: {epoch!r} (must be an int >= 0)")
+        if epoch == self._epoch and self._ledger and self._ledger[-1].epoch == epoch:
+            self._started = False  # the next __iter__ yields this plan, not the next epoch's
+            return
         self._plan(epoch)
 
     def __iter__(self) -> Iterator[int]:
@@ -322,6 +328,7 @@ class InfoBatch(Sampler[int]):
             "samples_seen": self._samples_seen,
             "nonfinite": self._nonfinite,
             "ledger": [r.to_dict() for r in self._ledger],
+            "logged_epochs": sorted(self.logged_epochs),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -352,6 +359,7 @@ class InfoBatch(Sampler[int]):
         self._samples_seen = int(state["samples_seen"])
         self._nonfinite = int(state["nonfinite"])
         self._ledger = [EpochStats.from_dict(r) for r in state["ledger"]]
+        self.logged_epochs = {int(e) for e in state.get("logged_epochs", ())}  # absent in older checkpoints
 
     # ------------------------------------------------------------------ internals
     def _plan(self, epoch: int) -> None:

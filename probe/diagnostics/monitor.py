@@ -758,10 +758,12 @@ class Monitor:
                 self._log_infobatch()
 
     def _log_infobatch(self) -> None:
+        # the sampler keeps the record (and saves it in its state_dict), so a resumed run does not re-log
+        logged = getattr(self.infobatch, "logged_epochs", self._logged_epochs)
         for stats in self.infobatch.ledger:
-            if stats.epoch in self._logged_epochs:
+            if stats.epoch in logged:
                 continue
-            self._logged_epochs.add(stats.epoch)
+            logged.add(stats.epoch)
             self._log_at(stats.as_metrics(), step=stats.epoch)
             if stats.class_pruned_frac is not None:
                 self.run.log_array("infobatch.class_pruned_frac", list(stats.class_pruned_frac), step=stats.epoch)

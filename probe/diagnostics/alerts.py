@@ -24,6 +24,10 @@ class AlertRules:
         cond_sources: spectrum sources checked against ``cond_max``.
         frozen_frac_max: alert when more than this fraction of a layer's neurons is frozen.
         update_ratio_min, update_ratio_max: the sane range of ‖ΔW‖/‖W‖ (≈1e-3 is the usual rule of thumb).
+        update_ratio_warmup_steps: no "above" update-ratio alert for a zero-initialised parameter (biases,
+            LayerNorm shifts: its ratio is infinite at its first update) during this many steps after it. Such
+            a parameter consists of its own first updates, so ‖ΔW‖/‖W‖ ≈ 1/k at its k-th: without the
+            warm-up every GPT run raised one false alert per bias at step 1. Other parameters alert at once.
         cooldown_steps: minimum steps between two alerts of the same key on the same layer.
         max_per_flush: cap on events per logging interval (an exploding model must not flood the run).
     """
@@ -33,6 +37,7 @@ class AlertRules:
     frozen_frac_max: float = 0.5
     update_ratio_min: float = 1e-7
     update_ratio_max: float = 0.5
+    update_ratio_warmup_steps: int = 10
     cooldown_steps: int = 100
     max_per_flush: int = 20
 
@@ -63,6 +68,7 @@ class AlertEngine:
         self._emitted_this_flush = 0
         self.total = 0
         self._metric_keys: dict[str, tuple[str, str] | None] = {}
+        self._zero_born: dict[str, int] = {}  # layer -> step of its first update from all-zero weights
 
     def check_metric(self, key: str, step: int, value: float) -> Alert | None:
         """:meth:`check` of a logged metric ``quantity/layer``.
@@ -105,7 +111,12 @@ class AlertEngine:
                                   f"{value:.0%} of neurons frozen (> {r.frozen_frac_max:.0%})", "warning",
                                   {"frozen_frac": value, "threshold": r.frozen_frac_max})
         elif quantity == "update_ratio":
-            if math.isfinite(value) and not r.update_ratio_min <= value <= r.update_ratio_max:
+            if math.isinf(value):  # ‖W‖ was 0: a zero-initialised parameter's first update
+                self._zero_born.setdefault(layer, step)
+            born = self._zero_born.get(layer)
+            warming = born is not None and step - born < r.update_ratio_warmup_steps
+            too_high = value > r.update_ratio_max and not warming
+            if math.isfinite(value) and (value < r.update_ratio_min or too_high):
                 side = "below" if value < r.update_ratio_min else "above"
                 return self._emit("update_ratio", layer, step,
                                   f"update/param ratio {value:.3g} is {side} [{r.update_ratio_min:g}, "

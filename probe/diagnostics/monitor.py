@@ -122,6 +122,9 @@ class _OptStep:
     before: list[Tensor] = field(default_factory=list)
     grad_nonfinite: Tensor = field(default_factory=lambda: torch.zeros(0))
     introspect_prev: bool | None = None
+    step: int = 0
+    grads_read: bool = True
+    """False while the gradients of a ``step(closure)`` call are still to be computed by its closure."""
 
 
 class Monitor:
@@ -290,6 +293,7 @@ class Monitor:
         self._cuda_timing = any(layer.param.is_cuda for group in self._layers for layer in group)
         self._device_events: list[tuple[str, Any, Any, float]] = []
         self._warned: set[str] = set()
+        self._closure: Callable[[], Any] | None = None  # the closure of the step() whose pre-hook is running
         self._handles: list[Any] = []
         for i, opt in enumerate(self.optimizers):
             self._handles.append(opt.register_step_pre_hook(self._make_hook(i, self._pre)))
@@ -415,17 +419,54 @@ class Monitor:
     def _make_hook(self, idx: int, body: Callable[[int, torch.optim.Optimizer], None]) -> Callable[..., None]:
         """Wrap ``body`` as a step hook: timed into the probe's overhead, never raising into training."""
 
-        def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
             self._hook_t0 = t0 = time.perf_counter()
+            self._closure = _closure_of(optimizer, args, kwargs) if body == self._pre else None
             try:
                 body(idx, optimizer)
+                if self._closure is not None and idx in self._opt_state and not self._opt_state[idx].grads_read:
+                    return _with_closure(optimizer, args, kwargs, self._measured_closure(idx, self._closure))
             except Exception as exc:  # noqa: BLE001
                 self._fail("monitor", exc)
             finally:
+                self._closure = None
                 self._probe_s += time.perf_counter() - t0
                 self._hook_t0 = None
+            return None
 
         return hook
+
+    def _measured_closure(self, idx: int, closure: Callable[[], Any]) -> Callable[[], Any]:
+        """``closure`` that reads this step's gradients once its backward has run (Lightning's automatic
+        optimization, LBFGS): they do not exist yet when the pre-step hook runs."""
+
+        def measured() -> Any:
+            loss = closure()
+            self.gradients_ready(idx)
+            return loss
+
+        measured._optiscope_measured = True  # type: ignore[attr-defined]  # a nested step() must not wrap again
+        return measured
+
+    def gradients_ready(self, index: int | None = None) -> None:
+        """Read the gradients of the step in progress now, if they have not been read yet.
+
+        The Monitor calls it itself after a ``step(closure)``'s closure returns. Call it (the Lightning
+        integration does, from ``on_before_optimizer_step``) where the gradients are complete but not yet
+        clipped, so ``grad_norm`` reports the norm before clipping.
+        """
+        t0 = time.perf_counter()
+        try:
+            for idx in [index] if index is not None else list(self._opt_state):
+                state = self._opt_state.get(idx)
+                if state is not None and not state.grads_read:
+                    state.grads_read = True
+                    with torch.no_grad():
+                        self._read_gradients(idx, state)
+        except Exception as exc:  # noqa: BLE001
+            self._fail("monitor", exc)
+        finally:
+            self._probe_s += time.perf_counter() - t0
 
     def _pre(self, idx: int, optimizer: torch.optim.Optimizer) -> None:
         if self._depth.get(idx, 0):  # the step() calls around this one, not this one
@@ -439,18 +480,15 @@ class Monitor:
         if not self._open:
             self._open_step()
         self._stepped.add(idx)
-        state = _OptStep()
-        self._opt_state[idx] = state
         step = self._next_step
-        layers = [layer for layer in self._layers[idx] if layer.param.grad is not None]
-        grad_norms: dict[int, Tensor] = {}
+        closure = self._closure
+        deferred = closure is not None and not getattr(closure, "_optiscope_measured", False)
+        state = _OptStep(step=step, grads_read=not deferred)
+        self._opt_state[idx] = state
+        # With a closure the gradients are computed inside step(): capture every trainable layer now
+        layers = [layer for layer in self._layers[idx]
+                  if (layer.param.requires_grad if deferred else layer.param.grad is not None)]
         with torch.no_grad():
-            if self.scalars_schedule(step) and layers and "grad_norm" not in self.disabled:
-                with self._guard("grad_norm"):
-                    norms = torch._foreach_norm([layer.grad() for layer in layers])  # type: ignore[misc]
-                    self._step_grad_norms.extend(norms)
-                    self._add_record(step, [f"grad_norm/{layer.name}" for layer in layers], norms)
-                    grad_norms = {id(layer.param): n for layer, n in zip(layers, norms)}
             plan = self._plan
             matrix_users = plan & {"neuron"} or ("spectra" in plan and "update" in self.spectra_sources)
             if "update" in plan:
@@ -466,12 +504,6 @@ class Monitor:
                     tensors = [layer.weight() for layer in captured]
                     state.before = torch._foreach_mul(tensors, 1.0)  # one batched clone
                     state.captured = captured
-                    if "update" in plan:
-                        known = [grad_norms.get(id(layer.param)) for layer in captured]
-                        state.grad_nonfinite = nonfinite_counts(
-                            [layer.grad() for layer in captured],
-                            stack_f32(known) if all(n is not None for n in known) else None,  # type: ignore[arg-type]
-                        )
                 owner = next((n for n in ("update", "neuron", "spectra") if n in plan), "update")
                 self._costs[owner] = self._costs.get(owner, 0.0) + time.perf_counter() - t
             wants_internals = "internals" in plan or (
@@ -480,6 +512,29 @@ class Monitor:
             if wants_internals and hasattr(optimizer, "introspect"):
                 state.introspect_prev = bool(optimizer.introspect)  # type: ignore[attr-defined]
                 optimizer.introspect = True  # type: ignore[attr-defined]
+            if state.grads_read:
+                self._read_gradients(idx, state)
+
+    def _read_gradients(self, idx: int, state: _OptStep) -> None:
+        """Per-layer gradient norms (and the non-finite counts of the captured layers' gradients)."""
+        step = state.step
+        layers = [layer for layer in self._layers[idx] if layer.param.grad is not None]
+        grad_norms: dict[int, Tensor] = {}
+        if self.scalars_schedule(step) and layers and "grad_norm" not in self.disabled:
+            with self._guard("grad_norm"):
+                norms = torch._foreach_norm([layer.grad() for layer in layers])  # type: ignore[misc]
+                self._step_grad_norms.extend(norms)
+                self._add_record(step, [f"grad_norm/{layer.name}" for layer in layers], norms)
+                grad_norms = {id(layer.param): n for layer, n in zip(layers, norms)}
+        if "update" in self._plan and state.captured and "capture" not in self.disabled:
+            with self._guard("capture"):
+                grads = [layer.grad() for layer in state.captured]
+                if all(g is not None for g in grads):
+                    known = [grad_norms.get(id(layer.param)) for layer in state.captured]
+                    state.grad_nonfinite = nonfinite_counts(
+                        grads,  # type: ignore[arg-type]
+                        stack_f32(known) if all(n is not None for n in known) else None,  # type: ignore[arg-type]
+                    )
 
     def _within_capture_limit(self, idx: int, layers: list[_Layer]) -> list[_Layer]:
         """At most ``capture_max_bytes`` of weight copies per step: a rotating window over the layers.
@@ -631,7 +686,9 @@ class Monitor:
         dn = stack_f32(torch._foreach_norm(d))  # type: ignore[misc]
         wn = stack_f32(torch._foreach_norm(state.before))  # type: ignore[misc]
         self._add_record(step, [f"update_ratio/{layer.name}" for layer in layers], dn / wn)
-        counts = nonfinite_counts(d, dn) + state.grad_nonfinite
+        counts = nonfinite_counts(d, dn)
+        if state.grad_nonfinite.shape == counts.shape:  # absent when a closure left a captured layer gradient-less
+            counts = counts + state.grad_nonfinite
         self._add_record(step, [f"nonfinite/{layer.name}" for layer in layers], counts)
 
     def _measure_neurons(self, step: int, state: _OptStep, deltas: dict[int, Tensor]) -> None:
@@ -850,6 +907,28 @@ class Monitor:
                 )
             except Exception:  # noqa: BLE001 - warnings turned into errors (-W error) must not reach training
                 pass
+
+
+def _closure_of(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Callable[[], Any] | None:
+    """The closure passed to ``step`` (``step(closure)`` or ``step(closure=...)``), if any.
+
+    torch hands step pre-hooks the wrapper's ``args``, which start with the optimizer itself.
+    """
+    closure = kwargs.get("closure") if kwargs else None
+    positional = tuple(args)[1:] if args and args[0] is optimizer else tuple(args)
+    if closure is None and positional:
+        closure = positional[0]
+    return closure if callable(closure) else None
+
+
+def _with_closure(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any,
+                  closure: Callable[[], Any]) -> tuple[Any, Any]:
+    """``(args, kwargs)`` for ``step`` with its closure replaced (what a step pre-hook may return)."""
+    if kwargs and "closure" in kwargs:
+        return args, {**kwargs, "closure": closure}
+    args = tuple(args)
+    head = 1 if args and args[0] is optimizer else 0
+    return (*args[:head], closure, *args[head + 1:]), kwargs
 
 
 def _steps_running(caller: FrameType, optimizer: torch.optim.Optimizer) -> int:

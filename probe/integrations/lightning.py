@@ -141,6 +141,11 @@ class OptiscopeCallback(pl.Callback):
         self.monitor = probe.attach(unwrap_model(pl_module), optimizers, run=run, start_step=trainer.global_step,
                                     **self.attach_options)
 
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        # Lightning calls this after backward and before clipping: the moment the gradients are complete
+        if self.monitor is not None:
+            self.monitor.gradients_ready()
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.monitor is not None:
             self.monitor.detach()

@@ -52,12 +52,7 @@ def _trainer(callback: OptiscopeCallback, **kw) -> pl.Trainer:  # noqa: ANN003
                       log_every_n_steps=1, **kw)
 
 
-LATE_GRADIENTS = pytest.mark.xfail(strict=True, reason=(
-    "known, open (#17): in automatic optimization backward runs inside optimizer.step(closure), after the "
-    "probe's pre-step hook, so its gradient diagnostics are one step late"))
-
-
-@pytest.mark.parametrize("manual", [pytest.param(False, marks=LATE_GRADIENTS), True], ids=["automatic", "manual"])
+@pytest.mark.parametrize("manual", [False, True], ids=["automatic", "manual"])
 def test_lightning_callback_logs_metrics_config_and_diagnostics(live_server, monkeypatch, manual: bool) -> None:  # noqa: ANN001
     srv = live_server()
     monkeypatch.setenv("OPTISCOPE_URL", srv.url)
@@ -125,3 +120,31 @@ def test_lightning_fit_from_a_checkpoint_continues_the_run(live_server, monkeypa
     assert steps == list(range(STEPS))  # steps 3-5 trained twice, stored once
     assert values[3:] == pytest.approx(module.losses, rel=1e-6)  # the second life's values
     assert series["grad_norm/net.0.weight"][0] == list(range(STEPS))
+
+
+class ClippedRegressor(Regressor):
+    """Records the gradient norms Lightning is about to clip: the values the probe must report."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre_clip: list[dict[str, float]] = []
+
+    def on_before_optimizer_step(self, optimizer) -> None:  # noqa: ANN001
+        self.pre_clip.append({n: float(p.grad.norm()) for n, p in self.named_parameters()})
+
+
+def test_automatic_optimization_reports_this_steps_gradients_before_clipping(live_server, monkeypatch) -> None:  # noqa: ANN001
+    srv = live_server()
+    monkeypatch.setenv("OPTISCOPE_URL", srv.url)
+    monkeypatch.setenv("OPTISCOPE_TOKEN", srv.token)
+    monkeypatch.setenv("OPTISCOPE_HOME", str(srv.home / "client"))
+    torch.manual_seed(0)
+    module = ClippedRegressor()
+    callback = OptiscopeCallback(project="pl", attach_options={"log_every": 2})
+    _trainer(callback, gradient_clip_val=1e-3).fit(module, _data())
+    series = stored_series(srv.api, srv.headers, callback.logger.last_run_id)
+    for name in ("net.0.weight", "net.2.bias"):
+        steps, values = series[f"grad_norm/{name}"]
+        assert steps == list(range(STEPS))
+        assert values == pytest.approx([g[name] for g in module.pre_clip], rel=1e-5)
+    assert min(g["net.0.weight"] for g in module.pre_clip) > 1e-2  # far above the clip: clipped would differ

@@ -1,0 +1,168 @@
+"""server.analysis against known answers: interval coverage, identical groups, constructed "why" runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server.analysis import (
+    RunData,
+    bootstrap_speedup,
+    group_runs,
+    group_time_to_target,
+    parse_filters,
+    run_crossing,
+    why,
+)
+from server.analysis.groups import Trace
+from server.analysis.layers import layer_role
+from server.analysis.speedup import NO_DIFFERENCE
+
+
+def test_bootstrap_interval_covers_a_known_ratio_in_about_95_percent_of_repetitions() -> None:
+    """Lognormal steps-to-target, true ratio of means exactly 1.6; 200 independent synthetic groups."""
+    rng = np.random.default_rng(12345)
+    true_ratio, n, sigma = 1.6, 12, 0.15
+    covered = 0
+    for rep in range(200):
+        base = 300 * rng.lognormal(0, sigma, n)
+        run = 300 / true_ratio * rng.lognormal(0, sigma, n)
+        ci = bootstrap_speedup(dict(enumerate(base)), {100 + i: v for i, v in enumerate(run)},
+                               rng=np.random.default_rng(rep), n_resamples=999)
+        assert not ci.paired and ci.low is not None and ci.high is not None
+        covered += ci.low <= true_ratio <= ci.high
+    assert 0.90 <= covered / 200 <= 0.99, covered
+
+
+def test_identical_groups_give_no_difference() -> None:
+    steps = {0: 150.0, 1: 175.0, 2: 149.0, 3: 160.0}
+    ci = bootstrap_speedup(steps, dict(steps), rng=np.random.default_rng(0))
+    assert ci.ratio == pytest.approx(1.0) and ci.paired
+    assert ci.verdict == NO_DIFFERENCE and ci.low <= 1.0 <= ci.high
+
+
+def test_clear_speedup_is_faster_and_one_seed_has_no_interval() -> None:
+    ci = bootstrap_speedup({0: 329, 1: 310, 2: 350}, {0: 154, 1: 150, 2: 165}, rng=np.random.default_rng(0))
+    assert ci.verdict == "faster" and ci.low > 1.5 and ci.paired
+    one = bootstrap_speedup({0: 300}, {0: 150}, rng=np.random.default_rng(0))
+    assert one.ratio == 2.0 and one.low is None and one.verdict == "one seed: no interval"
+    assert bootstrap_speedup({0: 300}, {0: None}, rng=np.random.default_rng(0)).verdict == "not reached"
+
+
+def test_same_request_same_interval_and_no_global_rng() -> None:
+    np.random.seed(1)
+    before = np.random.random()
+    np.random.seed(1)
+    a = bootstrap_speedup({0: 3, 1: 4, 2: 5}, {0: 2, 1: 2.5, 2: 2.2}, rng=np.random.default_rng(7))
+    b = bootstrap_speedup({0: 3, 1: 4, 2: 5}, {0: 2, 1: 2.5, 2: 2.2}, rng=np.random.default_rng(7))
+    assert a == b
+    assert np.random.random() == before  # the global stream was not advanced
+
+
+def _loss_run(rid: str, opt: str, seed: int, evals: list[float]) -> RunData:
+    steps = [25 * (i + 1) - 1 for i in range(len(evals))]
+    return RunData(id=rid, name=f"gpt-{opt}", config={"optimizer": opt, "seed": seed, "lr": 0.02},
+                   series={"val_loss": Trace.of(steps, evals, [100.0 + 10 * i for i in range(len(evals))]),
+                           "samples_seen": Trace.of(range(200), [32 * (s + 1) for s in range(200)])},
+                   first_time=100.0)
+
+
+def test_crossing_resolution_is_the_evaluation_interval() -> None:
+    c = run_crossing(_loss_run("r", "adamw", 0, [3.0, 2.9, 2.8, 2.7, 2.6, 2.39]), "val_loss", 2.4, "below")
+    assert c.reached and c.step == 149 and c.step_lo == 125 and c.resolution == "125–149"
+    assert c.interval == 25 and c.samples == 32 * 150 and c.time_s == pytest.approx(50.0)
+    missed = run_crossing(_loss_run("m", "adamw", 0, [3.0, 2.9]), "val_loss", 2.4, "below")
+    assert not missed.reached and missed.final == 2.9
+
+
+def test_groups_by_everything_but_the_seed_and_table_pairs_seeds() -> None:
+    runs = [_loss_run(f"a{s}", "adamw", s, [3.0, 2.8, 2.6, 2.5 - 0.01 * s, 2.39]) for s in range(3)]
+    runs += [_loss_run(f"n{s}", "normuon", s, [2.9, 2.39 + 0.005 * s, 2.2]) for s in range(3)]
+    runs += [_loss_run("x0", "muon", 0, [2.9, 2.7, 2.6, 2.3])]
+    groups = group_runs(runs)
+    assert [(g.label, g.n) for g in groups] == [("gpt-adamw", 3), ("gpt-normuon", 3), ("gpt-muon", 1)]
+    by_opt = group_runs(runs, ["optimizer"])
+    assert [g.label for g in by_opt] == ["adamw", "normuon", "muon"]
+    base = next(g for g in groups if g.matches({"optimizer": "adamw"}))
+    rows = {r.group.label: r.as_dict() for r in group_time_to_target(
+        groups, base, key="val_loss", target=2.4, direction="below", rng=np.random.default_rng(0))}
+    assert rows["gpt-adamw"]["baseline"] and rows["gpt-adamw"]["steps_verdict"] == "baseline"
+    normuon = rows["gpt-normuon"]
+    assert normuon["n"] == 3 and normuon["n_reached"] == 3 and normuon["paired"]
+    assert normuon["steps_mean"] == pytest.approx((49 + 74 + 74) / 3)
+    assert normuon["speedup_steps"] == pytest.approx(124 / normuon["steps_mean"])
+    assert normuon["steps_ci_low"] <= normuon["speedup_steps"] <= normuon["steps_ci_high"]
+    assert normuon["eval_interval"] == 25
+    assert rows["gpt-muon"]["steps_verdict"] == "one seed: no interval"
+
+
+def test_parse_filters_reads_json_and_names_the_field() -> None:
+    assert parse_filters(["optimizer=normuon", "lr=0.02"], field_name="a") == {"optimizer": "normuon", "lr": 0.02}
+    with pytest.raises(ValueError, match="baseline"):
+        parse_filters(["optimizer"], field_name="baseline")
+
+
+def test_layer_roles_replace_indices() -> None:
+    assert layer_role("blocks.11.mlp.fc.weight") == "blocks.*.mlp.fc.weight"
+    assert layer_role("0.weight") == "*.weight"
+    assert layer_role("head.weight") == "head.weight"
+
+
+N_BLOCKS = 4
+QUANTITIES = ("neuron.cv", "update_ratio", "sv.weight.eff_rank", "sv.update.cond", "neuron.frozen_frac")
+
+
+def _diag_run(rid: str, opt: str, seed: int, *, bump: dict[tuple[str, str], float] | None = None) -> RunData:
+    """Per-layer diagnostics at steps 10 and 20; seed noise of ~2 %; ``bump`` scales one (quantity, layer)."""
+    rng = np.random.default_rng(seed)
+    series = {}
+    for q_i, q in enumerate(QUANTITIES):
+        for b in range(N_BLOCKS):
+            for part in ("attn.qkv", "mlp.fc"):
+                layer = f"blocks.{b}.{part}.weight"
+                level = 0.0 if q == "neuron.frozen_frac" else (q_i + 1) * (1 + 0.1 * b)
+                v = level * (1 + 0.02 * rng.standard_normal(2))
+                v = v * (bump or {}).get((q, layer), 1.0)
+                series[f"{q}/{layer}"] = Trace.of([10, 20], v)
+    series["nonfinite/blocks.0.mlp.fc.weight"] = Trace.of([10, 20], [0, 5 if opt == "a" else 0])
+    return RunData(id=rid, name=opt, config={"optimizer": opt, "seed": seed}, series=series)
+
+
+@pytest.mark.parametrize("seeds", [1, 4])
+def test_why_ranks_the_one_diagnostic_made_different_first(seeds: int) -> None:
+    fc = [f"blocks.{b}.mlp.fc.weight" for b in range(N_BLOCKS)]
+    bump = {("neuron.cv", layer): 0.25 for layer in fc}
+    a = [_diag_run(f"a{s}", "a", 100 + s, bump=bump) for s in range(seeds)]
+    base = [_diag_run(f"b{s}", "b", 200 + s) for s in range(seeds)]
+    result = why(a, base, a_label="NorMuon", baseline_label="AdamW", match="step", at=20)
+    first = result.rows[0]
+    assert (first.quantity, first.role) == ("neuron.cv", "blocks.*.mlp.fc.weight")
+    assert first.significant and first.ratio == pytest.approx(0.25, rel=0.05)
+    assert first.layers == tuple(fc) and first.effect < 0
+    assert "NorMuon: neuron update norms" in first.sentence and "more even" in first.sentence
+    assert f"keys=neuron.cv/{fc[0]}" in first.link and "runs=a0" in first.link
+    assert [r for r in result.rows if r.significant] == [first]  # nothing else flagged
+    assert all(r.quantity != "nonfinite" for r in result.rows)
+    assert len(result.lines) == 10 and result.within_noise == len(result.rows) - 1
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_why_with_all_diagnostics_equal_flags_nothing(seeds: int) -> None:
+    a = [_diag_run(f"a{s}", "a", s) for s in range(seeds)]
+    base = [_diag_run(f"b{s}", "b", s) for s in range(seeds)]  # same seeds: identical values
+    result = why(a, base, a_label="A", baseline_label="B")
+    assert result.rows and not any(r.significant for r in result.rows)
+    assert all(r.effect == 0 for r in result.rows)
+    assert all(line.endswith("within noise") for line in result.lines)
+
+
+def test_why_matches_on_loss_per_run_and_skips_runs_that_never_reach() -> None:
+    a = _diag_run("a0", "a", 1)
+    b = _diag_run("b0", "b", 2)
+    never = _diag_run("b1", "b", 3)
+    a.series["val_loss"] = Trace.of([9, 19], [2.5, 2.3])  # type: ignore[index]
+    b.series["val_loss"] = Trace.of([9, 19], [2.3, 2.1])  # type: ignore[index]
+    never.series["val_loss"] = Trace.of([9, 19], [3.0, 2.9])  # type: ignore[index]
+    result = why([a], [b, never], a_label="A", baseline_label="B", match="loss", at=2.3)
+    assert result.matched_steps == {"a0": 19, "b0": 9}
+    assert any("never reached" in n for n in result.notes)

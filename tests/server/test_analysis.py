@@ -221,3 +221,147 @@ def test_why_matches_on_loss_per_run_and_skips_runs_that_never_reach() -> None:
     result = why([a], [b, never], a_label="A", baseline_label="B", match="loss", at=2.3)
     assert result.matched_steps == {"a0": 19, "b0": 9}
     assert any("never reached" in n for n in result.notes)
+
+
+# ------------------------------------------------------------------------------------------ the API
+# The real app over a real SQLite file (and PostgreSQL for the first test), data sent through the
+# ingest endpoint as a probe would.
+
+from tests.server.conftest import Api, uid  # noqa: E402
+
+EVAL_STEPS = [24, 49, 74, 99, 124, 149]
+
+
+def _ingest_run(api: Api, project: str, opt: str, seed: int, val_loss: list[float], *,
+                cv_scale: float = 1.0) -> str:
+    """One run with val_loss on a 25-step cadence, samples_seen, and per-layer diagnostics at steps 50/100."""
+    run = api.create_run(project=project, name=f"gpt-{opt}", optimizer=opt,
+                         config={"optimizer": opt, "seed": seed, "lr": 0.02, "model": {"d_model": 64}},
+                         tags=["demo", "language"])
+    rng = np.random.default_rng(1000 + seed + (0 if opt == "adamw" else 500))
+    n = len(val_loss)
+    scalars = [
+        {"key": "val_loss", "steps": EVAL_STEPS[:n], "times": [1000.0 + 2 * s for s in EVAL_STEPS[:n]],
+         "values": val_loss},
+        {"key": "samples_seen", "steps": list(range(0, 150, 10)), "times": [1000.0] * 15,
+         "values": [32.0 * (s + 1) for s in range(0, 150, 10)]},
+    ]
+    for b in range(2):
+        for part, level in (("attn.qkv", 0.3), ("mlp.fc", 0.2)):
+            layer = f"blocks.{b}.{part}.weight"
+            scale = cv_scale if part == "mlp.fc" else 1.0
+            for q, base in (("neuron.cv", level * scale), ("sv.update.cond", 40.0 + 10 * b),
+                            ("update_ratio", 0.01)):
+                vals = base * (1 + 0.02 * rng.standard_normal(2))
+                scalars.append({"key": f"{q}/{layer}", "steps": [50, 100], "times": [1100.0, 1200.0],
+                                "values": [float(v) for v in vals]})
+    r = api.post(f"/runs/{run['id']}/batches", json={"scalars": scalars})
+    assert r.status_code == 200, r.text
+    return str(run["id"])
+
+
+def _two_groups(api: Api, *, seeds: int = 3) -> tuple[str, list[str], list[str]]:
+    project = uid()
+    adamw = [_ingest_run(api, project, "adamw", s, [3.0, 2.8, 2.6, 2.5, 2.39 - 0.02 * s, 2.2])
+             for s in range(seeds)]
+    normuon = [_ingest_run(api, project, "normuon", s, [2.9, 2.39 + 0.02 * s, 2.2, 2.1], cv_scale=0.25)
+               for s in range(seeds)]
+    return project, adamw, normuon
+
+
+def test_api_groups_and_time_to_target_with_intervals(api: Api) -> None:
+    project, adamw, normuon = _two_groups(api)
+    groups = api.get("/analysis/groups", params={"project": project})
+    assert groups.status_code == 200, groups.text
+    got = groups.json()["groups"]
+    assert [(g["group"], g["n"], g["run_ids"], g["seeds"]) for g in got] == [
+        ("gpt-adamw", 3, adamw, [0, 1, 2]), ("gpt-normuon", 3, normuon, [0, 1, 2])]
+    by_opt = api.get("/analysis/groups", params={"project": project, "group_by": "optimizer"}).json()
+    assert [g["group"] for g in by_opt["groups"]] == ["adamw", "normuon"]
+
+    r = api.get("/analysis/time-to-target", params={"project": project, "key": "val_loss", "target": 2.4,
+                                                    "baseline": "optimizer=adamw"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["baseline"] == "gpt-adamw" and out["level"] == 0.95
+    rows = {row["group"]: row for row in out["rows"]}
+    base, fast = rows["gpt-adamw"], rows["gpt-normuon"]
+    assert base["baseline"] and base["steps_mean"] == 124 and base["n"] == 3
+    # normuon: seed 0 at step 49, seeds 1, 2 at 74 (2.41, 2.43 > 2.4); paired by seed with adamw's 124s
+    assert fast["steps_mean"] == pytest.approx((49 + 74 + 74) / 3) and fast["paired"]
+    assert fast["speedup_steps"] == pytest.approx(124 / fast["steps_mean"])
+    assert 1.0 < fast["steps_ci_low"] <= fast["speedup_steps"] <= fast["steps_ci_high"]
+    assert fast["steps_verdict"] == "faster" and fast["eval_interval"] == 25
+    assert [run["resolution"] for run in fast["runs"]] == ["25–49", "50–74", "50–74"]
+    # wall time: 2 s per step from the run's first point (t=1000 at step 0 of samples_seen)
+    assert fast["time_s_mean"] == pytest.approx(2 * fast["steps_mean"] + 2 * 0)
+    assert fast["samples_mean"] == pytest.approx(np.mean([32 * 41, 32 * 71, 32 * 71]))
+    # the same request gives the same interval
+    again = api.get("/analysis/time-to-target", params={"project": project, "key": "val_loss", "target": 2.4,
+                                                        "baseline": "optimizer=adamw"}).json()
+    assert again == out
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"])
+def test_api_why_ranks_the_planted_difference_with_links(api: Api) -> None:
+    project, adamw, normuon = _two_groups(api)
+    r = api.get("/analysis/why", params={"project": project, "a": "optimizer=normuon",
+                                         "baseline": "optimizer=adamw", "at": 100, "top": 3})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["a"] == "gpt-normuon" and out["baseline"] == "gpt-adamw" and out["a_run_ids"] == normuon
+    assert out["compared"] == 6 and len(out["rows"]) == 3 and len(out["lines"]) == 3
+    first = out["rows"][0]
+    assert (first["diagnostic"], first["layer"]) == ("neuron.cv", "blocks.*.mlp.fc.weight")
+    assert first["significant"] and not first["within_noise"] and first["ratio"] == pytest.approx(0.25, rel=0.05)
+    assert out["significant"] == 1 and out["lines"][0] == first["sentence"]
+    assert "4.0" in first["sentence"] and "more even" in first["sentence"] and "3 seeds" in first["sentence"]
+    assert first["link"] == f"/runs/{normuon[0]}?tab=neurons&layer=blocks.0.mlp.fc.weight&step=100"
+    assert first["baseline_link"].startswith(f"/runs/{adamw[0]}?tab=neurons")
+    # runs instead of groups; matched by loss: each run read where it first reached val_loss 2.4
+    by_runs = api.get("/analysis/why", params=[("run_id", i) for i in adamw + normuon] + [
+        ("a_run", normuon[0]), ("baseline_run", adamw[0]), ("match", "loss"), ("at", 2.4)]).json()
+    assert by_runs["matched_steps"] == {normuon[0]: 49, adamw[0]: 124}
+    assert by_runs["rows"][0]["diagnostic"] == "neuron.cv" and by_runs["rows"][0]["noise"] == "layers"
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"])
+def test_api_analysis_bad_parameters_are_422_naming_the_field(api: Api) -> None:
+    project, adamw, _ = _two_groups(api, seeds=1)
+    ttt = {"project": project, "key": "val_loss", "target": 2.4}
+
+    def field(path: str, params: object) -> list[str]:
+        r = api.get(path, params=params)
+        assert r.status_code == 422, (params, r.text)
+        return [d["loc"][-1] for d in r.json()["detail"]]
+
+    assert field("/analysis/time-to-target", {**ttt, "baseline": "optimizer"}) == ["baseline"]
+    assert field("/analysis/time-to-target", {**ttt, "baseline": "optimizer=sgd"}) == ["baseline"]
+    assert field("/analysis/time-to-target", {**ttt, "target": "nan"}) == ["target"]
+    assert field("/analysis/time-to-target", {**ttt, "direction": "sideways"}) == ["direction"]
+    assert field("/analysis/time-to-target", {"project": project, "target": 2.4}) == ["key"]
+    assert field("/analysis/time-to-target", {**ttt, "baseline_run": uid()}) == ["baseline_run"]
+    assert field("/analysis/time-to-target", {**ttt, "config": "lr"}) == ["config"]
+    assert field("/analysis/time-to-target", {**ttt, "project": uid()}) == ["project"]
+    why_ok = {"project": project, "a": "optimizer=normuon", "baseline": "optimizer=adamw"}
+    assert field("/analysis/why", {**why_ok, "top": 0}) == ["top"]
+    assert field("/analysis/why", {**why_ok, "match": "epoch"}) == ["match"]
+    assert field("/analysis/why", {"project": project, "baseline": "optimizer=adamw"}) == ["a"]
+    assert field("/analysis/why", {**why_ok, "a": "optimizer=adamw"}) == ["a"]  # both sides one group
+    assert field("/analysis/why", {**why_ok, "a": "lr=0.02"}) == ["a"]  # matches two groups
+    assert field("/analysis/why", {**why_ok, "match": "loss", "key": "nope"}) == ["key"]
+    assert api.get("/analysis/groups", params={"run_id": uid()}).status_code == 404
+    assert api.get("/analysis/why", params={**why_ok, "top": 1}).status_code == 200
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"])
+def test_api_analysis_reads_follow_the_runs_read_policy(make_api) -> None:  # noqa: ANN001
+    api = make_api(host="0.0.0.0")  # not loopback: reads need a token, as GET /runs does
+    project, _, _ = _two_groups(api, seeds=1)
+    for path, params in (("/analysis/groups", {"project": project}),
+                         ("/analysis/time-to-target", {"project": project, "key": "val_loss", "target": 2.4}),
+                         ("/analysis/why", {"project": project, "a": "optimizer=normuon",
+                                            "baseline": "optimizer=adamw"})):
+        assert api.get("/runs", params={"project": project}).status_code == 401
+        assert api.get(path, params=params).status_code == 401
+        assert api.get(path, params=params, headers=api.auth).status_code == 200, path

@@ -227,46 +227,12 @@ def test_why_matches_on_loss_per_run_and_skips_runs_that_never_reach() -> None:
 # The real app over a real SQLite file (and PostgreSQL for the first test), data sent through the
 # ingest endpoint as a probe would.
 
+from tests.server.analysis_runs import two_groups  # noqa: E402
 from tests.server.conftest import Api, uid  # noqa: E402
-
-EVAL_STEPS = [24, 49, 74, 99, 124, 149]
-
-
-def _ingest_run(api: Api, project: str, opt: str, seed: int, val_loss: list[float], *,
-                cv_scale: float = 1.0) -> str:
-    """One run with val_loss on a 25-step cadence, samples_seen, and per-layer diagnostics at steps 50/100."""
-    run = api.create_run(project=project, name=f"gpt-{opt}", optimizer=opt,
-                         config={"optimizer": opt, "seed": seed, "lr": 0.02, "model": {"d_model": 64}},
-                         tags=["demo", "language"])
-    rng = np.random.default_rng(1000 + seed + (0 if opt == "adamw" else 500))
-    n = len(val_loss)
-    scalars = [
-        {"key": "val_loss", "steps": EVAL_STEPS[:n], "times": [1000.0 + 2 * s for s in EVAL_STEPS[:n]],
-         "values": val_loss},
-        {"key": "samples_seen", "steps": list(range(0, 150, 10)), "times": [1000.0] * 15,
-         "values": [32.0 * (s + 1) for s in range(0, 150, 10)]},
-    ]
-    for b in range(2):
-        for part, level in (("attn.qkv", 0.3), ("mlp.fc", 0.2)):
-            layer = f"blocks.{b}.{part}.weight"
-            scale = cv_scale if part == "mlp.fc" else 1.0
-            for q, base in (("neuron.cv", level * scale), ("sv.update.cond", 40.0 + 10 * b),
-                            ("update_ratio", 0.01)):
-                vals = base * (1 + 0.02 * rng.standard_normal(2))
-                scalars.append({"key": f"{q}/{layer}", "steps": [50, 100], "times": [1100.0, 1200.0],
-                                "values": [float(v) for v in vals]})
-    r = api.post(f"/runs/{run['id']}/batches", json={"scalars": scalars})
-    assert r.status_code == 200, r.text
-    return str(run["id"])
 
 
 def _two_groups(api: Api, *, seeds: int = 3) -> tuple[str, list[str], list[str]]:
-    project = uid()
-    adamw = [_ingest_run(api, project, "adamw", s, [3.0, 2.8, 2.6, 2.5, 2.39 - 0.02 * s, 2.2])
-             for s in range(seeds)]
-    normuon = [_ingest_run(api, project, "normuon", s, [2.9, 2.39 + 0.02 * s, 2.2, 2.1], cv_scale=0.25)
-               for s in range(seeds)]
-    return project, adamw, normuon
+    return two_groups(api.post, seeds=seeds)
 
 
 def test_api_groups_and_time_to_target_with_intervals(api: Api) -> None:

@@ -27,10 +27,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["Verdict", "SpeedupCI", "speedup_ratio", "bootstrap_speedup", "NO_DIFFERENCE"]
+__all__ = ["Verdict", "SpeedupCI", "speedup_ratio", "bootstrap_speedup", "NO_DIFFERENCE", "TOO_FEW", "MIN_SEEDS"]
 
 NO_DIFFERENCE = "no difference at this n"
-Verdict = Literal["faster", "slower", "no difference at this n", "one seed: no interval", "not reached",
+TOO_FEW = "fewer than 3 seeds: no interval"
+MIN_SEEDS = 3  # with 2 seeds a bootstrap has 3 distinct resamples, one of them the data: no interval at all
+Verdict = Literal["faster", "slower", "no difference at this n", "fewer than 3 seeds: no interval", "not reached",
                   "baseline"]
 
 
@@ -43,7 +45,7 @@ def speedup_ratio(baseline: Any, value: Any) -> float | None:
 
 @dataclass(frozen=True)
 class SpeedupCI:
-    """A speedup with its interval; ``low``/``high`` are None when one side has fewer than 2 values."""
+    """A speedup with its interval; ``low``/``high`` are None when a side has fewer than 3 values."""
 
     ratio: float | None
     low: float | None
@@ -86,22 +88,22 @@ def bootstrap_speedup(
     """mean(baseline) ÷ mean(run) over seeds, with a bootstrap-t interval at ``level``.
 
     ``baseline`` and ``run`` map seed -> measurement (steps, seconds, samples); missing, non-finite or
-    non-positive values (a run that did not reach the target) are left out. When at least two seeds are
-    in both, only those are used and resampled as pairs; otherwise the groups are resampled apart.
+    non-positive values (a run that did not reach the target) are left out. When at least three seeds
+    are in both, only those are used and resampled as pairs; otherwise the groups are resampled apart.
     """
     b, r = _clean(baseline), _clean(run)
     if not b or not r:
         return SpeedupCI(None, None, None, len(r), len(b), False, "not reached")
     common = [k for k in r if k in b and k is not None]
-    paired = len(common) >= 2
+    paired = len(common) >= MIN_SEEDS
     if paired:
         bv = np.array([b[k] for k in common])
         rv = np.array([r[k] for k in common])
     else:
         bv, rv = np.array(list(b.values())), np.array(list(r.values()))
     ratio = float(_ratio_of_means(bv, rv))
-    if len(bv) < 2 or len(rv) < 2:
-        return SpeedupCI(ratio, None, None, len(rv), len(bv), False, "one seed: no interval")
+    if len(bv) < MIN_SEEDS or len(rv) < MIN_SEEDS:
+        return SpeedupCI(ratio, None, None, len(rv), len(bv), paired, TOO_FEW)
     low, high = _interval(bv, rv, paired=paired, rng=rng, n_resamples=n_resamples, level=level, ratio=ratio)
     verdict: Verdict = NO_DIFFERENCE if low <= 1.0 <= high else ("faster" if low > 1.0 else "slower")  # type: ignore[assignment]
     return SpeedupCI(ratio, low, high, len(rv), len(bv), paired, verdict)

@@ -16,7 +16,7 @@ from server.analysis import (
 )
 from server.analysis.groups import Trace
 from server.analysis.layers import layer_role
-from server.analysis.speedup import NO_DIFFERENCE
+from server.analysis.speedup import NO_DIFFERENCE, TOO_FEW
 
 
 def test_bootstrap_interval_covers_a_known_ratio_in_about_95_percent_of_repetitions() -> None:
@@ -68,7 +68,9 @@ def test_clear_speedup_is_faster_and_one_seed_has_no_interval() -> None:
     ci = bootstrap_speedup({0: 329, 1: 310, 2: 350}, {0: 154, 1: 150, 2: 165}, rng=np.random.default_rng(0))
     assert ci.verdict == "faster" and ci.low > 1.5 and ci.paired
     one = bootstrap_speedup({0: 300}, {0: 150}, rng=np.random.default_rng(0))
-    assert one.ratio == 2.0 and one.low is None and one.verdict == "one seed: no interval"
+    assert one.ratio == 2.0 and one.low is None and one.verdict == TOO_FEW
+    two = bootstrap_speedup({0: 300, 1: 320}, {0: 150, 1: 170}, rng=np.random.default_rng(0))
+    assert two.low is None and two.verdict == TOO_FEW  # 2 seeds: 3 distinct resamples, no interval
     assert bootstrap_speedup({0: 300}, {0: None}, rng=np.random.default_rng(0)).verdict == "not reached"
 
 
@@ -120,7 +122,7 @@ def test_groups_by_everything_but_the_seed_and_table_pairs_seeds() -> None:
     assert normuon["steps_ci_low"] <= normuon["speedup_steps"] <= normuon["steps_ci_high"]
     assert normuon["eval_interval"] == 25
     assert [r["resolution"] for r in normuon["runs"]] == ["25–49", "50–74", "50–74"]
-    assert rows["gpt-muon"]["steps_verdict"] == "one seed: no interval"
+    assert rows["gpt-muon"]["steps_verdict"] == TOO_FEW
 
 
 def test_parse_filters_reads_json_and_names_the_field() -> None:

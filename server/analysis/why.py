@@ -74,7 +74,8 @@ class WhyRow:
     def as_dict(self) -> dict[str, Any]:
         return {"layer": self.role, "diagnostic": self.quantity, "a": self.a, "baseline": self.baseline,
                 "ratio": self.ratio, "diff": self.diff, "effect": self.effect, "p": self.p, "q": self.q,
-                "significant": self.significant, "within_noise": not self.significant, "n_a": self.n_a, "n_baseline": self.n_baseline,
+                "significant": self.significant, "within_noise": not self.significant, "n_a": self.n_a,
+                "n_baseline": self.n_baseline,
                 "layers": list(self.layers), "key": self.key, "scale": self.scale, "noise": self.noise,
                 "sentence": self.sentence, "panel": self.panel, "link": self.link,
                 "baseline_link": self.baseline_link}
@@ -139,8 +140,13 @@ def why(
     common = set.intersection(*(set(v) for v in [*a_vals, *b_vals]))
     if not common:
         notes.append("the two sides logged no per-layer diagnostic in common")
-    rows = _rank(a_vals, b_vals, common, a_label=a_label, a_run=a_used[0].id, baseline_run=b_used[0].id,
-                 step=steps[a_used[0].id], compare_runs=[r.id for r in [*a_used, *b_used]])
+    first = a_used[0]
+
+    def step_of(quantity: str, layer: str) -> int:
+        return _logged_step(first, quantity, layer, steps[first.id])
+
+    rows = _rank(a_vals, b_vals, common, a_label=a_label, a_run=first.id, baseline_run=b_used[0].id,
+                 step_of=step_of, compare_runs=[r.id for r in [*a_used, *b_used]])
     if min(len(a_used), len(b_used)) < 2:
         notes.append("one seed on a side: no seed-to-seed noise estimate; each difference is scaled by how "
                      "much it varies between layers of one kind (robust z >= 3 flagged)")
@@ -189,16 +195,31 @@ def _matched_step(run: RunData, match: Match, at: float, match_key: str, directi
     return None if i is None else int(s.steps[i])
 
 
+def _nearest_index(steps: np.ndarray, step: int) -> int:
+    """Index of the point logged nearest to ``step`` (the earlier one on a tie); ``steps`` non-empty."""
+    i = int(np.searchsorted(steps, step, side="left"))
+    cands = [j for j in (i - 1, i) if 0 <= j < len(steps)]
+    return min(cands, key=lambda j: (abs(int(steps[j]) - step), int(steps[j])))
+
+
 def _nearest(steps: np.ndarray, values: np.ndarray, step: int) -> float | None:
     """The value logged nearest to ``step`` (the earlier one on a tie): diagnostics are logged on their
     own cadence, rarely at exactly the step an evaluation crossed the target."""
     if not len(steps):
         return None
-    i = int(np.searchsorted(steps, step, side="left"))
-    cands = [j for j in (i - 1, i) if 0 <= j < len(steps)]
-    j = min(cands, key=lambda j: (abs(int(steps[j]) - step), int(steps[j])))
-    v = float(values[j])
+    v = float(values[_nearest_index(steps, step)])
     return v if math.isfinite(v) else None
+
+
+def _logged_step(run: RunData, quantity: str, layer: str, step: int) -> int:
+    """The step at which ``quantity`` of ``layer`` was actually read for ``step`` (its nearest logged
+    point): the step a link should open, since the panel shows what was logged there."""
+    key = DERIVED.get(quantity, (quantity,))[0]
+    series = run.series.get(f"{key}/{layer}")
+    if series is None or not len(series.steps):
+        return step
+    steps = np.asarray(series.steps)
+    return int(steps[_nearest_index(steps, step)])
 
 
 def _values_at(run: RunData, step: int) -> dict[tuple[str, str], float]:
@@ -223,7 +244,8 @@ def _values_at(run: RunData, step: int) -> dict[tuple[str, str], float]:
 
 
 def _rank(a_vals: list[dict[tuple[str, str], float]], b_vals: list[dict[tuple[str, str], float]],
-          common: set[tuple[str, str]], *, a_label: str, a_run: str, baseline_run: str, step: int,
+          common: set[tuple[str, str]], *, a_label: str, a_run: str, baseline_run: str,
+          step_of: Any,
           compare_runs: list[str]) -> list[WhyRow]:
     by_quantity: dict[str, dict[str, list[str]]] = {}
     for quantity, layer in sorted(common):
@@ -271,8 +293,9 @@ def _rank(a_vals: list[dict[tuple[str, str], float]], b_vals: list[dict[tuple[st
     n_a, n_b = len(a_vals), len(b_vals)
     rows = []
     for r in pending:
-        panel = panel_for(r["quantity"], r["layers"][0], step=step, a_run=a_run, baseline_run=baseline_run,
-                          compare_runs=compare_runs)
+        layer = r["layers"][0]
+        panel = panel_for(r["quantity"], layer, step=step_of(r["quantity"], layer), a_run=a_run,
+                          baseline_run=baseline_run, compare_runs=compare_runs)
         rows.append(WhyRow(
             quantity=r["quantity"], role=r["role"], layers=r["layers"], a=r["a"], baseline=r["baseline"],
             ratio=r["ratio"], diff=r["diff"], effect=r["effect"], p=r["p"], q=r["q"],

@@ -291,6 +291,7 @@ def test_api_why_ranks_the_planted_difference_with_links(api: Api) -> None:
         ("a_run", normuon[0]), ("baseline_run", adamw[0]), ("match", "loss"), ("at", 2.4)]).json()
     assert by_runs["matched_steps"] == {normuon[0]: 49, adamw[0]: 124}
     assert by_runs["rows"][0]["diagnostic"] == "neuron.cv" and by_runs["rows"][0]["noise"] == "layers"
+    assert by_runs["rows"][0]["link"].endswith("&step=50")  # where the diagnostic was logged, nearest 49
 
 
 @pytest.mark.parametrize("engine_name", ["sqlite"])

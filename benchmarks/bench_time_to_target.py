@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from probe.demo.orchestrator import DemoConfig, format_group_table, run_demo
+from probe.demo.orchestrator import DemoConfig, format_group_table, format_speedup, format_spread, run_demo
 
 
 def _machine() -> str:
@@ -44,23 +44,6 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, load {load:.1f} at the start"
 
 
-def _pm(row: dict[str, Any], unit: str, fmt: str) -> str:
-    mean, sd = row.get(f"{unit}_mean"), row.get(f"{unit}_sd")
-    if mean is None:
-        return "not reached"
-    return format(mean, fmt) + ("" if sd is None else f" ± {format(sd, fmt)}")
-
-
-def _speedup(row: dict[str, Any], name: str) -> str:
-    if row.get("baseline"):
-        return "baseline"
-    ratio, low, high = row.get(f"speedup_{name}"), row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
-    if ratio is None:
-        return "—"
-    text = f"×{ratio:.2f}" + ("" if low is None else f" [{low:.2f}, {high:.2f}]")
-    return text + (" — no difference at this n" if row.get(f"{name}_verdict") == "no difference at this n" else "")
-
-
 def markdown(table: dict[str, Any]) -> str:
     """One comparison as a Markdown table (the README's format)."""
     sign = "≥" if table["direction"] == "above" else "≤"
@@ -70,9 +53,9 @@ def markdown(table: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for row in table["rows"]:
         n = f"{row['n_reached']}/{row['n']}" if row["n_reached"] != row["n"] else str(row["n"])
-        lines.append(f"| {row['group']} | {n} | {_pm(row, 'steps', '.0f')} | {row.get('eval_interval') or '—'} "
-                     f"| {_pm(row, 'time_s', '.1f')} | {_speedup(row, 'steps')} | {_speedup(row, 'time')} "
-                     f"| {_speedup(row, 'samples')} |")
+        cells = [format_spread(row, "steps", ".0f"), str(row.get("eval_interval") or "—"),
+                 format_spread(row, "time_s", ".1f"), *(format_speedup(row, m) for m in ("steps", "time", "samples"))]
+        lines.append(f"| {row['group']} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -32,7 +32,7 @@ import httpx
 from probe.demo.specs import PROGRESS_PREFIX, Comparison, RunSpec, build_specs, comparisons
 
 __all__ = ["DemoConfig", "DemoResult", "RunOutcome", "run_demo", "compare_counts", "format_table",
-           "format_group_table", "WHY_PAIRS"]
+           "format_group_table", "format_spread", "format_speedup", "WHY_PAIRS"]
 
 PROJECT = "demo"
 DEFAULT_PORT = 8000
@@ -494,25 +494,32 @@ def _why_lines(table: dict[str, Any], outcomes: list[RunOutcome], client: httpx.
     return lines
 
 
+def format_spread(row: dict[str, Any], unit: str, fmt: str) -> str:
+    """``"154 ± 11"``: a group row's mean ± sd of ``unit`` (steps, time_s, samples); "—" if none reached."""
+    mean, sd = row.get(f"{unit}_mean"), row.get(f"{unit}_sd")
+    if mean is None:
+        return "—"
+    return format(mean, fmt) + ("" if sd is None else f" ± {format(sd, fmt)}")
+
+
+def format_speedup(row: dict[str, Any], name: str) -> str:
+    """``"×2.14 [1.82, 2.42]"`` (+ " no difference" when the interval contains 1), or "baseline"."""
+    if row.get("baseline"):
+        return "baseline"
+    ratio, low, high = row.get(f"speedup_{name}"), row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
+    if ratio is None:
+        return "—"
+    text = f"×{ratio:.2f}" + ("" if low is None else f" [{low:.2f}, {high:.2f}]")
+    return text + (" no difference" if row.get(f"{name}_verdict") == "no difference at this n" else "")
+
+
 def format_group_table(table: dict[str, Any]) -> str:
     """Render one ``/analysis/time-to-target`` answer: per seed group, steps and wall time to the
     target as mean ± sd, the evaluation interval, and speedups with their bootstrap 95 % intervals."""
+    spread, speedup = format_spread, format_speedup
 
     def num(value: Any, fmt: str) -> str:
         return "—" if value is None else format(value, fmt)
-
-    def spread(row: dict[str, Any], unit: str, fmt: str) -> str:
-        mean, sd = row.get(f"{unit}_mean"), row.get(f"{unit}_sd")
-        return "—" if mean is None else (num(mean, fmt) + ("" if sd is None else f" ± {num(sd, fmt)}"))
-
-    def speedup(row: dict[str, Any], name: str) -> str:
-        if row.get("baseline"):
-            return "baseline"
-        ratio, low, high = row.get(f"speedup_{name}"), row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
-        if ratio is None:
-            return "—"
-        text = f"×{ratio:.2f}" + ("" if low is None else f" [{low:.2f}, {high:.2f}]")
-        return text + (" no difference" if row.get(f"{name}_verdict") == "no difference at this n" else "")
 
     sign = "≥" if table.get("direction") == "above" else "≤"
     lines = [

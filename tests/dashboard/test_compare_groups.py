@@ -145,3 +145,29 @@ def test_why_link_opens_the_named_layer_and_step(server, groups, page) -> None: 
         "(want) => Array.from(document.querySelectorAll('#run-tab-neurons .js-plotly-plot'))"
         ".some(g => (((g.layout || {}).title || {}).text || '').startsWith(want))",
         arg=f"neuron update norms — {layer} (step {step})", timeout=TIMEOUT_MS)
+
+
+def test_callbacks_per_run_why_and_group_bands(server, groups, request_ctx) -> None:  # noqa: ANN001
+    """Without grouping every run is its own group and the why compares two single runs (one seed: the
+    difference is scaled by its spread across layers); with grouping the scalar charts carry bands."""
+    import sys
+
+    cmp = sys.modules["dashboard.pages.compare"]
+    run_ids = groups["normuon"] + groups["adamw"]
+    meta, _, _ = cmp.load_runs(run_ids)
+    single, _, _ = cmp.update_groups([], meta)
+    assert not single["grouped"] and [g["n"] for g in single["groups"]] == [1] * 6
+    a, base = single["groups"][0]["group"], single["groups"][3]["group"]
+    panel = cmp.why(a, base, "step", 100, single, "loss", None, None, meta)
+    text = str(panel)
+    assert "cmp-why-list" in text and "1 seed" in text and "one seed on a side" in text
+
+    grouped, summary, _ = cmp.update_groups([cmp.CG.ALL_BUT_SEED], meta)
+    assert grouped["grouped"] and [g["n"] for g in grouped["groups"]] == [3, 3]
+    charts = cmp.draw_scalars(["loss"], "step", 0, [], meta, grouped, "ci", ["show"])
+    fig = charts[0].figure
+    metas = [t.meta for t in fig.data]
+    assert metas.count("band") == 2 and metas.count("member") == 6
+    assert "95 % interval" in fig.layout.title.text
+    table = cmp.group_time_to_target("loss", TARGET, "below", groups["adamw"][0], grouped, meta)
+    assert "cmp-ttt-groups-table" in str(table) and "95 % CI (steps)" in str(table)

@@ -681,9 +681,12 @@ def _at_step(api: ApiClient, rid: str, key: str, layer: str, step: int | None) -
     Input(ids.CMP_AT, "value"),
     State("cmp-meta", "data"),
     State(ids.CMP_KEYS, "data"),
+    Input(CMP_GROUPS, "data"),
+    Input(CMP_BAND, "value"),
 )
-def matched_panels(layer, source, match, at, meta, catalog):
-    """Spectra and neuron-norm distributions of every run at the matched point, overlaid and side by side."""
+def matched_panels(layer, source, match, at, meta, catalog, groups=None, band="minmax"):
+    """Spectra and neuron-norm distributions of every run at the matched point, overlaid and side by side;
+    grouped, the overlays show each group's mean spectrum with its band and its pooled neuron norms."""
     meta = meta or {}
     hint_sv = "no spectra logged for these runs — enable them with probe.attach(model, optimizer, run=run)"
     hint_nn = "no neuron update norms logged for these runs — probe.attach(...) logs them for 2-D layers"
@@ -720,9 +723,36 @@ def matched_panels(layer, source, match, at, meta, catalog):
     dists = [(f"{meta[r]['name']} @ {g[0]}", g[1]) for r, g in zip(run_ids, neur) if g]
     n_overlay = F.distribution_figure(dists, title=f"neuron update norms — {layer} ({where})", mode="ecdf",
                                       x_title="‖ΔW_row‖₂", empty_message=hint_nn)
+    if (groups or {}).get("grouped"):
+        overlay, n_overlay = group_matched_overlays(groups["groups"], dict(zip(run_ids, spec)),
+                                                    dict(zip(run_ids, neur)), source=source, layer=layer,
+                                                    where=where, band=band or "minmax", hints=(hint_sv, hint_nn))
     n_box = F.distribution_figure(dists, title=f"neuron update norms side by side — {layer}", mode="box",
                                   x_title="‖ΔW_row‖₂", empty_message=hint_nn)
     return overlay, grid, n_overlay, n_box
+
+
+def group_matched_overlays(groups: Sequence[Mapping[str, Any]], spectra: Mapping[str, Any],
+                           norms: Mapping[str, Any], *, source: str, layer: str, where: str, band: str,
+                           hints: tuple[str, str]):
+    """(spectrum figure, neuron-norm figure) per group: the mean spectrum of its runs at the matched
+    point with a band (index by index), and the neuron update norms of all its runs pooled (each
+    neuron of each seed is one sample of the group's distribution)."""
+    curves, pooled = [], []
+    for i, g in enumerate(groups):
+        lines = [F.Line(rid, list(range(1, len(got[1]) + 1)), got[1]) for rid in g["run_ids"]
+                 if (got := spectra.get(rid))]
+        if lines:
+            curves.append(GF.group_curve(g["group"], lines, band=band, color=F.color(i)))
+        values = [v for rid in g["run_ids"] if (got := norms.get(rid)) for v in got[1]]
+        if values:
+            pooled.append((f"{g['group']} ({sum(1 for rid in g['run_ids'] if norms.get(rid))} runs)", values))
+    spec = GF.band_figure(curves, title=f"mean spectrum of {source} — {layer} ({where}), {GF.BAND_LABELS[band]}",
+                          x_title="index i (descending σ)", y_title="singular value σᵢ", band=band, log_y=True,
+                          empty_message=hints[0])
+    nn = F.distribution_figure(pooled, title=f"neuron update norms per group, seeds pooled — {layer} ({where})",
+                               mode="ecdf", x_title="‖ΔW_row‖₂", empty_message=hints[1])
+    return spec, nn
 
 
 # -- config diff ----------------------------------------------------------------------------------

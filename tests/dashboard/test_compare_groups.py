@@ -49,6 +49,9 @@ def _group_run(seeder: Seeder, project: str, opt: str, seed: int, tau: float, cv
         for s in diag:
             arrays.append({"key": "neuron.update_norm", "layer": layer, "step": int(s), "time": float(ti[s]),
                            "shape": [16], "values": np.abs(rng.normal(0.01, 0.01 * cv, 16)).round(7).tolist()})
+            sv = np.sort(np.exp(-np.arange(16) / (4.0 if opt == "adamw" else 12.0)) * rng.uniform(0.9, 1.1, 16))
+            arrays.append({"key": "sv.weight", "layer": layer, "step": int(s), "time": float(ti[s]),
+                           "shape": [16], "values": sv[::-1].round(6).tolist()})
     seeder.post(run_id, scalars=scalars)
     seeder.post(run_id, arrays=arrays)
     seeder.finish(run_id)
@@ -171,3 +174,12 @@ def test_callbacks_per_run_why_and_group_bands(server, groups, request_ctx) -> N
     assert "95 % interval" in fig.layout.title.text
     table = cmp.group_time_to_target("loss", TARGET, "below", groups["adamw"][0], grouped, meta)
     assert "cmp-ttt-groups-table" in str(table) and "95 % CI (steps)" in str(table)
+
+    # matched-step spectra and neuron norms work on groups too: a mean spectrum with a band per group,
+    # neuron norms pooled over the seeds
+    _, catalog, _ = cmp.load_runs(run_ids)
+    spec, _, norms, _ = cmp.matched_panels("fc1.weight", "weight", "step", 100, meta, catalog, grouped, "minmax")
+    assert [t.meta for t in spec.data].count("band") == 2 and "mean spectrum" in spec.layout.title.text
+    names = {t.name for t in norms.data if t.name}
+    assert {"grp-normuon (3 runs)", "grp-adamw (3 runs)"} <= names, names
+    assert sum(len(t.x) for t in norms.data if t.name == "grp-normuon (3 runs)") == 3 * 16

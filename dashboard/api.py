@@ -256,6 +256,35 @@ class ApiClient:
         return body
 
 
+    # -- analysis (seed groups, group time-to-target, the ranked "why"); the server computes all --
+
+    def analysis_groups(self, run_ids: Sequence[str], *, group_by: Sequence[str] | None = None) -> dict[str, Any]:
+        """``GET /analysis/groups``: the runs grouped (by default by everything but the seed)."""
+        return self._get("/analysis/groups", run_id=list(run_ids), group_by=list(group_by or []) or None)
+
+    def analysis_time_to_target(
+        self, run_ids: Sequence[str], key: str, target: float, *, direction: str = "below",
+        baseline_run: str | None = None, group_by: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """``GET /analysis/time-to-target``: per group mean ± sd, resolution and bootstrap intervals."""
+        body = self._get("/analysis/time-to-target", run_id=list(run_ids), key=key, target=target,
+                         direction=direction, baseline_run=baseline_run, group_by=list(group_by or []) or None)
+        for row in body.get("rows", []):
+            for name, value in list(row.items()):
+                if isinstance(value, str) and value in _NONFINITE:
+                    row[name] = to_float(value)
+        return body
+
+    def analysis_why(
+        self, run_ids: Sequence[str], *, a_runs: Sequence[str], baseline_runs: Sequence[str], match: str = "step",
+        at: float | None = None, key: str | None = None, direction: str = "below", top: int = 10,
+    ) -> dict[str, Any]:
+        """``GET /analysis/why``: A's runs against the baseline's, ranked (layer role, diagnostic) pairs."""
+        return self._get("/analysis/why", run_id=list(run_ids), a_run=list(a_runs),
+                         baseline_run=list(baseline_runs), match=match, at=at, key=key, direction=direction,
+                         top=top)
+
+
 def _safe_id(run_id: str) -> str:
     """Run ids are ``[A-Za-z0-9_-]{1,64}``; anything else could not exist, and must not become a
     different path (``../``), so it is rejected before any request is made."""

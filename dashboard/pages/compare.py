@@ -1,9 +1,15 @@
-"""Compare page ("/compare?runs=a,b,c"): 2 to 50 runs side by side.
+"""Compare page ("/compare?runs=a,b,c"): 2 to 50 runs side by side, or as seed groups.
 
 Overlaid scalars on a common x axis (step, wall time since start, samples seen); spectra and
 neuron-norm distributions at a matched step or matched samples seen, overlaid and as small
 multiples (the cross-run histogram comparison other trackers lack); a config diff showing only what
 differs; and the time-to-target table computed by the server's ``/time-to-target``.
+
+Groups (``group_by=`` config keys / ``tags``, by default everything but the seed when seeds repeat):
+scalar panels show each group's mean with a band and its members on demand, the group time-to-target
+table has bootstrap 95 % intervals over seeds (``/analysis/time-to-target``), and the "why" panel lists
+the ranked per-layer differences between two groups (``/analysis/why``), each linking to the run-page
+panel that shows it. The builders are in ``compare_groups`` and ``dashboard.group_figures``.
 
 Requests for many runs go out concurrently (``ApiClient.map``) or as one multi-run ``/series``.
 """
@@ -17,12 +23,14 @@ from typing import Any
 from dash import Input, Output, State, callback, clientside_callback, dcc, html, no_update
 
 from .. import figures as F
+from .. import group_figures as GF
 from .. import ids
 from ..api import ApiClient, ApiError, NotFound
 from ..components import control, flatten, fmt_duration, fmt_value, graph, message, parse_time, speedup_text
 from ..queries import SV_SOURCES, Catalog
 from ..series import X_CHOICES, X_SAMPLES, X_STEP, X_TIME, X_TITLES, relative_time, steps_to_samples
 from ..state import current_api, current_config
+from . import compare_groups as CG
 
 TITLE = "Optiscope · compare"
 MAX_RUNS = 50  # the server's /time-to-target takes up to 50 run ids
@@ -30,6 +38,19 @@ CHART_POINT_BUDGET = 12_000
 SMALL_MULTIPLES_MAX = 8
 MATCH_STEP = "step"
 MATCH_SAMPLES = "samples"
+WHY_TOP = 10
+# component ids of the group features (kept here: dashboard/ids.py is shared by every page)
+CMP_GROUP_BY = "cmp-group-by"
+CMP_GROUPS = "cmp-groups"
+CMP_GROUPS_SUMMARY = "cmp-groups-summary"
+CMP_BAND = "cmp-band"
+CMP_MEMBERS = "cmp-members"
+CMP_TTT_GROUPS = "cmp-ttt-groups"
+CMP_WHY = "cmp-why"
+CMP_WHY_A = "cmp-why-a"
+CMP_WHY_BASELINE = "cmp-why-baseline"
+CMP_WHY_MATCH = "cmp-why-match"
+CMP_WHY_AT = "cmp-why-at"
 
 
 # -- layout ---------------------------------------------------------------------------------------
@@ -47,7 +68,8 @@ def parse_run_ids(runs: str | None) -> list[str]:
 def layout(runs: str | None = None, keys: str | None = None, x: str | None = None, layer: str | None = None,
            source: str | None = None, match: str | None = None, at: str | None = None, metric: str | None = None,
            target: str | None = None, direction: str | None = None, baseline: str | None = None,
-           smooth: str | None = None, log: str | None = None, **_: Any) -> html.Div:
+           smooth: str | None = None, log: str | None = None, group_by: str | None = None, band: str | None = None,
+           **_: Any) -> html.Div:
     """Controls from the query string; every panel is filled by its callback."""
     run_ids = parse_run_ids(runs)
     api = current_api()
@@ -72,6 +94,7 @@ def layout(runs: str | None = None, keys: str | None = None, x: str | None = Non
     listed = {r["id"]: r for r in all_runs}
     meta, catalog, note = compare_state(api, valid, listed)
     controls = controls_for(catalog, meta, keys.split(",") if keys else None, metric, baseline, layer)
+    grouping, groups = initial_groups(api, meta, CG.parse_group_by(group_by))
     try:
         smooth_v = min(max(float(smooth), 0.0), 0.99) if smooth else 0.0
     except ValueError:
@@ -93,6 +116,12 @@ def layout(runs: str | None = None, keys: str | None = None, x: str | None = Non
                 control("runs (2–50)", dcc.Dropdown(id=ids.CMP_RUNS, options=options, value=valid, multi=True,
                                                     placeholder="pick runs to compare"), width="100%"),
             ], className="controls"),
+            html.Div([
+                control("group by", dcc.Dropdown(id=CMP_GROUP_BY, options=CG.group_by_options(meta), value=grouping,
+                                                 multi=True, placeholder="each run on its own"), width="420px"),
+                html.Div(CG.groups_summary(groups), id=CMP_GROUPS_SUMMARY),
+            ], className="controls"),
+            dcc.Store(id=CMP_GROUPS, data=groups),
             dcc.Store(id=ids.CMP_KEYS, data=catalog),
             dcc.Store(id="cmp-meta", data=meta),
             # -- scalars
@@ -108,6 +137,12 @@ def layout(runs: str | None = None, keys: str | None = None, x: str | None = Non
                                                           marks={0: "0", 0.5: "0.5", 0.9: "0.9"}), width="220px"),
                     control("y scale", dcc.Checklist(id=ids.CMP_LOG, options=[{"label": " log", "value": "log"}],
                                                      value=["log"] if log in ("1", "log", "true") else [])),
+                    control("group band", dcc.RadioItems(id=CMP_BAND, inline=True,
+                                                         value=band if band in GF.BAND_LABELS else "minmax",
+                                                         options=[{"label": " " + label, "value": v}
+                                                                  for v, label in GF.BAND_LABELS.items()])),
+                    control("members", dcc.Checklist(id=CMP_MEMBERS, value=[],
+                                                     options=[{"label": " show each seed", "value": "show"}])),
                 ], className="controls"),
                 dcc.Loading(html.Div(id=ids.CMP_SCALARS, className="grid2"), type="dot", delay_show=400),
             ], className="section"),
@@ -129,7 +164,27 @@ def layout(runs: str | None = None, keys: str | None = None, x: str | None = Non
                     control("baseline", dcc.Dropdown(id=ids.CMP_TTT_BASELINE, options=controls[4],
                                                      value=controls[5], clearable=False), width="260px"),
                 ], className="controls"),
+                dcc.Loading(html.Div(id=CMP_TTT_GROUPS), type="dot", delay_show=400),
                 dcc.Loading(html.Div(id=ids.CMP_TTT_TABLE), type="dot", delay_show=400),
+            ], className="section"),
+            # -- why
+            html.Section([
+                html.H3("Why: what differs between two groups"),
+                html.P("Every per-layer diagnostic both sides logged, read at matched progress, averaged over the "
+                       "layers of one kind (blocks.*.fc) and ranked by standardized difference: against the "
+                       "seed-to-seed spread with ≥ 2 seeds a side (Welch t, Benjamini–Hochberg), else against how "
+                       "much the difference varies between layers. Each line links to the panel that shows it.",
+                       className="hint"),
+                html.Div([
+                    control("A", dcc.Dropdown(id=CMP_WHY_A, clearable=False), width="260px"),
+                    control("vs baseline", dcc.Dropdown(id=CMP_WHY_BASELINE, clearable=False), width="260px"),
+                    control("matched by", dcc.RadioItems(id=CMP_WHY_MATCH, inline=True, value="loss", options=[
+                        {"label": " same loss (the time-to-target metric and target)", "value": "loss"},
+                        {"label": " same step", "value": "step"}, {"label": " samples seen", "value": "samples"}])),
+                    control("at", dcc.Input(id=CMP_WHY_AT, type="number", debounce=True, placeholder="auto",
+                                            style={"width": "120px"})),
+                ], className="controls"),
+                dcc.Loading(html.Div(id=CMP_WHY), type="dot", delay_show=400),
             ], className="section"),
             # -- spectra and neurons at a matched step
             html.Section([
@@ -279,6 +334,44 @@ def controls_for(catalog, meta, keys, ttt_key, baseline, layer) -> tuple:
     return scalars, keys, scalars, ttt_key, runs, baseline, layers, layer
 
 
+# -- groups ---------------------------------------------------------------------------------------
+
+def initial_groups(api: ApiClient, meta: Mapping[str, Mapping[str, Any]],
+                   wanted: list[str] | None) -> tuple[list[str], dict[str, Any]]:
+    """(group-by choice, groups) for the first render. No choice in the URL: group by everything but
+    the seed when that puts two or more runs together (seeds of one recipe), else show each run."""
+    if wanted is None:
+        try:
+            auto = CG.load_groups(api, meta, [CG.ALL_BUT_SEED]) if len(meta) >= 2 else None
+        except ApiError:
+            auto = None
+        if auto and any(g["n"] >= 2 for g in auto["groups"]):
+            return [CG.ALL_BUT_SEED], auto
+        wanted = []
+    try:
+        return wanted, CG.load_groups(api, meta, wanted)
+    except ApiError:
+        return [], CG.load_groups(api, meta, [])
+
+
+@callback(
+    Output(CMP_GROUPS, "data"),
+    Output(CMP_GROUPS_SUMMARY, "children"),
+    Output(CMP_GROUP_BY, "options"),
+    Input(CMP_GROUP_BY, "value"),
+    Input("cmp-meta", "data"),
+    prevent_initial_call=True,
+)
+def update_groups(group_by, meta):
+    """Regroup when the choice or the picked runs change (the server groups; the page draws)."""
+    meta = meta or {}
+    try:
+        groups = CG.load_groups(current_api(), meta, group_by or [])
+    except ApiError as exc:
+        return no_update, message("Cannot group these runs", str(exc), kind="error"), CG.group_by_options(meta)
+    return groups, CG.groups_summary(groups), CG.group_by_options(meta)
+
+
 # -- scalars --------------------------------------------------------------------------------------
 
 def overlay_lines(api: ApiClient, meta: Mapping[str, Mapping[str, Any]], key: str, series: Sequence[Mapping[str, Any]],
@@ -307,9 +400,13 @@ def overlay_lines(api: ApiClient, meta: Mapping[str, Mapping[str, Any]], key: st
     Input(ids.CMP_SMOOTH, "value"),
     Input(ids.CMP_LOG, "value"),
     Input("cmp-meta", "data"),
+    Input(CMP_GROUPS, "data"),
+    Input(CMP_BAND, "value"),
+    Input(CMP_MEMBERS, "value"),
 )
-def draw_scalars(keys, x, smooth, log, meta):
-    """Overlaid scalars: one chart per key, one line per run, one request for all of them."""
+def draw_scalars(keys, x, smooth, log, meta, groups=None, band="minmax", members=None):
+    """Overlaid scalars: one chart per key, one line per run (or a mean and band per group), one
+    request for all of them."""
     meta = meta or {}
     keys = list(keys or [])
     if not meta or not keys:
@@ -328,7 +425,14 @@ def draw_scalars(keys, x, smooth, log, meta):
         for s in api.series(run_ids, ["samples_seen"], x="step", points=5000):
             samples[s["run_id"]] = (s["steps"], s["y"])
     out = []
+    grouped = bool((groups or {}).get("grouped"))
     for key in keys:
+        if grouped:
+            fig = group_scalar_figure(api, meta, key, series, x, samples, groups["groups"], band=band or "minmax",
+                                      members="show" in (members or []), log_y="log" in (log or []),
+                                      smoothing=float(smooth or 0))
+            out.append(graph({"type": "cmp-scalar-graph", "key": key}, fig))
+            continue
         lines = overlay_lines(api, meta, key, series, x, samples)
         fig = F.line_figure(lines, title=f"{key} — {len(lines)} runs", x_title=X_TITLES[x], y_title=f"{key} (value)",
                             log_y="log" in (log or []), smoothing=float(smooth or 0), uirevision=f"cmp:{key}:{x}",
@@ -336,6 +440,24 @@ def draw_scalars(keys, x, smooth, log, meta):
         fig.layout.showlegend = True
         out.append(graph({"type": "cmp-scalar-graph", "key": key}, fig))
     return out
+
+
+def group_scalar_figure(api: ApiClient, meta: Mapping[str, Mapping[str, Any]], key: str,
+                        series: Sequence[Mapping[str, Any]], x: str, samples: Mapping[str, tuple[list[int], list[float]]],
+                        groups: Sequence[Mapping[str, Any]], *, band: str, members: bool, log_y: bool,
+                        smoothing: float):
+    """One chart of ``key``: per group the mean of its runs with a band, members on demand."""
+    curves = []
+    for i, g in enumerate(groups):
+        sub = {rid: meta[rid] for rid in g["run_ids"] if rid in meta}
+        lines = overlay_lines(api, sub, key, series, x, samples)
+        if lines:
+            curves.append(GF.group_curve(g["group"], lines, band=band, color=F.color(i)))
+    fig = GF.band_figure(curves, title=f"{key} — {len(curves)} groups, {GF.BAND_LABELS[band]}", x_title=X_TITLES[x],
+                         y_title=f"{key} (value)", band=band, log_y=log_y, smoothing=smoothing,
+                         show_members=members, uirevision=f"cmp:{key}:{x}:groups", empty_message=f"no run logged {key}")
+    fig.layout.showlegend = True
+    return fig
 
 
 # -- time to target -------------------------------------------------------------------------------
@@ -425,6 +547,101 @@ def time_to_target(key, target, direction, baseline, meta):
     return html.Div([caption, ttt_table(result, meta)]), placeholder, direction_out
 
 
+def _target_for(api: ApiClient, run_ids: Sequence[str], key: str, target, direction) -> tuple[float | None, str]:
+    direction = direction if direction in ("below", "above") else default_direction(key)
+    if target is None:
+        target = default_target(api.series(list(run_ids), [key], points=200), direction)
+    return (None if target is None else float(target)), direction
+
+
+@callback(
+    Output(CMP_TTT_GROUPS, "children"),
+    Input(ids.CMP_TTT_KEY, "value"),
+    Input(ids.CMP_TTT_TARGET, "value"),
+    Input(ids.CMP_TTT_DIRECTION, "value"),
+    Input(ids.CMP_TTT_BASELINE, "value"),
+    Input(CMP_GROUPS, "data"),
+    State("cmp-meta", "data"),
+)
+def group_time_to_target(key, target, direction, baseline, groups, meta):
+    """The group table (``/analysis/time-to-target``) above the per-run one, when runs are grouped."""
+    meta = meta or {}
+    if not (groups or {}).get("grouped") or not key or not meta:
+        return None
+    api = current_api()
+    target, direction = _target_for(api, list(meta), key, target, direction)
+    if target is None:
+        return None
+    try:
+        result = api.analysis_time_to_target(list(meta), key, target, direction=direction, baseline_run=baseline,
+                                             group_by=CG.group_by_keys(groups.get("group_by")))
+    except ApiError as exc:
+        return message("Cannot compute the group table", str(exc), kind="error")
+    rel = "≤" if direction == "below" else "≥"
+    caption = html.P(f"Seed groups: {key} {rel} {target:.4g}; baseline group {result.get('baseline')}; speedup = "
+                     "baseline ÷ group with a bootstrap 95 % interval over seeds (paired by seed); an interval "
+                     "containing 1 reads “no difference at this n”.", className="hint")
+    return html.Div([caption, CG.group_ttt_table(result)])
+
+
+@callback(
+    Output(CMP_WHY_A, "options"),
+    Output(CMP_WHY_A, "value"),
+    Output(CMP_WHY_BASELINE, "options"),
+    Output(CMP_WHY_BASELINE, "value"),
+    Input(CMP_GROUPS, "data"),
+    Input(ids.CMP_TTT_BASELINE, "value"),
+    State(CMP_WHY_A, "value"),
+    State(CMP_WHY_BASELINE, "value"),
+)
+def why_sides(groups, baseline_run, a, base):
+    """Offer the groups; keep earlier choices that still exist, else A = first non-baseline group."""
+    gs = (groups or {}).get("groups") or []
+    labels = [g["group"] for g in gs]
+    options = [{"label": f"{g['group']} (n={g['n']})", "value": g["group"]} for g in gs]
+    default_a, default_base = CG.default_sides(gs, baseline_run)
+    base = base if base in labels else default_base
+    a = a if a in labels and a != base else (default_a if default_a != base else None)
+    return options, a, options, base
+
+
+@callback(
+    Output(CMP_WHY, "children"),
+    Input(CMP_WHY_A, "value"),
+    Input(CMP_WHY_BASELINE, "value"),
+    Input(CMP_WHY_MATCH, "value"),
+    Input(CMP_WHY_AT, "value"),
+    State(CMP_GROUPS, "data"),
+    State(ids.CMP_TTT_KEY, "value"),
+    State(ids.CMP_TTT_TARGET, "value"),
+    State(ids.CMP_TTT_DIRECTION, "value"),
+    State("cmp-meta", "data"),
+)
+def why(a, base, match, at, groups, key, target, direction, meta):
+    """The top lines of ``/analysis/why`` for A vs the baseline group."""
+    gs = {g["group"]: g for g in (groups or {}).get("groups") or []}
+    if not a or not base or a not in gs or base not in gs or a == base:
+        return message("Pick two groups", "Choose A and a baseline (two different groups or runs).")
+    api = current_api()
+    match = match or "loss"
+    direction_v = direction
+    if match == "loss":
+        if not key:
+            return message("Pick a time-to-target metric", "Matching by loss reads each run where it first reached "
+                           "the time-to-target metric's target.")
+        if at is None:
+            at, direction_v = _target_for(api, list(meta or {}), key, target, direction)
+        direction_v = direction_v if direction_v in ("below", "above") else default_direction(key)
+    run_ids = [*gs[a]["run_ids"], *gs[base]["run_ids"]]
+    try:
+        result = api.analysis_why(run_ids, a_runs=gs[a]["run_ids"], baseline_runs=gs[base]["run_ids"], match=match,
+                                  at=at, key=key if match == "loss" else None, direction=direction_v or "below",
+                                  top=WHY_TOP)
+    except ApiError as exc:
+        return message("Cannot compute the why", str(exc), kind="error")
+    return CG.why_panel(result)
+
+
 # -- spectra / neurons at a matched step ----------------------------------------------------------
 
 def matched_steps(api: ApiClient, run_ids: Sequence[str], match: str, at: float | None,
@@ -464,9 +681,12 @@ def _at_step(api: ApiClient, rid: str, key: str, layer: str, step: int | None) -
     Input(ids.CMP_AT, "value"),
     State("cmp-meta", "data"),
     State(ids.CMP_KEYS, "data"),
+    Input(CMP_GROUPS, "data"),
+    Input(CMP_BAND, "value"),
 )
-def matched_panels(layer, source, match, at, meta, catalog):
-    """Spectra and neuron-norm distributions of every run at the matched point, overlaid and side by side."""
+def matched_panels(layer, source, match, at, meta, catalog, groups=None, band="minmax"):
+    """Spectra and neuron-norm distributions of every run at the matched point, overlaid and side by side;
+    grouped, the overlays show each group's mean spectrum with its band and its pooled neuron norms."""
     meta = meta or {}
     hint_sv = "no spectra logged for these runs — enable them with probe.attach(model, optimizer, run=run)"
     hint_nn = "no neuron update norms logged for these runs — probe.attach(...) logs them for 2-D layers"
@@ -503,9 +723,36 @@ def matched_panels(layer, source, match, at, meta, catalog):
     dists = [(f"{meta[r]['name']} @ {g[0]}", g[1]) for r, g in zip(run_ids, neur) if g]
     n_overlay = F.distribution_figure(dists, title=f"neuron update norms — {layer} ({where})", mode="ecdf",
                                       x_title="‖ΔW_row‖₂", empty_message=hint_nn)
+    if (groups or {}).get("grouped"):
+        overlay, n_overlay = group_matched_overlays(groups["groups"], dict(zip(run_ids, spec)),
+                                                    dict(zip(run_ids, neur)), source=source, layer=layer,
+                                                    where=where, band=band or "minmax", hints=(hint_sv, hint_nn))
     n_box = F.distribution_figure(dists, title=f"neuron update norms side by side — {layer}", mode="box",
                                   x_title="‖ΔW_row‖₂", empty_message=hint_nn)
     return overlay, grid, n_overlay, n_box
+
+
+def group_matched_overlays(groups: Sequence[Mapping[str, Any]], spectra: Mapping[str, Any],
+                           norms: Mapping[str, Any], *, source: str, layer: str, where: str, band: str,
+                           hints: tuple[str, str]):
+    """(spectrum figure, neuron-norm figure) per group: the mean spectrum of its runs at the matched
+    point with a band (index by index), and the neuron update norms of all its runs pooled (each
+    neuron of each seed is one sample of the group's distribution)."""
+    curves, pooled = [], []
+    for i, g in enumerate(groups):
+        lines = [F.Line(rid, list(range(1, len(got[1]) + 1)), got[1]) for rid in g["run_ids"]
+                 if (got := spectra.get(rid))]
+        if lines:
+            curves.append(GF.group_curve(g["group"], lines, band=band, color=F.color(i)))
+        values = [v for rid in g["run_ids"] if (got := norms.get(rid)) for v in got[1]]
+        if values:
+            pooled.append((f"{g['group']} ({sum(1 for rid in g['run_ids'] if norms.get(rid))} runs)", values))
+    spec = GF.band_figure(curves, title=f"mean spectrum of {source} — {layer} ({where}), {GF.BAND_LABELS[band]}",
+                          x_title="index i (descending σ)", y_title="singular value σᵢ", band=band, log_y=True,
+                          empty_message=hints[0])
+    nn = F.distribution_figure(pooled, title=f"neuron update norms per group, seeds pooled — {layer} ({where})",
+                               mode="ecdf", x_title="‖ΔW_row‖₂", empty_message=hints[1])
+    return spec, nn
 
 
 # -- config diff ----------------------------------------------------------------------------------
@@ -538,7 +785,7 @@ def show_config_diff(meta):
 
 
 clientside_callback(
-    """(runs, keys, x, smooth, log, metric, target, direction, baseline, layer, source, match, at) => {
+    """(runs, keys, x, smooth, log, metric, target, direction, baseline, layer, source, match, at, groupBy, band) => {
         if (window.location.pathname !== '/compare') return '';
         const p = new URLSearchParams();
         if (runs && runs.length) p.set('runs', runs.join(','));
@@ -554,6 +801,8 @@ clientside_callback(
         if (source && source !== 'weight') p.set('source', source);
         if (match && match !== 'step') p.set('match', match);
         if (at !== null && at !== undefined) p.set('at', at);
+        if (groupBy && groupBy.length) p.set('group_by', groupBy.join(','));
+        if (band && band !== 'minmax') p.set('band', band);
         window.history.replaceState(null, '', '/compare?' + p.toString().replace(/%2C/g, ','));
         return '';
     }""",
@@ -562,5 +811,5 @@ clientside_callback(
     Input(ids.CMP_SMOOTH, "value"), Input(ids.CMP_LOG, "value"), Input(ids.CMP_TTT_KEY, "value"),
     Input(ids.CMP_TTT_TARGET, "value"), Input(ids.CMP_TTT_DIRECTION, "value"), Input(ids.CMP_TTT_BASELINE, "value"),
     Input(ids.CMP_LAYER, "value"), Input(ids.CMP_SOURCE, "value"), Input(ids.CMP_MATCH, "value"),
-    Input(ids.CMP_AT, "value"),
+    Input(ids.CMP_AT, "value"), Input(CMP_GROUP_BY, "value"), Input(CMP_BAND, "value"),
 )

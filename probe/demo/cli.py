@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="data directory (default $OPTISCOPE_HOME or ~/.optiscope)")
     parser.add_argument("--workers", type=int, default=None,
                         help="trainings at a time (default 2 on a small CPU machine)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="run every comparison with N seeds (default 1); the tables then show groups "
+                             "with spreads and bootstrap 95%% intervals")
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
     parser.set_defaults(func=_run)
 
@@ -42,6 +45,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise SystemExit(f"optiscope demo: --workers must be >= 1, got {args.workers}")
+    if args.seeds < 1:
+        raise SystemExit(f"optiscope demo: --seeds must be >= 1, got {args.seeds}")
     home = args.home or Path(os.environ.get("OPTISCOPE_HOME") or "~/.optiscope")
     config = DemoConfig(
         home=Path(home).expanduser(),
@@ -49,6 +54,7 @@ def _run(args: argparse.Namespace) -> int:
         quick=args.quick,
         exit_when_done=args.exit_when_done,
         workers=args.workers,
+        seeds=args.seeds,
         gpu=False if args.cpu else None,
     )
     try:

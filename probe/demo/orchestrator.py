@@ -31,7 +31,8 @@ import httpx
 
 from probe.demo.specs import PROGRESS_PREFIX, Comparison, RunSpec, build_specs, comparisons
 
-__all__ = ["DemoConfig", "DemoResult", "RunOutcome", "run_demo", "compare_counts", "format_table"]
+__all__ = ["DemoConfig", "DemoResult", "RunOutcome", "run_demo", "compare_counts", "format_table",
+           "format_group_table", "format_spread", "format_speedup", "WHY_PAIRS"]
 
 PROJECT = "demo"
 DEFAULT_PORT = 8000
@@ -48,6 +49,7 @@ class DemoConfig:
     exit_when_done: bool = False
     workers: int | None = None  # None: 2 on small machines (the issue's "at most 2 on 2 cores")
     gpu: bool | None = None  # None: use CUDA when available
+    seeds: int = 1  # > 1: every recipe once per seed; the tables become seed groups with intervals
     out: TextIO = field(default_factory=lambda: sys.stdout)
 
 
@@ -185,7 +187,7 @@ class _Progress:
         self._lock = threading.Lock()
         self._bars: dict[str, Any] = {}
         self._interactive = out.isatty()
-        width = max(len(s.name) for s in specs)
+        width = max(len(s.label) for s in specs)
         if self._interactive:
             import shutil
 
@@ -194,18 +196,18 @@ class _Progress:
             # A terminal that reports 0 columns (some CI ptys) would make tqdm draw nothing.
             columns = shutil.get_terminal_size(fallback=(100, 24)).columns or 100
             for position, spec in enumerate(specs):
-                self._bars[spec.name] = tqdm(
-                    total=1, desc=spec.name.ljust(width), position=position, leave=True, file=out,
+                self._bars[spec.label] = tqdm(
+                    total=1, desc=spec.label.ljust(width), position=position, leave=True, file=out,
                     unit="step", ncols=min(columns, 140), bar_format="{desc} {bar} {n_fmt}/{total_fmt}{postfix}",
                 )
-                self._bars[spec.name].set_postfix_str("waiting", refresh=True)
+                self._bars[spec.label].set_postfix_str("waiting", refresh=True)
 
     def started(self, spec: RunSpec, run_id: str, url: str) -> None:
         if not self._interactive:
-            self._print(f"[{spec.name}] started: {url}/runs/{run_id}")
+            self._print(f"[{spec.label}] started: {url}/runs/{run_id}")
 
     def update(self, spec: RunSpec, step: int, total: int, postfix: str) -> None:
-        bar = self._bars.get(spec.name)
+        bar = self._bars.get(spec.label)
         if bar is None:
             return
         with self._lock:
@@ -220,11 +222,11 @@ class _Progress:
         detail = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, (int, float)))
         state = "finished" if outcome.returncode == 0 else f"FAILED (exit {outcome.returncode}; log {outcome.log_path})"
         if self._interactive:
-            bar = self._bars[outcome.spec.name]
+            bar = self._bars[outcome.spec.label]
             with self._lock:
                 bar.set_postfix_str(f"{state} {outcome.wall_s:.0f}s {detail}", refresh=True)
         else:
-            self._print(f"[{outcome.spec.name}] {state} in {outcome.wall_s:.1f} s  {detail}")
+            self._print(f"[{outcome.spec.label}] {state} in {outcome.wall_s:.1f} s  {detail}")
 
     def close(self) -> None:
         for bar in self._bars.values():
@@ -343,7 +345,7 @@ def _train_one(
 ) -> None:
     spec = outcome.spec
     outcome.log_path = worker.log_path
-    report_path = reports / f"{spec.name}.json"
+    report_path = reports / f"{spec.label}.json"
     job = {
         "spec": dataclasses.asdict(spec),
         "project": PROJECT,
@@ -444,6 +446,99 @@ def _time_to_target(
     return table
 
 
+def _group_time_to_target(
+    comparison: Comparison, outcomes: list[RunOutcome], client: httpx.Client
+) -> dict[str, Any] | None:
+    """The comparison's seed groups from ``/analysis/time-to-target`` (the compare page's group table)."""
+    runs = [o for o in outcomes if o.spec.group == comparison.group and o.run_id]
+    baseline = next((o for o in runs if o.spec.name == comparison.baseline), None)
+    if not runs or baseline is None:
+        return None
+    params: list[tuple[str, str | float]] = [("run_id", o.run_id or "") for o in runs]
+    params += [("key", comparison.key), ("target", comparison.target), ("direction", comparison.direction),
+               ("baseline_run", baseline.run_id or "")]
+    answer = client.get("/api/v1/analysis/time-to-target", params=params)
+    answer.raise_for_status()
+    table = dict(answer.json())
+    table.update(kind="groups", group=comparison.group, title=comparison.title, claim=comparison.claim)
+    table["compare_path"] = "/compare?" + urlencode({
+        "runs": ",".join(o.run_id or "" for o in runs), "keys": f"loss,{comparison.key}",
+        "metric": comparison.key, "target": comparison.target, "direction": comparison.direction,
+        "baseline": baseline.run_id or "",
+    }, safe=",")
+    return table
+
+
+# (comparison group, A's run name, baseline's run name): the "why" lines the demo prints with seeds
+WHY_PAIRS = (("language", "gpt-normuon", "gpt-adamw"), ("language", "gpt-normuon", "gpt-muon"))
+WHY_LINES = 3
+
+
+def _why_lines(table: dict[str, Any], outcomes: list[RunOutcome], client: httpx.Client) -> list[str]:
+    """Top "why" lines for the comparison's pairs, matched where each run first reached the target."""
+    lines = []
+    for group, a_name, b_name in WHY_PAIRS:
+        if group != table.get("group"):
+            continue
+        a = [o.run_id for o in outcomes if o.spec.group == group and o.spec.name == a_name and o.run_id]
+        b = [o.run_id for o in outcomes if o.spec.group == group and o.spec.name == b_name and o.run_id]
+        if not a or not b:
+            continue
+        params: list[tuple[str, str | float]] = [("run_id", r) for r in a + b]
+        params += [("a_run", r) for r in a] + [("baseline_run", r) for r in b]
+        params += [("match", "loss"), ("key", table["key"]), ("at", table["target"]),
+                   ("direction", table["direction"]), ("top", WHY_LINES)]
+        answer = client.get("/api/v1/analysis/why", params=params)
+        if answer.status_code == 200:
+            lines += [f"{line}  [vs {b_name}]" for line in answer.json().get("lines", [])]
+    return lines
+
+
+def format_spread(row: dict[str, Any], unit: str, fmt: str) -> str:
+    """``"154 ± 11"``: a group row's mean ± sd of ``unit`` (steps, time_s, samples); "—" if none reached."""
+    mean, sd = row.get(f"{unit}_mean"), row.get(f"{unit}_sd")
+    if mean is None:
+        return "—"
+    return format(mean, fmt) + ("" if sd is None else f" ± {format(sd, fmt)}")
+
+
+def format_speedup(row: dict[str, Any], name: str) -> str:
+    """``"×2.14 [1.82, 2.42]"`` (+ " no difference" when the interval contains 1), or "baseline"."""
+    if row.get("baseline"):
+        return "baseline"
+    ratio, low, high = row.get(f"speedup_{name}"), row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
+    if ratio is None:
+        return "—"
+    text = f"×{ratio:.2f}" + ("" if low is None else f" [{low:.2f}, {high:.2f}]")
+    return text + (" no difference" if row.get(f"{name}_verdict") == "no difference at this n" else "")
+
+
+def format_group_table(table: dict[str, Any]) -> str:
+    """Render one ``/analysis/time-to-target`` answer: per seed group, steps and wall time to the
+    target as mean ± sd, the evaluation interval, and speedups with their bootstrap 95 % intervals."""
+    spread, speedup = format_spread, format_speedup
+
+    def num(value: Any, fmt: str) -> str:
+        return "—" if value is None else format(value, fmt)
+
+    sign = "≥" if table.get("direction") == "above" else "≤"
+    lines = [
+        f"{table['group']}: {table['title']}",
+        f"  target {table['key']} {sign} {table['target']:g}; speedup = baseline ÷ group, bootstrap 95% interval "
+        "over seeds (paired by seed)",
+        f"  claim checked: {table['claim']}",
+        f"  {'group':<16} {'n':>5} {'steps':>13} {'eval every':>10} {'time_s':>13} {'×steps [95% CI]':>28}"
+        f" {'×time [95% CI]':>28}",
+    ]
+    for row in table.get("rows", []):
+        n = f"{row['n_reached']}/{row['n']}"
+        lines.append(
+            f"  {row['group']:<16} {n:>5} {spread(row, 'steps', '.0f'):>13} {num(row.get('eval_interval'), 'd'):>10}"
+            f" {spread(row, 'time_s', '.1f'):>13} {speedup(row, 'steps'):>28} {speedup(row, 'time'):>28}"
+        )
+    return "\n".join(lines)
+
+
 def format_table(table: dict[str, Any]) -> str:
     """Render one ``/time-to-target`` answer as the plain-text table the demo prints."""
 
@@ -508,7 +603,7 @@ def run_demo(config: DemoConfig, *, on_ready: Callable[[str], None] | None = Non
     try:
         # Detecting CUDA imports torch (seconds on a busy CPU): done while the server starts up.
         gpu = _detect_gpu() if config.gpu is None else config.gpu
-        specs = build_specs(quick=config.quick, gpu=gpu)
+        specs = build_specs(quick=config.quick, gpu=gpu, seeds=config.seeds)
         workers = config.workers or _default_workers(gpu)
         env = {
             **os.environ,
@@ -529,6 +624,7 @@ def run_demo(config: DemoConfig, *, on_ready: Callable[[str], None] | None = Non
         )
         print(
             f"Training {len(specs)} runs ({'quick' if config.quick else 'full'}, "
+            f"{config.seeds} seed{'s' if config.seeds > 1 else ''} each, "
             f"{'GPU' if gpu else 'CPU'}, {len(pool)} at a time); open the URL to watch them live.",
             file=out,
             flush=True,
@@ -549,7 +645,11 @@ def run_demo(config: DemoConfig, *, on_ready: Callable[[str], None] | None = Non
 
         with httpx.Client(base_url=server.url, timeout=30.0, headers={"Authorization": f"Bearer {token}"}) as client:
             _verify(outcomes, client)
-            tables = [t for c in comparisons(quick=config.quick) if (t := _time_to_target(c, outcomes, client))]
+            table_of = _group_time_to_target if config.seeds > 1 else _time_to_target
+            tables = [t for c in comparisons(quick=config.quick) if (t := table_of(c, outcomes, client))]
+            if config.seeds > 1:
+                for table in tables:
+                    table["why"] = _why_lines(table, outcomes, client)
 
         result = DemoResult(session=session, url=server.url, runs=outcomes, tables=tables,
                             wall_s=time.monotonic() - started)
@@ -580,6 +680,8 @@ def _write_session(path: Path, result: DemoResult) -> None:
         "runs": [
             {
                 "name": o.spec.name,
+                "label": o.spec.label,
+                "seed": o.spec.seed,
                 "group": o.spec.group,
                 "optimizer": o.spec.optimizer,
                 "infobatch": o.spec.infobatch,
@@ -605,7 +707,9 @@ def _print_summary(result: DemoResult, out: TextIO) -> None:
               file=out)
         print("", file=out)
     for table in result.tables:
-        print(format_table(table), file=out)
+        print(format_group_table(table) if table.get("kind") == "groups" else format_table(table), file=out)
+        for line in table.get("why") or []:
+            print(f"  why: {line}", file=out)
         if table.get("compare_path"):
             print(f"  side by side: {result.url}{table['compare_path']}", file=out)
         print("", file=out)
@@ -614,11 +718,11 @@ def _print_summary(result: DemoResult, out: TextIO) -> None:
     sent = sum(sum(o.report.get("scalars", {}).values()) + sum(o.report.get("arrays", {}).values())
                for o in result.runs)
     for o in failed:
-        print(f"run {o.spec.name} did not finish (exit {o.returncode}, status {o.status}); log: {o.log_path}",
+        print(f"run {o.spec.label} did not finish (exit {o.returncode}, status {o.status}); log: {o.log_path}",
               file=out)
         print(_tail(o.log_path) if o.log_path else "", file=out)
     for o in lossy:
-        print(f"run {o.spec.name}: sent ≠ stored for {o.lost}", file=out)
+        print(f"run {o.spec.label}: sent ≠ stored for {o.lost}", file=out)
     if not failed and not lossy:
         print(f"All {len(result.runs)} runs finished; {sent} points sent = {sent} stored "
               f"(nothing lost). Demo took {result.wall_s:.0f} s.", file=out)

@@ -55,6 +55,12 @@ class RunSpec:
     device: str = "cpu"
     max_seconds: float = 240.0
 
+    @property
+    def label(self) -> str:
+        """Unique within a demo: the name, with ``-s<seed>`` for seeds after the first. The run's name on
+        the server stays ``name`` for every seed, so runs group by "everything but the seed"."""
+        return self.name if self.seed == 0 else f"{self.name}-s{self.seed}"
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
@@ -109,8 +115,21 @@ def comparisons(*, quick: bool) -> list[Comparison]:
     ]
 
 
-def build_specs(*, quick: bool, gpu: bool = False, seed: int = 0) -> list[RunSpec]:
-    """The demo's runs, in launch order (the longest first, so two workers finish together)."""
+def build_specs(*, quick: bool, gpu: bool = False, seed: int = 0, seeds: int = 1) -> list[RunSpec]:
+    """The demo's runs, in launch order (the longest first, so two workers finish together).
+
+    ``seeds`` > 1 repeats every recipe with seeds ``seed … seed + seeds − 1`` (model init and data order
+    change, nothing else), so each comparison becomes groups of runs that differ only in the seed.
+    """
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    per_seed = [_specs_for_seed(quick=quick, gpu=gpu, seed=seed + i) for i in range(seeds)]
+    # The language runs are the longest: all of them first, then vision, then long-tail.
+    return [spec for group in ("language", "vision", "long-tail") for specs in per_seed for spec in specs
+            if spec.group == group]
+
+
+def _specs_for_seed(*, quick: bool, gpu: bool, seed: int) -> list[RunSpec]:
     device = "cuda" if gpu else "cpu"
     scale = 4 if gpu else 1  # GPU: 4× wider models, same recipes
     # Large batch: 512 of the 1,438 training images per step, i.e. 3 steps per epoch.

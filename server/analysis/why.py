@@ -8,8 +8,9 @@ layers of one role (``blocks.*.mlp.fc.weight``) and ranked by a standardized dif
   and "within noise" is decided by Welch's t-test with a Benjamini–Hochberg correction over all the
   (diagnostic, role) pairs compared — a 48-layer model compares hundreds, and uncorrected p < 0.05 would
   flag a dozen by chance;
-* with one seed there is no noise estimate, so the scale is the robust spread (1.4826 × MAD) of that
-  diagnostic across the layers of the model, and a pair counts as a difference beyond |z| >= 3.
+* with one seed there is no seed-to-seed noise estimate, so the scale is the robust spread (1.4826 × MAD)
+  across layers of the A − baseline difference, about its role's median (how consistently the layers of
+  one kind differ), and a pair counts as a difference beyond |z| >= 3.
 
 Positive quantities spanning decades (condition numbers, norms, ratios) are compared in log space, so
 "4.1× more even" is the readable number; quantities that can be zero or negative (fractions, cosines)
@@ -23,7 +24,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlencode
 
 import numpy as np
 from scipy import stats
@@ -31,6 +31,7 @@ from scipy import stats
 from server.analysis.crossing import SAMPLES_KEY, first_crossing
 from server.analysis.groups import RunData
 from server.analysis.layers import DERIVED, describe, layer_role, split_key
+from server.analysis.panels import panel_for
 
 __all__ = ["Match", "WhyRow", "WhyResult", "why", "LOG_FLOOR", "Z_SINGLE", "Q_LEVEL"]
 
@@ -62,7 +63,9 @@ class WhyRow:
     scale: Literal["log", "linear"]
     noise: Literal["seeds", "layers"]
     sentence: str
-    link: str
+    panel: str  # where the dashboard shows it, in words
+    link: str  # opens that panel for A's first run
+    baseline_link: str  # the same panel for the baseline's first run
 
     @property
     def key(self) -> str:
@@ -71,9 +74,11 @@ class WhyRow:
     def as_dict(self) -> dict[str, Any]:
         return {"layer": self.role, "diagnostic": self.quantity, "a": self.a, "baseline": self.baseline,
                 "ratio": self.ratio, "diff": self.diff, "effect": self.effect, "p": self.p, "q": self.q,
-                "significant": self.significant, "n_a": self.n_a, "n_baseline": self.n_baseline,
+                "significant": self.significant, "within_noise": not self.significant, "n_a": self.n_a,
+                "n_baseline": self.n_baseline,
                 "layers": list(self.layers), "key": self.key, "scale": self.scale, "noise": self.noise,
-                "sentence": self.sentence, "link": self.link}
+                "sentence": self.sentence, "panel": self.panel, "link": self.link,
+                "baseline_link": self.baseline_link}
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,7 @@ class WhyResult:
 def why(
     a_runs: Sequence[RunData], baseline_runs: Sequence[RunData], *, a_label: str, baseline_label: str,
     match: Match = "step", at: float | None = None, match_key: str = "val_loss", direction: str = "below",
-    top: int = 10, link_base: str = "/compare",
+    top: int = 10,
 ) -> WhyResult:
     """Rank the per-layer diagnostics of ``a_runs`` against ``baseline_runs`` at matched progress.
 
@@ -135,11 +140,16 @@ def why(
     common = set.intersection(*(set(v) for v in [*a_vals, *b_vals]))
     if not common:
         notes.append("the two sides logged no per-layer diagnostic in common")
-    rows = _rank(a_vals, b_vals, common, a_label=a_label,
-                 link_runs=[r.id for r in [*a_used, *b_used]], link_base=link_base)
+    first = a_used[0]
+
+    def step_of(quantity: str, layer: str) -> int:
+        return _logged_step(first, quantity, layer, steps[first.id])
+
+    rows = _rank(a_vals, b_vals, common, a_label=a_label, a_run=first.id, baseline_run=b_used[0].id,
+                 step_of=step_of, compare_runs=[r.id for r in [*a_used, *b_used]])
     if min(len(a_used), len(b_used)) < 2:
-        notes.append("one seed on a side: no seed-to-seed noise estimate; differences are scaled by the "
-                     "spread of each diagnostic across layers (robust z >= 3 flagged)")
+        notes.append("one seed on a side: no seed-to-seed noise estimate; each difference is scaled by how "
+                     "much it varies between layers of one kind (robust z >= 3 flagged)")
     return WhyResult(a_label, baseline_label, match, at, steps, rows, top, notes)
 
 
@@ -185,16 +195,31 @@ def _matched_step(run: RunData, match: Match, at: float, match_key: str, directi
     return None if i is None else int(s.steps[i])
 
 
+def _nearest_index(steps: np.ndarray, step: int) -> int:
+    """Index of the point logged nearest to ``step`` (the earlier one on a tie); ``steps`` non-empty."""
+    i = int(np.searchsorted(steps, step, side="left"))
+    cands = [j for j in (i - 1, i) if 0 <= j < len(steps)]
+    return min(cands, key=lambda j: (abs(int(steps[j]) - step), int(steps[j])))
+
+
 def _nearest(steps: np.ndarray, values: np.ndarray, step: int) -> float | None:
     """The value logged nearest to ``step`` (the earlier one on a tie): diagnostics are logged on their
     own cadence, rarely at exactly the step an evaluation crossed the target."""
     if not len(steps):
         return None
-    i = int(np.searchsorted(steps, step, side="left"))
-    cands = [j for j in (i - 1, i) if 0 <= j < len(steps)]
-    j = min(cands, key=lambda j: (abs(int(steps[j]) - step), int(steps[j])))
-    v = float(values[j])
+    v = float(values[_nearest_index(steps, step)])
     return v if math.isfinite(v) else None
+
+
+def _logged_step(run: RunData, quantity: str, layer: str, step: int) -> int:
+    """The step at which ``quantity`` of ``layer`` was actually read for ``step`` (its nearest logged
+    point): the step a link should open, since the panel shows what was logged there."""
+    key = DERIVED.get(quantity, (quantity,))[0]
+    series = run.series.get(f"{key}/{layer}")
+    if series is None or not len(series.steps):
+        return step
+    steps = np.asarray(series.steps)
+    return int(steps[_nearest_index(steps, step)])
 
 
 def _values_at(run: RunData, step: int) -> dict[tuple[str, str], float]:
@@ -219,7 +244,9 @@ def _values_at(run: RunData, step: int) -> dict[tuple[str, str], float]:
 
 
 def _rank(a_vals: list[dict[tuple[str, str], float]], b_vals: list[dict[tuple[str, str], float]],
-          common: set[tuple[str, str]], *, a_label: str, link_runs: list[str], link_base: str) -> list[WhyRow]:
+          common: set[tuple[str, str]], *, a_label: str, a_run: str, baseline_run: str,
+          step_of: Any,
+          compare_runs: list[str]) -> list[WhyRow]:
     by_quantity: dict[str, dict[str, list[str]]] = {}
     for quantity, layer in sorted(common):
         by_quantity.setdefault(quantity, {}).setdefault(layer_role(layer), []).append(layer)
@@ -266,27 +293,42 @@ def _rank(a_vals: list[dict[tuple[str, str], float]], b_vals: list[dict[tuple[st
     n_a, n_b = len(a_vals), len(b_vals)
     rows = []
     for r in pending:
-        link = f"{link_base}?" + urlencode({"runs": ",".join(link_runs), "keys": f"{r['quantity']}/{r['layers'][0]}"},
-                                           safe=",/")
+        layer = r["layers"][0]
+        panel = panel_for(r["quantity"], layer, step=step_of(r["quantity"], layer), a_run=a_run,
+                          baseline_run=baseline_run, compare_runs=compare_runs)
         rows.append(WhyRow(
             quantity=r["quantity"], role=r["role"], layers=r["layers"], a=r["a"], baseline=r["baseline"],
             ratio=r["ratio"], diff=r["diff"], effect=r["effect"], p=r["p"], q=r["q"],
             significant=r["significant"], n_a=n_a, n_baseline=n_b, scale="log" if r["log"] else "linear",
             noise="seeds" if with_seeds else "layers", sentence=_sentence(r, a_label, n_a, n_b, with_seeds),
-            link=link,
+            panel=panel.name, link=panel.link, baseline_link=panel.baseline_link,
         ))
     return rows
 
 
 def _layer_scale(a_vals: list[Mapping[tuple[str, str], float]], b_vals: list[Mapping[tuple[str, str], float]],
                  quantity: str, roles: Mapping[str, list[str]], tf: Any, floor: float) -> float:
-    """Robust spread of a diagnostic across the model's layers, each side about its own median."""
+    """One seed: the robust spread (1.4826 × MAD) of the per-layer difference A − baseline about the
+    median difference of its role — how much the difference varies from block to block.
+
+    About the role, not the whole model: when NorMuon makes every ``blocks.*.mlp.fc`` four times more
+    even, a spread across all layers would count that effect as noise and hide it. Models with no role
+    of two or more layers (a small CNN) fall back to the spread across all layers.
+    """
+    def diff(layer: str) -> float:
+        return (float(np.mean([tf(v[(quantity, layer)]) for v in a_vals]))
+                - float(np.mean([tf(v[(quantity, layer)]) for v in b_vals])))
+
     devs: list[float] = []
-    for side in (a_vals, b_vals):
-        per_layer = [float(np.mean([tf(v[(quantity, layer)]) for v in side]))
-                     for ls in roles.values() for layer in ls]
-        med = float(np.median(per_layer))
-        devs.extend(abs(x - med) for x in per_layer)
+    for layers in roles.values():
+        if len(layers) >= 2:
+            d = [diff(layer) for layer in layers]
+            med = float(np.median(d))
+            devs.extend(abs(x - med) for x in d)
+    if len(devs) < 3:
+        d = [diff(layer) for layers in roles.values() for layer in layers]
+        med = float(np.median(d))
+        devs = [abs(x - med) for x in d]
     return max(MAD_TO_SD * float(np.median(devs)), floor)
 
 

@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter
 
-from server.api import health, ingest, query, runs, whoami
+from server.api import analysis, health, ingest, query, runs, whoami
 
 api_router = APIRouter()
-for _module in (health, runs, ingest, query, whoami):
+for _module in (health, runs, ingest, query, whoami, analysis):
     api_router.include_router(_module.router)
 
 __all__ = ["api_router"]

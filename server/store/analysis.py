@@ -32,7 +32,8 @@ def select_runs(
     tags: Sequence[str] | None = None, config: Sequence[tuple[str, str]] | None = None,
 ) -> list[Run]:
     """The runs named by id (404 for an unknown one), else those matching the ``GET /runs`` filters,
-    oldest first so groups and seeds come in launch order."""
+    oldest first so groups and seeds come in launch order. More than ``MAX_RUNS`` matches is a
+    ``ValueError`` (silently analysing the oldest 200 would give a wrong answer)."""
     if run_ids:
         runs = []
         for rid in dict.fromkeys(run_ids):
@@ -41,9 +42,12 @@ def select_runs(
                 raise RunNotFound(rid)
             runs.append(run)
         return runs
-    rows, _ = list_runs(session=session, project=project, tags=list(tags or []) or None,
-                        config=list(config or []) or None, limit=MAX_RUNS, order="created_at",
-                        descending=False)
+    rows, count = list_runs(session=session, project=project, tags=list(tags or []) or None,
+                            config=list(config or []) or None, limit=MAX_RUNS, order="created_at",
+                            descending=False)
+    if count > MAX_RUNS:
+        raise ValueError(f"{count} runs match; at most {MAX_RUNS} can be analysed at once: narrow the "
+                         "selection with project, tag or config")
     return [r for r, _ in rows]
 
 

@@ -16,6 +16,7 @@ from server.db import utcnow
 from server.errors import RunNotFound
 from server.models import Project, Run, RunTag
 from server.schemas import RunCreate, RunRead, RunUpdate
+from server.store import damaged_rows
 
 _MISSING = object()
 
@@ -71,7 +72,7 @@ def project_name(*, session: Session, run: Run) -> str:
 def run_read(*, session: Session, run: Run, project: str | None = None) -> RunRead:
     data = {c: getattr(run, c) for c in RunRead.model_fields if c != "project"}
     data["project"] = project if project is not None else project_name(session=session, run=run)
-    return RunRead.model_validate(data)
+    return damaged_rows.run_read(data)  # a row that breaks the schema is served flagged, not a 500
 
 
 def create_run(*, session: Session, run_in: RunCreate) -> tuple[Run, bool]:

@@ -132,7 +132,7 @@ def plan_array_read(
                          total=len(index))
 
 
-STREAM_BATCH_VALUES = 131_072  # values decoded and encoded at a time (≈ 1 MiB raw, a few MiB as JSON)
+STREAM_BATCH_VALUES = 32_768  # values decoded and encoded at a time (256 KiB raw, < 1 MB as JSON)
 
 
 def stream_array_records(*, session: Session, plan: ArrayReadPlan,

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import delete, func, select, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import ObjectDeletedError
@@ -42,6 +43,14 @@ def _set_tags(session: Session, run_id: str, tags: list[str]) -> list[str]:
     return unique
 
 
+def run_key(run: Run) -> str:
+    """The run's id without loading anything: after ``writing()`` rolls back, every attribute is
+    expired, and reading ``run.id`` would reload the row — an ``ObjectDeletedError`` (500) when
+    another request or replica deleted it meanwhile, instead of the 404 it is."""
+    identity = sa_inspect(run).identity
+    return str(identity[0]) if identity else run.id
+
+
 def lock_run(*, session: Session, run: Run) -> Run:
     """Reload ``run`` with its row locked (``SELECT ... FOR UPDATE`` on PostgreSQL) until commit.
 
@@ -49,7 +58,7 @@ def lock_run(*, session: Session, run: Run) -> Run:
     this, so concurrent PATCH/finish/ingest of one run queue instead of colliding on ``pk_run_tag``.
     A run deleted meanwhile is a 404, not a 500.
     """
-    run_id = run.id
+    run_id = run_key(run)
     try:
         session.refresh(run, with_for_update=True)
     except (ObjectDeletedError, InvalidRequestError) as exc:
@@ -70,7 +79,12 @@ def project_name(*, session: Session, run: Run) -> str:
 
 
 def run_read(*, session: Session, run: Run, project: str | None = None) -> RunRead:
-    data = {c: getattr(run, c) for c in RunRead.model_fields if c != "project"}
+    """The API view of a run; one deleted (by another request) since it was loaded is a 404."""
+    try:
+        data = {c: getattr(run, c) for c in RunRead.model_fields if c != "project"}
+    except ObjectDeletedError as exc:
+        session.rollback()
+        raise RunNotFound(run_key(run)) from exc
     data["project"] = project if project is not None else project_name(session=session, run=run)
     return damaged_rows.run_read(data)  # a row that breaks the schema is served flagged, not a 500
 
@@ -147,7 +161,7 @@ def finish_run(*, session: Session, run: Run, status: str) -> Run:
 
 def delete_run(*, session: Session, run: Run) -> None:
     """Delete the run (its data goes with it: ``ON DELETE CASCADE``); one deleted concurrently is a 404."""
-    run_id = run.id
+    run_id = run_key(run)
     result = session.execute(delete(Run).where(Run.id == run_id))
     session.commit()
     if run in session:

@@ -14,9 +14,9 @@ import datetime as dt
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
-from server.schemas import NO_NUL, Int32, JSONObject, Key, Label, Layer, Project, RunId, Status, Step, Tag
+from server.schemas import NO_NUL, EventIn, Int32, JSONObject, Key, Label, Layer, Project, RunId, Status, Step, Tag
 
 FORMAT = "optiscope-run/1"
 I8, F8 = np.dtype("<i8"), np.dtype("<f8")
@@ -31,6 +31,15 @@ def _b64(value: Any) -> bytes:
         raise ValueError(f"invalid base64: {exc}") from exc
 
 
+def _utc(value: dt.datetime) -> dt.datetime:
+    """Stored as UTC: a timestamp that has no UTC equivalent (year 9999 at -05:00) is refused here."""
+    try:
+        return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    except OverflowError as exc:
+        raise ValueError(f"{value.isoformat()} is outside the range of UTC datetimes") from exc
+
+
+UTCDatetime = Annotated[dt.datetime, AfterValidator(_utc)]
 Blob = Annotated[bytes, BeforeValidator(_b64)]
 OptionalBlob = Annotated[bytes | None, BeforeValidator(lambda v: None if v is None else _b64(v))]
 
@@ -53,10 +62,10 @@ class RunRecord(_Line):
     summary: JSONObject = Field(default_factory=dict)
     last_step: Step | None = None
     alerts_count: Int32 = 0
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    heartbeat_at: dt.datetime | None = None
-    finished_at: dt.datetime | None = None
+    created_at: UTCDatetime
+    updated_at: UTCDatetime
+    heartbeat_at: UTCDatetime | None = None
+    finished_at: UTCDatetime | None = None
 
 
 class RunLine(_Line):
@@ -130,17 +139,11 @@ class ArrayLine(_Line):
         return self
 
 
-class EventLine(_Line):
+class EventLine(EventIn):
+    """An event exactly as ingest accepts it (same limits), tagged with its line type."""
+
     type: Literal["event"]
-    kind: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL)]
-    level: Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=NO_NUL)]
-    key: Annotated[str, StringConstraints(max_length=512, pattern=NO_NUL)] | None = None
-    layer: Annotated[str, StringConstraints(max_length=512, pattern=NO_NUL)] | None = None
-    step: Step | None = None
-    time: float | None = None
-    message: Annotated[str, StringConstraints(pattern=NO_NUL)] = ""
-    data: JSONObject = Field(default_factory=dict)
 
 
-BODY_LINES: dict[str, type[_Line]] = {"series": SeriesLine, "chunk": ChunkLine, "array": ArrayLine,
+BODY_LINES: dict[str, type[BaseModel]] = {"series": SeriesLine, "chunk": ChunkLine, "array": ArrayLine,
                                       "event": EventLine}

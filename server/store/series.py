@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from server.downsample import downsample_indices
 from server.models import Run, Series, SeriesChunk
 from server.store.damaged_rows import chunk_is_sound
+from server.store.damaged_rows import log as damaged_log
 from server.wire import encode_array, encode_float
 
 CHUNK_POINTS = 8192
@@ -57,7 +58,13 @@ def f8_bytes(x: float) -> bytes:
 
 
 def f8_value(b: bytes | None) -> float | None:
-    return None if b is None else float(np.frombuffer(b, F8)[0])
+    """One stored float64; a damaged value (not 8 bytes) reads as missing (logged), not a 500."""
+    if b is None:
+        return None
+    if len(b) != 8:
+        damaged_log.warning("a series' last_value holds %d bytes, not one float64; served as null", len(b))
+        return None
+    return float(np.frombuffer(b, F8)[0])
 
 
 def append_scalars(

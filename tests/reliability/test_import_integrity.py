@@ -98,6 +98,8 @@ CRAFTED: dict[str, tuple[Callable[[Lines], None], int, str]] = {
     "tags [1]": (_set(0, "run", "tags", value=[1]), 1, "tags"),
     "last_step x": (_set(0, "run", "last_step", value="x"), 1, "last_step"),
     "world_size -5": (_set(0, "run", "world_size", value=-5), 1, "world_size"),
+    "created_at beyond UTC": (_set(0, "run", "created_at", value="9999-12-31T23:59:59-05:00"), 1, "created_at"),
+    "finished_at not a date": (_set(0, "run", "finished_at", value="yesterday"), 1, "finished_at"),
     "chunk values 3 bytes": (_set(2, "values", value=_b64(b"abc")), 3, "values"),
     "chunk n not the bytes": (lambda ls: ls[2].update(n=ls[2]["n"] + 1), 3, "n="),
     "chunk invalid base64": (_set(2, "steps", value="!!not base64!!"), 3, "steps"),
@@ -191,6 +193,7 @@ def test_damaged_chunks_and_arrays_are_skipped_and_flagged_not_500(inproc: InPro
         (f"UPDATE series_chunk SET \"values\" = {blob} WHERE seq = 0 AND series_id = "
          "(SELECT id FROM series WHERE run_id = :id AND key = 'loss')", {"id": rid}),
         (f"UPDATE array_record SET \"values\" = {blob} WHERE run_id = :id AND step = 2", {"id": rid}),
+        (f"UPDATE series SET last_value = {blob} WHERE run_id = :id AND key = 'loss'", {"id": rid}),
         (f"UPDATE array_record SET shape = {_json(inproc, 'shape')} WHERE run_id = :id AND step = 3",
          {"id": rid, "shape": "[7, 7]"}),
     ])
@@ -198,6 +201,10 @@ def test_damaged_chunks_and_arrays_are_skipped_and_flagged_not_500(inproc: InPro
     assert r.status_code == 200, r.text
     (s,) = r.json()["series"]
     assert s["damaged"] == 1 and 0 < s["total"] < 20_000  # the sound chunks are served
+    for path in ("latest", "keys"):
+        r = inproc.client.get(f"{API}/runs/{rid}/{path}")
+        assert r.status_code == 200, (path, r.text)
+    assert inproc.client.get(f"{API}/runs/{rid}/latest").json()["loss"]["value"] is None
     r = inproc.client.get(f"{API}/runs/{rid}/arrays", params={"key": "sv.weight"})
     assert r.status_code == 200, r.text
     body = r.json()

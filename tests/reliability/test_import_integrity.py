@@ -163,7 +163,8 @@ def test_a_damaged_run_row_never_breaks_the_runs_list_or_its_own_reads(inproc: I
     bad = inproc.create_run(project=project, name="bad")["id"]
     last_step = "'x'" if inproc.engine == "sqlite" else "NULL"  # PostgreSQL's BIGINT cannot hold text
     _sql(inproc, [(f"UPDATE run SET status = 'pwned', config = {_json(inproc, 'config')}, "
-                   f"summary = {_json(inproc, 'summary')}, tags = {_json(inproc, 'tags')}, world_size = -5, last_step = {last_step} WHERE id = :id",
+                   f"summary = {_json(inproc, 'summary')}, tags = {_json(inproc, 'tags')}, world_size = -5, "
+                   f"last_step = {last_step} WHERE id = :id",
                    {"config": "[1, 2]", "summary": '"x"', "tags": "[1]", "id": bad})])
     listed = inproc.client.get(f"{API}/runs", params={"project": project})
     assert listed.status_code == 200, listed.text

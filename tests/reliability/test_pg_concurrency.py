@@ -105,7 +105,8 @@ def test_two_serve_processes_on_one_postgresql_store_every_point_once_under_mixe
     writer_ids = [uuid.uuid4().hex for _ in range(WRITERS)]
     for i, rid in enumerate(writer_ids):
         srv = servers[i % 2]
-        assert httpx.post(srv.api + "/runs", headers=srv.headers, json={"id": rid, "project": project}).status_code == 201
+        r = httpx.post(srv.api + "/runs", headers=srv.headers, json={"id": rid, "project": project})
+        assert r.status_code == 201, r.text
     done = threading.Event()
     t_end = time.monotonic() + WRITE_SECONDS + 30
 

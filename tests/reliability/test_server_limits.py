@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import socket
 import stat
 import subprocess
@@ -43,7 +42,7 @@ from server.main import create_app
 from server.migrate import upgrade
 from tests.conftest import REPO_ROOT
 from tests.pg_cluster import free_port
-from tests.reliability.harness import wait_healthy
+from tests.reliability.harness import stop_process, wait_healthy
 
 HEADER_TIMEOUT_S = 2.0
 KEEP_ALIVE_S = 1
@@ -89,12 +88,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         wait_healthy(f"http://127.0.0.1:{port}/api/v1", 90, proc)
         yield Served(proc, home, port, log, (home / "local-token").read_text().strip())
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc)
 
 
 # -- Host check -------------------------------------------------------------------------------------

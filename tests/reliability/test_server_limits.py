@@ -4,7 +4,8 @@
   the loopback names and ``OPTISCOPE_ALLOWED_HOSTS`` are answered; ``*`` turns the check off;
 * NUL in any URL text is a 422 (``q=%00`` used to match every run on SQLite);
 * slow clients: headers must arrive within ``OPTISCOPE_HEADER_TIMEOUT``, headers are capped at
-  64 KiB (431), idle keep-alive connections are closed;
+  64 KiB (431), idle keep-alive connections are closed, past ``OPTISCOPE_LIMIT_CONCURRENCY``
+  connections new requests get 503;
 * a token in a query string never reaches the access log;
 * ``GET /runs/{id}/arrays`` returns at most ``OPTISCOPE_MAX_ARRAY_READ_VALUES`` values per read (a
   422 naming the limit and a ``step_max`` to page with), streamed: 8 concurrent reads at the cap
@@ -17,6 +18,7 @@ Every loop is bounded in count and time; nothing binds anything but 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -67,16 +69,17 @@ class Served:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("limits")
+@contextlib.contextmanager
+def _serve(root: Path, **settings: str) -> Iterator[Served]:
+    """A real ``optiscope serve`` on loopback (info log level, so the access log is on) with
+    ``OPTISCOPE_<NAME>`` settings, started under the permissive umask 022."""
     home, port, log = root / "home", free_port(), root / "serve.log"
-    env = {**os.environ, "OPTISCOPE_HOME": str(home), "OPTISCOPE_HEADER_TIMEOUT": str(HEADER_TIMEOUT_S),
-           "OPTISCOPE_KEEP_ALIVE_TIMEOUT": str(KEEP_ALIVE_S), "OPTISCOPE_ALLOWED_HOSTS": ALLOWED}
+    env = {**os.environ, "OPTISCOPE_HOME": str(home), **{f"OPTISCOPE_{k.upper()}": v for k, v in settings.items()}}
     for name in ("OPTISCOPE_DATABASE_URL", "OPTISCOPE_TOKEN", "OPTISCOPE_MAX_ARRAY_READ_VALUES",
-                 "OPTISCOPE_MAX_BODY_BYTES"):
-        env.pop(name, None)
-    old_umask = os.umask(0o022)  # the permissive default: the server must tighten by itself
+                 "OPTISCOPE_MAX_BODY_BYTES", "OPTISCOPE_LIMIT_CONCURRENCY"):
+        if name.removeprefix("OPTISCOPE_").lower() not in settings:
+            env.pop(name, None)
+    old_umask = os.umask(0o022)  # the server must tighten its files by itself
     try:
         with open(log, "ab") as fh:
             proc = subprocess.Popen([sys.executable, "-m", "probe.cli", "serve", "--host", "127.0.0.1", "--port",
@@ -89,6 +92,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield Served(proc, home, port, log, (home / "local-token").read_text().strip())
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with _serve(tmp_path_factory.mktemp("limits"), header_timeout=str(HEADER_TIMEOUT_S),
+                keep_alive_timeout=str(KEEP_ALIVE_S), allowed_hosts=ALLOWED) as srv:
+        yield srv
 
 
 # -- Host check -------------------------------------------------------------------------------------
@@ -192,6 +202,19 @@ def test_slowloris_connections_are_closed_after_the_header_deadline(served: Serv
     assert httpx.get(f"{served.api}/health", timeout=5).status_code == 200
 
 
+def _read_response(s: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response with a Content-Length (headers and body may come in pieces)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += s.recv(4096)
+    return head + b"\r\n\r\n" + body
+
+
 def test_oversized_headers_are_431_and_idle_keep_alive_is_closed(served: Served) -> None:
     with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
         try:
@@ -202,10 +225,30 @@ def test_oversized_headers_are_431_and_idle_keep_alive_is_closed(served: Served)
         assert reply.startswith(b"HTTP/1.1 431"), reply[:100]
     with socket.create_connection(("127.0.0.1", served.port), timeout=10) as s:
         s.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        assert _read_response(s).startswith(b"HTTP/1.1 200")
         t0 = time.monotonic()
         assert s.recv(4096) == b""  # the server hangs up the idle connection
         assert time.monotonic() - t0 < KEEP_ALIVE_S + 3
+
+
+def test_past_limit_concurrency_new_requests_get_503_until_slow_clients_are_cut(tmp_path: Path) -> None:
+    limit = 8
+    with _serve(tmp_path, header_timeout=str(HEADER_TIMEOUT_S), limit_concurrency=str(limit)) as srv:
+        socks = _open_slow(srv.port, limit + 4)
+        try:
+            time.sleep(0.3)
+            r = httpx.get(f"{srv.api}/health", timeout=5)
+            assert r.status_code == 503, r.text[:200]
+            deadline = time.monotonic() + HEADER_TIMEOUT_S + 5
+            while time.monotonic() < deadline:  # the header deadline frees the slots
+                r = httpx.get(f"{srv.api}/health", timeout=5)
+                if r.status_code == 200:
+                    break
+                time.sleep(0.25)
+            assert r.status_code == 200
+        finally:
+            for s in socks:
+                s.close()
 
 
 # -- access log -------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Concurrent writes on one real PostgreSQL (issue 16, section 4).
+"""Concurrent writes on one real PostgreSQL, and deletes racing writes on SQLite too (issue 16, section 4).
 
 * 16 concurrent ``PATCH /runs/{id}`` with ``tags`` (used to be 11 × 500 on ``pk_run_tag``): every
   answer is 200 (last writer wins) or 409, never 500, and the stored tags are one writer's set.
@@ -23,8 +23,6 @@ import pytest
 from tests.conftest import LiveServer
 from tests.pg_cluster import PgCluster
 from tests.reliability.harness import check_database, steps_by_key
-
-pytestmark = pytest.mark.pg
 
 WRITERS, BATCHES, POINTS = 16, 12, 250
 WRITE_SECONDS = 12.0  # upper bound for the writers' pacing; the test itself is bounded by joins
@@ -66,6 +64,7 @@ def _call(stats: Statuses, op: str, fn: Callable[[], httpx.Response]) -> httpx.R
     return r
 
 
+@pytest.mark.pg
 def test_sixteen_concurrent_tag_patches_are_200_or_409_never_500(
         replicas: tuple[str, list[LiveServer]]) -> None:
     _, servers = replicas
@@ -96,6 +95,44 @@ def test_sixteen_concurrent_tag_patches_are_200_or_409_never_500(
           f"{stats.by_op['patch'].count(409)} x 409")
 
 
+def _race_one_deletion(stats: Statuses, servers: list[LiveServer], project: str, rng: random.Random) -> None:
+    """Create a run, then write, tag, finish and delete it at once through different servers;
+    delete it again afterwards. Every answer must be a success or a 404/409, never a 5xx."""
+    rid = uuid.uuid4().hex
+    a, b = servers[0], servers[-1]
+    with httpx.Client(timeout=60, headers=a.headers) as ca, httpx.Client(timeout=60, headers=b.headers) as cb:
+        _call(stats, "create", lambda: ca.post(f"{a.api}/runs", json={"id": rid, "project": project}))
+        racers = [
+            lambda: cb.post(f"{b.api}/runs/{rid}/batches", json={
+                "scalars": [{"key": "loss", "steps": list(range(100)), "values": [1.0] * 100}]}),
+            lambda: ca.patch(f"{a.api}/runs/{rid}", json={"tags": ["a", "b"]}),
+            lambda: cb.delete(f"{b.api}/runs/{rid}"),
+            lambda: ca.post(f"{a.api}/runs/{rid}/finish", json={}),
+            lambda: cb.post(f"{b.api}/runs/{rid}/heartbeat"),
+        ]
+        rng.shuffle(racers)
+        ts = [threading.Thread(target=_call, args=(stats, "race", fn)) for fn in racers]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(timeout=60)
+        _call(stats, "delete", lambda: ca.delete(f"{a.api}/runs/{rid}"))
+
+
+@pytest.mark.parametrize("engine", ["sqlite", pytest.param("pg", marks=pytest.mark.pg)])
+def test_deleting_a_run_while_it_is_written_patched_and_finished_is_never_5xx(
+        engine: str, request: pytest.FixtureRequest, live_server: Callable[..., LiveServer]) -> None:
+    servers = request.getfixturevalue("replicas")[1] if engine == "pg" else [live_server()]
+    stats = Statuses()
+    rng = random.Random(7)
+    for _ in range(15):
+        _race_one_deletion(stats, servers, "doomed", rng)
+    assert not stats.errors, stats.errors[:5]
+    assert set(stats.by_op["race"]) <= {200, 204, 404, 409} and set(stats.by_op["delete"]) <= {204, 404}
+    assert 404 in stats.by_op["race"] + stats.by_op["delete"]  # the race really happened
+
+
+@pytest.mark.pg
 @pytest.mark.slow
 def test_two_serve_processes_on_one_postgresql_store_every_point_once_under_mixed_writes(
         replicas: tuple[str, list[LiveServer]]) -> None:
@@ -159,31 +196,8 @@ def test_two_serve_processes_on_one_postgresql_store_every_point_once_under_mixe
                 c.close()
 
     def deleter(seed: int) -> None:
-        """Runs created, written, patched and deleted through different replicas at once."""
-        rng = random.Random(seed)
-        clients = [httpx.Client(timeout=60, headers=s.headers) for s in servers]
-        try:
-            while not done.is_set() and time.monotonic() < t_end:
-                rid = uuid.uuid4().hex
-                _call(stats, "create", lambda: clients[0].post(f"{servers[0].api}/runs",
-                                                               json={"id": rid, "project": project + "-doomed"}))
-                racers = [
-                    lambda: clients[1].post(f"{servers[1].api}/runs/{rid}/batches", json={
-                        "scalars": [{"key": "loss", "steps": list(range(100)), "values": [1.0] * 100}]}),
-                    lambda: clients[0].patch(f"{servers[0].api}/runs/{rid}", json={"tags": ["a", "b"]}),
-                    lambda: clients[1].delete(f"{servers[1].api}/runs/{rid}"),
-                    lambda: clients[0].post(f"{servers[0].api}/runs/{rid}/finish", json={}),
-                ]
-                rng.shuffle(racers)
-                ts = [threading.Thread(target=_call, args=(stats, "race", fn)) for fn in racers]
-                for t in ts:
-                    t.start()
-                for t in ts:
-                    t.join(timeout=60)
-                _call(stats, "delete", lambda: clients[0].delete(f"{servers[0].api}/runs/{rid}"))
-        finally:
-            for c in clients:
-                c.close()
+        while not done.is_set() and time.monotonic() < t_end:
+            _race_one_deletion(stats, servers, project + "-doomed", random.Random(seed))
 
     writers = [threading.Thread(target=writer, args=(i,)) for i in range(WRITERS)]
     others = [threading.Thread(target=meddler, args=(s,)) for s in range(2)] + [threading.Thread(target=deleter,

@@ -166,6 +166,13 @@ def test_a_damaged_run_row_never_breaks_the_runs_list_or_its_own_reads(inproc: I
                    f"summary = {_json(inproc, 'summary')}, tags = {_json(inproc, 'tags')}, world_size = -5, "
                    f"last_step = {last_step} WHERE id = :id",
                    {"config": "[1, 2]", "summary": '"x"', "tags": "[1]", "id": bad})])
+    try:
+        _check_damaged_run_is_served(inproc, project, good, bad)
+    finally:  # the PostgreSQL database is shared by the session: leave no damaged row behind
+        _sql(inproc, [("DELETE FROM run WHERE id = :id", {"id": bad})])
+
+
+def _check_damaged_run_is_served(inproc: InProc, project: str, good: str, bad: str) -> None:
     listed = inproc.client.get(f"{API}/runs", params={"project": project})
     assert listed.status_code == 200, listed.text
     rows = {r["id"]: r for r in listed.json()["data"]}
@@ -198,16 +205,19 @@ def test_damaged_chunks_and_arrays_are_skipped_and_flagged_not_500(inproc: InPro
         (f"UPDATE array_record SET shape = {_json(inproc, 'shape')} WHERE run_id = :id AND step = 3",
          {"id": rid, "shape": "[7, 7]"}),
     ])
-    r = inproc.client.get(f"{API}/series", params={"run_id": rid, "key": "loss", "points": 20_000})
-    assert r.status_code == 200, r.text
-    (s,) = r.json()["series"]
-    assert s["damaged"] == 1 and 0 < s["total"] < 20_000  # the sound chunks are served
-    for path in ("latest", "keys"):
-        r = inproc.client.get(f"{API}/runs/{rid}/{path}")
-        assert r.status_code == 200, (path, r.text)
-    assert inproc.client.get(f"{API}/runs/{rid}/latest").json()["loss"]["value"] is None
-    r = inproc.client.get(f"{API}/runs/{rid}/arrays", params={"key": "sv.weight"})
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["damaged"] == 2 and [rec["step"] for rec in body["records"]] == [1]
-    assert body["records"][0]["values"] == [1.0, 2.0, 3.0, 4.0]
+    try:
+        r = inproc.client.get(f"{API}/series", params={"run_id": rid, "key": "loss", "points": 20_000})
+        assert r.status_code == 200, r.text
+        (s,) = r.json()["series"]
+        assert s["damaged"] == 1 and 0 < s["total"] < 20_000  # the sound chunks are served
+        for path in ("latest", "keys"):
+            r = inproc.client.get(f"{API}/runs/{rid}/{path}")
+            assert r.status_code == 200, (path, r.text)
+        assert inproc.client.get(f"{API}/runs/{rid}/latest").json()["loss"]["value"] is None
+        r = inproc.client.get(f"{API}/runs/{rid}/arrays", params={"key": "sv.weight"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["damaged"] == 2 and [rec["step"] for rec in body["records"]] == [1]
+        assert body["records"][0]["values"] == [1.0, 2.0, 3.0, 4.0]
+    finally:  # the PostgreSQL database is shared by the session: leave no damaged row behind
+        _sql(inproc, [("DELETE FROM run WHERE id = :id", {"id": rid})])

@@ -10,8 +10,10 @@ default SQLite and (2) ``uvicorn --workers N`` on a throwaway PostgreSQL. A dash
 queries runs, series, spectra and latest values all along. Afterwards every point of every run
 is read back raw: lost and duplicated counts must be 0 (the exit status says so).
 
-Faults and bad inputs: the pytest suites tests/reliability/test_faults.py and test_bad_input.py
-are run in-process and their outcomes counted (``--no-suites`` skips them).
+Faults, bad inputs and server limits: the pytest suites tests/reliability/test_faults.py,
+test_bad_input.py and test_server_limits.py (which prints the server's RSS growth under a gzip
+bomb and under 8 concurrent array reads at the read cap) are run in-process and their outcomes
+counted (``--no-suites`` skips them).
 
 All servers bind 127.0.0.1; every loop is bounded. On a shared 2-core box the wall figures are
 inflated by other work: compare runs on the same machine only.
@@ -138,10 +140,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(pg.line(label), flush=True)
         load_s = time.monotonic() - t0
 
-    faults = bad = None
+    faults = bad = limits = None
     if not args.no_suites:
         faults = run_suite("tests/reliability/test_faults.py", [])
         bad = run_suite("tests/reliability/test_bad_input.py", [])
+        # prints the server's RSS growth under a gzip bomb and under 8 concurrent capped array reads
+        limits = run_suite("tests/reliability/test_server_limits.py", ["-s"])
     tried = 0
     try:
         from tests.reliability import test_bad_input
@@ -163,8 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     if bad is not None:
         print(f"bad inputs tried: {tried} ({bad.passed} checks passed, {bad.failed} failed, "
               f"{bad.xfailed} pinned product bugs still open)")
+    if limits is not None:
+        print(f"server limits (Host, NUL, slow clients, log redaction, read cap, bomb, file modes): "
+              f"{limits.passed}/{limits.passed + limits.failed} checks passed"
+              f"{'; FAILED: ' + ', '.join(limits.failures) if limits.failures else ''}")
     print(f"points lost: {lost}; points duplicated: {duplicated}")
-    ok = lost == 0 and duplicated == 0 and (faults is None or faults.failed == 0) and (bad is None or bad.failed == 0)
+    ok = lost == 0 and duplicated == 0 and all(s is None or s.failed == 0 for s in (faults, bad, limits))
     return 0 if ok else 1
 
 

@@ -84,7 +84,9 @@ class RunFinish(_Strict):
 
 
 class RunRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    # ``extra`` lets a run read from a damaged row carry ``damaged``/``errors`` (see
+    # server.store.damaged_rows); sound rows have neither key.
+    model_config = ConfigDict(from_attributes=True, extra="allow")
 
     id: str
     project: str

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 
 __all__ = ["register"]
+
+# ``kill <demo pid>`` (SIGTERM), a closed terminal (SIGHUP) and Ctrl-C (SIGINT) all stop the demo
+# the same way: its trainings and its ``optiscope serve`` child end with it, and the port is freed.
+STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,11 +62,21 @@ def _run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         gpu=False if args.cpu else None,
     )
+    received: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt  # unwinds through run_demo's cleanup: workers and server stop too
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
         result = run_demo(config)
     except KeyboardInterrupt:
-        return 130
+        return 128 + (received[0] if received else signal.SIGINT)
     except RuntimeError as exc:
         print(f"optiscope demo: {exc}")
         return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0 if result.ok else 1

@@ -126,6 +126,7 @@ class _Server:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # our Ctrl-C handling stops it in order, after the trainings
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - spawned from the main thread, before any other
         )
 
     def wait_healthy(self, timeout: float = HEALTH_TIMEOUT_S) -> dict[str, Any]:
@@ -155,6 +156,24 @@ class _Server:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+
+
+def _die_with_parent() -> None:
+    """In the forked child: ask Linux to SIGTERM it when the demo process dies, however it dies.
+
+    Signals the demo can catch (SIGTERM, SIGINT, SIGHUP: see ``probe.demo.cli``) stop the server
+    in order; this covers the rest (SIGKILL, a crash), where the server, in its own session,
+    would otherwise be re-parented to PID 1 and keep the port. Elsewhere a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -290,6 +309,18 @@ class _Worker:
         child.wait()
         self._log.write(f"worker exited with code {child.returncode} during {job['spec']['name']}\n")
         return 1
+
+    def terminate(self, timeout: float = 5.0) -> None:
+        """Stop the worker now, mid-run (the demo itself is being stopped)."""
+        child = self._child
+        if child is None or child.poll() is not None:
+            return
+        child.terminate()
+        try:
+            child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
     def close(self) -> None:
         if self._child is not None and self._child.poll() is None:
@@ -662,8 +693,10 @@ def run_demo(config: DemoConfig, *, on_ready: Callable[[str], None] | None = Non
             except KeyboardInterrupt:  # the normal way to end a demo that went well
                 print("\nStopped.", file=out, flush=True)
         return result
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP turned into one by probe.demo.cli
         print("\nStopping.", file=out, flush=True)
+        for worker in pool:
+            worker.terminate()
         raise
     finally:
         for worker in pool:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from server import store
 from server.api.deps import ReaderDep, ReadRunDep, SessionDep
@@ -53,18 +55,43 @@ def read_latest(run: ReadRunDep, session: SessionDep,
 
 @router.get("/runs/{run_id}/arrays")
 def read_arrays(
-    run: ReadRunDep, session: SessionDep,
+    request: Request, run: ReadRunDep, session: SessionDep,
     key: str | None = None,
     layer: str | None = None,
     step_min: Int64Query = None,
     step_max: Int64Query = None,
     max_steps: Annotated[int, Query(ge=1, le=10000)] = 200,
     at_step: Int64Query = None,
+    max_values: Annotated[int | None, Query(ge=1)] = None,
 ) -> Response:
-    records, total = store.read_arrays(session=session, run_id=run.id, key=key, layer=layer,
-                                       step_min=step_min, step_max=step_max, max_steps=max_steps,
-                                       at_step=at_step)
-    return WireJSONResponse({"records": records, "total": total})
+    """Array records, streamed. One read returns at most ``max_values`` float values (default
+    and ceiling: the server's ``OPTISCOPE_MAX_ARRAY_READ_VALUES``); a larger read is a 422 that
+    names the limit and a ``step_max`` that fits, so a client pages by step range."""
+    limit = request.app.state.settings.max_array_read_values
+    if max_values is not None and max_values > limit:
+        raise InvalidBody([{"loc": ["query", "max_values"], "type": "less_than_equal",
+                            "msg": f"max_values may be at most {limit} (OPTISCOPE_MAX_ARRAY_READ_VALUES)"}])
+    cap = max_values or limit
+    plan = store.plan_array_read(session=session, run_id=run.id, key=key, layer=layer, step_min=step_min,
+                                 step_max=step_max, max_steps=max_steps, at_step=at_step)
+    if plan.values > cap:
+        fits = plan.fitting_step_max(cap)
+        hint = (f"page by step range: step_max={fits} fits, then step_min={fits + 1}" if fits is not None
+                else "one step alone holds more: filter by key and layer")
+        raise InvalidBody([{"loc": ["query", "max_values"], "type": "read_too_large",
+                            "msg": f"this read would return {plan.values} values in {len(plan.ids)} records, "
+                                   f"more than max_values={cap}; {hint}, or lower max_steps",
+                            "limit": cap, "values": plan.values, "step_max_that_fits": fits}])
+    session.close()  # the stream reads with its own session, outside the request's dependencies
+    return StreamingResponse(_array_stream(request, plan), media_type="application/json")
+
+
+def _array_stream(request: Request, plan: store.arrays.ArrayReadPlan) -> Iterator[bytes]:
+    session = request.app.state.sessionmaker()
+    try:
+        yield from store.stream_array_records(session=session, plan=plan, gate=request.app.state.array_reads)
+    finally:
+        session.close()
 
 
 @router.get("/runs/{run_id}/events")

@@ -117,10 +117,11 @@ def export_run(run: ReadRunDep, session: SessionDep) -> Response:
 
 @router.post("/runs/import", status_code=201)
 def import_run(request: Request, principal: WriterDep, session: SessionDep, body: RawBodyDep) -> Response:
-    project = store.transfer.peek_project(body)
-    if project is not None and not principal.may_write(project):
-        raise Forbidden(f"token is scoped to project {principal.project!r}, not {project!r}")
+    # The whole file is validated first; the scope check uses the project it actually names.
+    parsed = store.transfer.parse_export(body)
+    if not principal.may_write(parsed.project):
+        raise Forbidden(f"token is scoped to project {principal.project!r}, not {parsed.project!r}")
     with writing(request, session):
-        run = store.import_run(session=session, data=body)
+        run = store.import_run(session=session, data=parsed)
     return _run_response(session, run, 201)
 

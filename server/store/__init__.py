@@ -5,7 +5,7 @@ all-or-nothing batch), ``series`` (chunked scalars: append, read, latest, time-t
 ``arrays``, ``events`` and ``transfer`` (export/import).
 """
 
-from server.store.arrays import read_arrays
+from server.store.arrays import plan_array_read, stream_array_records
 from server.store.events import list_events
 from server.store.ingest import ingest_batch
 from server.store.runs import (
@@ -25,5 +25,5 @@ from server.store.transfer import export_run, import_run
 __all__ = [
     "create_run", "delete_run", "finish_run", "get_run", "heartbeat", "list_runs", "reap_stale_runs",
     "run_read", "update_run", "ingest_batch", "list_keys", "read_latest", "read_series", "time_to_target",
-    "read_arrays", "list_events", "export_run", "import_run",
+    "plan_array_read", "stream_array_records", "list_events", "export_run", "import_run",
 ]

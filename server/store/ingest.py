@@ -14,7 +14,7 @@ from server.models import Batch, Run
 from server.schemas import BatchIn
 from server.store.arrays import append_arrays
 from server.store.events import append_events
-from server.store.runs import heartbeat
+from server.store.runs import heartbeat, lock_run
 from server.store.series import append_scalars
 
 
@@ -27,7 +27,7 @@ def ingest_batch(*, session: Session, run: Run, batch: BatchIn) -> dict[str, Any
     and answers ``duplicate: true`` (also when two copies race: the unique key decides)."""
     # Lock the run row: concurrent batches of one run update its summary, last_step and
     # alerts_count (read-modify-write); different runs still ingest in parallel on PostgreSQL.
-    session.refresh(run, with_for_update=True)
+    lock_run(session=session, run=run)
     if batch.batch_id is not None:
         seen = session.scalar(
             select(Batch.id).where(Batch.run_id == run.id, Batch.batch_id == batch.batch_id))

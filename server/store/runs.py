@@ -8,13 +8,16 @@ from typing import Any
 
 import orjson
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import ObjectDeletedError
 
 from server.db import utcnow
 from server.errors import RunNotFound
 from server.models import Project, Run, RunTag
 from server.schemas import RunCreate, RunRead, RunUpdate
+from server.store import damaged_rows
 
 _MISSING = object()
 
@@ -40,6 +43,30 @@ def _set_tags(session: Session, run_id: str, tags: list[str]) -> list[str]:
     return unique
 
 
+def run_key(run: Run) -> str:
+    """The run's id without loading anything: after ``writing()`` rolls back, every attribute is
+    expired, and reading ``run.id`` would reload the row — an ``ObjectDeletedError`` (500) when
+    another request or replica deleted it meanwhile, instead of the 404 it is."""
+    identity = sa_inspect(run).identity
+    return str(identity[0]) if identity else run.id
+
+
+def lock_run(*, session: Session, run: Run) -> Run:
+    """Reload ``run`` with its row locked (``SELECT ... FOR UPDATE`` on PostgreSQL) until commit.
+
+    Every read-modify-write of a run (tags are delete-then-insert, summary is merged) goes through
+    this, so concurrent PATCH/finish/ingest of one run queue instead of colliding on ``pk_run_tag``.
+    A run deleted meanwhile is a 404, not a 500.
+    """
+    run_id = run_key(run)
+    try:
+        session.refresh(run, with_for_update=True)
+    except (ObjectDeletedError, InvalidRequestError) as exc:
+        session.rollback()
+        raise RunNotFound(run_id) from exc
+    return run
+
+
 def get_run(*, session: Session, run_id: str) -> Run:
     run = session.get(Run, run_id)
     if run is None:
@@ -52,9 +79,14 @@ def project_name(*, session: Session, run: Run) -> str:
 
 
 def run_read(*, session: Session, run: Run, project: str | None = None) -> RunRead:
-    data = {c: getattr(run, c) for c in RunRead.model_fields if c != "project"}
+    """The API view of a run; one deleted (by another request) since it was loaded is a 404."""
+    try:
+        data = {c: getattr(run, c) for c in RunRead.model_fields if c != "project"}
+    except ObjectDeletedError as exc:
+        session.rollback()
+        raise RunNotFound(run_key(run)) from exc
     data["project"] = project if project is not None else project_name(session=session, run=run)
-    return RunRead.model_validate(data)
+    return damaged_rows.run_read(data)  # a row that breaks the schema is served flagged, not a 500
 
 
 def create_run(*, session: Session, run_in: RunCreate) -> tuple[Run, bool]:
@@ -85,6 +117,8 @@ def create_run(*, session: Session, run_in: RunCreate) -> tuple[Run, bool]:
 
 
 def update_run(*, session: Session, run: Run, run_in: RunUpdate) -> Run:
+    """Apply a PATCH; concurrent PATCHes of one run are serialised on its row (last writer wins)."""
+    lock_run(session=session, run=run)
     fields = run_in.model_dump(exclude_unset=True)
     for name in ("name", "config", "optimizer"):
         if name in fields and fields[name] is not None:
@@ -103,6 +137,8 @@ def update_run(*, session: Session, run: Run, run_in: RunUpdate) -> Run:
 
 def heartbeat(*, session: Session, run: Run, commit: bool = True) -> Run:
     """Record liveness; a run the reaper marked crashed comes back to life when it speaks again."""
+    if commit:  # inside a batch the run row is locked already
+        lock_run(session=session, run=run)
     now = utcnow()
     run.heartbeat_at = now
     run.updated_at = now
@@ -114,6 +150,7 @@ def heartbeat(*, session: Session, run: Run, commit: bool = True) -> Run:
 
 
 def finish_run(*, session: Session, run: Run, status: str) -> Run:
+    lock_run(session=session, run=run)
     now = utcnow()
     run.status = status
     run.finished_at = now
@@ -123,8 +160,14 @@ def finish_run(*, session: Session, run: Run, status: str) -> Run:
 
 
 def delete_run(*, session: Session, run: Run) -> None:
-    session.delete(run)
+    """Delete the run (its data goes with it: ``ON DELETE CASCADE``); one deleted concurrently is a 404."""
+    run_id = run_key(run)
+    result = session.execute(delete(Run).where(Run.id == run_id))
     session.commit()
+    if run in session:
+        session.expunge(run)
+    if not result.rowcount:
+        raise RunNotFound(run_id)
 
 
 def reap_stale_runs(*, session: Session, timeout_s: float, now: dt.datetime | None = None) -> int:

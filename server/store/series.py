@@ -24,6 +24,8 @@ from sqlalchemy.orm import Session
 
 from server.downsample import downsample_indices
 from server.models import Run, Series, SeriesChunk
+from server.store.damaged_rows import chunk_is_sound
+from server.store.damaged_rows import log as damaged_log
 from server.wire import encode_array, encode_float
 
 CHUNK_POINTS = 8192
@@ -38,16 +40,17 @@ class Points:
     steps: np.ndarray
     times: np.ndarray
     values: np.ndarray
+    damaged: int = 0  # stored chunks that could not be read (skipped; see store.damaged_rows)
 
     @classmethod
-    def empty(cls) -> Points:
-        return cls(np.empty(0, I8), np.empty(0, F8), np.empty(0, F8))
+    def empty(cls, damaged: int = 0) -> Points:
+        return cls(np.empty(0, I8), np.empty(0, F8), np.empty(0, F8), damaged)
 
     def __len__(self) -> int:
         return len(self.steps)
 
     def take(self, idx: np.ndarray | slice) -> Points:
-        return Points(self.steps[idx], self.times[idx], self.values[idx])
+        return Points(self.steps[idx], self.times[idx], self.values[idx], self.damaged)
 
 
 def f8_bytes(x: float) -> bytes:
@@ -55,7 +58,13 @@ def f8_bytes(x: float) -> bytes:
 
 
 def f8_value(b: bytes | None) -> float | None:
-    return None if b is None else float(np.frombuffer(b, F8)[0])
+    """One stored float64; a damaged value (not 8 bytes) reads as missing (logged), not a 500."""
+    if b is None:
+        return None
+    if len(b) != 8:
+        damaged_log.warning("a series' last_value holds %d bytes, not one float64; served as null", len(b))
+        return None
+    return float(np.frombuffer(b, F8)[0])
 
 
 def append_scalars(
@@ -210,13 +219,16 @@ def load_points(
     if after_step is not None:
         stmt = stmt.where(SeriesChunk.step_max > after_step)
     rows = _fetch_chunks(session, stmt.order_by(SeriesChunk.seq))
+    sound = [r for r in rows if chunk_is_sound(series_id, r[0], r[1], r[5] if len(cols) == 6 else None)]
+    damaged = len(rows) - len(sound)
+    rows = sound
     if not rows:
-        return Points.empty()
+        return Points.empty(damaged)
     steps = np.concatenate([np.frombuffer(r[0], I8) for r in rows])
     values = np.concatenate([np.frombuffer(r[1], F8) for r in rows])
     times = (np.concatenate([np.frombuffer(r[5], F8) for r in rows]) if len(cols) == 6
              else np.broadcast_to(np.float64(np.nan), steps.shape))
-    pts = Points(steps, times, values)
+    pts = Points(steps, times, values, damaged)
     in_order = all(r[4] for r in rows) and all(rows[i][2] >= rows[i - 1][3] for i in range(1, len(rows)))
     if not in_order:
         pts = pts.take(np.argsort(pts.steps, kind="stable"))
@@ -343,8 +355,11 @@ def read_series(
             if downsampled:
                 pts = pts.take(downsample_indices(pts.values, points))
             xs = pts.steps.tolist() if x == "step" else encode_array(pts.times)
-            out.append({"run_id": run_id, "key": key, "x": xs, "y": encode_array(pts.values),
-                        "steps": pts.steps.tolist(), "total": total, "downsampled": downsampled})
+            entry = {"run_id": run_id, "key": key, "x": xs, "y": encode_array(pts.values),
+                     "steps": pts.steps.tolist(), "total": total, "downsampled": downsampled}
+            if pts.damaged:
+                entry["damaged"] = pts.damaged  # chunks skipped as unreadable
+            out.append(entry)
     return out
 
 

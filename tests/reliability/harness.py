@@ -136,6 +136,18 @@ def wait_healthy(api: str, timeout: float, process: subprocess.Popen[bytes] | No
     raise TimeoutError(f"{api} not healthy within {timeout}s")
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+    """SIGTERM (a server's graceful stop), then SIGKILL after ``timeout``; returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    return proc.returncode
+
+
 def pg_stop(cluster: PgCluster) -> None:
     """Stop the cluster (fast mode: open connections are cut, as in a real restart)."""
     subprocess.run(cluster._cmd(str(cluster.bindir / "pg_ctl"), "-D", str(cluster.datadir), "-m", "fast",

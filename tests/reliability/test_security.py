@@ -37,7 +37,7 @@ from server.models import ApiToken
 from tests.conftest import REPO_ROOT
 from tests.pg_cluster import free_port
 from tests.reliability.conftest import InProc
-from tests.reliability.harness import wait_healthy
+from tests.reliability.harness import stop_process, wait_healthy
 
 API = "/api/v1"
 
@@ -249,12 +249,7 @@ def test_no_token_ever_appears_in_server_or_client_logs(
         client_text = "\n".join(str(w.message) for w in caught)
         assert "401" in client_text  # the refusal was reported...
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc)
     server_text = log.read_text(errors="replace")
     assert "POST /api/v1/runs" in server_text  # debug logging really was on: the check means something
     for name, secret in secrets.items():

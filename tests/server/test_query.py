@@ -197,7 +197,7 @@ def test_import_malformed_is_422_and_writes_nothing(api: Api) -> None:
     assert r.status_code == 422
     assert api.counts(run_id)["runs"] == 0
     r = api.post("/runs/import", content=b"not json\n")
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body"]
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "line 1"]  # names the line
 
 
 @pytest.mark.parametrize("path", ["/api/v1/nope", "/api/v2/runs", "/api/v1/runs/x/nonsense"])

@@ -9,10 +9,14 @@ Details and decisions:
 * Ownership: inside a group the matrices are bucketed by (shape, dtype, device) in parameter order;
   matrix i of the running sequence over buckets is owned by rank i mod world_size. A rank's share of a
   bucket is still orthogonalized by one batched NS. Buckets are balanced to within one matrix per rank.
-* State (momentum, v, nonfinite_skips) exists only on the owner, as in Keller's and the official
-  NorMuon's DDP classes: each rank's ``state_dict()`` holds its own share; save every rank's.
-* One ``all_gather`` per bucket of a (ceil(B/W), m, n) tensor (padded), so the gather is one collective
-  per distinct shape rather than per matrix.
+* State is FULL on every rank (unlike Keller's and the official NorMuon's DDP classes, which keep
+  each matrix's state on its owner only): every rank advances every matrix's momentum (elementwise on
+  the already averaged gradient, bitwise the same on all ranks) and the skip counters, and the owner's
+  NorMuon v is gathered along with the weights. So ``state_dict()`` on rank 0 -- what HF Trainer and
+  Lightning save -- resumes exactly when loaded on every rank. Cost: one momentum lerp per matrix
+  per rank and a full-size momentum buffer per rank (as plain Muon has).
+* One ``all_gather`` per bucket of a (ceil(B/W), m·n) tensor (padded), so the gather is one collective
+  per distinct shape rather than per matrix (NorMuon: plus one small gather of v per bucket).
 * All ranks must see the same parameters with gradients (true under DDP); a parameter whose grad is
   None on every rank is skipped everywhere.
 * ``introspect`` fills ``last_internals`` for the owned matrices only.
@@ -81,30 +85,53 @@ def owner_of(index: int, world_size: int) -> int:
 def step_buckets_round_robin(
     opt: Muon, group: dict[str, Any], buckets: Sequence[Sequence[Tensor]], process_group: Any = None
 ) -> None:
-    """Update the owned matrices of every bucket, then all-gather the new weights bucket by bucket."""
+    """Update the owned matrices of every bucket, then all-gather the new weights bucket by bucket.
+
+    Every rank advances the momentum of every matrix (see ``Muon._update_bucket``'s ``owned``); the
+    owner-only state (NorMuon's v) travels in the same gather as the weights, so after the step every
+    rank holds the full optimizer state.
+    """
     rank = dist.get_rank(process_group)
     world = dist.get_world_size(process_group)
+    extra_keys = opt._owned_state_keys()
     offset = 0
     for params in buckets:
         count = len(params)
         first = [(r - offset) % world for r in range(world)]
-        mine = list(params[first[rank] :: world])
-        if mine:
-            opt._update_bucket(group, mine)
+        owned = list(range(first[rank], count, world))
+        opt._update_bucket(group, params, owned=owned)
         slots = math.ceil(count / world)
         p0 = params[0]
-        local = torch.zeros((slots, *p0.shape), dtype=p0.dtype, device=p0.device)
-        if mine:
-            local[: len(mine)] = torch.stack([p.detach() for p in mine])
+        # Owner-only state (float32 v) has its own small gather: packing it with bf16 weights would round it.
+        extras = [[opt.state[params[i]][k] for k in extra_keys] for i in range(count)]
+        local = torch.zeros((slots, p0.numel()), dtype=p0.dtype, device=p0.device)
+        for j, i in enumerate(owned):
+            local[j] = params[i].detach().reshape(-1)
         gathered = [torch.empty_like(local) for _ in range(world)]
         dist.all_gather(gathered, local, group=process_group)
+        extra_gathered: list[Tensor] = []
+        if extra_keys:
+            width = sum(t.numel() for t in extras[0])
+            ex = torch.zeros((slots, width), dtype=extras[0][0].dtype, device=p0.device)
+            for j, i in enumerate(owned):
+                ex[j] = torch.cat([t.reshape(-1) for t in extras[i]])
+            extra_gathered = [torch.empty_like(ex) for _ in range(world)]
+            dist.all_gather(extra_gathered, ex, group=process_group)
         dst: list[Tensor] = []
         src: list[Tensor] = []
         for r in range(world):
-            for j, p in enumerate(params[first[r] :: world]):
-                if r != rank:
-                    dst.append(p.detach())
-                    src.append(gathered[r][j])
+            if r == rank:
+                continue
+            for j, i in enumerate(range(first[r], count, world)):
+                p = params[i]
+                dst.append(p.detach())
+                src.append(gathered[r][j].view(p.shape))
+                if extra_keys:
+                    start = 0
+                    for t in extras[i]:
+                        dst.append(t)
+                        src.append(extra_gathered[r][j, start : start + t.numel()].view(t.shape))
+                        start += t.numel()
         if dst:
             torch._foreach_copy_(dst, src)
         offset += count

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+from torch.optim.adamw import adamw as adamw_functional
 from torch.optim.optimizer import Optimizer, ParamsT
 
 from probe.optim._orthogonalize import (
@@ -63,9 +64,12 @@ from probe.optim._orthogonalize import (
 if TYPE_CHECKING:
     from probe.optim._distributed import RowShard
 
-__all__ = ["Muon", "muon_momentum_", "shape_scale", "ADJUST_LR_FNS"]
+__all__ = ["Muon", "muon_momentum_", "shape_scale", "ADJUST_LR_FNS", "WEIGHT_LAYOUTS"]
 
 ADJUST_LR_FNS: tuple[str, ...] = ("original", "match_rms_adamw")
+#: How a ``use_muon`` group's 2-D weights are stored: ``"out_in"`` (``nn.Linear``) or ``"in_out"``
+#: (transformers' ``Conv1D``, GPT-2); Muon orthogonalizes the (out, in) matrix either way.
+WEIGHT_LAYOUTS: tuple[str, ...] = ("out_in", "in_out")
 #: Moonlight's "match AdamW" update RMS.
 MATCH_RMS: float = 0.2
 
@@ -101,6 +105,11 @@ def muon_momentum_(G: Tensor, bufs: list[Tensor], ok: Tensor, *, momentum: float
     else:
         torch._foreach_copy_(rows, bufs)
     return G
+
+
+def _matrix_view(t: Tensor, rows: int, cols: int, in_out: bool) -> Tensor:
+    """A (rows, cols) = (out, in) view of a weight or buffer that shares its storage."""
+    return t.mT if in_out else t.view(rows, cols)
 
 
 def _check_unit_interval(name: str, value: Any, *, closed_right: bool = False) -> None:
@@ -185,6 +194,7 @@ class Muon(Optimizer):
             betas=betas,
             eps=eps,
             use_muon=True,
+            weight_layout="out_in",
             **(_extra_defaults or {}),  # subclasses' hyperparameters; not **kwargs, so typos raise
         )
         self._validate_group(defaults, params=())
@@ -222,8 +232,15 @@ class Muon(Optimizer):
         _check_unit_interval("betas[0]", betas[0])
         _check_unit_interval("betas[1]", betas[1])
         _check_nonneg("eps", group["eps"])
+        layout = group.get("weight_layout", "out_in")
+        if layout not in WEIGHT_LAYOUTS:
+            raise ValueError(f"Invalid weight_layout: {layout!r} (must be one of {WEIGHT_LAYOUTS})")
         if group["use_muon"]:
             for p in params:
+                if layout == "in_out" and p.ndim != 2:
+                    raise ValueError(
+                        f"Invalid weight_layout: 'in_out' needs 2-D (in, out) weights, got shape {tuple(p.shape)}"
+                    )
                 if p.ndim < 2:
                     raise ValueError(
                         f"{type(self).__name__} got a {p.ndim}-D parameter of shape {tuple(p.shape)} in a use_muon group; "
@@ -244,6 +261,7 @@ class Muon(Optimizer):
             group.setdefault("use_muon", True)
             group.setdefault("adjust_lr_fn", "original")
             group.setdefault("ns_dtype", None)
+            group.setdefault("weight_layout", "out_in")
         self.__dict__.setdefault("introspect", False)
         self.__dict__.setdefault("last_internals", {})
         self.__dict__.setdefault("last_global_internals", {})
@@ -289,7 +307,13 @@ class Muon(Optimizer):
             for params in replicated:
                 self._update_bucket(group, params)
 
-    def _update_bucket(self, group: dict[str, Any], params: Sequence[Tensor], shard: RowShard | None = None) -> None:
+    def _update_bucket(
+        self,
+        group: dict[str, Any],
+        params: Sequence[Tensor],
+        shard: RowShard | None = None,
+        owned: Sequence[int] | None = None,
+    ) -> None:
         """Apply the full update to a list of same-shape parameters (one batched NS).
 
         ``shard`` (from :func:`probe.optim._distributed.row_shard_of`) describes DTensor parameters
@@ -297,26 +321,49 @@ class Muon(Optimizer):
         NS input is all-gathered and each rank orthogonalizes its round-robin share of whole matrices
         (results all-gathered), and the finiteness test and NorMuon's Frobenius norms are all-reduced,
         so the result equals the unsharded update.
+
+        ``owned`` (DDP round-robin) lists the positions in ``params`` this rank updates. Momentum and
+        the skip counters are still advanced for *every* matrix (cheap elementwise work on the averaged
+        gradient, identical on all ranks), so each rank's ``state_dict()`` holds the full momentum state
+        and a checkpoint saved on rank 0 resumes exactly everywhere; only NS and the weight update are
+        split.
         """
         p0 = params[0]
-        rows, cols = p0.shape[0], math.prod(p0.shape[1:])
+        in_out = group.get("weight_layout", "out_in") == "in_out"
+        if in_out and (p0.ndim != 2 or shard is not None):
+            raise NotImplementedError(
+                f"weight_layout='in_out' needs plain 2-D (in, out) weights; got shape {tuple(p0.shape)}"
+                f"{' sharded as a DTensor' if shard is not None else ''}"
+            )
+        # Orient every matrix as (out, in): NorMuon's v is per output neuron and the shape scale uses
+        # (out, in), also for weights stored (in, out) like transformers' Conv1D.
+        rows, cols = (p0.shape[1], p0.shape[0]) if in_out else (p0.shape[0], math.prod(p0.shape[1:]))
         local_rows = rows if shard is None else shard.local_rows
         local = (lambda t: t) if shard is None else shard.local  # noqa: E731
-        mats = [local(p).view(local_rows, cols) for p in params]
         states = [self.state[p] for p in params]
-        for p, mat, st in zip(params, mats, states):
+        for p, st in zip(params, states):
             if "momentum_buffer" not in st:
-                like = p if shard is None else mat
+                like = local(p)
                 st["momentum_buffer"] = torch.zeros_like(like, memory_format=torch.contiguous_format)
-                st["nonfinite_skips"] = torch.zeros((), dtype=torch.int64, device=p0.device if shard is None else mat.device)
-                self._init_extra_state(mat, st, local_rows, cols)
-        bufs = [st["momentum_buffer"].view(local_rows, cols) for st in states]
+                st["nonfinite_skips"] = torch.zeros((), dtype=torch.int64, device=like.device)
+                self._init_extra_state(like, st, local_rows, cols)
+        bufs = [_matrix_view(st["momentum_buffer"], local_rows, cols, in_out) for st in states]
 
-        G = torch.stack([local(p.grad).reshape(local_rows, cols) for p in params])  # type: ignore[arg-type]
+        grads = [local(p.grad) for p in params]  # type: ignore[arg-type]
+        # reshape, not view: a channels_last gradient is not viewable as (rows, cols); stack copies anyway
+        G = torch.stack([g.mT if in_out else g.reshape(local_rows, cols) for g in grads])
         # Finite ‖G‖_F ⇔ all entries finite (or the norm overflows, in which case NS would give NaN).
         norms = torch.linalg.vector_norm(G, dim=(-2, -1))
         ok = torch.isfinite(norms if shard is None else shard.reduce_sum(norms.square()))
         U = muon_momentum_(G, bufs, ok, momentum=group["momentum"], nesterov=group["nesterov"])
+        torch._foreach_add_([st["nonfinite_skips"] for st in states], list((~ok).to(torch.int64).unbind(0)))
+        if owned is not None:
+            if not owned:
+                return
+            pick = torch.as_tensor(list(owned), device=U.device)
+            params = [params[i] for i in owned]
+            states = [states[i] for i in owned]
+            U, ok = U.index_select(0, pick), ok.index_select(0, pick)
 
         U_full = U if shard is None else shard.gather_rows(U)
         ns_dtype = group["ns_dtype"] or default_ns_dtype(U.device, U.dtype)
@@ -333,6 +380,18 @@ class Muon(Optimizer):
             group, params, states, O, ok, rows, cols, reduce=None if shard is None else shard.reduce_sum
         )
 
+        # Weights whose layout has no (rows, cols) view (channels_last convs) are updated in a
+        # contiguous copy that is written back with copy_, which keeps the parameter's own layout.
+        mats: list[Tensor] = []
+        write_back: list[tuple[Tensor, Tensor]] = []
+        for p in params:
+            w = local(p)
+            if in_out or w.is_contiguous():
+                mats.append(_matrix_view(w, local_rows, cols, in_out))
+            else:
+                tmp = w.reshape(local_rows, cols)
+                mats.append(tmp)
+                write_back.append((w, tmp))
         lr = group["lr"]
         wd = group["weight_decay"]
         if wd != 0.0:
@@ -342,13 +401,18 @@ class Muon(Optimizer):
             torch._foreach_add_(mats, list(D.unbind(0)), alpha=-lr * scale)
         else:
             torch._foreach_addcmul_(mats, list(D.unbind(0)), list(row_factor.unbind(0)), value=-lr * scale)
-        torch._foreach_add_([st["nonfinite_skips"] for st in states], list((~ok).to(torch.int64).unbind(0)))
+        for w, tmp in write_back:
+            w.copy_(tmp.view(w.shape))
 
         if self.introspect:
             for i, (p, st) in enumerate(zip(params, states)):
                 entry = {"pre_orth": U_full[i], "post_orth": O_full[i], "nonfinite_skips": st["nonfinite_skips"].clone()}
                 entry.update({k: v[i] for k, v in extra.items()})
                 self.last_internals[p] = entry
+
+    def _owned_state_keys(self) -> tuple[str, ...]:
+        """State entries only the owner rank can compute (gathered after a round-robin step)."""
+        return ()
 
     # Hooks that NorMuon overrides ------------------------------------------------
     def _init_extra_state(self, p: Tensor, state: dict[str, Any], rows: int, cols: int) -> None:
@@ -377,10 +441,53 @@ class Muon(Optimizer):
 
     # ------------------------------------------------------------------ AdamW groups
     def _step_adamw(self, group: dict[str, Any]) -> None:
-        """Bias-corrected AdamW with the same non-finite guard (skip the parameter, count it).
+        """Bias-corrected AdamW through torch's fused kernel (``torch._fused_adamw_``), per device/dtype.
 
-        AdamW is elementwise, so a DTensor parameter (any sharding) is stepped on its local tensor;
-        only the finiteness test is all-reduced over the mesh so all shards skip together.
+        One fused multi-tensor launch per (device, dtype) bucket instead of ~20 kernels per parameter
+        (GPT-2: 101 parameters), with the same formula as ``torch.optim.AdamW`` (its fused path).
+        Non-finite guard without a host sync: per-parameter ‖g‖ (one ``_foreach_norm``) gives each
+        parameter's flag, counted in its ``nonfinite_skips``; any flag in the bucket is passed as the
+        kernel's ``found_inf``, so that bucket's AdamW step is skipped whole (weights, moments and step
+        count untouched) -- GradScaler's rule rather than skipping only the offending parameter.
+        DTensor parameters keep the per-parameter path (their flags are all-reduced over the mesh).
+        """
+        from probe.optim._distributed import is_dtensor
+
+        params = [p for p in group["params"] if p.grad is not None]
+        for p in params:
+            if p.grad.is_sparse:  # type: ignore[union-attr]
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        if any(is_dtensor(p) for p in params):
+            self._step_adamw_per_param(group)
+            return
+        beta1, beta2 = group["betas"]
+        buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for p in params:
+            st = self.state[p]
+            if "step" not in st:
+                st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["nonfinite_skips"] = torch.zeros((), dtype=torch.int64, device=p.device)
+            buckets.setdefault((p.device, p.dtype), []).append(p)
+        for bucket in buckets.values():
+            states = [self.state[p] for p in bucket]
+            grads = [p.grad for p in bucket]
+            bad = ~torch.isfinite(torch.stack(torch._foreach_norm(grads)))  # type: ignore[arg-type]
+            torch._foreach_add_([st["nonfinite_skips"] for st in states], list(bad.to(torch.int64).unbind(0)))
+            adamw_functional(
+                bucket, grads, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states], [],  # type: ignore[arg-type]
+                [st["step"] for st in states], fused=True, found_inf=bad.any().to(torch.float32),
+                amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
+                eps=group["eps"], maximize=False,
+            )
+
+    def _step_adamw_per_param(self, group: dict[str, Any]) -> None:
+        """Bias-corrected AdamW one parameter at a time, with a per-parameter non-finite skip.
+
+        Used for DTensor parameters: AdamW is elementwise, so a DTensor parameter (any sharding) is
+        stepped on its local tensor; only the finiteness test is all-reduced over the mesh so all
+        shards skip together.
         """
         from probe.optim._distributed import any_nonfinite_across_mesh, is_dtensor
 

@@ -81,6 +81,8 @@ class KroneckerLayer:
     n_first: int = 0
     n_total: int = 0
     cache: dict[str, Any] = field(default_factory=dict)  # derived from the eigenbasis; see KFAC
+    #: dtype of the statistics, factors and eigenbases (fp32 for bf16/fp16/fp32 weights by default).
+    factor_dtype: torch.dtype = torch.float32
 
     @property
     def weight(self) -> nn.Parameter:
@@ -112,6 +114,10 @@ class KroneckerLayer:
 
     def g_dim(self) -> int:
         return self.weight.shape[0]
+
+    def max_dim(self) -> int:
+        """The larger Kronecker factor's side (what ``max_factor_dim`` caps)."""
+        return max(self.a_dim(), self.g_dim())
 
     # ------------------------------------------------------------------ rows
     def _batched_input(self, x: Tensor) -> Tensor:
@@ -160,9 +166,9 @@ class KroneckerLayer:
                 ``"all"`` accumulates the gradient over every local example (distributed FOP);
                 ``None`` skips it.
         """
-        w = self.weight
-        # Under autocast, activations may be half precision: accumulate in the weight's (wider) dtype.
-        dtype = torch.promote_types(x.dtype, w.dtype)
+        # Statistics accumulate in factor_dtype whatever the weight's or activation's dtype (bf16 weights,
+        # autocast): half-precision sums of squares lose the small eigenvalues, and eigh has no bf16 kernel.
+        dtype = self.factor_dtype
         xb = self._batched_input(x).to(dtype)
         gb = self._batched_grad(g).to(dtype)
         n = xb.shape[0]
@@ -258,11 +264,11 @@ class KroneckerLayer:
         """The current ``.grad`` of weight (and bias) as one (d_out, a_dim) matrix."""
         w = self.weight
         assert w.grad is not None
-        gm = w.grad.reshape(w.shape[0], -1)
+        gm = w.grad.reshape(w.shape[0], -1).to(self.factor_dtype)
         b = self.bias
         if b is not None:
             bg = b.grad if b.grad is not None else torch.zeros_like(b)
-            gm = torch.cat([gm, bg.reshape(-1, 1)], dim=1)
+            gm = torch.cat([gm, bg.reshape(-1, 1).to(self.factor_dtype)], dim=1)
         return gm
 
     def write_grad(self, mat: Tensor) -> None:

@@ -223,7 +223,8 @@ def row_shard_of(params: Sequence[Tensor]) -> RowShard:
 
 
 def any_nonfinite_across_mesh(bad: Tensor, p: Tensor) -> Tensor:
-    """OR a 0-d bool over every dim of ``p``'s device mesh (so all shards agree to skip)."""
+    """OR a 0-d (or 1-D, one flag per parameter: a bucketed all-reduce) bool over every dim of ``p``'s device
+    mesh (so all shards agree to skip)."""
     mesh = p.device_mesh  # type: ignore[attr-defined]
     count = bad.to(torch.int32)
     for dim in range(mesh.ndim):

@@ -487,12 +487,15 @@ class Muon(Optimizer):
 
         Used for DTensor parameters: AdamW is elementwise, so a DTensor parameter (any sharding) is
         stepped on its local tensor; only the finiteness test is all-reduced over the mesh so all
-        shards skip together.
+        shards skip together -- one bucketed all-reduce of every parameter's flag per mesh (and mesh
+        dimension), not one per parameter (GPT-2 under FSDP2: ~100 collectives per step before).
         """
         from probe.optim._distributed import any_nonfinite_across_mesh, is_dtensor
 
         beta1, beta2 = group["betas"]
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        items: list[tuple[Tensor, Tensor, Tensor, dict[str, Any], Tensor]] = []
+        by_mesh: dict[int, list[int]] = {}
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -507,9 +510,15 @@ class Muon(Optimizer):
                 st["exp_avg"] = torch.zeros_like(w, memory_format=torch.preserve_format)
                 st["exp_avg_sq"] = torch.zeros_like(w, memory_format=torch.preserve_format)
                 st["nonfinite_skips"] = torch.zeros((), dtype=torch.int64, device=w.device)
-            ok = torch.isfinite(grad).all()
             if sharded:
-                ok = ~any_nonfinite_across_mesh(~ok, p)
+                by_mesh.setdefault(id(p.device_mesh), []).append(len(items))
+            items.append((p, w, grad, st, torch.isfinite(grad).all()))
+        for idx in by_mesh.values():
+            anchor = items[idx[0]][0]
+            bad = any_nonfinite_across_mesh(torch.stack([~items[i][4] for i in idx]), anchor)
+            for j, i in enumerate(idx):
+                items[i] = (*items[i][:4], ~bad[j])
+        for _p, w, grad, st, ok in items:
             okf = ok.to(w.dtype)
             g = torch.where(ok, grad, 0.0)
             st["step"].add_(ok.to(torch.float32))

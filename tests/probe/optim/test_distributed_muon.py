@@ -138,6 +138,23 @@ def _fsdp_check() -> dict[str, object]:
                 opt.step()
         diffs = [(a.full_tensor() - b).abs().max().item() for a, b in zip(sharded.parameters(), reference.parameters())]
         w = sharded[6].weight  # 7 rows over 2 ranks: 4 + 3
+        # The AdamW groups' finiteness flags cross the mesh in one bucketed all-reduce, not one per parameter.
+        calls = {"n": 0}
+        real_all_reduce = dist.all_reduce
+
+        def counting(*args, **kwargs):
+            calls["n"] += 1
+            return real_all_reduce(*args, **kwargs)
+
+        dist.all_reduce = counting
+        try:
+            with torch.no_grad():  # as inside step()
+                for group in opt_s.param_groups:
+                    if not group["use_muon"]:
+                        opt_s._step_adamw(group)
+        finally:
+            dist.all_reduce = real_all_reduce
+        out[cls.__name__ + "_adamw_all_reduces"] = calls["n"]
         out[cls.__name__] = {
             "max_diff": max(diffs),
             "is_dtensor": type(w).__name__ == "DTensor",
@@ -174,3 +191,5 @@ def test_round_robin_and_fsdp2_equal_single_process(tmp_path: Path) -> None:
         assert f0["max_diff"] < FSDP_ATOL and f1["max_diff"] < FSDP_ATOL, (f0["max_diff"], f1["max_diff"])
         assert f0["pre_orth_shape"] == (7, 10)  # introspection shows the full matrix fed to NS
     assert (r0["fsdp"]["NorMuon"]["v_rows"], r1["fsdp"]["NorMuon"]["v_rows"]) == (4, 3)  # v local per row shard
+    # 5 AdamW (bias) parameters, one all-reduce of their flags
+    assert r0["fsdp"]["Muon_adamw_all_reduces"] == r0["fsdp"]["NorMuon_adamw_all_reduces"] == 1

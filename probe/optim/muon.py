@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -105,6 +106,21 @@ def muon_momentum_(G: Tensor, bufs: list[Tensor], ok: Tensor, *, momentum: float
     else:
         torch._foreach_copy_(rows, bufs)
     return G
+
+
+@dataclass
+class _Bucket:
+    """A same-shape bucket between :meth:`Muon._prepare_bucket` and :meth:`Muon._apply_bucket`."""
+
+    params: list[Tensor]
+    states: list[dict[str, Any]]
+    U: Tensor  # (B, local_rows, cols) momentum update, the NS input
+    ok: Tensor  # (B,) finite gradients
+    rows: int
+    cols: int
+    local_rows: int
+    in_out: bool
+    shard: RowShard | None
 
 
 def _matrix_view(t: Tensor, rows: int, cols: int, in_out: bool) -> Tensor:
@@ -307,27 +323,36 @@ class Muon(Optimizer):
             for params in replicated:
                 self._update_bucket(group, params)
 
-    def _update_bucket(
-        self,
-        group: dict[str, Any],
-        params: Sequence[Tensor],
-        shard: RowShard | None = None,
-        owned: Sequence[int] | None = None,
-    ) -> None:
+    def _update_bucket(self, group: dict[str, Any], params: Sequence[Tensor], shard: RowShard | None = None) -> None:
         """Apply the full update to a list of same-shape parameters (one batched NS).
 
         ``shard`` (from :func:`probe.optim._distributed.row_shard_of`) describes DTensor parameters
         sharded on dim 0 (FSDP2): momentum, v and the weight update then act on this rank's rows, the
         NS input is all-gathered and each rank orthogonalizes its round-robin share of whole matrices
         (results all-gathered), and the finiteness test and NorMuon's Frobenius norms are all-reduced,
-        so the result equals the unsharded update.
-
-        ``owned`` (DDP round-robin) lists the positions in ``params`` this rank updates. Momentum and
-        the skip counters are still advanced for *every* matrix (cheap elementwise work on the averaged
-        gradient, identical on all ranks), so each rank's ``state_dict()`` holds the full momentum state
-        and a checkpoint saved on rank 0 resumes exactly everywhere; only NS and the weight update are
-        split.
+        so the result equals the unsharded update. DDP round-robin uses the same three phases
+        (:meth:`_prepare_bucket`, NS, :meth:`_apply_bucket`) with one gather of the NS outputs in between.
         """
+        work = self._prepare_bucket(group, params, shard)
+        U_full = work.U if shard is None else shard.gather_rows(work.U)
+        ns = self._ns(group, work.U)
+        O_full = ns(U_full, work.ok) if shard is None else shard.orthogonalize(U_full, work.ok, ns)
+        O = O_full if shard is None else O_full[:, shard.start : shard.start + work.local_rows]
+        self._apply_bucket(group, work, O, {i: (U_full[i], O_full[i]) for i in range(len(params))})
+
+    def _ns(self, group: dict[str, Any], U: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+        """The group's batched Newton–Schulz (its working dtype: ``ns_dtype`` or the device default)."""
+        ns_dtype = group["ns_dtype"] or default_ns_dtype(U.device, U.dtype)
+
+        def ns(U_batch: Tensor, keep: Tensor) -> Tensor:
+            return newton_schulz5(
+                U_batch, steps=group["ns_steps"], coefficients=tuple(group["ns_coefficients"]), dtype=ns_dtype, keep=keep
+            )
+
+        return ns
+
+    def _prepare_bucket(self, group: dict[str, Any], params: Sequence[Tensor], shard: RowShard | None = None) -> _Bucket:
+        """State init, finiteness test, momentum and skip counters of a same-shape bucket -> the NS input."""
         p0 = params[0]
         in_out = group.get("weight_layout", "out_in") == "in_out"
         if in_out and (p0.ndim != 2 or shard is not None):
@@ -357,25 +382,17 @@ class Muon(Optimizer):
         ok = torch.isfinite(norms if shard is None else shard.reduce_sum(norms.square()))
         U = muon_momentum_(G, bufs, ok, momentum=group["momentum"], nesterov=group["nesterov"])
         torch._foreach_add_([st["nonfinite_skips"] for st in states], list((~ok).to(torch.int64).unbind(0)))
-        if owned is not None:
-            if not owned:
-                return
-            pick = torch.as_tensor(list(owned), device=U.device)
-            params = [params[i] for i in owned]
-            states = [states[i] for i in owned]
-            U, ok = U.index_select(0, pick), ok.index_select(0, pick)
+        return _Bucket(list(params), states, U, ok, rows, cols, local_rows, in_out, shard)
 
-        U_full = U if shard is None else shard.gather_rows(U)
-        ns_dtype = group["ns_dtype"] or default_ns_dtype(U.device, U.dtype)
+    def _apply_bucket(self, group: dict[str, Any], work: _Bucket, O: Tensor,
+                      introspected: dict[int, tuple[Tensor, Tensor]]) -> None:
+        """Direction from the NS outputs ``O`` (this rank's rows), weight decay and the weight update.
 
-        def ns(U_batch: Tensor, keep: Tensor) -> Tensor:
-            return newton_schulz5(
-                U_batch, steps=group["ns_steps"], coefficients=tuple(group["ns_coefficients"]), dtype=ns_dtype, keep=keep
-            )
-
-        # Skipped matrices come out of NS as exact zeros, so the update below needs no mask pass.
-        O_full = ns(U_full, ok) if shard is None else shard.orthogonalize(U_full, ok, ns)
-        O = O_full if shard is None else O_full[:, shard.start : shard.start + local_rows]
+        ``introspected`` maps a position in the bucket to its (NS input, NS output) for ``last_internals``.
+        """
+        params, states, ok, shard = work.params, work.states, work.ok, work.shard
+        rows, cols, local_rows, in_out = work.rows, work.cols, work.local_rows, work.in_out
+        local = (lambda t: t) if shard is None else shard.local  # noqa: E731
         D, row_factor, scale, extra = self._direction(
             group, params, states, O, ok, rows, cols, reduce=None if shard is None else shard.reduce_sum
         )
@@ -405,14 +422,11 @@ class Muon(Optimizer):
             w.copy_(tmp.view(w.shape))
 
         if self.introspect:
-            for i, (p, st) in enumerate(zip(params, states)):
-                entry = {"pre_orth": U_full[i], "post_orth": O_full[i], "nonfinite_skips": st["nonfinite_skips"].clone()}
+            for i, (pre, post) in introspected.items():
+                p, st = params[i], states[i]
+                entry = {"pre_orth": pre, "post_orth": post, "nonfinite_skips": st["nonfinite_skips"].clone()}
                 entry.update({k: v[i] for k, v in extra.items()})
                 self.last_internals[p] = entry
-
-    def _owned_state_keys(self) -> tuple[str, ...]:
-        """State entries only the owner rank can compute (gathered after a round-robin step)."""
-        return ()
 
     # Hooks that NorMuon overrides ------------------------------------------------
     def _init_extra_state(self, p: Tensor, state: dict[str, Any], rows: int, cols: int) -> None:

@@ -174,9 +174,6 @@ class NorMuon(Muon):
         for group in self.param_groups:
             group.setdefault("beta2", 0.95)
 
-    def _owned_state_keys(self) -> tuple[str, ...]:
-        return ("v",)
-
     def _init_extra_state(self, p: Tensor, state: dict[str, Any], rows: int, cols: int) -> None:
         state["v"] = torch.zeros(rows, dtype=torch.promote_types(p.dtype, torch.float32), device=p.device)
 

@@ -63,13 +63,25 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             dist_params, dist_opt = _build(cls, distributed=True)
             ref_params, ref_opt = _build(cls, distributed=False)
             g = torch.Generator().manual_seed(1)  # same on both ranks: the DDP-averaged gradient
+            gathers = {"n": 0}
+            real_all_gather = dist.all_gather
+
+            def counting(*args, **kwargs):
+                gathers["n"] += 1
+                return real_all_gather(*args, **kwargs)
+
             for _ in range(3):
                 for p, q in zip(dist_params, ref_params):
                     grad = torch.randn(p.shape, generator=g)
                     p.grad, q.grad = grad.clone(), grad.clone()
-                dist_opt.step()
+                dist.all_gather = counting
+                try:
+                    dist_opt.step()
+                finally:
+                    dist.all_gather = real_all_gather
                 ref_opt.step()
             results[cls.__name__] = {
+                "all_gathers_per_step": gathers["n"] / 3,
                 "max_diff": max((p - q).abs().max().item() for p, q in zip(dist_params, ref_params)),
                 "with_state": sorted(i for i, p in enumerate(dist_params[:-1]) if "momentum_buffer" in dist_opt.state[p]),
                 "introspected": sorted(i for i, p in enumerate(dist_params) if p in dist_opt.last_internals),
@@ -183,6 +195,8 @@ def test_round_robin_and_fsdp2_equal_single_process(tmp_path: Path) -> None:
         assert r0[name]["with_state"] == r1[name]["with_state"] == list(range(len(SHAPES)))
         # saved on rank 0 only, loaded on both ranks: continues exactly like the uninterrupted run
         assert r0[name]["resume_diff"] < DIST_ATOL and r1[name]["resume_diff"] < DIST_ATOL
+        # every bucket's NS outputs (and NorMuon's v, recomputed from them) in one collective per step
+        assert r0[name]["all_gathers_per_step"] == r1[name]["all_gathers_per_step"] == 1
 
 
     for name, local_rows in (("Muon", (4, 3)), ("NorMuon", (4, 3))):

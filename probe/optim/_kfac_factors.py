@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from probe.optim.layouts import is_in_out_linear
+
 
 def _conv_padding(module: nn.Conv2d) -> tuple[int, int] | None:
     """Integer padding of a conv, or ``None`` when it cannot be expressed symmetrically."""
@@ -54,7 +56,7 @@ def supports_module(module: nn.Module) -> bool:
     Grouped/depthwise convs and non-zero padding modes are left out: their weight gradient is not a
     single Kronecker-factored matrix product over unfolded patches.
     """
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear) or is_in_out_linear(module):  # transformers' Conv1D (GPT-2) too
         return True
     if isinstance(module, nn.Conv2d):
         return module.groups == 1 and module.padding_mode == "zeros" and _conv_padding(module) is not None
@@ -96,6 +98,11 @@ class KroneckerLayer:
     def is_conv(self) -> bool:
         return isinstance(self.module, nn.Conv2d)
 
+    @property
+    def in_out(self) -> bool:
+        """Weight stored (in, out) (transformers' ``Conv1D``): y = x W + b, a Linear with W transposed."""
+        return is_in_out_linear(self.module)
+
     def reset(self) -> None:
         self.a_sum = None
         self.a_rows = 0
@@ -109,11 +116,11 @@ class KroneckerLayer:
     # ------------------------------------------------------------------ shapes
     def a_dim(self) -> int:
         w = self.weight
-        n = w[0].numel()
+        n = w.shape[0] if self.in_out else w[0].numel()
         return n + (1 if self.bias is not None else 0)
 
     def g_dim(self) -> int:
-        return self.weight.shape[0]
+        return self.weight.shape[1] if self.in_out else self.weight.shape[0]
 
     def max_dim(self) -> int:
         """The larger Kronecker factor's side (what ``max_factor_dim`` caps)."""
@@ -264,7 +271,7 @@ class KroneckerLayer:
         """The current ``.grad`` of weight (and bias) as one (d_out, a_dim) matrix."""
         w = self.weight
         assert w.grad is not None
-        gm = w.grad.reshape(w.shape[0], -1).to(self.factor_dtype)
+        gm = (w.grad.T if self.in_out else w.grad.reshape(w.shape[0], -1)).to(self.factor_dtype)
         b = self.bias
         if b is not None:
             bg = b.grad if b.grad is not None else torch.zeros_like(b)
@@ -275,9 +282,12 @@ class KroneckerLayer:
         """Write a (d_out, a_dim) matrix back into ``.grad`` of weight and bias."""
         w = self.weight
         b = self.bias
-        nw = w[0].numel()
+        nw = self.a_dim() - (1 if b is not None else 0)
         assert w.grad is not None
-        w.grad.copy_(mat[:, :nw].reshape(w.shape))
+        if self.in_out:
+            w.grad.copy_(mat[:, :nw].T)
+        else:
+            w.grad.copy_(mat[:, :nw].reshape(w.shape))
         if b is not None and b.grad is not None:
             b.grad.copy_(mat[:, nw])
 

@@ -100,9 +100,10 @@ def _check_interval(name: str, value: Any) -> None:
 class KFAC(Optimizer):
     r"""K-FAC with eigendecomposed Kronecker factors, exact Tikhonov damping, KL clipping and SGD momentum.
 
-    For every ``nn.Linear`` and ``nn.Conv2d`` (groups=1, zero padding) of ``model`` the layer's Fisher
-    block is approximated by :math:`A \otimes G` (A: input/patch second moment with a homogeneous
-    coordinate for the bias, G: output-gradient second moment). Each step:
+    For every ``nn.Linear``, transformers' ``Conv1D`` (GPT-2's (in, out) weights) and ``nn.Conv2d``
+    (groups=1, zero padding) of ``model`` the layer's Fisher block is approximated by :math:`A \otimes G`
+    (A: input/patch second moment with a homogeneous coordinate for the bias, G: output-gradient second
+    moment). Each step:
 
     1. On factor-update steps (every ``factor_update_interval``), the statistics captured by the hooks
        during the preceding forward/backward update ``A, G`` by an EMA,
@@ -285,8 +286,24 @@ class KFAC(Optimizer):
         for pattern in exclude:
             if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
                 raise ValueError(f"Invalid exclude: {pattern!r} matches no module of the model")
+        # nn.MultiheadAttention uses out_proj.weight inside F.multi_head_attention_forward, never calling
+        # out_proj's forward: its hooks would not fire and its "factors" would stay the identity.
+        mha_out = {f"{name}.out_proj" for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
         for name, module in model.named_modules():
-            if not (supports_module(module) and id(module.weight) in optimised):
+            if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None \
+                    and id(module.in_proj_weight) in optimised:
+                self._skip(name, "nn.MultiheadAttention's packed in_proj_weight has no hookable forward")
+            weight = getattr(module, "weight", None)
+            if not (isinstance(weight, Tensor) and id(weight) in optimised):
+                continue
+            if name in mha_out:
+                self._skip(name, "nn.MultiheadAttention's out_proj is applied without its forward (no hooks)")
+                continue
+            if not supports_module(module):
+                # A conv KFAC has no factors for (Conv1d/Conv3d, grouped, padding modes): say so, never
+                # silently SGD. Embeddings and norms take the SGD step by design (see above).
+                if isinstance(module, nn.modules.conv._ConvNd):
+                    self._skip(name, f"{type(module).__name__} is not supported (Linear, Conv1D and Conv2d are)")
                 continue
             w = module.weight
             dtype = factor_dtype or torch.promote_types(w.dtype, torch.float32)
@@ -297,15 +314,19 @@ class KFAC(Optimizer):
             elif max_factor_dim is not None and layer.max_dim() > max_factor_dim:
                 reason = f"factor dimension {layer.max_dim()} > max_factor_dim {max_factor_dim}"
             if reason is not None:
-                self.skipped_layers[name] = reason
-                self.events.append({
-                    "key": "kfac_layer_skipped", "layer": name, "step": 0,
-                    "message": f"{type(self).__name__} does not precondition {name!r} ({reason}); "
-                               "it takes the SGD-momentum step with its plain gradient",
-                })
+                self._skip(name, reason)
                 continue
             self._layers.append(layer)
             self._handles.append(module.register_forward_hook(self._make_forward_hook(layer)))
+
+    def _skip(self, name: str, reason: str) -> None:
+        """Record a layer that is not preconditioned (once, at construction)."""
+        self.skipped_layers[name] = reason
+        self.events.append({
+            "key": "kfac_layer_skipped", "layer": name, "step": 0,
+            "message": f"{type(self).__name__} does not precondition {name!r} ({reason}); "
+                       "it takes the SGD-momentum step with its plain gradient",
+        })
 
     # ------------------------------------------------------------------ public helpers
     @property

@@ -181,3 +181,64 @@ def test_tf32_option_is_scoped_and_equal_on_cpu() -> None:
         assert torch.backends.cuda.matmul.allow_tf32 == flag  # restored after every step
     for a, b in zip(*outs):
         assert torch.equal(a, b)  # TF32 only affects CUDA matmuls
+
+
+class LocalConv1D(nn.Module):
+    """transformers' Conv1D re-stated (weight (in, nf), y = x @ W + b), as GPT-2 uses it."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.3)
+        self.bias = nn.Parameter(torch.randn(nf) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.addmm(self.bias, x.reshape(-1, x.size(-1)), self.weight)
+        return out.view(*x.shape[:-1], self.nf)
+
+
+LocalConv1D.__name__ = "Conv1D"
+
+
+@pytest.mark.parametrize("cls", [KFAC, FOP])
+def test_conv1d_in_out_weights_are_preconditioned_like_the_transposed_linear(cls: type[KFAC]) -> None:
+    torch.manual_seed(0)
+    conv = nn.Sequential(LocalConv1D(5, 6), nn.Tanh(), LocalConv1D(3, 5)).double()
+    lin = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    with torch.no_grad():
+        for c, l in ((conv[0], lin[0]), (conv[2], lin[2])):
+            l.weight.copy_(c.weight.T)
+            l.bias.copy_(c.bias)
+    opts = [cls(m, lr=0.1, inv_update_interval=1, factor_update_interval=1) for m in (conv, lin)]
+    assert opts[0].layers == ["0", "2"] and not opts[0].skipped_layers
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        x = torch.randn(8, 4, 6, generator=gen, dtype=torch.float64)  # (batch, seq, in): GPT-2's input
+        y = torch.randint(0, 3, (32,), generator=gen)
+        for m, o in zip((conv, lin), opts):
+            o.zero_grad()
+            F.cross_entropy(m(x).reshape(-1, 3), y).backward()
+            o.step()
+    for c, l in ((conv[0], lin[0]), (conv[2], lin[2])):
+        torch.testing.assert_close(c.weight.T, l.weight, atol=1e-12, rtol=0)
+        torch.testing.assert_close(c.bias, l.bias, atol=1e-12, rtol=0)
+    assert opts[0].state[conv[0].weight]["G"].shape == (5, 5)  # out-features side
+
+
+def test_unsupported_matrix_layers_are_named_once_never_silently_sgd() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = nn.Conv1d(2, 3, 3)
+            self.c3 = nn.Conv3d(2, 2, 1)
+            self.dw = nn.Conv2d(4, 4, 3, groups=4)
+            self.attn = nn.MultiheadAttention(8, 2)
+            self.fc = nn.Linear(8, 2)
+            self.norm = nn.LayerNorm(8)
+
+    opt = KFAC(Net())
+    assert opt.layers == ["fc"]
+    assert set(opt.skipped_layers) == {"c1", "c3", "dw", "attn", "attn.out_proj"}
+    assert "Conv1d is not supported" in opt.skipped_layers["c1"]
+    assert "out_proj" in opt.skipped_layers["attn.out_proj"]
+    assert sorted(e["layer"] for e in opt.events) == sorted(opt.skipped_layers)  # once each; norms are not matrices

@@ -242,3 +242,27 @@ def test_unsupported_matrix_layers_are_named_once_never_silently_sgd() -> None:
     assert "Conv1d is not supported" in opt.skipped_layers["c1"]
     assert "out_proj" in opt.skipped_layers["attn.out_proj"]
     assert sorted(e["layer"] for e in opt.events) == sorted(opt.skipped_layers)  # once each; norms are not matrices
+
+
+@pytest.mark.parametrize("cls", [KFAC, FOP])
+def test_gpt2_from_transformers_preconditions_its_conv1d_and_skips_the_tied_head(cls: type[KFAC]) -> None:
+    pytest.importorskip("transformers")
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=5000, n_positions=16))
+    model.config.use_cache = False
+    opt = cls(model, lr=0.01, inv_update_interval=1, factor_update_interval=1)
+    assert set(opt.layers) == {"transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj",
+                               "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"}
+    assert "lm_head" in opt.skipped_layers  # 5000 > 4096 (its weight is tied to wte)
+    c_fc = model.transformer.h[0].mlp.c_fc
+    before = c_fc.weight.detach().clone()
+    ids = torch.randint(0, 5000, (2, 8), generator=torch.Generator().manual_seed(0))
+    for _ in range(2):
+        opt.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+    st = opt.state[c_fc.weight]
+    assert st["A"].shape == (33, 33) and st["G"].shape == (128, 128)  # in + bias, out
+    assert not torch.equal(c_fc.weight, before) and torch.isfinite(c_fc.weight).all()

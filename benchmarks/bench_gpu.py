@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import probe
+from bench_probe import GPT, Block, GPTConfig  # the same GPT-2-shaped model as the probe benchmark
 from probe.data.infobatch import InfoBatch
 from probe.diagnostics.spectra import exact_spectra
 from probe.optim import FOP, KFAC, Muon, NorMuon
@@ -52,56 +53,14 @@ OUT_DIR = Path(__file__).resolve().parent / "out"
 
 
 @dataclass(frozen=True)
-class Shapes:
-    vocab: int
-    seq: int
-    d: int
-    layers: int
-    heads: int
-    batch: int
-    repeats: int  # timed repetitions per measurement
+class Shapes(GPTConfig):
+    """The probe benchmark's GPT shape plus how many timed repetitions each measurement takes."""
+
+    repeats: int = 20
 
 
 GPT2 = Shapes(vocab=50_257, seq=1024, d=768, layers=12, heads=12, batch=8, repeats=20)
 QUICK = Shapes(vocab=96, seq=16, d=32, layers=2, heads=2, batch=2, repeats=2)
-
-
-class Block(nn.Module):
-    """GPT-2 block (nn.Linear layout, pre-norm, 4x GELU MLP)."""
-
-    def __init__(self, s: Shapes) -> None:
-        super().__init__()
-        self.heads = s.heads
-        self.ln1 = nn.LayerNorm(s.d)
-        self.qkv = nn.Linear(s.d, 3 * s.d)
-        self.proj = nn.Linear(s.d, s.d)
-        self.ln2 = nn.LayerNorm(s.d)
-        self.fc = nn.Linear(s.d, 4 * s.d)
-        self.out = nn.Linear(4 * s.d, s.d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
-        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
-        x = x + self.proj(y)
-        return x + self.out(F.gelu(self.fc(self.ln2(x))))
-
-
-class GPT(nn.Module):
-    def __init__(self, s: Shapes) -> None:
-        super().__init__()
-        self.tok = nn.Embedding(s.vocab, s.d)
-        self.pos = nn.Embedding(s.seq, s.d)
-        self.blocks = nn.ModuleList(Block(s) for _ in range(s.layers))
-        self.ln = nn.LayerNorm(s.d)
-        self.head = nn.Linear(s.d, s.vocab, bias=False)
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.ln(x))
 
 
 class Timer:

@@ -108,6 +108,15 @@ def muon_momentum_(G: Tensor, bufs: list[Tensor], ok: Tensor, *, momentum: float
     return G
 
 
+def _init_adamw_state(st: dict[str, Any], like: Tensor) -> None:
+    """AdamW state of a non-matrix parameter (``like``: the parameter, or its local shard)."""
+    if "step" not in st:
+        st["step"] = torch.zeros((), dtype=torch.float32, device=like.device)
+        st["exp_avg"] = torch.zeros_like(like, memory_format=torch.preserve_format)
+        st["exp_avg_sq"] = torch.zeros_like(like, memory_format=torch.preserve_format)
+        st["nonfinite_skips"] = torch.zeros((), dtype=torch.int64, device=like.device)
+
+
 @dataclass
 class _Bucket:
     """A same-shape bucket between :meth:`Muon._prepare_bucket` and :meth:`Muon._apply_bucket`."""
@@ -477,12 +486,7 @@ class Muon(Optimizer):
         beta1, beta2 = group["betas"]
         buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
         for p in params:
-            st = self.state[p]
-            if "step" not in st:
-                st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                st["nonfinite_skips"] = torch.zeros((), dtype=torch.int64, device=p.device)
+            _init_adamw_state(self.state[p], p)
             buckets.setdefault((p.device, p.dtype), []).append(p)
         for bucket in buckets.values():
             states = [self.state[p] for p in bucket]
@@ -519,11 +523,7 @@ class Muon(Optimizer):
             w = p.to_local() if sharded else p
             grad = p.grad.to_local() if sharded else p.grad
             st = self.state[p]
-            if "step" not in st:
-                st["step"] = torch.zeros((), dtype=torch.float32, device=w.device)
-                st["exp_avg"] = torch.zeros_like(w, memory_format=torch.preserve_format)
-                st["exp_avg_sq"] = torch.zeros_like(w, memory_format=torch.preserve_format)
-                st["nonfinite_skips"] = torch.zeros((), dtype=torch.int64, device=w.device)
+            _init_adamw_state(st, w)
             if sharded:
                 by_mesh.setdefault(id(p.device_mesh), []).append(len(items))
             items.append((p, w, grad, st, torch.isfinite(grad).all()))

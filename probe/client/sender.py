@@ -59,8 +59,10 @@ class CudaOrder:
     producer. Without CUDA (torch not imported or CUDA never initialised) ``note`` returns at once.
     """
 
-    def __init__(self) -> None:
-        self._marks: deque[tuple[Any, Any]] = deque()
+    def __init__(self, maxlen: int | None = None) -> None:
+        # At most one mark per queued record, so the queue's bound is theirs: when the queue drops its
+        # oldest records, the marks of the newest ones (which cover older work on the same stream) stay.
+        self._marks: deque[tuple[Any, Any]] = deque(maxlen=maxlen)
 
     def note(self, values: Iterable[Any]) -> None:
         """Training thread: mark the current stream of each CUDA device among ``values``."""
@@ -145,7 +147,7 @@ class Sender:
         self._backoff = Backoff(config.backoff_base, config.backoff_max)
 
         self.queue: deque[Record] = deque(maxlen=config.queue_size)
-        self.cuda_order = CudaOrder()
+        self.cuda_order = CudaOrder(config.queue_size)
         self.high_water = max(1, config.queue_size // 2)
         self.wake = threading.Event()
         self._closing = threading.Event()

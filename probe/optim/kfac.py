@@ -277,7 +277,7 @@ class KFAC(Optimizer):
         self._handles: list[RemovableHandle] = []
         self._tf32 = tf32
         self._nus: list[Tensor] = []
-        #: Supported layers that are not preconditioned, by module name, with the reason.
+        #: Matrix layers that are not preconditioned (too large, excluded, unsupported), by name, with the reason.
         self.skipped_layers: dict[str, str] = {}
         #: Pending events for the probe (see the class docstring); the caller may clear the list.
         self.events: list[dict[str, Any]] = []

@@ -54,7 +54,7 @@ class CudaOrder:
     The sender copies tensors on its own thread's current stream; a value computed on another stream
     (a side stream, or any stream the training thread made current) could be read before it is
     written. ``note`` records a CUDA event on the producer's current stream at ``log()`` time (no host
-    sync) *before* the record is queued; the sender takes the queue, then ``wait``\ s on every event
+    sync) *before* the record is queued; the sender takes the queue, then waits (``wait``) on every event
     noted so far (``Stream.wait_event``: device-side, no host sync), so each copy is ordered after its
     producer. Without CUDA (torch not imported or CUDA never initialised) ``note`` returns at once.
     """

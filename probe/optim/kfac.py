@@ -173,7 +173,7 @@ class KFAC(Optimizer):
         max_factor_dim: layers whose larger factor side (``in_features`` + bias or ``out_features``) exceeds
             this are not preconditioned (default :data:`DEFAULT_MAX_FACTOR_DIM` = 4096; ``None``: no cap).
             A vocabulary head (GPT-2: 50,257) would need a 10 GB factor and an eigh that does not finish.
-            Such layers, and the ``exclude``\ d ones, are stepped by the SGD-momentum base step with
+            Such layers, and the excluded ones, are stepped by the SGD-momentum base step with
             their plain gradient, listed in :attr:`skipped_layers` and announced once in :attr:`events`.
         exclude: module names (``fnmatch`` patterns, e.g. ``"lm_head"`` or ``"*.attn.*"``) not to
             precondition; a pattern that matches no module raises ``ValueError``.

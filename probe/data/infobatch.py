@@ -301,8 +301,8 @@ class InfoBatch(Sampler[int]):
 
         Losses on a GPU are scored on the GPU (copied back when the next epoch is planned), so a
         single-process ``update`` never waits for the device, provided ``indices`` are the loader's CPU
-        tensor (CUDA indices are copied to the host for their range check). Under DDP the all-gather of
-        the batch sizes still waits once per step.
+        tensor (CUDA indices are copied to the host for their range check). Under DDP, reading the
+        gathered batch sizes (ranks' last batches may differ) still waits once per step.
         """
         idx = self._check_indices(indices)
         self._check_losses(losses, idx.numel())
@@ -616,5 +616,6 @@ def _all_gather_pairs(
     packed[1, : idx.numel()] = losses.to(torch.float64)
     parts = [torch.empty_like(packed) for _ in range(world)]
     dist.all_gather(parts, packed, group=group)
-    flat = torch.cat([p[:, :c] for p, c in zip(parts, counts)], dim=1).cpu()
+    # Left on the losses' device: CUDA scores are then recorded on the device like single-process ones.
+    flat = torch.cat([p[:, :c] for p, c in zip(parts, counts)], dim=1)
     return flat[0].to(torch.int64), flat[1]

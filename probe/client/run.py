@@ -134,6 +134,7 @@ class Run:
         assert q is not None
         if len(q) >= self._maxlen:
             self._queue_full()
+        self._sender.cuda_order.note(metrics.values())  # type: ignore[union-attr]
         q.append((SCALARS, dict(metrics), step, _time()))
         if len(q) >= self._high_water:
             self._sender.wake.set()  # type: ignore[union-attr]
@@ -150,6 +151,7 @@ class Run:
         try:
             if len(q) >= self._maxlen:
                 self._queue_full()
+            self._sender.cuda_order.note((values,))  # type: ignore[union-attr]
             q.append((ARRAY, key, values, step, layer, _time()))
         except Exception as exc:  # noqa: BLE001
             self._log_failed("run.log_array", exc)

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from probe.client import protocol
 from probe.client.batching import BatchBuilder, Record
@@ -45,6 +46,45 @@ REPLAY_BUDGET_S = 0.25
 new records keep moving to disk instead of piling up in memory."""
 
 _AUTH_STATUSES = (401, 403)
+
+
+class CudaOrder:
+    """Orders the sender thread's device-to-host copies after the streams that produced logged tensors.
+
+    The sender copies tensors on its own thread's current stream; a value computed on another stream
+    (a side stream, or any stream the training thread made current) could be read before it is
+    written. ``note`` records a CUDA event on the producer's current stream at ``log()`` time (no host
+    sync) *before* the record is queued; the sender takes the queue, then waits (``wait``) on every event
+    noted so far (``Stream.wait_event``: device-side, no host sync), so each copy is ordered after its
+    producer. Without CUDA (torch not imported or CUDA never initialised) ``note`` returns at once.
+    """
+
+    def __init__(self, maxlen: int | None = None) -> None:
+        # At most one mark per queued record, so the queue's bound is theirs: when the queue drops its
+        # oldest records, the marks of the newest ones (which cover older work on the same stream) stay.
+        self._marks: deque[tuple[Any, Any]] = deque(maxlen=maxlen)
+
+    def note(self, values: Iterable[Any]) -> None:
+        """Training thread: mark the current stream of each CUDA device among ``values``."""
+        torch = sys.modules.get("torch")
+        if torch is None or not torch.cuda.is_initialized():
+            return
+        devices = {v.device for v in values if isinstance(v, torch.Tensor) and v.is_cuda}
+        for device in devices:
+            stream = torch.cuda.current_stream(device)
+            event = torch.cuda.Event()
+            event.record(stream)
+            self._marks.append((device, event))
+
+    def wait(self) -> None:
+        """Sender thread: make its current streams wait for every event noted until now."""
+        n = len(self._marks)
+        if not n:
+            return
+        torch = sys.modules["torch"]
+        for _ in range(n):
+            device, event = self._marks.popleft()
+            torch.cuda.current_stream(device).wait_event(event)
 
 
 class _StopReplay(Exception):
@@ -107,6 +147,7 @@ class Sender:
         self._backoff = Backoff(config.backoff_base, config.backoff_max)
 
         self.queue: deque[Record] = deque(maxlen=config.queue_size)
+        self.cuda_order = CudaOrder(config.queue_size)
         self.high_water = max(1, config.queue_size // 2)
         self.wake = threading.Event()
         self._closing = threading.Event()
@@ -250,6 +291,7 @@ class Sender:
             n = len(self.queue)
             if n:
                 records = [self.queue.popleft() for _ in range(n)]
+                self.cuda_order.wait()  # after taking the records: covers every event noted for them
                 for batch in self.builder.build(records):
                     try:
                         handle(batch)

@@ -192,6 +192,9 @@ class InfoBatch(Sampler[int]):
         self._ledger: list[EpochStats] = []
         self.logged_epochs: set[int] = set()
         """Ledger epochs a Monitor has already logged; saved in the state so a resumed run does not log them again."""
+        # Scores recorded from accelerator losses stay on that device until an epoch is planned (or the
+        # scores are read): ``update`` then never waits for the device. See ``_record_on_device``.
+        self._dev: dict[str, torch.Tensor] | None = None
         self._plan(0)
 
     # ------------------------------------------------------------------ public properties
@@ -217,7 +220,11 @@ class InfoBatch(Sampler[int]):
 
     @property
     def nonfinite_count(self) -> int:
-        """Non-finite losses received so far (all ranks); their samples kept their previous score."""
+        """Non-finite losses received so far (all ranks); their samples kept their previous score.
+
+        With losses on an accelerator the count lives on the device until read: reading it waits for it.
+        """
+        self._collect_device_scores()
         return self._nonfinite
 
     @property
@@ -232,11 +239,13 @@ class InfoBatch(Sampler[int]):
     @property
     def scores(self) -> torch.Tensor:
         """Read-only copy of the per-sample scores (most recent finite loss; 0 where never scored)."""
+        self._collect_device_scores()
         return self._scores.clone()
 
     @property
     def scored(self) -> torch.Tensor:
         """Copy of the mask of samples that have a recorded score."""
+        self._collect_device_scores()
         return self._scored.clone()
 
     @property
@@ -295,6 +304,11 @@ class InfoBatch(Sampler[int]):
         Raises:
             ValueError: If ``indices`` or ``losses`` has the wrong shape, type or range.
             RuntimeError: With ``num_replicas > 1`` but no initialised process group.
+
+        Losses on a GPU are scored on the GPU (copied back when the next epoch is planned), so a
+        single-process ``update`` never waits for the device, provided ``indices`` are the loader's CPU
+        tensor (CUDA indices are copied to the host for their range check). Under DDP, reading the
+        gathered batch sizes (ranks' last batches may differ) still waits once per step.
         """
         idx = self._check_indices(indices)
         self._check_losses(losses, idx.numel())
@@ -315,6 +329,7 @@ class InfoBatch(Sampler[int]):
 
         Scores are global, so rank 0's state can be loaded on every rank (and with another world size).
         """
+        self._collect_device_scores()
         return {
             "version": 1,
             "num_samples": self.num_samples,
@@ -360,10 +375,12 @@ class InfoBatch(Sampler[int]):
         self._nonfinite = int(state["nonfinite"])
         self._ledger = [EpochStats.from_dict(r) for r in state["ledger"]]
         self.logged_epochs = {int(e) for e in state.get("logged_epochs", ())}  # absent in older checkpoints
+        self._dev = None  # the loaded CPU scores are the truth; a device copy is made again when needed
 
     # ------------------------------------------------------------------ internals
     def _plan(self, epoch: int) -> None:
         """Draw epoch ``epoch``: weights, global order, this rank's shard, and the ledger record."""
+        self._collect_device_scores()
         n = self.num_samples
         gen = torch.Generator().manual_seed(_mix(self._base_seed, epoch))
         annealing = epoch >= self.prune_epochs
@@ -468,6 +485,9 @@ class InfoBatch(Sampler[int]):
                     "initialised: scores cannot be gathered, and ranks would prune different sets"
                 )
             idx, losses = _all_gather_pairs(idx, losses, self.process_group)
+        if losses.device.type != "cpu":
+            self._record_on_device(idx, losses)
+            return
         vals = losses.to(device="cpu", dtype=torch.float32)
         finite = torch.isfinite(vals)
         bad = int(finite.numel() - finite.sum())
@@ -477,6 +497,40 @@ class InfoBatch(Sampler[int]):
         self._scores[idx] = vals
         self._scored[idx] = True
         self._samples_seen += int(finite.numel())
+
+    def _record_on_device(self, idx: torch.Tensor, losses: torch.Tensor) -> None:
+        """Scatter the batch's finite losses into a device copy of the scores: no host sync.
+
+        The device copy (scores, scored mask, non-finite count) is made from the CPU state at the first
+        accelerator update and copied back once, by :meth:`_collect_device_scores`, when the next epoch
+        is planned or the scores are read. ``idx`` is on the CPU (validated there) and is copied to the
+        device without waiting.
+        """
+        device = losses.device
+        dev = self._dev
+        if dev is None or dev["scores"].device != device:
+            self._collect_device_scores()
+            dev = self._dev = {
+                "scores": self._scores.to(device), "scored": self._scored.to(device),
+                "nonfinite": torch.zeros((), dtype=torch.int64, device=device),
+            }
+        i = idx.to(device=device, non_blocking=True)
+        vals = losses.to(torch.float32)
+        finite = torch.isfinite(vals)
+        dev["scores"].index_put_((i,), torch.where(finite, vals, dev["scores"][i]))
+        dev["scored"].index_put_((i,), finite | dev["scored"][i])
+        dev["nonfinite"] += (~finite).sum()
+        self._samples_seen += int(finite.numel())  # the batch size: known on the host
+
+    def _collect_device_scores(self) -> None:
+        """Copy scores recorded on a device back to the CPU state (one sync, at epoch planning)."""
+        dev = self._dev
+        if dev is None:
+            return
+        self._scores = dev["scores"].cpu()
+        self._scored = dev["scored"].cpu()
+        self._nonfinite += int(dev["nonfinite"])
+        dev["nonfinite"].zero_()
 
     def _check_indices(self, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
         idx = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(indices)
@@ -570,5 +624,6 @@ def _all_gather_pairs(
     packed[1, : idx.numel()] = losses.to(torch.float64)
     parts = [torch.empty_like(packed) for _ in range(world)]
     dist.all_gather(parts, packed, group=group)
-    flat = torch.cat([p[:, :c] for p, c in zip(parts, counts)], dim=1).cpu()
+    # Left on the losses' device: CUDA scores are then recorded on the device like single-process ones.
+    flat = torch.cat([p[:, :c] for p, c in zip(parts, counts)], dim=1)
     return flat[0].to(torch.int64), flat[1]

@@ -2,17 +2,20 @@
 
 Round-robin ownership (ALGORITHMS.md §1.5, §2.5, Keller's ``Muon``): gradients are already averaged
 (DDP), so every rank could compute every update; instead each matrix has one *owner* rank that runs
-momentum, Newton–Schulz (and NorMuon's v) for it, applies the update, and then the updated weights
-are all-gathered so every replica holds the same values.
+Newton–Schulz for it, the NS outputs are all-gathered, and every rank applies every update.
 
 Details and decisions:
 * Ownership: inside a group the matrices are bucketed by (shape, dtype, device) in parameter order;
   matrix i of the running sequence over buckets is owned by rank i mod world_size. A rank's share of a
   bucket is still orthogonalized by one batched NS. Buckets are balanced to within one matrix per rank.
-* State (momentum, v, nonfinite_skips) exists only on the owner, as in Keller's and the official
-  NorMuon's DDP classes: each rank's ``state_dict()`` holds its own share; save every rank's.
-* One ``all_gather`` per bucket of a (ceil(B/W), m, n) tensor (padded), so the gather is one collective
-  per distinct shape rather than per matrix.
+* State is FULL on every rank (unlike Keller's and the official NorMuon's DDP classes, which keep
+  each matrix's state on its owner only): every rank advances every matrix's momentum (elementwise on
+  the already averaged gradient, bitwise the same on all ranks), the skip counters and, from the
+  gathered NS outputs, NorMuon's v. So ``state_dict()`` on rank 0 -- what HF Trainer and Lightning
+  save -- resumes exactly when loaded on every rank. Cost: the elementwise update work of every matrix
+  on every rank, and a full-size momentum buffer per rank (as plain Muon has).
+* ONE ``all_gather`` per step (per NS dtype and device) of every bucket's NS outputs, packed flat in
+  NS's working dtype: bf16 on CUDA, half the traffic of gathering fp32 weights, and lossless.
 * All ranks must see the same parameters with gradients (true under DDP); a parameter whose grad is
   None on every rank is skipped everywhere.
 * ``introspect`` fills ``last_internals`` for the owned matrices only.
@@ -51,6 +54,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from probe.optim._orthogonalize import default_ns_dtype
+
 if TYPE_CHECKING:
     from probe.optim.muon import Muon
 
@@ -81,33 +86,70 @@ def owner_of(index: int, world_size: int) -> int:
 def step_buckets_round_robin(
     opt: Muon, group: dict[str, Any], buckets: Sequence[Sequence[Tensor]], process_group: Any = None
 ) -> None:
-    """Update the owned matrices of every bucket, then all-gather the new weights bucket by bucket."""
+    """NS on the owned matrices of every bucket, ONE all-gather of the NS outputs, then every rank
+    applies every update.
+
+    Every rank advances every matrix's momentum (elementwise on the averaged gradient, identical on
+    all ranks); only Newton–Schulz, the expensive part, is split. The NS outputs of all buckets are
+    packed into one flat tensor in NS's working dtype (bf16 on CUDA: half the bytes of fp32 weights,
+    and lossless, since that is the dtype NS produced them in) and gathered by one collective per
+    (dtype, device) -- one per step in practice. Each rank then applies the direction (NorMuon: its v
+    update too) to every matrix, so weights and the full optimizer state agree bitwise on all ranks
+    and ``state_dict()`` on rank 0 resumes everywhere.
+    """
     rank = dist.get_rank(process_group)
     world = dist.get_world_size(process_group)
+    works = [opt._prepare_bucket(group, params) for params in buckets]
+    owned_of: list[list[int]] = []
+    outputs: list[Tensor | None] = []
     offset = 0
-    for params in buckets:
-        count = len(params)
+    for work in works:
+        count = len(work.params)
         first = [(r - offset) % world for r in range(world)]
-        mine = list(params[first[rank] :: world])
+        owned_of.append([list(range(first[r], count, world)) for r in range(world)])
+        mine = owned_of[-1][rank]
         if mine:
-            opt._update_bucket(group, mine)
-        slots = math.ceil(count / world)
-        p0 = params[0]
-        local = torch.zeros((slots, *p0.shape), dtype=p0.dtype, device=p0.device)
-        if mine:
-            local[: len(mine)] = torch.stack([p.detach() for p in mine])
-        gathered = [torch.empty_like(local) for _ in range(world)]
-        dist.all_gather(gathered, local, group=process_group)
-        dst: list[Tensor] = []
-        src: list[Tensor] = []
-        for r in range(world):
-            for j, p in enumerate(params[first[r] :: world]):
-                if r != rank:
-                    dst.append(p.detach())
-                    src.append(gathered[r][j])
-        if dst:
-            torch._foreach_copy_(dst, src)
+            pick = torch.as_tensor(mine, device=work.U.device)
+            outputs.append(opt._ns(group, work.U)(work.U.index_select(0, pick), work.ok.index_select(0, pick)))
+        else:
+            outputs.append(None)
         offset += count
+    # Pack: per (dtype, device), bucket b takes slots_b = ceil(B_b / W) matrices of rows*cols entries.
+    packs: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+    for b, work in enumerate(works):
+        dtype = group["ns_dtype"] or default_ns_dtype(work.U.device, work.U.dtype)
+        packs.setdefault((dtype, work.U.device), []).append(b)
+    gathered_O: list[Tensor] = [torch.empty(0)] * len(works)
+    for (dtype, device), members in packs.items():
+        sizes = [math.ceil(len(works[b].params) / world) * works[b].rows * works[b].cols for b in members]
+        local = torch.zeros(sum(sizes), dtype=dtype, device=device)
+        for b, part in zip(members, torch.split(local, sizes)):
+            out = outputs[b]
+            if out is not None:
+                part[: out.numel()].copy_(out.reshape(-1))
+        parts = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(parts, local, group=process_group)
+        for b, size_start in zip(members, _starts(sizes)):
+            work = works[b]
+            mn = work.rows * work.cols
+            O = torch.empty((len(work.params), work.rows, work.cols), dtype=dtype, device=device)
+            for r in range(world):
+                for j, i in enumerate(owned_of[b][r]):
+                    O[i] = parts[r][size_start + j * mn : size_start + (j + 1) * mn].view(work.rows, work.cols)
+            gathered_O[b] = O
+    for b, work in enumerate(works):
+        mine = owned_of[b][rank]
+        own = outputs[b]
+        introspected = {} if own is None else {i: (work.U[i], own[j]) for j, i in enumerate(mine)}
+        opt._apply_bucket(group, work, gathered_O[b], introspected)
+
+
+def _starts(sizes: Sequence[int]) -> list[int]:
+    out, acc = [], 0
+    for n in sizes:
+        out.append(acc)
+        acc += n
+    return out
 
 
 def is_dtensor(t: Tensor) -> bool:
@@ -196,7 +238,8 @@ def row_shard_of(params: Sequence[Tensor]) -> RowShard:
 
 
 def any_nonfinite_across_mesh(bad: Tensor, p: Tensor) -> Tensor:
-    """OR a 0-d bool over every dim of ``p``'s device mesh (so all shards agree to skip)."""
+    """OR a 0-d (or 1-D, one flag per parameter: a bucketed all-reduce) bool over every dim of ``p``'s device
+    mesh (so all shards agree to skip)."""
     mesh = p.device_mesh  # type: ignore[attr-defined]
     count = bad.to(torch.int32)
     for dim in range(mesh.ndim):

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from probe.optim.layouts import is_in_out_linear
+
 
 def _conv_padding(module: nn.Conv2d) -> tuple[int, int] | None:
     """Integer padding of a conv, or ``None`` when it cannot be expressed symmetrically."""
@@ -54,7 +56,7 @@ def supports_module(module: nn.Module) -> bool:
     Grouped/depthwise convs and non-zero padding modes are left out: their weight gradient is not a
     single Kronecker-factored matrix product over unfolded patches.
     """
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear) or is_in_out_linear(module):  # transformers' Conv1D (GPT-2) too
         return True
     if isinstance(module, nn.Conv2d):
         return module.groups == 1 and module.padding_mode == "zeros" and _conv_padding(module) is not None
@@ -81,6 +83,8 @@ class KroneckerLayer:
     n_first: int = 0
     n_total: int = 0
     cache: dict[str, Any] = field(default_factory=dict)  # derived from the eigenbasis; see KFAC
+    #: dtype of the statistics, factors and eigenbases (fp32 for bf16/fp16/fp32 weights by default).
+    factor_dtype: torch.dtype = torch.float32
 
     @property
     def weight(self) -> nn.Parameter:
@@ -93,6 +97,11 @@ class KroneckerLayer:
     @property
     def is_conv(self) -> bool:
         return isinstance(self.module, nn.Conv2d)
+
+    @property
+    def in_out(self) -> bool:
+        """Weight stored (in, out) (transformers' ``Conv1D``): y = x W + b, a Linear with W transposed."""
+        return is_in_out_linear(self.module)
 
     def reset(self) -> None:
         self.a_sum = None
@@ -107,11 +116,15 @@ class KroneckerLayer:
     # ------------------------------------------------------------------ shapes
     def a_dim(self) -> int:
         w = self.weight
-        n = w[0].numel()
+        n = w.shape[0] if self.in_out else w[0].numel()
         return n + (1 if self.bias is not None else 0)
 
     def g_dim(self) -> int:
-        return self.weight.shape[0]
+        return self.weight.shape[1] if self.in_out else self.weight.shape[0]
+
+    def max_dim(self) -> int:
+        """The larger Kronecker factor's side (what ``max_factor_dim`` caps)."""
+        return max(self.a_dim(), self.g_dim())
 
     # ------------------------------------------------------------------ rows
     def _batched_input(self, x: Tensor) -> Tensor:
@@ -160,9 +173,9 @@ class KroneckerLayer:
                 ``"all"`` accumulates the gradient over every local example (distributed FOP);
                 ``None`` skips it.
         """
-        w = self.weight
-        # Under autocast, activations may be half precision: accumulate in the weight's (wider) dtype.
-        dtype = torch.promote_types(x.dtype, w.dtype)
+        # Statistics accumulate in factor_dtype whatever the weight's or activation's dtype (bf16 weights,
+        # autocast): half-precision sums of squares lose the small eigenvalues, and eigh has no bf16 kernel.
+        dtype = self.factor_dtype
         xb = self._batched_input(x).to(dtype)
         gb = self._batched_grad(g).to(dtype)
         n = xb.shape[0]
@@ -258,20 +271,23 @@ class KroneckerLayer:
         """The current ``.grad`` of weight (and bias) as one (d_out, a_dim) matrix."""
         w = self.weight
         assert w.grad is not None
-        gm = w.grad.reshape(w.shape[0], -1)
+        gm = (w.grad.T if self.in_out else w.grad.reshape(w.shape[0], -1)).to(self.factor_dtype)
         b = self.bias
         if b is not None:
             bg = b.grad if b.grad is not None else torch.zeros_like(b)
-            gm = torch.cat([gm, bg.reshape(-1, 1)], dim=1)
+            gm = torch.cat([gm, bg.reshape(-1, 1).to(self.factor_dtype)], dim=1)
         return gm
 
     def write_grad(self, mat: Tensor) -> None:
         """Write a (d_out, a_dim) matrix back into ``.grad`` of weight and bias."""
         w = self.weight
         b = self.bias
-        nw = w[0].numel()
+        nw = self.a_dim() - (1 if b is not None else 0)
         assert w.grad is not None
-        w.grad.copy_(mat[:, :nw].reshape(w.shape))
+        if self.in_out:
+            w.grad.copy_(mat[:, :nw].T)
+        else:
+            w.grad.copy_(mat[:, :nw].reshape(w.shape))
         if b is not None and b.grad is not None:
             b.grad.copy_(mat[:, nw])
 

@@ -240,24 +240,35 @@ class FOP(KFAC):
             # otherwise g_diff = 0: the KFAC direction
 
     def _dual_all_reduce(self, layers: list[KroneckerLayer]) -> None:
+        """g_1 (mean over even ranks) and g_2 (mean over odd ranks) from ONE signed all-reduce.
+
+        Each rank sends ``+L_r / n_even`` (even ranks) or ``-L_r / n_odd`` (odd ranks) of its local
+        gradient L_r, so the sum is D = g_1 - g_2: one gradient's worth of traffic (sending L_r into a
+        (2, size) buffer, half zeros, sent twice that). The mean M = (S_even + S_odd) / W is the
+        DDP-averaged ``.grad`` already on every rank, so S_odd = n_odd (M - n_even D / W),
+        S_even = W M - S_odd, g_1 = S_even / n_even, g_2 = S_odd / n_odd.
+        """
         group = self._process_group
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         n_even, n_odd = (world + 1) // 2, world // 2
         locals_: list[Tensor] = []
+        means: list[Tensor] = []
         for lay in layers:
             raw = lay.grad_matrix()
+            means.append(raw)
             # The captured sum over all local examples is the local gradient (of the local loss).
             locals_.append(lay.split_dense().to(raw.dtype) if lay.has_split() else torch.zeros_like(raw))
         if not locals_:
             return
         flat = torch.cat([t.reshape(-1) for t in locals_])
-        buf = torch.zeros(2, flat.numel(), dtype=flat.dtype, device=flat.device)
-        buf[rank % 2] = flat
-        dist.all_reduce(buf, group=group)
+        flat *= (1.0 / n_even) if rank % 2 == 0 else (-1.0 / n_odd)
+        dist.all_reduce(flat, group=group)
         sizes = [t.numel() for t in locals_]
-        g1s, g2s = torch.split(buf[0] / n_even, sizes), torch.split(buf[1] / n_odd, sizes)
-        for lay, t, g1, g2 in zip(layers, locals_, g1s, g2s):
-            self._pairs[id(lay)] = ("pair", g1.reshape(t.shape), g2.reshape(t.shape))
+        for lay, t, d, m in zip(layers, locals_, torch.split(flat, sizes), means):
+            d = d.reshape(t.shape)
+            s_odd = (m - d * (n_even / world)) * n_odd
+            s_even = m * world - s_odd
+            self._pairs[id(lay)] = ("pair", s_even / n_even, s_odd / n_odd)
 
     def _layer_direction(self, layer: KroneckerLayer, group: dict[str, Any], damping: float,
                          info: dict[str, Tensor] | None) -> tuple[Tensor, Tensor]:

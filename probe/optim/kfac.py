@@ -8,8 +8,10 @@ The specification is ALGORITHMS.md §3; :mod:`probe.optim.fop` subclasses this c
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 from torch.optim.optimizer import Optimizer, ParamsT
 from torch.utils.hooks import RemovableHandle
 
+from probe.optim._batched_eigh import batched_eigh
 from probe.optim._kfac_factors import (
     KroneckerLayer,
     eigen_denominator,
@@ -29,7 +32,13 @@ from probe.optim._kfac_factors import (
     to_eigenbasis,
 )
 
-__all__ = ["KFAC", "kfac_precondition", "kl_clip_factor", "eigen_denominator", "factored_pi"]
+__all__ = ["KFAC", "kfac_precondition", "kl_clip_factor", "eigen_denominator", "factored_pi", "DEFAULT_MAX_FACTOR_DIM"]
+
+#: Largest Kronecker factor side preconditioned by default. A 4096-wide fp32 factor is 64 MiB (its
+#: eigenbasis as much again) and one eigh takes well under a second on a GPU; GPT-2 small's largest
+#: factors are 3,072 (MLP) and 3,073 (MLP input with bias), so every block is preconditioned while its
+#: 50,257-wide vocabulary head (a 10 GB factor) is not.
+DEFAULT_MAX_FACTOR_DIM: int = 4096
 
 #: A hyperparameter that may change with the step count (kfac-pytorch style).
 FloatOrSchedule = float | Callable[[int], float]
@@ -67,6 +76,20 @@ def _all_finite(tensors: list[Tensor]) -> Tensor:
     return torch.isfinite(sums.sum())
 
 
+@contextlib.contextmanager
+def _tf32_matmuls(enabled: bool) -> Iterator[None]:
+    """Allow TF32 for CUDA fp32 matmuls inside the block only (restored afterwards); no effect on CPU."""
+    if not enabled:
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def _check_interval(name: str, value: Any) -> None:
     if callable(value):
         return
@@ -77,9 +100,10 @@ def _check_interval(name: str, value: Any) -> None:
 class KFAC(Optimizer):
     r"""K-FAC with eigendecomposed Kronecker factors, exact Tikhonov damping, KL clipping and SGD momentum.
 
-    For every ``nn.Linear`` and ``nn.Conv2d`` (groups=1, zero padding) of ``model`` the layer's Fisher
-    block is approximated by :math:`A \otimes G` (A: input/patch second moment with a homogeneous
-    coordinate for the bias, G: output-gradient second moment). Each step:
+    For every ``nn.Linear``, transformers' ``Conv1D`` (GPT-2's (in, out) weights) and ``nn.Conv2d``
+    (groups=1, zero padding) of ``model`` the layer's Fisher block is approximated by :math:`A \otimes G`
+    (A: input/patch second moment with a homogeneous coordinate for the bias, G: output-gradient second
+    moment). Each step:
 
     1. On factor-update steps (every ``factor_update_interval``), the statistics captured by the hooks
        during the preceding forward/backward update ``A, G`` by an EMA,
@@ -146,6 +170,23 @@ class KFAC(Optimizer):
         distributed: ``None`` = all-reduce factors when ``torch.distributed`` is initialised with world size
             > 1; ``False`` = never.
         process_group: process group for the collectives (default: the world group).
+        max_factor_dim: layers whose larger factor side (``in_features`` + bias or ``out_features``) exceeds
+            this are not preconditioned (default :data:`DEFAULT_MAX_FACTOR_DIM` = 4096; ``None``: no cap).
+            A vocabulary head (GPT-2: 50,257) would need a 10 GB factor and an eigh that does not finish.
+            Such layers, and the excluded ones, are stepped by the SGD-momentum base step with
+            their plain gradient, listed in :attr:`skipped_layers` and announced once in :attr:`events`.
+        exclude: module names (``fnmatch`` patterns, e.g. ``"lm_head"`` or ``"*.attn.*"``) not to
+            precondition; a pattern that matches no module raises ``ValueError``.
+        factor_dtype: dtype of the statistics, factors and eigenbases; ``None`` (default) = float32 for
+            bf16/fp16/fp32 weights and float64 for float64 weights. Gradients are preconditioned in this
+            dtype and written back in the parameter's dtype.
+        tf32: allow TF32 tensor cores for the CUDA fp32 factor and projection matmuls (hooks and
+            ``step()``). Default ``False``: exact fp32 (TF32 rounds inputs to a 10-bit mantissa, ~1e-3
+            relative error per product). No effect on CPU.
+
+    Events: :attr:`events` is a list of dicts (``key``, ``message``, ``layer``, ``step``) that the
+    caller (the probe) may drain and log: ``kfac_layer_skipped`` once per skipped layer at construction,
+    ``kfac_eigh_failed`` when a refresh kept a layer's previous eigenbasis because eigh raised.
 
     Hyperparameters live in ``param_groups`` and are read inside ``step()``, so LR (or damping)
     schedulers work. The cadence (intervals) and ``loss_reduction`` are read from the first group.
@@ -182,6 +223,10 @@ class KFAC(Optimizer):
         loss_reduction: Literal["mean", "sum"] = "mean",
         distributed: bool | None = None,
         process_group: Any = None,
+        max_factor_dim: int | None = DEFAULT_MAX_FACTOR_DIM,
+        exclude: Iterable[str] = (),
+        factor_dtype: torch.dtype | None = None,
+        tf32: bool = False,
         _extra_defaults: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -201,6 +246,19 @@ class KFAC(Optimizer):
             raise ValueError(f"Invalid loss_reduction: {loss_reduction!r} (must be 'mean' or 'sum')")
         if distributed not in (None, False, True):
             raise ValueError(f"Invalid distributed: {distributed!r} (must be None, True or False)")
+        if max_factor_dim is not None and (isinstance(max_factor_dim, bool) or not isinstance(max_factor_dim, int)
+                                           or max_factor_dim < 1):
+            raise ValueError(f"Invalid max_factor_dim: {max_factor_dim!r} (must be an int >= 1 or None)")
+        if isinstance(exclude, str):
+            exclude = (exclude,)
+        exclude = tuple(exclude)
+        if not all(isinstance(e, str) for e in exclude):
+            raise ValueError(f"Invalid exclude: {exclude!r} (must be module names or fnmatch patterns)")
+        if factor_dtype is not None and (not isinstance(factor_dtype, torch.dtype) or not factor_dtype.is_floating_point
+                                         or factor_dtype.itemsize < 4):
+            raise ValueError(f"Invalid factor_dtype: {factor_dtype!r} (must be torch.float32, torch.float64 or None)")
+        if not isinstance(tf32, bool):
+            raise ValueError(f"Invalid tf32: {tf32!r} (must be a bool)")
         defaults: dict[str, Any] = dict(
             lr=lr, momentum=momentum, weight_decay=weight_decay, damping=damping, factor_decay=factor_decay,
             kl_clip=kl_clip, factor_update_interval=factor_update_interval,
@@ -217,12 +275,58 @@ class KFAC(Optimizer):
         self._steps = 0
         self._layers: list[KroneckerLayer] = []
         self._handles: list[RemovableHandle] = []
+        self._tf32 = tf32
+        self._nus: list[Tensor] = []
+        #: Matrix layers that are not preconditioned (too large, excluded, unsupported), by name, with the reason.
+        self.skipped_layers: dict[str, str] = {}
+        #: Pending events for the probe (see the class docstring); the caller may clear the list.
+        self.events: list[dict[str, Any]] = []
         optimised = {id(p) for g in self.param_groups for p in g["params"]}
+        names = [name for name, _ in model.named_modules()]
+        for pattern in exclude:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                raise ValueError(f"Invalid exclude: {pattern!r} matches no module of the model")
+        # nn.MultiheadAttention uses out_proj.weight inside F.multi_head_attention_forward, never calling
+        # out_proj's forward: its hooks would not fire and its "factors" would stay the identity.
+        mha_out = {f"{name}.out_proj" for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
         for name, module in model.named_modules():
-            if supports_module(module) and id(module.weight) in optimised:
-                layer = KroneckerLayer(name, module)
-                self._layers.append(layer)
-                self._handles.append(module.register_forward_hook(self._make_forward_hook(layer)))
+            if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None \
+                    and id(module.in_proj_weight) in optimised:
+                self._skip(name, "nn.MultiheadAttention's packed in_proj_weight has no hookable forward")
+            weight = getattr(module, "weight", None)
+            if not (isinstance(weight, Tensor) and id(weight) in optimised):
+                continue
+            if name in mha_out:
+                self._skip(name, "nn.MultiheadAttention's out_proj is applied without its forward (no hooks)")
+                continue
+            if not supports_module(module):
+                # A conv KFAC has no factors for (Conv1d/Conv3d, grouped, padding modes): say so, never
+                # silently SGD. Embeddings and norms take the SGD step by design (see above).
+                if isinstance(module, nn.modules.conv._ConvNd):
+                    self._skip(name, f"{type(module).__name__} is not supported (Linear, Conv1D and Conv2d are)")
+                continue
+            w = module.weight
+            dtype = factor_dtype or torch.promote_types(w.dtype, torch.float32)
+            layer = KroneckerLayer(name, module, factor_dtype=dtype)
+            reason = None
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude):
+                reason = "excluded"
+            elif max_factor_dim is not None and layer.max_dim() > max_factor_dim:
+                reason = f"factor dimension {layer.max_dim()} > max_factor_dim {max_factor_dim}"
+            if reason is not None:
+                self._skip(name, reason)
+                continue
+            self._layers.append(layer)
+            self._handles.append(module.register_forward_hook(self._make_forward_hook(layer)))
+
+    def _skip(self, name: str, reason: str) -> None:
+        """Record a layer that is not preconditioned (once, at construction)."""
+        self.skipped_layers[name] = reason
+        self.events.append({
+            "key": "kfac_layer_skipped", "layer": name, "step": 0,
+            "message": f"{type(self).__name__} does not precondition {name!r} ({reason}); "
+                       "it takes the SGD-momentum step with its plain gradient",
+        })
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -294,7 +398,7 @@ class KFAC(Optimizer):
             x = inputs[0].detach()
 
             def grad_hook(grad: Tensor) -> None:
-                with torch.no_grad():
+                with torch.no_grad(), _tf32_matmuls(self._tf32):
                     layer.capture(x, grad.detach(), factors=factors, split=split)
 
             output.register_hook(grad_hook)
@@ -306,8 +410,8 @@ class KFAC(Optimizer):
         st = self.state[layer.weight]
         if "A" not in st:
             w = layer.weight
-            st["A"] = torch.eye(layer.a_dim(), dtype=w.dtype, device=w.device)
-            st["G"] = torch.eye(layer.g_dim(), dtype=w.dtype, device=w.device)
+            st["A"] = torch.eye(layer.a_dim(), dtype=layer.factor_dtype, device=w.device)
+            st["G"] = torch.eye(layer.g_dim(), dtype=layer.factor_dtype, device=w.device)
         return st
 
     def _update_factors(self, layers: list[KroneckerLayer], grads: list[Tensor],
@@ -337,16 +441,33 @@ class KFAC(Optimizer):
             st["A"] = torch.where(ok, st["A"] * decay + a_hat * (1.0 - decay), st["A"])
             st["G"] = torch.where(ok, st["G"] * decay + g_hat * (1.0 - decay), st["G"])
 
-    @staticmethod
-    def _eigh(mat: Tensor) -> tuple[Tensor, Tensor]:
-        sym = (mat + mat.T) * 0.5
-        evals, evecs = torch.linalg.eigh(sym)
-        return evals.clamp(min=0.0), evecs
+    def _refresh_eigen(self, layers: list[KroneckerLayer]) -> None:
+        """Eigendecompose A and G of ``layers``, batched by size (:func:`batched_eigh`).
 
-    def _refresh_eigen(self, layer: KroneckerLayer) -> None:
-        st = self._layer_state(layer)
-        st["dA"], st["QA"] = self._eigh(st["A"])
-        st["dG"], st["QG"] = self._eigh(st["G"])
+        A factor whose eigh raises keeps its previous eigenbasis and a ``kfac_eigh_failed`` event is
+        recorded; ``step()`` goes on.
+        """
+        if not layers:
+            return
+        mats: list[Tensor] = []
+        prev: list[tuple[Tensor, Tensor] | None] = []
+        for lay in layers:
+            st = self._layer_state(lay)
+            for f in ("A", "G"):
+                mats.append(st[f])
+                prev.append((st["d" + f], st["Q" + f]) if "Q" + f in st else None)
+        results = batched_eigh(mats, prev)
+        for i, lay in enumerate(layers):
+            st = self.state[lay.weight]
+            for j, f in enumerate(("A", "G")):
+                r = results[2 * i + j]
+                st["d" + f], st["Q" + f] = r.evals, r.evecs
+                if r.raised:
+                    self.events.append({
+                        "key": "kfac_eigh_failed", "layer": lay.name, "step": self._steps,
+                        "message": f"eigh of {lay.name!r}'s {f} factor failed at step {self._steps}; "
+                                   "kept the previous eigenbasis",
+                    })
 
     # ------------------------------------------------------------------ direction
     def _prepare_directions(self, layers: list[KroneckerLayer]) -> None:
@@ -412,12 +533,24 @@ class KFAC(Optimizer):
         active = [lay for lay in self._layers if lay.weight.grad is not None and id(lay.weight) in group_of]
         self._update_factors(active, grads, group_of)
         inv_interval = self._interval("inv_update_interval", k)
-        refreshed: set[int] = set()
-        for lay in active:
-            st = self._layer_state(lay)
-            if "QA" not in st or k % inv_interval == 0:
-                self._refresh_eigen(lay)
-                refreshed.add(id(lay))
+        due = [lay for lay in active if "QA" not in self._layer_state(lay) or k % inv_interval == 0]
+        with _tf32_matmuls(self._tf32):
+            self._refresh_eigen(due)
+            refreshed = {id(lay) for lay in due}
+            self._precondition(active, refreshed, k, introspect)
+        if introspect:
+            if self._nus:
+                self.last_global_internals["kl_nu"] = torch.stack(self._nus).min().detach()
+            else:
+                self.last_global_internals["kl_nu"] = torch.ones((), device=grads[0].device)
+
+        self._sgd_step()
+        self._finish_step()
+        return loss
+
+    def _precondition(self, active: list[KroneckerLayer], refreshed: set[int], k: int, introspect: bool) -> None:
+        """Overwrite ``.grad`` of the active layers with their KL-clipped preconditioned directions."""
+        group_of = {id(p): g for g in self.param_groups for p in g["params"]}
         self._prepare_directions(active)
 
         nus: list[Tensor] = []
@@ -445,15 +578,7 @@ class KFAC(Optimizer):
             nus.append(nu)
             for lay, v in directions:
                 lay.write_grad(v * nu)
-        if introspect:
-            if nus:
-                self.last_global_internals["kl_nu"] = torch.stack(nus).min().detach()
-            else:
-                self.last_global_internals["kl_nu"] = torch.ones((), device=grads[0].device)
-
-        self._sgd_step()
-        self._finish_step()
-        return loss
+        self._nus = nus
 
     def _eigen_internals(self, lay: KroneckerLayer, damping: float, refreshed: bool) -> dict[str, Tensor]:
         st = self.state[lay.weight]

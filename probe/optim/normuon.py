@@ -31,9 +31,9 @@ Decisions on ALGORITHMS.md §6.2 (the paper and the official code differ):
   (1/(√v+ε) times the rescale) are computed in that dtype from the row norms of O, and the factor is
   applied inside the weight update (``addcmul``), so Ô is never materialised unless introspecting.
   The official code does all of this in bf16; ours is at least as precise.
-* The statistic is per row of the stored tensor, i.e. per output neuron for ``nn.Linear``'s
-  (out, in) layout (§2.3). Weights stored (in, out) are normalised per input; transpose them at the
-  model level if that matters.
+* The statistic is per output neuron (§2.3): per row of ``nn.Linear``'s (out, in) weight, and per
+  column of a weight stored (in, out) (transformers' ``Conv1D``, GPT-2) when its group has
+  ``weight_layout="in_out"``, which :func:`probe.optim.hybrid_param_groups` sets for such modules.
 * Non-finite gradients skip the parameter exactly as in Muon, and leave v untouched.
 
 Introspection (``introspect=True``) adds ``v`` (rows,) and ``normalized`` (Ô after the rescale,

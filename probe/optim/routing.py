@@ -20,6 +20,9 @@ parameters counted once, frozen ones skipped):
    → AdamW, as the Muon README advises for ConvNets (its input has 3 channels; orthogonalizing a
    3×k² fan-in matrix is not useful).
 5. Everything else (≥ 2-D) → Muon; conv weights are flattened to (C_out, C_in·kh·kw) by the optimizer.
+   Weights stored (in, out) -- transformers' ``Conv1D`` (GPT-2), see :mod:`probe.optim.layouts` -- go to
+   a second Muon group with ``weight_layout="in_out"``, so the optimizer orthogonalizes and normalises
+   them with the output axis as rows.
 
 Groups with no parameters are omitted (torch.optim refuses empty groups).
 """
@@ -31,6 +34,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
+
+from probe.optim.layouts import in_out_weight_ids
 
 __all__ = ["hybrid_param_groups", "is_excluded_name"]
 
@@ -69,6 +74,7 @@ def hybrid_param_groups(
 
     Returns:
         ``[{"params": [...], "use_muon": True, "param_names": [...], **muon_group},
+        {... "use_muon": True, "weight_layout": "in_out"} (only when the model has Conv1D weights),
         {"params": [...], "use_muon": False, "param_names": [...], "lr": adamw_lr, "betas": ..., "eps": ...,
         "weight_decay": ...}]`` without empty groups. ``param_names`` (torch.optim's key) lists the parameter names for logs
         and the probe.
@@ -76,6 +82,7 @@ def hybrid_param_groups(
     if not isinstance(model, nn.Module):
         raise TypeError(f"hybrid_param_groups expects an nn.Module, got {type(model).__name__}")
     embedding_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    in_out = in_out_weight_ids(model)
     muon: list[tuple[str, Tensor]] = []
     adamw: list[tuple[str, Tensor]] = []
     seen_conv = False
@@ -94,8 +101,14 @@ def hybrid_param_groups(
         else:
             muon.append((name, p))
     groups: list[dict[str, Any]] = []
-    if muon:
-        groups.append({**(muon_group or {}), "params": [p for _, p in muon], "param_names": [n for n, _ in muon], "use_muon": True})
+    out_in = [(n, p) for n, p in muon if id(p) not in in_out]
+    transposed = [(n, p) for n, p in muon if id(p) in in_out]
+    for members, layout in ((out_in, "out_in"), (transposed, "in_out")):
+        if members:
+            groups.append({
+                **(muon_group or {}), "params": [p for _, p in members], "param_names": [n for n, _ in members],
+                "use_muon": True, **({"weight_layout": layout} if layout == "in_out" else {}),
+            })
     if adamw:
         groups.append(
             {

@@ -63,23 +63,59 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             dist_params, dist_opt = _build(cls, distributed=True)
             ref_params, ref_opt = _build(cls, distributed=False)
             g = torch.Generator().manual_seed(1)  # same on both ranks: the DDP-averaged gradient
+            gathers = {"n": 0}
+            real_all_gather = dist.all_gather
+
+            def counting(*args, **kwargs):
+                gathers["n"] += 1
+                return real_all_gather(*args, **kwargs)
+
             for _ in range(3):
                 for p, q in zip(dist_params, ref_params):
                     grad = torch.randn(p.shape, generator=g)
                     p.grad, q.grad = grad.clone(), grad.clone()
-                dist_opt.step()
+                dist.all_gather = counting
+                try:
+                    dist_opt.step()
+                finally:
+                    dist.all_gather = real_all_gather
                 ref_opt.step()
             results[cls.__name__] = {
+                "all_gathers_per_step": gathers["n"] / 3,
                 "max_diff": max((p - q).abs().max().item() for p, q in zip(dist_params, ref_params)),
-                "owned": sorted(i for i, p in enumerate(dist_params[:-1]) if "momentum_buffer" in dist_opt.state[p]),
+                "with_state": sorted(i for i, p in enumerate(dist_params[:-1]) if "momentum_buffer" in dist_opt.state[p]),
                 "introspected": sorted(i for i, p in enumerate(dist_params) if p in dist_opt.last_internals),
                 "params": [p.detach().clone() for p in dist_params],
+                "resume_diff": _resume_from_rank0(cls, dist_opt, dist_params, ref_opt, ref_params, out_dir, g),
             }
         results["fsdp"] = _fsdp_check()
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()  # no rank tears gloo down while its peer still communicates (it aborted ~1 run in 20)
     finally:
         dist.destroy_process_group()
+
+
+def _resume_from_rank0(cls: type, opt: torch.optim.Optimizer, params: list[nn.Parameter],
+                       ref_opt: torch.optim.Optimizer, ref_params: list[nn.Parameter], out_dir: str,
+                       g: torch.Generator) -> float:
+    """Framework-style resume: only rank 0 saves ``state_dict()``; every rank loads that file into a
+    fresh optimizer and trains on; the result must match the uninterrupted single-process run."""
+    path = os.path.join(out_dir, f"{cls.__name__}_rank0_state.pt")
+    if dist.get_rank() == 0:
+        torch.save(opt.state_dict(), path)
+    dist.barrier()
+    resumed_params, resumed = _build(cls, distributed=True)
+    with torch.no_grad():
+        for p, q in zip(resumed_params, params):
+            p.copy_(q)
+    resumed.load_state_dict(torch.load(path))
+    for _ in range(2):
+        for p, q in zip(resumed_params, ref_params):
+            grad = torch.randn(p.shape, generator=g)
+            p.grad, q.grad = grad.clone(), grad.clone()
+        resumed.step()
+        ref_opt.step()
+    return max((p - q).abs().max().item() for p, q in zip(resumed_params, ref_params))
 
 
 def _tiny_model() -> nn.Module:
@@ -114,6 +150,23 @@ def _fsdp_check() -> dict[str, object]:
                 opt.step()
         diffs = [(a.full_tensor() - b).abs().max().item() for a, b in zip(sharded.parameters(), reference.parameters())]
         w = sharded[6].weight  # 7 rows over 2 ranks: 4 + 3
+        # The AdamW groups' finiteness flags cross the mesh in one bucketed all-reduce, not one per parameter.
+        calls = {"n": 0}
+        real_all_reduce = dist.all_reduce
+
+        def counting(*args, **kwargs):
+            calls["n"] += 1
+            return real_all_reduce(*args, **kwargs)
+
+        dist.all_reduce = counting
+        try:
+            with torch.no_grad():  # as inside step()
+                for group in opt_s.param_groups:
+                    if not group["use_muon"]:
+                        opt_s._step_adamw(group)
+        finally:
+            dist.all_reduce = real_all_reduce
+        out[cls.__name__ + "_adamw_all_reduces"] = calls["n"]
         out[cls.__name__] = {
             "max_diff": max(diffs),
             "is_dtensor": type(w).__name__ == "DTensor",
@@ -133,11 +186,17 @@ def test_round_robin_and_fsdp2_equal_single_process(tmp_path: Path) -> None:
         # every replica holds identical weights after the all-gather
         for a, b in zip(r0[name]["params"], r1[name]["params"]):
             assert torch.equal(a, b)
-        # each matrix has exactly one owner, and the work is split evenly (7 matrices → 4 + 3)
-        owned0, owned1 = set(r0[name]["owned"]), set(r1[name]["owned"])
+        # each matrix has exactly one owner (it alone runs NS and reports internals), and the work is
+        # split evenly (7 matrices → 4 + 3)
+        owned0, owned1 = set(r0[name]["introspected"]), set(r1[name]["introspected"])
         assert owned0.isdisjoint(owned1) and owned0 | owned1 == set(range(len(SHAPES)))
         assert abs(len(owned0) - len(owned1)) <= 1
-        assert set(r0[name]["introspected"]) == owned0
+        # ...but every rank holds every matrix's state, so rank 0's state_dict is the full state
+        assert r0[name]["with_state"] == r1[name]["with_state"] == list(range(len(SHAPES)))
+        # saved on rank 0 only, loaded on both ranks: continues exactly like the uninterrupted run
+        assert r0[name]["resume_diff"] < DIST_ATOL and r1[name]["resume_diff"] < DIST_ATOL
+        # every bucket's NS outputs (and NorMuon's v, recomputed from them) in one collective per step
+        assert r0[name]["all_gathers_per_step"] == r1[name]["all_gathers_per_step"] == 1
 
 
     for name, local_rows in (("Muon", (4, 3)), ("NorMuon", (4, 3))):
@@ -146,3 +205,5 @@ def test_round_robin_and_fsdp2_equal_single_process(tmp_path: Path) -> None:
         assert f0["max_diff"] < FSDP_ATOL and f1["max_diff"] < FSDP_ATOL, (f0["max_diff"], f1["max_diff"])
         assert f0["pre_orth_shape"] == (7, 10)  # introspection shows the full matrix fed to NS
     assert (r0["fsdp"]["NorMuon"]["v_rows"], r1["fsdp"]["NorMuon"]["v_rows"]) == (4, 3)  # v local per row shard
+    # 5 AdamW (bias) parameters, one all-reduce of their flags
+    assert r0["fsdp"]["Muon_adamw_all_reduces"] == r0["fsdp"]["NorMuon_adamw_all_reduces"] == 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import math
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
@@ -23,8 +22,6 @@ from .config import DashboardConfig
 
 T = TypeVar("T")
 
-# Remembered run id -> project pairs before the cache starts over (a few hundred bytes each).
-_PROJECT_CACHE_SIZE = 10_000
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -86,7 +83,8 @@ class ApiClient:
     One ``httpx.Client`` is shared by every callback thread: it is thread-safe and keeps
     connections alive, which matters on a page that polls every second. The client built by
     ``create_app`` carries no token; :meth:`as_user` gives a view with the signed-in person's token
-    (and project scope) for one request, sharing the connection pool.
+    for one request, sharing the connection pool. What that token may see (its project scope) is
+    the API's decision, not the dashboard's.
     """
 
     def __init__(
@@ -97,9 +95,6 @@ class ApiClient:
     ) -> None:
         self.config = config
         self.token: str | None = None
-        # Project a scoped token may see; the API lets any valid token read every project, so the
-        # dashboard narrows what it shows itself (ids of other projects' runs answer "no such run").
-        self.project_scope: str | None = None
         self._http = httpx.Client(
             base_url=config.api_base,
             headers={"Accept": "application/json"},
@@ -107,15 +102,11 @@ class ApiClient:
             transport=transport,
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
         )
-        # run id -> project (a run never changes project), shared by every view of this client
-        self._projects: dict[str, str] = {}
-        self._projects_lock = threading.Lock()
 
-    def as_user(self, token: str | None, project_scope: str | None = None) -> ApiClient:
-        """A view that sends ``token`` with every request and shows only ``project_scope``."""
+    def as_user(self, token: str | None) -> ApiClient:
+        """A view that sends ``token`` with every request (None: anonymous), sharing the pool."""
         view = copy.copy(self)
         view.token = token
-        view.project_scope = project_scope
         return view
 
     def close(self) -> None:
@@ -162,32 +153,6 @@ class ApiClient:
         token the server does not know (the route always needs a token, also on loopback)."""
         return self._request("GET", "/whoami", token=token)
 
-    # -- project scope ---------------------------------------------------------------------------
-
-    def _project_of(self, run_id: str) -> str:
-        with self._projects_lock:
-            known = self._projects.get(run_id)
-        if known is not None:
-            return known
-        run = self._get(f"/runs/{_safe_id(run_id)}")
-        self._remember(run)
-        return str(run.get("project") or "")
-
-    def _remember(self, run: Mapping[str, Any]) -> None:
-        if not run.get("id"):
-            return
-        with self._projects_lock:
-            if len(self._projects) >= _PROJECT_CACHE_SIZE:
-                self._projects.clear()
-            self._projects[str(run["id"])] = str(run.get("project") or "")
-
-    def _visible(self, run_id: str) -> str:
-        """``run_id`` if this view may see it; :class:`NotFound` (as for an unknown id) otherwise."""
-        _safe_id(run_id)
-        if self.project_scope is not None and self._project_of(run_id) != self.project_scope:
-            raise NotFound(404, f"no run with id {run_id!r}")
-        return run_id
-
     def list_runs(
         self,
         *,
@@ -200,34 +165,25 @@ class ApiClient:
         offset: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:
         """``GET /runs``: (runs, total count matching the filters)."""
-        if self.project_scope is not None:
-            if project is not None and project != self.project_scope:
-                return [], 0
-            project = self.project_scope
         body = self._get(
             "/runs", project=project, status=status, tag=list(tags or []) or None, q=q,
             config=list(config or []) or None, limit=limit, offset=offset,
         )
         runs = [_decode_run(r) for r in body.get("data", [])]
-        for run in runs:
-            self._remember(run)
         return runs, int(body.get("count", len(runs)))
 
     def get_run(self, run_id: str) -> dict[str, Any]:
-        """``GET /runs/{id}``; raises :class:`NotFound` for an unknown id (or one outside the scope)."""
-        run = self._get(f"/runs/{_safe_id(run_id)}")
-        self._remember(run)
-        if self.project_scope is not None and (run.get("project") or "") != self.project_scope:
-            raise NotFound(404, f"no run with id {run_id!r}")
-        return _decode_run(run)
+        """``GET /runs/{id}``; raises :class:`NotFound` for an unknown id (or one outside the token's
+        project, which the API answers the same way)."""
+        return _decode_run(self._get(f"/runs/{_safe_id(run_id)}"))
 
     def delete_run(self, run_id: str) -> None:
         """``DELETE /runs/{id}`` (needs a token; the runs page asks for confirmation first)."""
-        self._request("DELETE", f"/runs/{self._visible(run_id)}")
+        self._request("DELETE", f"/runs/{_safe_id(run_id)}")
 
     def keys(self, run_id: str) -> dict[str, list[dict[str, Any]]]:
         """``GET /runs/{id}/keys``: what a run has logged, so pages offer only what exists."""
-        body = self._get(f"/runs/{self._visible(run_id)}/keys")
+        body = self._get(f"/runs/{_safe_id(run_id)}/keys")
         scalars = body.get("scalars", [])
         for row in scalars:
             row["last_value"] = _maybe_float(row.get("last_value"))
@@ -235,7 +191,7 @@ class ApiClient:
 
     def latest(self, run_id: str, keys: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         """``GET /runs/{id}/latest``."""
-        body = self._get(f"/runs/{self._visible(run_id)}/latest", key=list(keys or []) or None)
+        body = self._get(f"/runs/{_safe_id(run_id)}/latest", key=list(keys or []) or None)
         for point in body.values():
             point["value"] = _maybe_float(point.get("value"))
         return body
@@ -256,8 +212,6 @@ class ApiClient:
         """``GET /series``: one dict per (run, key) with float lists ``x``, ``y`` and int ``steps``."""
         if not run_ids or not keys:
             return []
-        for run_id in run_ids:
-            self._visible(run_id)
         body = self._get(
             "/series", run_id=list(run_ids), key=list(keys), x=x,
             points=points or self.config.series_points, x_min=x_min, x_max=x_max, after_step=after_step,
@@ -283,7 +237,7 @@ class ApiClient:
     ) -> list[dict[str, Any]]:
         """``GET /runs/{id}/arrays``: records sorted by (layer, step) with float ``values``."""
         body = self._get(
-            f"/runs/{self._visible(run_id)}/arrays", key=key, layer=layer, step_min=step_min,
+            f"/runs/{_safe_id(run_id)}/arrays", key=key, layer=layer, step_min=step_min,
             step_max=step_max, max_steps=max_steps, at_step=at_step,
         )
         records = body.get("records", [])
@@ -296,7 +250,7 @@ class ApiClient:
         self, run_id: str, *, kind: str | None = None, after_id: int | None = None, limit: int | None = 500
     ) -> list[dict[str, Any]]:
         """``GET /runs/{id}/events`` (alerts)."""
-        body = self._get(f"/runs/{self._visible(run_id)}/events", kind=kind, after_id=after_id, limit=limit)
+        body = self._get(f"/runs/{_safe_id(run_id)}/events", kind=kind, after_id=after_id, limit=limit)
         return list(body.get("data", []))
 
     def time_to_target(
@@ -309,8 +263,6 @@ class ApiClient:
         baseline: str | None = None,
     ) -> dict[str, Any]:
         """``GET /time-to-target``: the server owns the computation; the page only formats it."""
-        for run_id in [*run_ids, *([baseline] if baseline else [])]:
-            self._visible(run_id)
         body = self._get(
             "/time-to-target", run_id=list(run_ids), key=key, target=target, direction=direction,
             baseline=baseline,

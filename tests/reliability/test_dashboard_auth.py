@@ -438,3 +438,38 @@ def test_no_share_chart_or_chart_studio_button_on_any_page(api: Api, local: Dash
         assert not bad, f"{path}: {bad}"
         assert not any("cloud" in a.lower() for a in attrs), path
         assert pg.locator("a.modebar-btn[href*='plot.ly'], a[href*='chart-studio'], a[href*='plotly.com']").count() == 0
+
+
+# -- configuration ------------------------------------------------------------------------------------
+
+
+def test_config_from_env_names_bad_values_and_keeps_the_secret_private(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboard.config import from_env
+
+    monkeypatch.setenv("OPTISCOPE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("OPTISCOPE_SECRET_KEY", raising=False)
+    monkeypatch.delenv("OPTISCOPE_DASHBOARD_AUTH", raising=False)
+    monkeypatch.delenv("OPTISCOPE_DASHBOARD_SESSION_HOURS", raising=False)
+    monkeypatch.setenv("OPTISCOPE_TOKEN", "osk_a-token-the-dashboard-must-ignore")
+    cfg = from_env("http://127.0.0.1:9", bind_host="127.0.0.1")
+    assert not cfg.login_required and cfg.session_ttl_s == 12 * 3600
+    secret = tmp_path / "home" / "dashboard-secret"
+    assert (secret.stat().st_mode & 0o777) == 0o600 and ((tmp_path / "home").stat().st_mode & 0o777) == 0o700
+    assert from_env("http://127.0.0.1:9").secret_key == cfg.secret_key == secret.read_text().strip()
+    assert "osk_" not in repr(cfg)  # no token is read from the environment
+    assert from_env("http://127.0.0.1:9", bind_host="0.0.0.0").login_required
+    monkeypatch.setenv("OPTISCOPE_DASHBOARD_AUTH", "login")
+    assert from_env("http://127.0.0.1:9", bind_host="127.0.0.1").login_required
+    monkeypatch.setenv("OPTISCOPE_DASHBOARD_AUTH", "off")
+    with pytest.raises(ValueError, match="OPTISCOPE_DASHBOARD_AUTH"):
+        from_env("http://127.0.0.1:9")
+    monkeypatch.setenv("OPTISCOPE_DASHBOARD_AUTH", "auto")
+    for bad in ("0", "-1", "nan", "soon"):
+        monkeypatch.setenv("OPTISCOPE_DASHBOARD_SESSION_HOURS", bad)
+        with pytest.raises(ValueError, match="OPTISCOPE_DASHBOARD_SESSION_HOURS"):
+            from_env("http://127.0.0.1:9")
+    monkeypatch.setenv("OPTISCOPE_DASHBOARD_SESSION_HOURS", "0.5")
+    monkeypatch.setenv("OPTISCOPE_SECRET_KEY", "from-the-environment")
+    cfg = from_env("http://127.0.0.1:9")
+    assert cfg.session_ttl_s == 1800 and cfg.secret_key == "from-the-environment"

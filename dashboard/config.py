@@ -17,8 +17,6 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.private_files import private_dir
-
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_PREFIX = "/api/v1"
 DEFAULT_SESSION_HOURS = 12.0
@@ -103,7 +101,7 @@ def secret_key_from(home: Path) -> str:
             return key
     except OSError:
         pass
-    private_dir(home)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = secrets.token_hex(32)
     # O_EXCL: two processes starting at once both end up with the first one's key.
     try:

@@ -35,7 +35,8 @@ _PAGE = """<!doctype html>
 
 def _safe_next(value: str | None) -> str:
     """Only a path on this dashboard (never ``//host`` or a full URL: no open redirect)."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value \
+            or any(c.isspace() or ord(c) < 32 for c in value):  # browsers drop tabs: "/\t/evil" -> "//evil"
         return "/"
     return value
 

@@ -214,7 +214,7 @@ def test_anonymous_pages_layout_and_every_callback_are_refused_beyond_loopback(a
 
 
 def test_the_standalone_dashboard_refuses_a_foreign_host(remote: Dashboard) -> None:
-    """DNS rebinding: the same Host rules as the server (server.host_policy), before anything else."""
+    """DNS rebinding: the same Host rules as the server (webguard.host_policy), before anything else."""
     r = httpx.get(remote.url + "/login", headers={"Host": "attacker.example"})
     assert r.status_code == 400 and "Host" in r.json()["detail"]
     assert httpx.get(remote.url + "/login", headers={"Host": "localhost"}).status_code == 200
@@ -473,3 +473,13 @@ def test_config_from_env_names_bad_values_and_keeps_the_secret_private(tmp_path:
     monkeypatch.setenv("OPTISCOPE_SECRET_KEY", "from-the-environment")
     cfg = from_env("http://127.0.0.1:9")
     assert cfg.session_ttl_s == 1800 and cfg.secret_key == "from-the-environment"
+
+
+def test_login_redirects_only_within_the_dashboard(api: Api, remote: Dashboard) -> None:
+    for target, expected in (("//attacker.example/x", "/"), ("https://attacker.example/", "/"),
+                             ("/\t/attacker.example", "/"), ("/compare?runs=a", "/compare?runs=a")):
+        client = httpx.Client(base_url=remote.url)
+        csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text).group(1)
+        r = client.post("/login", data={"token": api.server.token, "csrf": csrf, "next": target},
+                        headers={"Origin": remote.url})
+        assert r.status_code == 302 and r.headers["location"] == expected, target

@@ -5,7 +5,7 @@ talk to a loopback server *same-origin* — but the browser still sends ``Host: 
 Answering only the bound address, the loopback names and configured names closes that door.
 
 Kept free of FastAPI/Starlette (stdlib only) so the standalone dashboard, a Flask app that may run
-on a host without the server extra, applies the very same rules (``dashboard.guard``).
+on a host without the server extra, applies the very same rules (``dashboard.auth.guard``).
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
 class Dashboard:
     url: str
     app: Any
-    http: BaseWSGIServer
+    http: BaseWSGIServer | None
 
     @property
     def host(self) -> str:
@@ -233,6 +233,33 @@ def test_server_mounted_dashboard_follows_the_servers_bind_host(tmp_path: Path) 
         assert client.get("/_dash-layout").status_code == layout_status, bind
         if bind == "0.0.0.0":
             assert client.post("/_dash-update-component", json={}).status_code == 401
+
+
+def test_optiscope_serve_with_forced_sign_in_guards_its_mounted_dashboard(api: Api, remote: Dashboard,
+                                                                        tmp_path: Path) -> None:
+    """The real ``optiscope serve`` (a2wsgi mount) with OPTISCOPE_DASHBOARD_AUTH=login: what a bind beyond
+    loopback gets, on an address a test may bind."""
+    server = unstarted_sqlite_server(tmp_path, env={"OPTISCOPE_DASHBOARD_AUTH": "login"}).start()
+    try:
+        mounted = Dashboard(server.url, remote.app, None)  # bodies from an identical app; posted to the server
+        anon = httpx.Client(base_url=server.url, timeout=30)
+        assert anon.get("/").status_code == 302 and anon.get("/_dash-layout").status_code == 401
+        seeder = Seeder(server.api, server.token)
+        try:
+            seeder.create_run("mounted-victim", name="mountedSecretRun", project="alpha")
+        finally:
+            seeder.close()
+        for body in (_runs_table_body(mounted), _delete_body(mounted, "mounted-victim", "x")):
+            r = _post(anon, mounted, body)
+            assert r.status_code == 401 and "mountedSecretRun" not in r.text
+        assert httpx.get(f"{server.api}/runs/mounted-victim").status_code == 200
+        user = _sign_in(mounted, server.token)
+        assert "mountedSecretRun" in _post(user, mounted, _runs_table_body(mounted)).text
+        done = _post(user, mounted, _delete_body(mounted, "mounted-victim", _csrf_of(user)))
+        assert done.status_code == 200 and "could not be deleted" not in done.text
+        assert httpx.get(f"{server.api}/runs/mounted-victim").status_code == 404
+    finally:
+        server.stop()
 
 
 def test_project_scoped_user_sees_and_deletes_only_their_project(api: Api, remote: Dashboard) -> None:

@@ -10,6 +10,7 @@ turns them back into floats in the numeric fields only, so a run *named* "NaN" s
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -77,10 +78,13 @@ def _params(**kwargs: Any) -> list[tuple[str, Any]]:
 
 
 class ApiClient:
-    """Typed reads (and the one delete) of the query API.
+    """Typed reads (and the one delete) of the query API, on behalf of one user.
 
     One ``httpx.Client`` is shared by every callback thread: it is thread-safe and keeps
-    connections alive, which matters on a page that polls every second.
+    connections alive, which matters on a page that polls every second. The client built by
+    ``create_app`` carries no token; :meth:`as_user` gives a view with the signed-in person's token
+    for one request, sharing the connection pool. What that token may see (its project scope) is
+    the API's decision, not the dashboard's.
     """
 
     def __init__(
@@ -89,17 +93,21 @@ class ApiClient:
         *,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        headers = {"Accept": "application/json"}
-        if config.token:
-            headers["Authorization"] = f"Bearer {config.token}"
         self.config = config
+        self.token: str | None = None
         self._http = httpx.Client(
             base_url=config.api_base,
-            headers=headers,
+            headers={"Accept": "application/json"},
             timeout=config.request_timeout_s,
             transport=transport,
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
         )
+
+    def as_user(self, token: str | None) -> ApiClient:
+        """A view that sends ``token`` with every request (None: anonymous), sharing the pool."""
+        view = copy.copy(self)
+        view.token = token
+        return view
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -107,9 +115,13 @@ class ApiClient:
 
     # -- transport -----------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, params: Sequence[tuple[str, Any]] | None = None) -> Any:
+    def _request(
+        self, method: str, path: str, params: Sequence[tuple[str, Any]] | None = None, *, token: str | None = None
+    ) -> Any:
+        token = token or self.token
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
-            response = self._http.request(method, path, params=params)
+            response = self._http.request(method, path, params=params, headers=headers)
         except httpx.HTTPError as exc:
             raise ApiError(0, f"cannot reach the Optiscope server at {self.config.api_base}: {exc}") from exc
         if response.status_code == 404:
@@ -136,6 +148,11 @@ class ApiClient:
         """``GET /health``."""
         return self._get("/health")
 
+    def whoami(self, token: str) -> dict[str, Any]:
+        """``GET /whoami`` with ``token``: ``{"token_id", "project"}``; :class:`ApiError` 401 for a
+        token the server does not know (the route always needs a token, also on loopback)."""
+        return self._request("GET", "/whoami", token=token)
+
     def list_runs(
         self,
         *,
@@ -156,7 +173,8 @@ class ApiClient:
         return runs, int(body.get("count", len(runs)))
 
     def get_run(self, run_id: str) -> dict[str, Any]:
-        """``GET /runs/{id}``; raises :class:`NotFound` for an unknown id."""
+        """``GET /runs/{id}``; raises :class:`NotFound` for an unknown id (or one outside the token's
+        project, which the API answers the same way)."""
         return _decode_run(self._get(f"/runs/{_safe_id(run_id)}"))
 
     def delete_run(self, run_id: str) -> None:

@@ -1,6 +1,9 @@
 """``optiscope dashboard --api URL [--host H] [--port N]``: the dashboard as its own process,
 reading a (possibly remote) server over HTTP. ``optiscope serve`` does not need this: it mounts
-the dashboard on its own port through the ``optiscope.mounts`` entry point."""
+the dashboard on its own port through the ``optiscope.mounts`` entry point.
+
+It takes no token: people sign in with their own. Bound beyond loopback, nothing is served before
+a sign-in; it answers only its own Host names, like the server (``OPTISCOPE_ALLOWED_HOSTS``)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--api", default=None,
                         help="server base URL (default: $OPTISCOPE_URL, then $OPTISCOPE_HOME/server.json)")
-    parser.add_argument("--token", default=None, help="API token (default: $OPTISCOPE_TOKEN or the local token)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8050)
     parser.set_defaults(func=run)
@@ -26,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     server extra, so a host with only the dashboard extra falls back to Flask's built-in server."""
     from .app import create_app
 
-    app = create_app(args.api, args.token)
+    app = create_app(args.api, bind_host=args.host, check_host=True)
     try:
         import uvicorn
         from a2wsgi import WSGIMiddleware

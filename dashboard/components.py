@@ -135,12 +135,25 @@ def control(label: str, component: Any, *, width: str = "auto", id: str | None =
     return html.Div([html.Label(label, className="control-label"), component], **props)
 
 
+# Every chart's plotly config. No "Share chart…"/"Edit in Chart Studio": one click would upload the
+# chart's data to Plotly's cloud (a leak, and broken on air-gapped clusters); no plotly logo link.
+GRAPH_CONFIG: dict[str, Any] = {
+    "displaylogo": False,
+    "showSendToCloud": False,
+    "showEditInChartStudio": False,
+    "showLink": False,
+    "sendData": False,
+    "modeBarButtonsToRemove": ["sendDataToCloud", "editInChartStudio"],
+    "toImageButtonOptions": {"format": "png"},
+}
+
+
 def graph(id: Any, figure: Any = None, *, height: int | None = None) -> dcc.Graph:
-    """A ``dcc.Graph`` with the interaction defaults used everywhere (no plotly logo; responsive)."""
+    """A ``dcc.Graph`` with the interaction defaults used everywhere (see ``GRAPH_CONFIG``; responsive)."""
     props: dict[str, Any] = {"style": {"height": f"{height}px"}} if height else {}
     return dcc.Graph(
         id=id, figure=figure if figure is not None else {"data": [], "layout": {}},
-        config={"displaylogo": False, "toImageButtonOptions": {"format": "png"}}, **props,
+        config=dict(GRAPH_CONFIG), **props,
     )
 
 

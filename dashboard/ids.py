@@ -5,6 +5,7 @@ from __future__ import annotations
 
 # shell
 SHELL_SELECTION = "shell-selection"  # runs picked on the runs page, read by the compare link
+SHELL_CSRF = "shell-csrf"  # this session's CSRF value: State of every mutating callback (require_write)
 
 # runs page
 RUNS_TABLE = "runs-table"

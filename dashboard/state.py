@@ -1,4 +1,4 @@
-"""Per-app state reachable from callbacks: the config and the API client.
+"""Per-app state reachable from callbacks: the config and the API client (per signed-in person).
 
 It hangs off the Flask app that serves the request (``flask.current_app.extensions``) rather than a
 module global, so two dashboards in one process each read their own server, and nothing is
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import flask
 
 from .api import ApiClient
+from .auth.guard import current_user
 from .config import DashboardConfig
 
 EXTENSION = "optiscope"
@@ -36,8 +37,11 @@ def current_state() -> DashboardState:
 
 
 def current_api() -> ApiClient:
-    """The API client of the app serving the current request."""
-    return current_state().api
+    """The API client for the person behind the current request: bound to their signed-in token,
+    or anonymous (reads only, and only where the server leaves reads open) when nobody is."""
+    user = current_user()
+    api = current_state().api
+    return api.as_user(user.token) if user is not None else api
 
 
 def current_config() -> DashboardConfig:

@@ -1,9 +1,8 @@
 """Refuse requests whose ``Host`` is not this server's own name (DNS-rebinding defence).
 
-A page on ``attacker.example`` whose DNS name is re-pointed at 127.0.0.1 makes the victim's browser
-talk to the loopback server *same-origin* — but the browser still sends ``Host: attacker.example``.
-Answering only the bound address, the loopback names and configured names closes that door for
-the API and for anything mounted on the app (the dashboard), because this runs before routing.
+The rules live in :mod:`webguard.host_policy` (shared with the standalone dashboard); this is the
+ASGI middleware that applies them to the API and to anything mounted on the app (the dashboard),
+because it runs before routing.
 
 Starlette's ``TrustedHostMiddleware`` is not used: it splits ``[::1]:8000`` at the first colon and
 would refuse IPv6 loopback, and it cannot accept "any IP literal" for wildcard binds.
@@ -11,67 +10,19 @@ would refuse IPv6 loopback, and it cannot accept "any IP literal" for wildcard b
 
 from __future__ import annotations
 
-import ipaddress
-import socket
+import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.config import Settings
-
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
-WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
-
-
-def host_name(header: str) -> str:
-    """The name part of a ``Host`` header: lower-case, port and IPv6 brackets removed."""
-    value = header.strip().lower()
-    if value.startswith("["):
-        return value[1:].split("]", 1)[0]
-    if value.count(":") == 1:
-        return value.split(":", 1)[0]
-    return value  # a bare name, or a bare IPv6 literal without brackets
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-class HostPolicy:
-    """Which ``Host`` names one server answers."""
-
-    def __init__(self, settings: Settings) -> None:
-        bind = settings.host.strip("[]").lower()
-        self.any_host = "*" in settings.extra_hosts
-        self.wildcard = bind in WILDCARD_BINDS
-        names = set(LOOPBACK_HOSTS) | {host_name(h) for h in settings.extra_hosts} | {bind}
-        if self.wildcard:  # bound everywhere: the machine's own names are its addresses too
-            hostname = socket.gethostname().lower()
-            names |= {hostname, hostname.split(".")[0]}
-        self.names = frozenset(n for n in names if n)
-
-    def allows(self, header: str | None) -> bool:
-        if self.any_host:
-            return True
-        if not header:
-            return False
-        name = host_name(header)
-        if name in self.names:
-            return True
-        # Bound to a wildcard address, any IP literal is one of ours (or routed to us): rebinding
-        # needs a DNS *name*, so an IP literal cannot be an attacker's origin.
-        return self.wildcard and _is_ip(name)
-
+from webguard.host_policy import REFUSAL, HostPolicy
 
 class HostCheckMiddleware:
     """ASGI middleware answering 400 to HTTP/WebSocket requests with a foreign ``Host``."""
 
     def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
         self.app = app
-        self.policy = HostPolicy(settings)
+        self.policy = HostPolicy(settings.host, settings.extra_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -81,8 +32,7 @@ class HostCheckMiddleware:
         if self.policy.allows(host):
             await self.app(scope, receive, send)
             return
-        body = (b'{"detail":"invalid Host header: this server answers only its own address, localhost '
-                b'and the names in OPTISCOPE_ALLOWED_HOSTS"}')
+        body = json.dumps({"detail": REFUSAL}).encode()
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -93,13 +92,7 @@ def _mount_plugins(app: FastAPI, *, api_url: str, bind_host: str) -> None:
     the authority of the person using it (see dashboard.auth), not with one of its own."""
     for entry in entry_points(group="optiscope.mounts"):
         try:
-            mount = entry.load()
-            params = inspect.signature(mount).parameters
-            takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-            if takes_kwargs or "bind_host" in params:
-                mount(app, api_url=api_url, bind_host=bind_host)
-            else:  # a mount from before the no-token contract: it still gets no token
-                mount(app, api_url=api_url, token=None)
+            entry.load()(app, api_url=api_url, bind_host=bind_host)
         except Exception as exc:  # a broken/missing dashboard must not take the API down
             log.warning("mount %r not loaded: %s", entry.name, exc)
 

@@ -19,6 +19,7 @@ from dash.dash_table.Format import Format, Scheme
 
 from .. import ids
 from ..api import ApiClient, ApiError
+from ..auth.guard import WriteRefused, require_write
 from ..state import current_api
 from ..components import flatten, fmt_datetime, fmt_duration, fmt_value, message, run_duration
 
@@ -263,10 +264,15 @@ def ask_delete(_clicks, selected_ids):
     Input(ids.RUNS_CONFIRM, "submit_n_clicks"),
     State(ids.RUNS_TABLE, "selected_row_ids"),
     State(ids.RUNS_VERSION, "data"),
+    State(ids.SHELL_CSRF, "data"),
     prevent_initial_call=True,
 )
-def delete_selected(_submit, selected_ids, version):
-    """Delete after confirmation, then bump the version so the table reloads."""
+def delete_selected(_submit, selected_ids, version, csrf):
+    """Delete after confirmation (as the signed-in person), then bump the version so the table reloads."""
+    try:
+        require_write(csrf, action="delete")
+    except WriteRefused as exc:
+        return no_update, message("Not deleted", str(exc), kind="error")
     api = current_api()
     errors = []
     for run_id in selected_ids or []:

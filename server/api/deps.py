@@ -14,7 +14,7 @@ from server import store
 from server.auth import Principal, verify_token
 from server.body import read_body
 from server.config import Settings
-from server.errors import Forbidden, NotAuthenticated
+from server.errors import Forbidden, NotAuthenticated, RunNotFound
 from server.models import Run
 
 
@@ -58,8 +58,15 @@ def require_writer(request: Request, session: SessionDep) -> Principal:
 
 
 def require_reader(request: Request, session: SessionDep, settings: SettingsDep) -> Principal | None:
+    """The reader, or None for an anonymous read where reads are open (loopback).
+
+    A token sent where reads are open still counts: a project-scoped token then sees only its
+    project (the dashboard reads with the signed-in person's token), never more than anonymous
+    reads would show. An unknown token there is read anonymously, as if none were sent.
+    """
     if not settings.reads_need_token:
-        return None
+        token = _bearer(request)
+        return verify_token(session=session, token=token) if token else None
     return _authenticate(request, session)
 
 
@@ -67,8 +74,18 @@ WriterDep = Annotated[Principal, Depends(require_writer)]
 ReaderDep = Annotated[Principal | None, Depends(require_reader)]
 
 
-def readable_run(run_id: str, _reader: ReaderDep, session: SessionDep) -> Run:
-    return store.get_run(session=session, run_id=run_id)
+def check_readable(session: Session, reader: Principal | None, run_id: str) -> Run:
+    """The run, or 404 as for an unknown id when a project-scoped reader asks for another project's
+    run (a 404 rather than a 403 does not confirm that the id exists)."""
+    run = store.get_run(session=session, run_id=run_id)
+    if reader is not None and reader.project is not None \
+            and store.runs.project_name(session=session, run=run) != reader.project:
+        raise RunNotFound(run_id)
+    return run
+
+
+def readable_run(run_id: str, reader: ReaderDep, session: SessionDep) -> Run:
+    return check_readable(session, reader, run_id)
 
 
 def writable_run(run_id: str, principal: WriterDep, session: SessionDep) -> Run:

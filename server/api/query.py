@@ -10,9 +10,8 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from server import store
-from server.api.deps import ReaderDep, ReadRunDep, SessionDep
-from server.errors import InvalidBody, RunNotFound
-from server.models import Run
+from server.api.deps import ReaderDep, ReadRunDep, SessionDep, check_readable
+from server.errors import InvalidBody
 from server.store.arrays import array_summary
 from server.wire import WireJSONResponse
 
@@ -23,7 +22,7 @@ Int64Query = Annotated[int | None, Query(ge=-(2**63), le=2**63 - 1)]
 
 @router.get("/series")
 def read_series(
-    request: Request, _reader: ReaderDep, session: SessionDep,
+    request: Request, reader: ReaderDep, session: SessionDep,
     run_id: Annotated[list[str], Query(min_length=1, max_length=50)],
     key: Annotated[list[str], Query(min_length=1, max_length=500)],
     x: Literal["step", "time"] = "step",
@@ -32,9 +31,8 @@ def read_series(
     x_max: float | None = None,
     after_step: Int64Query = None,
 ) -> Response:
-    missing = [r for r in dict.fromkeys(run_id) if session.get(Run, r) is None]
-    if missing:
-        raise RunNotFound(missing[0])
+    for rid in dict.fromkeys(run_id):
+        check_readable(session, reader, rid)
     series = store.read_series(session=session, run_ids=list(dict.fromkeys(run_id)),
                                keys=list(dict.fromkeys(key)), x=x, points=points, x_min=x_min, x_max=x_max,
                                after_step=after_step, cache=request.app.state.series_cache)
@@ -107,7 +105,7 @@ def list_events(
 
 @router.get("/time-to-target")
 def time_to_target(
-    _reader: ReaderDep, session: SessionDep,
+    reader: ReaderDep, session: SessionDep,
     run_id: Annotated[list[str], Query(min_length=1, max_length=50)],
     key: str,
     target: float,
@@ -123,10 +121,7 @@ def time_to_target(
         ids.append(base)
     runs = []
     for rid in ids:
-        run = session.get(Run, rid)
-        if run is None:
-            raise RunNotFound(rid)
-        runs.append((rid, run.name))
+        runs.append((rid, check_readable(session, reader, rid).name))
     rows = store.time_to_target(session=session, runs=runs, key=key, target=target, direction=direction,
                                 baseline=base)
     return WireJSONResponse({"key": key, "target": target, "direction": direction, "baseline": base,

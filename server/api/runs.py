@@ -49,7 +49,7 @@ def _config_filter(raw: str) -> tuple[str, str]:
 
 @router.get("/runs")
 def list_runs(
-    _reader: ReaderDep, session: SessionDep,
+    reader: ReaderDep, session: SessionDep,
     project: str | None = None,
     status: Literal["running", "finished", "crashed"] | None = None,
     tag: Annotated[list[str] | None, Query()] = None,
@@ -62,6 +62,10 @@ def list_runs(
     descending: bool = True,
 ) -> Response:
     """Runs, newest first by default; ``order`` with a leading ``-`` forces descending."""
+    if reader is not None and reader.project is not None:  # a scoped token lists only its project
+        if project is not None and project != reader.project:
+            return WireJSONResponse({"data": [], "count": 0})
+        project = reader.project
     column = order.lstrip("-")
     desc = True if order.startswith("-") else descending
     rows, count = store.list_runs(

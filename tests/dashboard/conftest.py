@@ -39,10 +39,11 @@ def seeded(server: LiveServer) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def dash_app(server: LiveServer):
-    """A Dash app (separate from the one the server mounts) reading the live server over HTTP."""
+    """A Dash app (separate from the one the server mounts) reading the live server over HTTP; it
+    holds no token (as in production), callbacks act for whoever the request context signs in."""
     from dashboard.app import create_app
 
-    return create_app(server.url, server.token)
+    return create_app(server.url)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from dash import no_update
 
 from dashboard import figures as F
 from dashboard.api import ApiClient, NotFound
@@ -28,7 +29,7 @@ def page(name: str):
 
 
 def _catalog(server, run_id: str) -> dict:
-    api = ApiClient(DashboardConfig(api_url=server.url, token=server.token))
+    api = ApiClient(DashboardConfig(api_url=server.url)).as_user(server.token)
     return Catalog.from_keys(api.keys(run_id)).to_store()
 
 
@@ -44,7 +45,7 @@ def _text(component) -> str:
 
 
 def test_api_client_reads_runs_and_rejects_unknown_ids(server, seeded) -> None:
-    api = ApiClient(DashboardConfig(api_url=server.api, token=server.token))  # /api/v1 suffix is accepted too
+    api = ApiClient(DashboardConfig(api_url=server.api)).as_user(server.token)  # /api/v1 suffix is accepted too
     runs, count = api.list_runs(project="dash-tests")
     assert {r["id"] for r in runs} >= set(seeded.values()) and count >= len(seeded)
     with pytest.raises(NotFound):
@@ -108,7 +109,7 @@ def test_run_layout_reads_view_options_from_the_query_string(seeded) -> None:
 def test_scalar_charts_then_live_append_with_patch(server, seeded) -> None:
     run = page("run")
     rid = seeded["live"]
-    api = ApiClient(DashboardConfig(api_url=server.url, token=server.token))
+    api = ApiClient(DashboardConfig(api_url=server.url)).as_user(server.token)
     last = api.latest(rid, ["loss"])["loss"]["step"]  # other tests may have appended to this run
     graphs, cursor = run.draw_scalars(["loss", "acc"], "step", 0.5, [], "scalars", rid, {"created_at": None})
     assert len(graphs) == 2 and graphs[0].figure.layout.title.text == "loss"
@@ -223,14 +224,46 @@ def test_compare_config_diff_and_matched_spectra(server, seeded) -> None:
     assert len(grid.data) == 3 and len(n_box.data) == 3 and n_overlay.data[0].name.endswith("@ 60")
 
 
-def test_delete_after_confirmation_removes_the_run(server) -> None:
+def _signed_in_request(dash_app, token: str | None, *, origin: str | None = "http://127.0.0.1:8050"):
+    """A callback request context as a browser on the dashboard's own page sends it; signed in with
+    ``token`` (None: nobody), and the session's CSRF value is ``"csrf-1"``."""
+    import flask
+
+    server = dash_app.server
+    headers = {"Host": "127.0.0.1:8050", **({"Origin": origin} if origin else {})}
+    ctx = server.test_request_context("/_dash-update-component", method="POST", headers=headers)
+    ctx.push()
+    flask.session["csrf"] = "csrf-1"
+    if token:
+        flask.session["sid"] = server.extensions["optiscope-auth"].sessions.create(token, token_id=None, project=None)
+    return ctx
+
+
+def test_delete_after_confirmation_removes_the_run(server, dash_app) -> None:
     runs = page("runs")
     seeder = Seeder(server.api, server.token)
     try:
         seeder.create_run("run-to-delete", name="delete me")
     finally:
         seeder.close()
-    version, note = runs.delete_selected(1, ["run-to-delete"], 3)
+    api = ApiClient(DashboardConfig(api_url=server.url)).as_user(server.token)
+    # refused, with the reason shown, and the run still there: nobody signed in / wrong CSRF / other origin
+    for token, csrf, origin, reason in [(None, "csrf-1", "http://127.0.0.1:8050", "sign in with an API token to delete"),
+                                        (server.token, "stale", "http://127.0.0.1:8050", "security token"),
+                                        (server.token, "csrf-1", "http://evil.example", "did not come from"),
+                                        (server.token, "csrf-1", None, "did not come from")]:
+        ctx = _signed_in_request(dash_app, token, origin=origin)
+        try:
+            version, note = runs.delete_selected(1, ["run-to-delete"], 3, csrf)
+        finally:
+            ctx.pop()
+        assert version is no_update and reason in _text(note), (token, csrf, origin, _text(note))
+        assert api.get_run("run-to-delete")["name"] == "delete me"
+    ctx = _signed_in_request(dash_app, server.token)
+    try:
+        version, note = runs.delete_selected(1, ["run-to-delete"], 3, "csrf-1")
+    finally:
+        ctx.pop()
     assert version == 4 and note is None
     with pytest.raises(NotFound):
-        ApiClient(DashboardConfig(api_url=server.url, token=server.token)).get_run("run-to-delete")
+        api.get_run("run-to-delete")

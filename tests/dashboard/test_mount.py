@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
@@ -24,7 +26,7 @@ def test_mount_serves_dash_at_root_and_leaves_api_paths_alone() -> None:
     def api_404(path: str) -> JSONResponse:
         return JSONResponse({"detail": f"no such API endpoint: /api/{path}"}, status_code=404)
 
-    mount(app, api_url="http://127.0.0.1:9/api/v1", token=None)
+    mount(app, api_url="http://127.0.0.1:9/api/v1", bind_host="127.0.0.1")
     client = TestClient(app)
     assert client.get("/api/v1/health").json() == {"status": "ok"}
     missing = client.get("/api/v1/nope")
@@ -42,3 +44,11 @@ def test_dashboard_subcommand_is_registered() -> None:
     args = parser.parse_args(["dashboard", "--api", "http://example:8000", "--port", "9000"])
     assert (args.api, args.port, args.host) == ("http://example:8000", 9000, "127.0.0.1")
     assert callable(args.func)
+
+
+def test_dashboard_subcommand_takes_no_token() -> None:
+    """The standalone dashboard acts for whoever signs in; it has no token of its own to be given."""
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["dashboard", "--token", "osk_anything"])

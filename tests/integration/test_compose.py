@@ -27,6 +27,7 @@ yaml = pytest.importorskip("yaml")
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 OPTISCOPE_SERVICES = ("migrate", "server", "dashboard")
+TOKEN_SERVICES = ("migrate", "server")  # the dashboard has none: people sign in with theirs
 _VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:-|:\?|-|\?)(?P<arg>[^}]*))?\}")
 
 
@@ -135,10 +136,14 @@ def test_server_starts_after_migrations_and_healthy_db() -> None:
 
 def test_token_and_database_come_from_the_environment() -> None:
     services = _compose()["services"]
-    for name in OPTISCOPE_SERVICES:
+    for name in TOKEN_SERVICES:
         raw = services[name]["environment"]
         assert raw["OPTISCOPE_TOKEN"].startswith("${OPTISCOPE_TOKEN:?"), "the token must be required, not defaulted"
         assert "@db:5432/" in raw["OPTISCOPE_DATABASE_URL"]
+    # the dashboard holds no token (people sign in with their own) and never touches the database
+    dash = services["dashboard"]["environment"]
+    assert "OPTISCOPE_TOKEN" not in dash and "OPTISCOPE_DATABASE_URL" not in dash
+    assert "--token" not in services["dashboard"]["command"]
     with pytest.raises(KeyError, match="OPTISCOPE_TOKEN"):
         _service_env(services["server"], {})
     env = _service_env(services["server"], {"OPTISCOPE_TOKEN": "t0k"})
@@ -158,6 +163,8 @@ def container_env(pg_cluster: Any, tmp_path: Path) -> Iterator[dict[str, dict[st
     token = "osk_" + secrets.token_urlsafe(24)
     services = _compose()["services"]
     base = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if os.environ.get("PYTHONPATH"):  # the code under test (a worktree), not whatever is installed
+        base["PYTHONPATH"] = os.environ["PYTHONPATH"]
     envs: dict[str, dict[str, str]] = {}
     for name in OPTISCOPE_SERVICES:
         env = _service_env(services[name], {"OPTISCOPE_TOKEN": token})
@@ -212,7 +219,20 @@ def test_container_commands_run_against_real_postgres(container_env: dict[str, d
         with open(dash_log, "wb") as log:
             processes.append(subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT))
         page = _wait_http(f"http://127.0.0.1:{dash_port}/", processes[1], dash_log)
-        assert page.status_code == 200
+        # bound to 0.0.0.0 it serves nothing but the sign-in page to a stranger ...
+        assert page.status_code == 302 and page.headers["location"].startswith("/login"), page.text
+        dash = f"http://127.0.0.1:{dash_port}"
+        assert httpx.get(f"{dash}/login").status_code == 200
+        assert httpx.get(f"{dash}/_dash-layout").status_code == 401
+        assert httpx.post(f"{dash}/_dash-update-component", json={}).status_code == 401
+        # ... and, signed in with the token from the environment, the pages and their data
+        with httpx.Client(base_url=dash) as client:
+            form = client.get("/login")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+            signed = client.post("/login", data={"token": token, "csrf": csrf, "next": "/"},
+                                 headers={"Origin": dash})
+            assert signed.status_code == 302 and signed.headers["location"] == "/", signed.text
+            assert client.get("/_dash-layout").status_code == 200
         check = subprocess.run(_healthcheck_argv(services["dashboard"], dash_port, 8050), timeout=30)
         assert check.returncode == 0, "the dashboard container's healthcheck fails"
     finally:

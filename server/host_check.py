@@ -1,6 +1,6 @@
 """Refuse requests whose ``Host`` is not this server's own name (DNS-rebinding defence).
 
-The rules live in :mod:`webguard.host_policy` (shared with the standalone dashboard); this is the
+The rules live in :mod:`dashboard.host_policy` (shared with the standalone dashboard); this is the
 ASGI middleware that applies them to the API and to anything mounted on the app (the dashboard),
 because it runs before routing.
 
@@ -15,7 +15,7 @@ import json
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.config import Settings
-from webguard.host_policy import REFUSAL, HostPolicy
+from dashboard.host_policy import REFUSAL, HostPolicy
 
 class HostCheckMiddleware:
     """ASGI middleware answering 400 to HTTP/WebSocket requests with a foreign ``Host``."""

@@ -1,7 +1,7 @@
 """The checks every dashboard request goes through, in one ``before_request`` on the Flask server.
 
 - Host: the standalone dashboard answers only its own names (DNS rebinding), by the same rules as
-  the server (:mod:`webguard.host_policy`); mounted in the server, the server has checked already.
+  the server (:mod:`dashboard.host_policy`); mounted in the server, the server has checked already.
 - Sign-in: where ``DashboardConfig.login_required`` (any bind beyond loopback, or
   ``OPTISCOPE_DASHBOARD_AUTH=login``) no page, layout, callback or data is served without a live
   session; pages redirect to ``/login``, everything else answers 401. Static files stay public.
@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit
 
 import flask
 
-from webguard.host_policy import REFUSAL, HostPolicy
+from dashboard.host_policy import REFUSAL, HostPolicy
 
 from ..config import DashboardConfig
 from .sessions import SessionStore, SignIn

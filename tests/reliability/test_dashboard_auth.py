@@ -214,7 +214,7 @@ def test_anonymous_pages_layout_and_every_callback_are_refused_beyond_loopback(a
 
 
 def test_the_standalone_dashboard_refuses_a_foreign_host(remote: Dashboard) -> None:
-    """DNS rebinding: the same Host rules as the server (webguard.host_policy), before anything else."""
+    """DNS rebinding: the same Host rules as the server (dashboard.host_policy), before anything else."""
     r = httpx.get(remote.url + "/login", headers={"Host": "attacker.example"})
     assert r.status_code == 400 and "Host" in r.json()["detail"]
     assert httpx.get(remote.url + "/login", headers={"Host": "localhost"}).status_code == 200

@@ -6,7 +6,8 @@ are, so ``history(points=2000)`` of a million-point series costs one small respo
 million-row transfer.
 
 Extending: a new read (e.g. a new analysis endpoint) is a method on :class:`Api` that calls
-``self._http.get(path, **params)`` and, where runs are named, ``self._run_ids(runs)``.
+``self._http.get(path, **params)`` (failures become one-line ``ApiError`` messages) and, where
+runs are named, ``self._run_ids(runs)``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+import httpx
 import numpy as np
 
 from probe.api.frames import flatten, pandas, wire_float
@@ -150,6 +152,9 @@ class Api:
     def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0) -> None:
         self._http = HttpSession(url, token, timeout=timeout)
         self.url = self._http.url
+        self.http: httpx.Client = self._http.client
+        """The configured ``httpx.Client``: base URL ``<url>/api/v1`` and the bearer token, for reads
+        this class has no method for yet (``api.http.get("/runs/<id>/keys").json()``)."""
 
     def close(self) -> None:
         self._http.close()

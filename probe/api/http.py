@@ -46,10 +46,11 @@ class HttpSession:
         self.url = config.url
         self.token = config.token
         headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
-        self._client = httpx.Client(base_url=config.api, headers=headers, timeout=timeout)
+        self.client = httpx.Client(base_url=config.api, headers=headers, timeout=timeout)
+        """The configured ``httpx.Client`` (base URL ``<url>/api/v1``, bearer token set)."""
 
     def close(self) -> None:
-        self._client.close()
+        self.client.close()
 
     def __enter__(self) -> HttpSession:
         return self
@@ -61,8 +62,8 @@ class HttpSession:
                 headers: Mapping[str, str] | None = None, json: Any = None) -> httpx.Response:
         """Send one request; any transport failure or non-2xx answer raises :class:`ApiError`."""
         try:
-            response = self._client.request(method, path, params=params, content=content,
-                                            headers=headers, json=json)
+            response = self.client.request(method, path, params=params, content=content,
+                                     headers=headers, json=json)
         except httpx.ConnectError:
             raise ApiError(f"cannot reach the Optiscope server at {self.url} "
                            "(is `optiscope serve` running? pass --url or set OPTISCOPE_URL)") from None

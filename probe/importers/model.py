@@ -60,6 +60,19 @@ class ImportedRun:
     def n_points(self) -> int:
         return sum(len(v) for v in self.scalars.values())
 
+    def drop_stored(self, scalars_last: dict[str, int], arrays_last: dict[tuple[str, str], int]) -> None:
+        """Keep only points after what the server already holds for each key (and layer).
+
+        A second import of the same source then sends nothing, and one of a log directory that
+        training has since extended sends only the new steps.
+        """
+        for key, last in scalars_last.items():
+            if key in self.scalars:
+                self.scalars[key] = [p for p in self.scalars[key] if p[0] > last]
+        self.scalars = {k: v for k, v in self.scalars.items() if v}
+        self.arrays = [a for a in self.arrays
+                       if a["step"] > arrays_last.get((a["key"], a["layer"]), -(2**63))]
+
     def batches(self) -> Iterator[dict[str, Any]]:
         """``Batch`` bodies whose ids hash their content: a re-sent batch is recognised as a duplicate."""
         pending: list[dict[str, Any]] = []

@@ -29,7 +29,7 @@ def _modules() -> tuple[Any, Any, Any, Any]:
         from tensorboard.util import tensor_util
     except ImportError:
         raise ImportError("importing TensorBoard logs needs the tensorboard package: "
-                          "pip install 'optiscope[import-tensorboard]'") from None
+                          "pip install 'optiscope[importers]'") from None
     return event_file_loader, tf, plugin_data_pb2, tensor_util
 
 
@@ -143,8 +143,10 @@ def read_logdir(logdir: str | os.PathLike[str], *, project: str) -> ReadResult:
         if not reader.scalars and not reader.arrays and not reader.config:
             continue
         name = directory.relative_to(root).as_posix() if directory != root else root.name
-        files = [p.name for p in dirs[directory]]  # unique per writer (time, host, pid): moves keep the id
-        run = {"id": stable_run_id("tb", *files), "project": project, "name": name[:256],
+        # The oldest event file's name (time, host, pid, counter) is unique to the writer that started
+        # the run: moving the directory or adding event files (training resumed) keeps the id.
+        first = dirs[directory][0].name
+        run = {"id": stable_run_id("tb", project, first), "project": project, "name": name[:256],
                "config": reader.config, "tags": ["tensorboard"]}
         result.runs.append(ImportedRun(run=run, source=str(directory), scalars=reader.scalars,
                                        arrays=reader.arrays))

@@ -71,12 +71,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="An export file goes to a server with --url, else into the database. TensorBoard "
                     "and MLflow runs go to a server (--url, default the local `optiscope serve`); "
                     "importing the same source again stores nothing new.")
-    imp.add_argument("source", help="export file; with --from tensorboard a log directory; with --from mlflow "
-                     "a tracking URI, optionally ending in /<experiment name or id>")
-    imp.add_argument("--from", dest="kind", choices=("optiscope", "tensorboard", "mlflow"), default="optiscope",
+    imp.add_argument("source", help="export file; with --from tensorboard a log directory; with --from "
+                     "mlflow a tracking URI, optionally ending in /<experiment name or id>")
+    imp.add_argument("--from", dest="kind", choices=("optiscope", "tensorboard", "mlflow"),
+                     default="optiscope",
                      help="what SOURCE is (default: an Optiscope export file)")
     imp.add_argument("--project", default=None,
-                     help="project for TensorBoard/MLflow runs (default: 'tensorboard', or the experiment name)")
+                     help="project for TensorBoard/MLflow runs "
+                     "(default: 'tensorboard', or the experiment name)")
     _source_flags(imp)
     imp.set_defaults(func=_import)
 

@@ -41,9 +41,11 @@ def _filter_flags(*, nested: bool = False) -> argparse.ArgumentParser:
     parent.add_argument("--name", help="only runs whose name contains this (case-insensitive)")
     parent.add_argument("--project", help="only runs of this project")
     parent.add_argument("--tag", action="append", help="only runs with this tag (repeatable: all)")
-    parent.add_argument("--status", choices=("running", "finished", "crashed"), help="only runs in this state")
+    parent.add_argument("--status", choices=("running", "finished", "crashed"),
+                        help="only runs in this state")
     parent.add_argument("--config", action="append", metavar="KEY=VALUE",
-                        help="only runs whose config has KEY (dotted for nesting) equal to VALUE (repeatable)")
+                        help="only runs whose config has KEY (dotted for nesting) equal to VALUE "
+                        "(repeatable)")
     parent.add_argument("--limit", type=int, help="show at most this many runs, newest first "
                         "(default 50)")
     parent.add_argument("--json", action="store_true", help="print the runs as JSON lines instead of a table")
@@ -59,9 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Without an action, lists the runs matching the filters (newest first) with their ids.")
     runs.set_defaults(func=_guarded(_list), tag=[], config=[], limit=50)
     actions = runs.add_subparsers(dest="runs_command", metavar="ACTION")
-    lst = actions.add_parser("list", parents=[nested_conn, nested_filters], help="list runs matching the filters (the default)")
+    lst = actions.add_parser("list", parents=[nested_conn, nested_filters],
+                             help="list runs matching the filters (the default)")
     lst.set_defaults(func=_guarded(_list))
-    show = actions.add_parser("show", parents=[nested_conn], help="a run's metadata, config, summary and logged keys")
+    show = actions.add_parser("show", parents=[nested_conn],
+                              help="a run's metadata, config, summary and logged keys")
     show.add_argument("run", help="run id, or the exact name of one run")
     show.add_argument("--project", default=argparse.SUPPRESS, help="look the name up in this project only")
     show.set_defaults(func=_guarded(_show))
@@ -72,7 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     delete.set_defaults(func=_guarded(_delete))
 
 
-def _guarded(command: Callable[[argparse.Namespace, HttpSession], int]) -> Callable[[argparse.Namespace], int]:
+def _guarded(
+    command: Callable[[argparse.Namespace, HttpSession], int],
+) -> Callable[[argparse.Namespace], int]:
     """Run ``command`` with a session; an :class:`ApiError` or bad input is one stderr line, exit 1."""
 
     def run(args: argparse.Namespace) -> int:
@@ -99,7 +105,8 @@ def _list(args: argparse.Namespace, http: HttpSession) -> int:
         for run in runs:
             print(json.dumps(run))
         return 0
-    rows = [(r["id"], r["name"], r["project"], r["status"], "-" if r["last_step"] is None else str(r["last_step"]),
+    rows = [(r["id"], r["name"], r["project"], r["status"],
+             "-" if r["last_step"] is None else str(r["last_step"]),
              r["created_at"][:19].replace("T", " "), ",".join(r["tags"])) for r in runs]
     _table(_COLUMNS, rows)
     shown = f"{len(runs)} of {answer['count']}" if answer["count"] > len(runs) else str(len(runs))
@@ -128,7 +135,8 @@ def _show(args: argparse.Namespace, http: HttpSession) -> int:
         print(f"  {key} = {_text(value)}")
     print(f"scalars: {len(keys['scalars'])} keys")
     for series in keys["scalars"]:
-        print(f"  {series['key']}  {series['count']} points, steps {series['first_step']}..{series['last_step']}")
+        print(f"  {series['key']}  {series['count']} points, "
+              f"steps {series['first_step']}..{series['last_step']}")
     if keys["arrays"]:
         print(f"arrays: {len(keys['arrays'])} keys")
         for array in keys["arrays"]:

@@ -83,7 +83,8 @@ class ApiRun:
         bounds = {} if x == "samples" else {"x_min": x_min, "x_max": x_max}
         for start in range(0, len(keys), _KEYS_PER_REQUEST):
             chunk = keys[start:start + _KEYS_PER_REQUEST]
-            answer = self._http.get("/series", run_id=[self.id], key=chunk, x=server_x, points=points, **bounds)
+            answer = self._http.get("/series", run_id=[self.id], key=chunk, x=server_x, points=points,
+                                    **bounds)
             for series in answer["series"]:
                 steps = pd.Index(np.asarray(series["steps"], dtype=np.int64), name="step")
                 values = np.asarray([wire_float(v) for v in series["y"]], dtype=np.float64)
@@ -91,7 +92,8 @@ class ApiRun:
                 if x == "time":
                     times.append(pd.Series(np.asarray(series["x"], dtype=np.float64), index=steps)
                                  .groupby(level=0).first())
-        frame = pd.DataFrame(columns).sort_index() if columns else pd.DataFrame(index=pd.Index([], name="step"))
+        empty = pd.Index([], name="step")
+        frame = pd.DataFrame(columns).sort_index() if columns else pd.DataFrame(index=empty)
         frame.index.name = "step"
         if x == "time":
             frame.insert(0, "time", pd.concat(times).groupby(level=0).first().reindex(frame.index)
@@ -133,7 +135,8 @@ class ApiRun:
         if layer is not None:
             index = pd.Index([r["step"] for r in records], name="step")
         else:
-            index = pd.MultiIndex.from_tuples([(r["layer"], r["step"]) for r in records], names=["layer", "step"])
+            index = pd.MultiIndex.from_tuples([(r["layer"], r["step"]) for r in records],
+                                              names=["layer", "step"])
         return pd.DataFrame(matrix, index=index)
 
     def events(self, kind: str | None = None, limit: int = 1000) -> Any:

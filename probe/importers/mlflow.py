@@ -136,7 +136,8 @@ def _read_store(source: str, project: str | None) -> ReadResult:
                 try:
                     result.runs.append(_read_run(client, run, experiment, project or experiment.name, where))
                 except Exception as exc:  # noqa: BLE001 - one broken run must not stop the others
-                    result.problems.append(f"{where}: could not be read ({type(exc).__name__}: {exc}); skipped")
+                    result.problems.append(
+                        f"{where}: could not be read ({type(exc).__name__}: {exc}); skipped")
             token = page.token
             if not token:
                 break

@@ -36,7 +36,8 @@ def _modules() -> tuple[Any, Any, Any, Any]:
 def _event_dirs(logdir: Path) -> dict[Path, list[Path]]:
     found: dict[Path, list[Path]] = {}
     for root, _dirs, files in os.walk(logdir):
-        events = sorted(Path(root) / f for f in files if _EVENT_MARK in f and not f.endswith(".profile-empty"))
+        events = sorted(Path(root) / f for f in files
+                        if _EVENT_MARK in f and not f.endswith(".profile-empty"))
         if events:
             found[Path(root)] = events
     return dict(sorted(found.items()))
@@ -76,7 +77,8 @@ class _RunReader:
             for event in loader.Load():
                 self._event(event)
         except Exception as exc:  # a peer's reader can fail many ways on a damaged file
-            return f"{path}: could not be read to the end ({type(exc).__name__}: {exc}); the rest was imported"
+            return (f"{path}: could not be read to the end ({type(exc).__name__}: {exc}); "
+                    "the rest was imported")
         try:  # Load() stops quietly at a damaged record: look once more to tell that from the end
             next(loader._iterator)
         except StopIteration:
@@ -101,7 +103,8 @@ class _RunReader:
                 continue
             elif plugin == "scalars":
                 number = float(self.tensor_util.make_ndarray(value.tensor).item())
-                self.scalars.setdefault(value.tag, []).append((int(event.step), float(event.wall_time), number))
+                point = (int(event.step), float(event.wall_time), number)
+                self.scalars.setdefault(value.tag, []).append(point)
             elif plugin == "histograms":
                 buckets = self.tensor_util.make_ndarray(value.tensor)
                 if buckets.ndim != 2 or buckets.shape[1] != 3 or not buckets.size:

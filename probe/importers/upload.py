@@ -31,7 +31,8 @@ def upload(http: HttpSession, imported: ImportedRun) -> Uploaded:
     created = response.status_code == 201
     if not created:
         keys = http.get(f"/runs/{imported.id}/keys")
-        imported.drop_stored({s["key"]: s["last_step"] for s in keys["scalars"] if s["last_step"] is not None},
+        imported.drop_stored({s["key"]: s["last_step"] for s in keys["scalars"]
+                              if s["last_step"] is not None},
                              {(a["key"], a["layer"] or ""): a["last_step"] for a in keys["arrays"]})
     points = arrays = 0
     for batch in imported.batches():

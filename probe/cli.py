@@ -3,15 +3,21 @@
 Each package contributes its own sub-commands through the ``optiscope.cli`` entry-point group
 (see ``pyproject.toml``), so this dispatcher imports neither the server nor the dashboard: a
 training machine that installed only the ``probe`` extra still gets ``optiscope sync``, and the
-server's commands appear once the ``server`` extra is installed.
+server's commands appear once the ``server`` extra is installed. The probe's own HTTP commands
+(``optiscope runs``) are built in: they need only what the dispatcher's package needs.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Sequence
+
+# Commands of this package itself, registered without entry-point metadata (an editable install
+# made before they existed still has them); an installed entry point of the same name wins.
+_BUILT_IN = {"runs": "probe.api.cli"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Optimizer diagnostics for PyTorch: probe, store and dashboard.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for entry in sorted(entry_points(group="optiscope.cli"), key=lambda e: e.name):
+    installed = sorted(entry_points(group="optiscope.cli"), key=lambda e: e.name)
+    for name, module in _BUILT_IN.items():
+        if name not in {e.name for e in installed}:
+            import_module(module).register(subparsers)
+    for entry in installed:
         try:
             register = entry.load()
         except ImportError as exc:  # an extra that is not installed: say so instead of crashing

@@ -21,49 +21,72 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 
+_DB_HELP = "SQLAlchemy URL (default: SQLite under OPTISCOPE_HOME)"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser("serve", help="run the API (and mounted dashboard) on one port")
     serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
     serve.add_argument("--db", default=None, help="SQLAlchemy URL (default: SQLite under OPTISCOPE_HOME)")
-    serve.add_argument("--log-level", default="warning")
+    serve.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     serve.set_defaults(func=_serve)
 
     db = subparsers.add_parser("db", help="database schema commands")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     up = db_sub.add_parser("upgrade", help="apply migrations (alembic upgrade)")
-    up.add_argument("--db", default=None)
-    up.add_argument("revision", nargs="?", default="head")
+    up.add_argument("--db", default=None, help=_DB_HELP)
+    up.add_argument("revision", nargs="?", default="head", help="target revision (default head)")
     up.set_defaults(func=_db_upgrade)
 
     token = subparsers.add_parser("token", help="API tokens")
     tok_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     create = tok_sub.add_parser("create", help="create a token and print it once")
     create.add_argument("--project", default=None, help="restrict writes to this project")
-    create.add_argument("--name", default="")
-    create.add_argument("--db", default=None)
+    create.add_argument("--name", default="", help="a label to recognise the token by in `token list`")
+    create.add_argument("--db", default=None, help=_DB_HELP)
     create.add_argument(
         "--from-env", action="store_true",
         help="register the secret in $OPTISCOPE_TOKEN instead of minting one (idempotent; for deployments)",
     )
     create.set_defaults(func=_token_create)
     lst = tok_sub.add_parser("list", help="list tokens (never their secrets)")
-    lst.add_argument("--db", default=None)
+    lst.add_argument("--db", default=None, help=_DB_HELP)
     lst.set_defaults(func=_token_list)
     revoke = tok_sub.add_parser("revoke", help="revoke a token by id")
-    revoke.add_argument("id", type=int)
-    revoke.add_argument("--db", default=None)
+    revoke.add_argument("id", type=int, help="token id (the first column of `token list`)")
+    revoke.add_argument("--db", default=None, help=_DB_HELP)
     revoke.set_defaults(func=_token_revoke)
 
-    export = subparsers.add_parser("export", help="export a run to an NDJSON file")
-    export.add_argument("run_id")
-    export.add_argument("-o", "--output", required=True, help="file (.gz compresses)")
-    export.add_argument("--db", default=None)
+    export = subparsers.add_parser(
+        "export", help="export a run to an NDJSON file",
+        description="Reads from a server with --url, else from the database (--db or the default).")
+    export.add_argument("run", help="run id, or the exact name of one run")
+    export.add_argument("-o", "--output", required=True, help="file to write (.gz compresses)")
+    export.add_argument("--project", help="look the name up in this project only")
+    _source_flags(export)
     export.set_defaults(func=_export)
-    imp = subparsers.add_parser("import", help="import a run from an export file")
-    imp.add_argument("file")
-    imp.add_argument("--db", default=None)
+    imp = subparsers.add_parser(
+        "import", help="import runs: an Optiscope export file, TensorBoard logs or an MLflow store",
+        description="An export file goes to a server with --url, else into the database. TensorBoard "
+                    "and MLflow runs go to a server (--url, default the local `optiscope serve`); "
+                    "importing the same source again stores nothing new.")
+    imp.add_argument("source", help="export file; with --from tensorboard a log directory; with --from "
+                     "mlflow a tracking URI, optionally ending in /<experiment name or id>")
+    imp.add_argument("--from", dest="kind", choices=("optiscope", "tensorboard", "mlflow"),
+                     default="optiscope",
+                     help="what SOURCE is (default: an Optiscope export file)")
+    imp.add_argument("--project", default=None,
+                     help="project for TensorBoard/MLflow runs "
+                     "(default: 'tensorboard', or the experiment name)")
+    _source_flags(imp)
     imp.set_defaults(func=_import)
+
+
+def _source_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="work over HTTP against this server instead of a database")
+    parser.add_argument("--token", help="API token for --url (default: OPTISCOPE_TOKEN)")
+    parser.add_argument("--db", default=None, help="SQLAlchemy URL (default: SQLite under OPTISCOPE_HOME)")
 
 
 def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
@@ -163,6 +186,7 @@ def _token_list(args: argparse.Namespace) -> int:
 
     session = _session(_settings(args))
     try:
+        print("\t".join(("ID", "PREFIX", "NAME", "PROJECT", "CREATED", "STATE")))
         for t in list_tokens(session=session):
             state = f"revoked {t.revoked_at.isoformat()}" if t.revoked_at else "active"
             created = t.created_at.isoformat()
@@ -187,33 +211,84 @@ def _token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
+def _over_http(args: argparse.Namespace, action) -> int:  # noqa: ANN001 - (HttpSession) -> str
+    from probe.api.http import ApiError, HttpSession
+
+    try:
+        with HttpSession(args.url, args.token) as http:
+            print(action(http))
+    except (ApiError, OSError, ValueError) as exc:
+        print(f"optiscope: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _db_run(session: Session, name_or_id: str, project: str | None):  # noqa: ANN202 - a Run
+    """The run with this id, else the one run with this exact name (an ambiguous name is an error)."""
     from server import store
     from server.errors import RunNotFound
 
+    try:
+        run = store.get_run(session=session, run_id=name_or_id)
+        if project is None or store.runs.project_name(session=session, run=run) == project:
+            return run
+    except RunNotFound:
+        pass
+    rows, _count = store.list_runs(session=session, q=name_or_id, project=project, limit=1000)
+    exact = [r for r, _p in rows if r.name == name_or_id]
+    if len(exact) != 1:
+        where = f" in project {project!r}" if project else ""
+        if not exact:
+            raise LookupError(f"no run named or with id {name_or_id!r}{where} (list them: optiscope runs)")
+        raise LookupError(f"{len(exact)} runs are named {name_or_id!r}{where}: "
+                          f"{', '.join(r.id for r in exact[:10])}; pass the id instead")
+    return exact[0]
+
+
+def _export(args: argparse.Namespace) -> int:
+    if args.url:
+        from probe.api.transfer import export_to_file
+
+        return _over_http(args, lambda http: "exported run {id} ({name}) to ".format_map(
+            export_to_file(http, args.run, args.output, project=args.project)) + args.output)
+    from server import store
+
     session = _session(_settings(args))
     try:
-        run = store.get_run(session=session, run_id=args.run_id)
+        run = _db_run(session, args.run, args.project)
         opener = gzip.open if args.output.endswith(".gz") else open
         with opener(args.output, "wb") as fh:
             for line in store.export_run(session=session, run=run):
                 fh.write(line)
-    except RunNotFound as exc:
-        print(exc.detail, file=sys.stderr)
+    except (LookupError, OSError) as exc:
+        print(f"optiscope: {exc}", file=sys.stderr)
         return 1
     finally:
         session.close()
-    print(f"exported run {args.run_id} to {args.output}")
+    print(f"exported run {run.id} ({run.name}) to {args.output}")
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
+    if args.kind != "optiscope":
+        from probe.importers.cli import import_peer
+
+        return import_peer(args)
+    if args.url:
+        from probe.api.transfer import import_from_file
+
+        return _over_http(args, lambda http: "imported run {id} ({name})".format_map(
+            import_from_file(http, args.source)))
     from server import store
     from server.errors import OptiscopeError
 
-    raw = Path(args.file).read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+    try:
+        raw = Path(args.source).read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except OSError as exc:
+        print(f"optiscope: {exc}", file=sys.stderr)
+        return 1
     session = _session(_settings(args))
     try:
         run = store.import_run(session=session, data=raw)
@@ -222,5 +297,5 @@ def _import(args: argparse.Namespace) -> int:
         return 1
     finally:
         session.close()
-    print(f"imported run {run.id}")
+    print(f"imported run {run.id} ({run.name})")
     return 0

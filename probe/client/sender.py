@@ -258,10 +258,13 @@ class Sender:
         with self._waiters_lock:
             waiters, self._waiters = self._waiters, []
         if final and self.spool is not None:
-            # The end: everything to disk first, so that nothing taken from the queue can be lost
-            # whatever the network does while finish() waits; _replay_before_exit then sends it (and
-            # answers the flush() callers waiting now, like those who come later).
-            self._take_queue(self._store_at_finish, everything=True)
+            # The end: each batch goes straight to a server that is up while a whole request still
+            # fits before finish's deadline, else to disk, so that nothing taken from the queue can be
+            # lost whatever the network does while finish() waits; _replay_before_exit then sends
+            # what is on disk (and answers the flush() callers waiting now, like those who come later).
+            if self.state == ONLINE and not self.created:
+                self._catch_up(attempts=1)
+            self._take_queue(self._send_at_finish, everything=True)
             with self._waiters_lock:
                 self._waiters[:0] = waiters
             return
@@ -330,6 +333,23 @@ class Sender:
             except _StopReplay:
                 pass  # 404 or auth: keep the batch (below), the state says what comes next
         self._to_spool(batch)
+
+    def _send_at_finish(self, batch: protocol.Batch) -> None:
+        """POST at finish when the server is up and the request's whole ``timeout`` ends before the
+        deadline; otherwise (or when it fails) the spool. Writing every batch to disk first and
+        reading it back doubled the end's work: a run that logged faster than the flush interval
+        spent its finish() encoding, fsyncing and re-reading its whole tail."""
+        if (self.state == ONLINE and self.created and not self.spool
+                and self._clock() + self.config.timeout <= self._finish_deadline):
+            self._finish_requested = True
+            try:
+                self._post(batch, attempts=1)
+                return
+            except TransientError as exc:
+                self._enter_outage(exc)
+            except _StopReplay:
+                pass
+        self._store_at_finish(batch)
 
     def _store_at_finish(self, batch: protocol.Batch) -> None:
         """The spool first. A disk that fails sends the batch straight away (one try), but only in

@@ -6,13 +6,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
-from dash import Dash, Input, Output, State, dcc, html
+from dash import Input, Output, State, dcc, html
 
 from .... import ids
 from ....api import ApiError
 from ....components import fmt_value, message
 from ....state import current_api
-from .base import Tab, only_on
+from .base import Registrar, Tab, only_on
 
 # alert key -> the tab that shows what it is about (tab ids as strings: tabs never import each other)
 ALERT_TAB = {"cond_explode": "spectra", "frozen_neurons": "neurons", "nonfinite": "scalars", "update_ratio": "scalars"}
@@ -63,6 +63,6 @@ def show_alerts(tab, _state, run_id):
     return alert_rows(run_id, events)
 
 
-def register(app: Dash) -> None:
+def register(app: Registrar) -> None:
     app.callback(Output(ids.RUN_ALERTS, "children"), Input(ids.RUN_TABS, "value"), Input(ids.RUN_STATE, "data"),
                  State(ids.RUN_ID, "data"))(show_alerts)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from dash.exceptions import PreventUpdate
 
@@ -30,10 +30,17 @@ class Tab:
     label: str
     controls: frozenset[str]
     hint: str
-    body: Callable[[], Any]
+    body: Callable[..., Any]
     has_data: Callable[[Any], bool] = lambda catalog: True
     enable: str = ""
     label_for: Callable[[Mapping[str, Any]], str] | None = None
+
+
+class Registrar(Protocol):
+    """Where a module's callbacks go: a Dash app, or the ``dash`` module (its process-global
+    ``callback`` list, which the app takes when it re-executes the page module)."""
+
+    def callback(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]: ...
 
 
 def only_on(tab: str, wanted: str) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dash import Dash, Input, Output, State, html
+from dash import Input, Output, State, html
 
 from .... import ids
 from ....components import flatten, key_value_table, message
 from ....state import current_api
-from .base import Tab, only_on
+from .base import Registrar, Tab, only_on
 
 
 def body() -> html.Div:
@@ -35,6 +35,6 @@ def show_config(tab, run_id):
     ])
 
 
-def register(app: Dash) -> None:
+def register(app: Registrar) -> None:
     app.callback(Output(ids.RUN_CONFIG, "children"), Input(ids.RUN_TABS, "value"),
                  State(ids.RUN_ID, "data"))(show_config)

@@ -3,7 +3,7 @@ s_proj, β*/η*, the noise scale and the KL-norm split, per layer over time."""
 
 from __future__ import annotations
 
-from dash import Dash, Input, Output, State, html
+from dash import Input, Output, State, html
 
 from .... import figures as F
 from .... import ids
@@ -11,7 +11,7 @@ from ....components import graph
 from ....queries import Catalog, x_lines
 from ....series import X_STEP, X_TITLES
 from ....state import current_api, current_config
-from .base import Tab, layer_heatmap, only_on
+from .base import Registrar, Tab, layer_heatmap, only_on
 from .lines import per_layer_lines
 
 HINT = ("no gradient-difference projections logged yet — use probe.optim.FOP, or turn on the two-half-batch "
@@ -104,7 +104,7 @@ def noise_and_kl(layer, x, smooth, state, tab, run_id, keys):
     return noise, kl
 
 
-def register(app: Dash) -> None:
+def register(app: Registrar) -> None:
     app.callback(
         Output(ids.RUN_GDIFF_PARTS, "figure"), Output(ids.RUN_GDIFF_SPROJ, "figure"),
         Output(ids.RUN_GDIFF_BETA, "figure"),

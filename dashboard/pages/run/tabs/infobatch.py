@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from dash import Dash, Input, Output, State, html
+from dash import Input, Output, State, html
 
 from .... import figures as F
 from .... import ids
 from ....components import graph
 from ....queries import Catalog, array_at
 from ....state import current_api
-from .base import Tab, only_on
+from .base import Registrar, Tab, only_on
 
 HINT = ("no InfoBatch ledger logged yet — wrap your dataset with probe.data.InfoBatch and pass it to "
         "probe.attach(..., infobatch=...)")
@@ -74,7 +74,7 @@ def panels(epoch, _state, tab, run_id):
     return pruned, saved, threshold, cls
 
 
-def register(app: Dash) -> None:
+def register(app: Registrar) -> None:
     app.callback(
         Output(ids.RUN_IB_PRUNED, "figure"), Output(ids.RUN_IB_SAVED, "figure"),
         Output(ids.RUN_IB_THRESHOLD, "figure"), Output(ids.RUN_IB_CLASS, "figure"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dash import Dash, Input, Output, State, html
+from dash import Input, Output, State, html
 
 from .... import figures as F
 from .... import ids
@@ -10,7 +10,7 @@ from ....components import graph
 from ....queries import Catalog, array_at, x_lines
 from ....series import X_STEP, X_TITLES
 from ....state import current_api
-from .base import Tab, only_on
+from .base import Registrar, Tab, only_on
 from .lines import per_layer_lines
 
 HINT = ("no KFAC internals logged yet — they appear for runs using probe.optim.KFAC or FOP "
@@ -62,7 +62,7 @@ def panels(layer, x, step, state, tab, run_id, keys):
     return eigs, damping, spec
 
 
-def register(app: Dash) -> None:
+def register(app: Registrar) -> None:
     app.callback(
         Output(ids.RUN_KFAC_EIGS, "figure"), Output(ids.RUN_KFAC_DAMPING, "figure"),
         Output(ids.RUN_KFAC_SPECTRUM, "figure"),

@@ -3,7 +3,7 @@ and every layer's CV / frozen fraction over time."""
 
 from __future__ import annotations
 
-from dash import Dash, Input, Output, State, html
+from dash import Input, Output, State, html
 
 from .... import figures as F
 from .... import ids
@@ -11,7 +11,7 @@ from ....components import graph
 from ....queries import Catalog, array_at
 from ....series import X_STEP, X_TITLES
 from ....state import current_api, current_config
-from .base import Tab, layer_heatmap, only_on
+from .base import Registrar, Tab, layer_heatmap, only_on
 from .lines import per_layer_lines
 
 HINT = "no neuron update norms logged yet — probe.attach(...) logs per-row update norms of 2-D layers"
@@ -83,7 +83,7 @@ def row_rms(layer, state, tab, run_id):
                          uirevision=f"{run_id}:rows:{layer}")
 
 
-def register(app: Dash) -> None:
+def register(app: Registrar) -> None:
     app.callback(
         Output(ids.RUN_NEURON_DIST, "figure"), Output(ids.RUN_NEURON_V, "figure"),
         Input(ids.RUN_LAYER, "value"), Input(ids.RUN_STEP, "value"), Input(ids.RUN_TABS, "value"),

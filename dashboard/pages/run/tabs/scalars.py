@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dash import ALL, Dash, Input, Output, Patch, State, html, no_update
+from dash import ALL, Input, Output, Patch, State, html, no_update
 from dash.exceptions import PreventUpdate
 
 from .... import figures as F
@@ -16,13 +16,13 @@ from ....components import fmt_value, graph, message
 from ....queries import x_lines
 from ....series import X_SAMPLES, X_STEP, X_TIME, X_TITLES, ema, relative_time, steps_to_samples
 from ....state import current_api, current_config
-from .base import Tab, only_on
+from .base import Registrar, Tab, only_on
 
 HINT = "no scalars logged yet — call run.log({'loss': loss}, step=step) in your training loop"
 MAX_LIVE_POINTS = 5000  # more new points than this in one poll -> redraw (downsampled) instead of append
-# Keys that are bookkeeping or x axes, not something to look at first: a flat ``epoch`` chart or the
-# probe's own overhead is never a useful first view.
-_NOT_FIRST = ("samples_seen", "epoch", "step_time")
+# Keys that are x axes, not something to look at first: a staircase ``epoch`` chart or a straight
+# samples_seen line is never a useful first view (both remain pickable).
+_NOT_FIRST = ("samples_seen", "epoch")
 
 
 def body(first_graphs: list[Any] | None = None) -> html.Div:
@@ -33,9 +33,10 @@ TAB = Tab("scalars", "Scalars", frozenset({"keys", "x", "smooth", "log"}), HINT,
           has_data=lambda catalog: True)
 
 
-def default_keys(all_keys: Sequence[str], last_values: Mapping[str, Any] | None = None) -> list[str]:
-    """The scalars shown before the user picks: loss/accuracy-like keys first, then the others the
-    run logged, skipping bookkeeping (epoch, samples_seen, the probe's own timings); at most 4."""
+def default_keys(all_keys: Sequence[str]) -> list[str]:
+    """The scalars shown before the user picks: of what the run logged, loss/accuracy-like keys first
+    (``all_keys`` comes in that order), then the others, skipping x axes (epoch, samples_seen) and the
+    probe's own keys; at most 4."""
     preferred = [k for k in all_keys if not k.startswith(("infobatch.", "probe.")) and k not in _NOT_FIRST]
     return preferred[:4]
 
@@ -176,7 +177,7 @@ def append_live(_n, run_id, cursor, graph_ids):
     return patches, new_cursor
 
 
-def register(app: Dash) -> None:
+def register(app: Registrar) -> None:
     # Both callbacks write the live cursor: they stay in this module (the second with allow_duplicate).
     app.callback(
         Output(ids.RUN_SCALARS, "children"),

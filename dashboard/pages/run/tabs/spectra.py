@@ -3,14 +3,14 @@ metric as a layer x step heatmap."""
 
 from __future__ import annotations
 
-from dash import Dash, Input, Output, State, html
+from dash import Input, Output, State, html
 
 from .... import figures as F
 from .... import ids
 from ....components import graph
 from ....queries import SV_METRICS, Catalog, array_at, array_matrix
 from ....state import current_api, current_config
-from .base import Tab, layer_heatmap, only_on
+from .base import Registrar, Tab, layer_heatmap, only_on
 
 HINT = ("no spectra logged yet — enable them with probe.attach(model, optimizer, run=run), which logs "
         "singular values of 2-D weights on its spectra cadence (spectra_every=)")
@@ -105,7 +105,7 @@ def summary(metric, source, _state, tab, rows, run_id, keys):
                          z_range=(0.0, 1.0) if metric == "not_lifted" else None)
 
 
-def register(app: Dash) -> None:
+def register(app: Registrar) -> None:
     app.callback(
         Output(ids.RUN_SPEC_HEATMAP, "figure"),
         Input(ids.RUN_LAYER, "value"), Input(ids.RUN_SOURCE, "value"), Input(ids.RUN_STATE, "data"),

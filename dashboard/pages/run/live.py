@@ -6,7 +6,6 @@ version in ``RUN_STATE``, bumped here only when the run's last step or status mo
 
 from __future__ import annotations
 
-from typing import Any
 
 from dash import Input, Output, State
 from dash.exceptions import PreventUpdate

@@ -20,6 +20,9 @@ RUNS_CONFIRM = "runs-confirm"
 RUNS_MESSAGE = "runs-message"
 RUNS_INTERVAL = "runs-interval"
 RUNS_VERSION = "runs-version"  # bumped after a delete so the table reloads
+RUNS_FILTER = "runs-filter"  # free-text conditions evaluated by the server ("optimizer = normuon, lr >= 0.01")
+RUNS_COLUMNS = "runs-columns"  # the column chooser: any config key or summary metric
+RUNS_SEEN = "runs-seen"  # the query of the rows shown and the server time they were read at
 
 # run page
 RUN_ID = "run-id"  # Store: the run id of the page

@@ -68,7 +68,7 @@ def list_runs(
 
     ``filter=lr>=0.01`` (repeatable; ``config=key=value`` is ``filter=config.key=value``),
     ``sort=-summary.loss`` (any run column, config key or summary metric; overrides ``order``),
-    ``updated_since`` (ISO time: only runs changed since, plus ``changed``), ``facets=true`` (adds
+    ``updated_since`` (ISO time: only runs changed since, plus ``changed`` and ``as_of``), ``facets=true`` (adds
     projects, tags and config/summary keys).
     """
     try:
@@ -83,6 +83,7 @@ def list_runs(
         run_query.parse_sort(sort)
         query = run_query.RunQuery(project=project, status=status, tags=tuple(tag or ()), q=q, filters=conditions,
                                    sort=sort, limit=limit, offset=offset, updated_since=updated_since)
+        as_of = dt.datetime.now(dt.timezone.utc)  # before the query: a run changed during it is seen next time
         rows, count, changed = run_query.query_runs(session, query)
     except run_query.QueryError as exc:
         raise InvalidBody([{"loc": ["query", exc.field], "msg": str(exc), "type": "value_error"}]) from None
@@ -90,6 +91,7 @@ def list_runs(
     body: dict[str, object] = {"data": data, "count": count}
     if updated_since is not None:
         body["changed"] = changed
+        body["as_of"] = as_of.isoformat()  # the next refresh's updated_since
     if facets:
         body["facets"] = run_query.facets(session, project=project)
     return WireJSONResponse(body)

@@ -60,7 +60,7 @@ def test_api_client_reads_runs_and_rejects_unknown_ids(server, seeded) -> None:
 
 def test_runs_table_escapes_names_and_picks_varying_config(server, seeded) -> None:
     runs = page("runs")
-    columns, rows, selected, count, projects, tags, hint = runs.load_runs(None, None, "dash-tests", None, None, None, 0,
+    columns, rows, selected, count, projects, tags, hint, *_ = runs.load_runs(None, None, "dash-tests", None, None, None, 0,
                                                                          [seeded["fast"]], [])
     by_id = {r["id"]: r for r in rows}
     assert set(seeded.values()) <= set(by_id)

@@ -4,9 +4,11 @@ PostgreSQL): true count, paging reaches the oldest run, sort by a summary metric
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import insert
+from sqlalchemy.orm import Session
 
 from server.models import Project, Run, RunTag
 from tests.server.conftest import Api, uid
@@ -16,13 +18,13 @@ OPTIMIZERS = ("adamw", "muon", "normuon", "sgd")
 BEST = 4321  # the run index given the lowest final loss
 
 
-def seed_sweep(api: Api, n: int = N) -> tuple[str, dt.datetime]:
+def seed_sweep(sessionmaker: Callable[[], Session], n: int = N) -> tuple[str, dt.datetime]:
     """``n`` runs in a fresh project, inserted in bulk (one POST each would time the HTTP layer).
     Run i: created i seconds after t0, lr = 1e-4 * (1 + i % 200), optimizer cycles, loss falls with
     i except for BEST; every 10th run is tagged ``ten``, every 3rd finished. One run has a string lr."""
     project = "sweep-" + uid()
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-    session = api.app.state.sessionmaker()
+    session = sessionmaker()
     try:
         proj = Project(name=project)
         session.add(proj)
@@ -51,7 +53,7 @@ def seed_sweep(api: Api, n: int = N) -> tuple[str, dt.datetime]:
 
 @pytest.fixture
 def sweep(api: Api) -> tuple[Api, str, dt.datetime]:
-    project, t0 = seed_sweep(api)
+    project, t0 = seed_sweep(api.app.state.sessionmaker)
     return api, project, t0
 
 

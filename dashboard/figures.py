@@ -7,7 +7,6 @@ shape with ``series.py`` and call these.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,35 +27,9 @@ PALETTE = (
 NONFINITE_COLOR = "#d62728"
 
 
-# One colour per run, derived from its id: plotly's Dark24, 24 colours chosen to be told apart on
-# white (the position-based palette made one run orange in one panel and blue in the next).
-RUN_PALETTE = (
-    "#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#222A2A", "#B68100", "#750D86",
-    "#EB663B", "#511CFB", "#00A08B", "#FB00D1", "#FC0080", "#B2828D", "#6C7C32", "#778AAE",
-    "#862A16", "#A777F1", "#620042", "#1616A7", "#DA60CA", "#6C4516", "#0D2A63", "#AF0038",
-)
-RUN_DASHES = ("solid", "dash", "dot", "dashdot")
-
-
 def color(i: int) -> str:
-    """The i-th colour of a figure's own traces (sources, factors): not for runs, see run_color."""
+    """The i-th colour of a figure's own traces (sources, factors): not for runs, see ``colors.run_color``."""
     return PALETTE[i % len(PALETTE)]
-
-
-def _run_hash(run_id: str) -> int:
-    # blake2b, not hash(): Python salts str hashes per process, and the colour must survive reloads
-    return int.from_bytes(hashlib.blake2b(run_id.encode("utf-8"), digest_size=8).digest(), "big")
-
-
-def run_color(run_id: str) -> str:
-    """The run's colour, the same in every panel, page and reload (a pure function of the id)."""
-    return RUN_PALETTE[_run_hash(run_id) % len(RUN_PALETTE)]
-
-
-def run_dash(run_id: str) -> str:
-    """The run's line dash, from other bits of the same hash: two runs of a 20-run comparison that
-    land on the same one of 24 colours still differ in dash 3 times out of 4."""
-    return RUN_DASHES[(_run_hash(run_id) // len(RUN_PALETTE)) % len(RUN_DASHES)]
 
 
 @dataclass(slots=True)

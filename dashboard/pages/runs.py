@@ -25,6 +25,7 @@ from dash.exceptions import MissingCallbackContextException, PreventUpdate
 
 from .. import ids
 from ..api import ApiError
+from ..colors import run_color
 from ..queries import RunPage, run_page
 from ..state import current_api
 from ..components import flatten, fmt_datetime, fmt_duration, fmt_value, message, run_duration
@@ -129,6 +130,21 @@ def table_rows(runs: Sequence[Mapping[str, Any]], chosen: Sequence[str] | None =
     return columns, rows
 
 
+BASE_STYLES = (
+    {"if": {"filter_query": '{status} = "● live"', "column_id": "status"}, "color": "#2ca02c", "fontWeight": "600"},
+    {"if": {"filter_query": '{status} = "crashed"', "column_id": "status"}, "color": "#d62728"},
+    {"if": {"filter_query": "{alerts} > 0", "column_id": "alerts"}, "color": "#d62728"},
+)
+
+
+def color_styles(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The table's styles: each run's name cell carries the run's colour (``colors.run_color``) as a
+    left bar, the colour its lines have on the run and compare pages."""
+    return list(BASE_STYLES) + [
+        {"if": {"row_index": i, "column_id": "name"}, "borderLeft": f"6px solid {run_color(row['id'])}"}
+        for i, row in enumerate(rows)]
+
+
 def split_filters(text: str | None) -> list[str]:
     """``"optimizer = normuon, lr >= 0.01"`` -> one condition per item (``,`` or ``&&`` between)."""
     return [part.strip() for part in re.split(r",|&&", text or "") if part.strip()]
@@ -228,12 +244,7 @@ def layout(q: str | None = None, status: str | None = None, project: str | None 
                 style_cell={"fontSize": "13px", "padding": "4px 8px", "textAlign": "left",
                             "maxWidth": "260px", "overflow": "hidden", "textOverflow": "ellipsis"},
                 style_header={"fontWeight": "600", "backgroundColor": "#f2f4f7"},
-                style_data_conditional=[
-                    {"if": {"filter_query": '{status} = "● live"', "column_id": "status"},
-                     "color": "#2ca02c", "fontWeight": "600"},
-                    {"if": {"filter_query": '{status} = "crashed"', "column_id": "status"}, "color": "#d62728"},
-                    {"if": {"filter_query": "{alerts} > 0", "column_id": "alerts"}, "color": "#d62728"},
-                ],
+                style_data_conditional=list(BASE_STYLES),
             ),
             dcc.Store(id=ids.RUNS_VERSION, data=0),
             dcc.Store(id=ids.RUNS_SEEN, data=None),
@@ -261,6 +272,7 @@ def _triggered() -> Any:
     Output(ids.RUNS_TABLE, "page_count"),
     Output(ids.RUNS_SEEN, "data"),
     Output(ids.RUNS_COLUMNS, "options"),
+    Output(ids.RUNS_TABLE, "style_data_conditional"),
     Input(ids.RUNS_SEARCH, "value"),
     Input(ids.RUNS_STATUS, "value"),
     Input(ids.RUNS_PROJECT, "value"),
@@ -300,7 +312,7 @@ def load_runs(q, status, project, tag, _clicks, _ticks, _version, selected_ids, 
     except ApiError as exc:
         title = "Cannot apply this filter" if exc.status == 422 else "Cannot load runs"
         return (no_update, [], [], "", no_update, no_update, message(title, str(exc), kind="error"), 1, None,
-                no_update)
+                no_update, list(BASE_STYLES))
     columns, rows = table_rows(page.runs, chosen)
     keep = set(selected_ids or [])
     selected = [i for i, row in enumerate(rows) if row["id"] in keep]
@@ -317,7 +329,8 @@ def load_runs(q, status, project, tag, _clicks, _ticks, _version, selected_ids, 
         columns = no_update
     pages = max(1, math.ceil(page.count / size))
     new_seen = {"query": query, "as_of": page.as_of, "count": page.count}
-    return columns, rows, selected, count, projects, tags, hint, pages, new_seen, column_options(page.facets)
+    return (columns, rows, selected, count, projects, tags, hint, pages, new_seen, column_options(page.facets),
+            color_styles(rows))
 
 
 @callback(

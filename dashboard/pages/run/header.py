@@ -7,6 +7,7 @@ from typing import Any
 
 from dash import html
 
+from ...colors import run_color
 from ...components import fmt_datetime, fmt_duration, fmt_value, parse_time, run_duration, status_badge
 
 
@@ -37,6 +38,8 @@ def header(run: Mapping[str, Any]) -> list[Any]:
         ("id", run.get("id")),
     ]
     return [
+        html.Span("●", id="run-color", title="this run's colour on every page",
+                  style={"color": run_color(str(run.get("id") or "")), "fontSize": "22px", "marginRight": "6px"}),
         html.H2(run.get("name") or run.get("id"), id="run-name"),
         status_badge(run.get("status")),
         html.Span([html.Span([html.B(f"{k}: "), str(v), "  "]) for k, v in facts], className="run-meta"),

@@ -12,6 +12,7 @@ from dash.exceptions import PreventUpdate
 from .... import figures as F
 from .... import ids
 from ....api import ApiError
+from ....colors import run_color
 from ....components import fmt_value, graph, message
 from ....queries import x_lines
 from ....series import X_SAMPLES, X_STEP, X_TIME, X_TITLES, ema, relative_time, steps_to_samples
@@ -63,7 +64,7 @@ def scalar_figures(api, run_id: str, keys: Sequence[str], *, x: str, smooth: flo
     figs = []
     cursor: dict[str, Any] = {"x": x, "smooth": smooth, "origin": origin, "keys": list(keys), "last": {}, "ema": {},
                               "level": {}}
-    color = F.run_color(run_id)
+    color = run_color(run_id)  # the run's colour here is its colour on the runs and compare pages
     for key, line in zip(keys, lines):
         line.color = color
         fig = F.line_figure([line], title=key, x_title=X_TITLES[x], y_title=unit(key), log_y=log_y,

@@ -31,8 +31,13 @@ def body() -> html.Div:
     ])
 
 
+def _has_data(catalog: Catalog) -> bool:
+    """Spectra arrays, or only their per-layer measures (``sv.<S>.cond/L``, ``orth_err/L``)."""
+    return bool(catalog.sv_sources() or any(q.startswith("sv.") or q == "orth_err" for q in catalog.quantities))
+
+
 TAB = Tab("spectra", "Spectra", frozenset({"layer", "source", "step", "metric", "rows"}), HINT, body,
-          has_data=lambda catalog: bool(catalog.sv_sources()), enable="spectra_every=")
+          has_data=_has_data, enable="spectra_every=")
 
 
 def src_label(source: str | None) -> str:

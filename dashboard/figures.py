@@ -28,7 +28,7 @@ NONFINITE_COLOR = "#d62728"
 
 
 def color(i: int) -> str:
-    """The i-th colour, stable across figures so a run keeps its colour on the compare page."""
+    """The i-th colour of a figure's own traces (sources, factors): not for runs, see ``colors.run_color``."""
     return PALETTE[i % len(PALETTE)]
 
 
@@ -41,6 +41,7 @@ class Line:
     y: Sequence[float]
     color: str | None = None
     steps: Sequence[int] = field(default_factory=list)
+    dash: str | None = None
 
 
 # plotly_white, spelled out: figures are built unvalidated (see _figure) so a template name would
@@ -85,6 +86,12 @@ def _layout(title: str, x_title: str, y_title: str, *, uirevision: str | None, h
 
 
 MANY_TRACES = 6
+MAX_HEATMAP_HEIGHT = 720  # px: taller all-layer heatmaps are grouped by block or subset by the user
+
+
+def rows_height(rows: int, *, per_row: int = 15) -> int:
+    """Height of a layer x step heatmap: ~15 px per layer row, between 320 and 720 px."""
+    return min(MAX_HEATMAP_HEIGHT, max(HEIGHT, 90 + per_row * rows))
 
 
 def _side_legend(layout: dict[str, Any], entries: int) -> None:
@@ -174,15 +181,16 @@ def line_figure(
         c = line.color or color(i)
         name = _esc(line.name)
         xs_, ys_ = (_f32(line.x), _f32(line.y)) if compact else (_floats(line.x), _floats(line.y))
+        style = {"color": c, "width": 1.5, **({"dash": line.dash} if line.dash else {})}
         data.append({"type": "scatter", "x": xs_, "y": ys_, "name": name, "mode": "lines",
-                     "legendgroup": name, "line": {"color": c, "width": 1.5}, "opacity": 0.3 if smooth else 1.0,
-                     "showlegend": not smooth, "hovertemplate": f"{name}<br>x=%{{x}}<br>y=%{{y:.4g}}<extra></extra>"})
+                     "legendgroup": name, "line": style, "opacity": 0.3 if smooth else 1.0,
+                     "showlegend": not smooth, "hovertemplate": f"{name}{' (raw)' if smooth else ''}: %{{y:.4g}}<extra></extra>"})
         smoothed = ema(line.y, smoothing)[0] if smooth else []
         if live or smooth:
             data.append({"type": "scatter", "x": (xs_ if smooth else []),
                          "y": (_f32(smoothed) if compact else smoothed), "name": name, "mode": "lines",
-                         "legendgroup": name, "line": {"color": c, "width": 2}, "showlegend": smooth,
-                         "hovertemplate": f"{name} (EMA {smoothing:g})<br>x=%{{x}}<br>y=%{{y:.4g}}<extra></extra>"})
+                         "legendgroup": name, "line": {**style, "width": 2}, "showlegend": smooth,
+                         "hovertemplate": f"{name} (EMA {smoothing:g}): %{{y:.4g}}<extra></extra>"})
         xs, labels = _nonfinite(line.x, line.y)
         bad_x += xs
         bad_text += [f"{name}: {label}" for label in labels]
@@ -190,9 +198,10 @@ def line_figure(
     if live or bad_x:
         data.append({"type": "scatter", "x": bad_x, "y": [level] * len(bad_x), "mode": "markers",
                      "name": "non-finite (NaN/Inf)", "marker": {"symbol": "x", "color": NONFINITE_COLOR, "size": 9},
-                     "text": bad_text, "hovertemplate": "x=%{x}<br>%{text}<extra></extra>",
+                     "text": bad_text, "hovertemplate": "%{text}<extra></extra>",
                      "showlegend": bool(bad_x)})
-    layout = _layout(title, x_title, y_title, uirevision=uirevision, height=height)
+    # every run at this x in one label, as other trackers show it (closest showed one run)
+    layout = _layout(title, x_title, y_title, uirevision=uirevision, height=height, hovermode="x unified")
     if log_y:
         layout["yaxis"]["type"] = "log"
     _side_legend(layout, len(lines))
@@ -221,24 +230,34 @@ def heatmap_figure(
     empty_message: str = "no data logged yet",
     height: int = HEIGHT,
     reverse_y: bool = False,
+    z_range: tuple[float, float] | None = None,
 ) -> go.Figure:
     """A heatmap (step x index, or layer x step). ``log_color`` colours by log10 so a spectrum
     spanning 1e-6..1e2 is readable; the colour bar and the hover say so.
 
     ``z`` travels as a float32 numpy array, which plotly sends base64-encoded: a 120 x 256 spectrum
     heatmap is ~120 kB instead of ~500 kB of JSON text, and the browser decodes it without parsing.
+
+    ``z_range`` fixes the colour range (a fraction is 0..1); otherwise a field with one value gets
+    a range that starts at 0 and contains it (plotly's default for an all-zero field is -0.5..0.5).
     """
     if len(z) == 0 or len(x) == 0:
         return empty_figure(title, empty_message, height=height)
     zz = np.array([[np.nan if v is None else v for v in row] for row in z], dtype=float)
     shown = (_log10(zz) if log_color else zz).astype(np.float32)
     value = "log10 value" if log_color else "value"
+    finite = shown[np.isfinite(shown)]
+    if z_range is None and finite.size and float(finite.min()) == float(finite.max()):
+        c = float(finite[0])
+        z_range = (min(0.0, c), max(c, 0.0)) if c != 0 else (0.0, 1.0)
     trace = {
         "type": "heatmap", "x": _floats(x), "y": _floats(y), "z": shown, "colorscale": "Viridis",
         "colorbar": {"title": {"text": (f"log10 {colorbar_title}" if log_color else colorbar_title)}},
         "hovertemplate": f"{x_title}=%{{x}}<br>{y_title}=%{{y}}<br>{value}=%{{z:.4g}}<extra></extra>",
         "hoverongaps": False, "name": colorbar_title, "showscale": True,
     }
+    if z_range is not None:
+        trace.update(zmin=float(z_range[0]), zmax=float(z_range[1]))
     layout = _layout(title, x_title, y_title, uirevision=uirevision, height=height)
     if len(y) and isinstance(y[0], str):
         # layers top-down in model order, as they appear in named_parameters()

@@ -21,6 +21,9 @@ RUNS_CONFIRM = "runs-confirm"
 RUNS_MESSAGE = "runs-message"
 RUNS_INTERVAL = "runs-interval"
 RUNS_VERSION = "runs-version"  # bumped after a delete so the table reloads
+RUNS_FILTER = "runs-filter"  # free-text conditions evaluated by the server ("optimizer = normuon, lr >= 0.01")
+RUNS_COLUMNS = "runs-columns"  # the column chooser: any config key or summary metric
+RUNS_SEEN = "runs-seen"  # the query of the rows shown and the server time they were read at
 
 # run page
 RUN_ID = "run-id"  # Store: the run id of the page
@@ -38,6 +41,12 @@ RUN_X = "run-x"
 RUN_SMOOTH = "run-smooth"
 RUN_LOG = "run-log"
 RUN_KEYS = "run-keys"
+RUN_KEYS_SELECT = "run-keys-select"  # the scalar picker (options searched on the server side)
+RUN_ROWS = "run-rows"  # rows of the all-layer heatmaps: every layer, per block, or one block
+RUN_FOLLOW = "run-follow"  # the step slider follows the newest step only when this is ticked
+RUN_TAB_NOTE = "run-tab-note"  # which tabs are hidden for lack of data, and the option that enables each
+RUN_EXPORT = "run-export"  # dcc.Download of a panel's data as CSV
+RUN_IB_THRESHOLD = "run-ib-threshold"
 RUN_SCALARS = "run-scalars"  # container of the scalar graphs
 RUN_SCALAR_GRAPH = "run-scalar-graph"  # pattern-matching type {"type": ..., "key": key}
 RUN_SPEC_HEATMAP = "run-spec-heatmap"
@@ -88,3 +97,21 @@ CMP_TTT_BASELINE = "cmp-ttt-baseline"
 CMP_TTT_TABLE = "cmp-ttt-table"
 CMP_URL_SINK = "cmp-url-sink"
 CMP_MESSAGE = "cmp-message"
+CMP_META = "cmp-meta"
+CMP_KEYS_SELECT = "cmp-keys-select"
+CMP_LT_QUANTITY = "cmp-lt-quantity"  # per-layer over time: the diagnostic
+CMP_LT_LAYER = "cmp-lt-layer"  # a layer, or an all-layer aggregate (median / max over layers)
+CMP_LT_BLOCK = "cmp-lt-block"  # restrict the aggregate to one block
+CMP_LT_X = "cmp-lt-x"
+CMP_LT_GRAPH = "cmp-lt-graph"
+CMP_EXPORT = "cmp-export"
+
+
+def control_id(name: str) -> str:
+    """The wrapper of one run-page control (``run-control-<name>``), shown or hidden per tab."""
+    return f"run-control-{name}"
+
+
+def tab_body_id(tab: str) -> str:
+    """The body of one run-page tab (``run-tab-<tab>``)."""
+    return f"run-tab-{tab}"

@@ -163,3 +163,31 @@ def quantity_grid(api: ApiClient, run_id: str, quantity: str, layers: Sequence[s
     by_key = {s["key"]: s for s in series}
     data = {layer: (by_key[k]["steps"], by_key[k]["y"]) for layer, k in zip(layers, keys) if k in by_key}
     return layer_grid(data, bins, agg="max")
+
+
+@dataclass(slots=True)
+class RunPage:
+    """One page of the runs table as the server filtered, sorted and paged it."""
+
+    runs: list[dict[str, Any]]
+    count: int
+    changed: int
+    as_of: str | None
+    facets: dict[str, list[str]]
+
+
+def run_page(api: ApiClient, *, project: str | None, status: str | None, tag: str | None, q: str | None,
+             filters: Sequence[str], sort: str | None, limit: int, offset: int,
+             updated_since: str | None = None, facets: bool = False) -> RunPage:
+    """``GET /runs`` with the server-side filter/sort/paging parameters (``server.store.run_query``).
+
+    Goes through the client's ``_get`` because ``ApiClient.list_runs`` predates ``filter``/``sort``/
+    ``updated_since``/``facets`` (and ``dashboard/api.py`` is outside this page's change)."""
+    from .api import _decode_run
+
+    body = api._get("/runs", project=project or None, status=status or None, tag=[tag] if tag else None,
+                    q=q or None, filter=list(filters) or None, sort=sort, limit=limit, offset=offset,
+                    updated_since=updated_since, facets=facets or None)
+    runs = [_decode_run(r) for r in body.get("data", [])]
+    return RunPage(runs, int(body.get("count", len(runs))), int(body.get("changed", len(runs))),
+                   body.get("as_of"), dict(body.get("facets") or {}))

@@ -5,6 +5,7 @@ layer x step grids. Pure numpy, no I/O, so every rule here is tested directly.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -87,48 +88,86 @@ class Grid:
     z: list[list[float | None]]  # rows = layers; None where a layer logged nothing in a bin
 
 
-def layer_grid(series_by_layer: Mapping[str, tuple[Sequence[float], Sequence[float]]], bins: int, *, agg: str = "max") -> Grid:
-    """Bin each layer's (steps, values) onto one common step grid.
+def layer_grid(series_by_layer: Mapping[str, tuple[Sequence[float], Sequence[float]]], bins: int, *,
+               agg: str = "max") -> Grid:
+    """Put each layer's (steps, values) onto one common set of step columns.
 
-    The server downsamples each series on its own (min/max buckets) so the layers' x values differ;
-    a heatmap needs one column set. ``agg="max"`` keeps spikes (a condition number that explodes for
-    one step must stay visible — the complaint about TensorBoard's reservoir sampling); NaN/Inf
-    inside a bin are ignored unless the bin has nothing else, in which case the cell shows NaN.
+    Columns follow the steps actually logged: with at most ``bins`` distinct steps each column is one
+    logged step; with more, each column holds an equal share of the distinct steps (so no column is
+    empty for a layer that logs at every cadence step). A fixed split of the step range into 200
+    bins left ~180 of 200 columns blank for a quantity logged every 25 steps (a barcode).
+
+    The server downsamples each series on its own (min/max buckets), so layers' steps may differ: a
+    column a layer skipped inside its logged range is forward-filled from its previous column.
+    ``agg="max"`` keeps spikes (a condition number that explodes for one step must stay visible);
+    NaN/Inf inside a column are ignored unless it has nothing else, in which case the cell is NaN.
     """
     layers = [name for name, (s, _) in series_by_layer.items() if len(s)]
     if not layers:
         return Grid([], [], [])
-    lo = min(float(np.min(series_by_layer[name][0])) for name in layers)
-    hi = max(float(np.max(series_by_layer[name][0])) for name in layers)
-    bins = max(1, min(bins, int(hi - lo) + 1))
-    edges = np.linspace(lo, hi + 1e-9, bins + 1)
-    centres = ((edges[:-1] + edges[1:]) / 2).tolist()
+    distinct = np.unique(np.concatenate([np.asarray(series_by_layer[n][0], dtype=float) for n in layers]))
+    n_cols = max(1, min(bins, distinct.size))
+    # column k holds distinct[bounds[k]:bounds[k+1]]; its label is the last step it holds
+    bounds = np.linspace(0, distinct.size, n_cols + 1).round().astype(int)
+    col_of_distinct = np.repeat(np.arange(n_cols), np.diff(bounds))
+    centres = [float(distinct[b - 1]) for b in bounds[1:]] if n_cols < distinct.size else distinct.tolist()
     z: list[list[float | None]] = []
     for name in layers:
         steps = np.asarray(series_by_layer[name][0], dtype=float)
         values = np.asarray(series_by_layer[name][1], dtype=float)
-        idx = np.clip(np.searchsorted(edges, steps, side="right") - 1, 0, bins - 1)
-        row: list[float | None] = [None] * bins
+        idx = col_of_distinct[np.searchsorted(distinct, steps)]
         finite = np.isfinite(values)
+        acc = np.full(n_cols, -np.inf)
         if agg == "max":
-            acc = np.full(bins, -np.inf)
             np.maximum.at(acc, idx[finite], values[finite])
         elif agg == "last":
-            acc = np.full(bins, -np.inf)
             acc[idx[finite]] = values[finite]  # later points overwrite earlier ones (sorted by step)
         else:
             raise ValueError(f"unknown agg {agg!r}")
-        has_finite = np.zeros(bins, dtype=bool)
+        has_finite = np.zeros(n_cols, dtype=bool)
         has_finite[idx[finite]] = True
-        has_any = np.zeros(bins, dtype=bool)
+        has_any = np.zeros(n_cols, dtype=bool)
         has_any[idx] = True
-        for b in range(bins):
+        row: list[float | None] = [None] * n_cols
+        first, last = int(idx.min()), int(idx.max())
+        prev: float | None = None
+        for b in range(first, last + 1):
             if has_finite[b]:
-                row[b] = float(acc[b])
+                prev = row[b] = float(acc[b])
             elif has_any[b]:
-                row[b] = float("nan")
+                prev = row[b] = float("nan")
+            else:
+                row[b] = prev  # skipped by this layer's downsampling: carry its last value
         z.append(row)
     return Grid(layers, centres, z)
+
+
+def block_of(layer: str) -> str:
+    """The block a layer belongs to: its name up to and including the first numeric part
+    (``blocks.3.attn.qkv.weight`` -> ``blocks.3``); layers outside numbered blocks are their own
+    top-level module (``embed.weight`` -> ``embed``)."""
+    parts = layer.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return parts[0] if len(parts) > 1 else layer
+
+
+def group_rows(grid: Grid, *, agg: str = "max") -> Grid:
+    """Collapse a layer grid to one row per block (max or median over its layers), so a 200-matrix
+    model is a readable ~30-row heatmap instead of a 3,000 px tall one."""
+    order: dict[str, list[int]] = {}
+    for i, layer in enumerate(grid.layers):
+        order.setdefault(block_of(layer), []).append(i)
+    z: list[list[float | None]] = []
+    arr = np.array([[np.nan if v is None else v for v in row] for row in grid.z], dtype=float)
+    for rows in order.values():
+        sub = arr[rows]
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            vals = np.nanmax(sub, axis=0) if agg == "max" else np.nanmedian(sub, axis=0)
+        z.append([None if not np.isfinite(v) else float(v) for v in vals])
+    return Grid([f"{b} ({len(r)})" for b, r in order.items()], list(grid.steps), z)
 
 
 def split_layer_key(key: str) -> tuple[str, str | None]:

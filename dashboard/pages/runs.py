@@ -1,8 +1,12 @@
 """Runs page ("/"): every run in one table — filter, sort, search, pick runs to compare, delete.
 
-Filters that the server understands (search text, status, project, tag) go into the query so a
-10,000-run project is filtered in SQL; sorting and per-column filtering of the loaded rows happen
-in the browser (DataTable native). The filters live in the URL (``/?q=..&status=..``).
+Everything the table does is the server's: search text, status, project, tag and free conditions
+(``optimizer = normuon, lr >= 0.01``) filter in SQL, a click on a column header sorts all runs by
+it (any config value or summary metric), and the pager pages through the true count — so with
+10,000 runs "sort by final loss" finds the sweep's best run, not the best of the newest 1,000.
+Projects, tags and the column chooser's keys come from the server too. The view lives in the URL
+(``/?q=..&filter=..&sort=..&cols=..``). The 5 s refresh asks only whether anything changed since
+the last read (``updated_since``) and reloads the page only when something did.
 """
 
 from __future__ import annotations
@@ -14,18 +18,28 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
+import dash
 from dash import Input, Output, State, callback, clientside_callback, dash_table, dcc, html, no_update
 from dash.dash_table.Format import Format, Scheme
+from dash.exceptions import MissingCallbackContextException, PreventUpdate
 
 from .. import ids
-from ..api import ApiClient, ApiError
+from ..api import ApiError
 from ..auth.guard import WriteRefused, require_write
+from ..colors import run_color
+from ..queries import RunPage, run_page
 from ..state import current_api
 from ..components import flatten, fmt_datetime, fmt_duration, fmt_value, message, run_duration
 
 TITLE = "Optiscope · runs"
 STATUSES = ("running", "finished", "crashed")
 REFRESH_MS = 5000
+PAGE_SIZE = 50
+# Hyper-parameters a user compares first: chosen as automatic columns before other varying keys.
+_FIRST_CONFIG = ("lr", "optimizer", "weight_decay", "momentum", "batch_size")
+# column id -> the server's sort field (``server.store.run_query``); other columns do not sort
+_SORT_FIELDS = {"name": "name", "status": "status", "optimizer": "optimizer", "last_step": "last_step",
+                "started": "created_at"}
 # Config keys that are bookkeeping, not hyper-parameters, are never chosen as "key config" columns.
 _SKIP_CONFIG = re.compile(r"(^|\.)(seed|device|name|project|path|dir|host|output)", re.I)
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!<>|~&\"'])")
@@ -49,7 +63,8 @@ def key_config_columns(runs: Sequence[Mapping[str, Any]], limit: int = 4) -> lis
             values.setdefault(key, set()).add(fmt_value(value))
             present[key] += 1
     varying = [k for k in values if len(values[k]) > 1] if len(runs) > 1 else list(values)
-    varying.sort(key=lambda k: (-present[k], k))
+    first = {k: i for i, k in enumerate(_FIRST_CONFIG)}
+    varying.sort(key=lambda k: (first.get(k.rsplit(".", 1)[-1], len(first)), -present[k], k))
     return varying[:limit]
 
 
@@ -62,10 +77,15 @@ def summary_columns(runs: Sequence[Mapping[str, Any]], limit: int = 3) -> list[s
     return ordered[:limit]
 
 
-def table_rows(runs: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(columns, rows) for the DataTable; plain values so native sort works on numbers."""
-    cfg_cols = key_config_columns(runs)
-    sum_cols = summary_columns(runs)
+def table_rows(runs: Sequence[Mapping[str, Any]], chosen: Sequence[str] | None = None,
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(columns, rows) for the DataTable. ``chosen``: column ids (``cfg:<key>``, ``sum:<metric>``)
+    from the column chooser; without them, the config keys that vary and the common metrics."""
+    if chosen:
+        cfg_cols = [c[4:] for c in chosen if c.startswith("cfg:")]
+        sum_cols = [c[4:] for c in chosen if c.startswith("sum:")]
+    else:
+        cfg_cols, sum_cols = key_config_columns(runs), summary_columns(runs)
     columns: list[dict[str, Any]] = [
         {"name": "name", "id": "name", "presentation": "markdown"},
         {"name": "project", "id": "project"},
@@ -111,13 +131,62 @@ def table_rows(runs: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]],
     return columns, rows
 
 
+BASE_STYLES = (
+    {"if": {"filter_query": '{status} = "● live"', "column_id": "status"}, "color": "#2ca02c", "fontWeight": "600"},
+    {"if": {"filter_query": '{status} = "crashed"', "column_id": "status"}, "color": "#d62728"},
+    {"if": {"filter_query": "{alerts} > 0", "column_id": "alerts"}, "color": "#d62728"},
+)
+
+
+def color_styles(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The table's styles: each run's name cell carries the run's colour (``colors.run_color``) as a
+    left bar, the colour its lines have on the run and compare pages."""
+    return list(BASE_STYLES) + [
+        {"if": {"row_index": i, "column_id": "name"}, "borderLeft": f"6px solid {run_color(row['id'])}"}
+        for i, row in enumerate(rows)]
+
+
+def split_filters(text: str | None) -> list[str]:
+    """``"optimizer = normuon, lr >= 0.01"`` -> one condition per item (``,`` or ``&&`` between)."""
+    return [part.strip() for part in re.split(r",|&&", text or "") if part.strip()]
+
+
+def server_sort(sort_by: Sequence[Mapping[str, str]] | None) -> str:
+    """The DataTable's ``sort_by`` as the server's ``sort`` (newest first when unsorted)."""
+    if not sort_by:
+        return "-created_at"
+    col, direction = sort_by[0].get("column_id", ""), sort_by[0].get("direction", "asc")
+    if col.startswith("cfg:"):
+        field = "config." + col[4:]
+    elif col.startswith("sum:"):
+        field = "summary." + col[4:]
+    else:
+        field = _SORT_FIELDS.get(col, "created_at")
+    return ("-" if direction == "desc" else "") + field
+
+
+def parse_sort_param(sort: str | None) -> list[dict[str, str]]:
+    """``?sort=-sum:loss`` -> the DataTable's ``sort_by``."""
+    if not sort:
+        return []
+    return [{"column_id": sort.lstrip("-"), "direction": "desc" if sort.startswith("-") else "asc"}]
+
+
+def column_options(facets: Mapping[str, Sequence[str]]) -> list[dict[str, str]]:
+    """The column chooser: every config key and summary metric any run has."""
+    return ([{"label": f"config: {k}", "value": f"cfg:{k}"} for k in facets.get("config_keys", [])]
+            + [{"label": f"metric: {k}", "value": f"sum:{k}"} for k in facets.get("summary_keys", [])])
+
+
 def compare_href(selected: Sequence[str]) -> str:
     """``/compare?runs=a,b,c`` (ids are URL-safe by contract)."""
     return "/compare?" + urlencode({"runs": ",".join(selected)}, safe=",")
 
 
-def layout(q: str | None = None, status: str | None = None, project: str | None = None, tag: str | None = None, **_: Any) -> html.Div:
-    """Filters from the query string; the table is filled by :func:`load_runs`."""
+def layout(q: str | None = None, status: str | None = None, project: str | None = None, tag: str | None = None,
+           filter: str | None = None, sort: str | None = None, cols: str | None = None, **_: Any) -> html.Div:
+    """Filters, sort and columns from the query string; the table is filled by :func:`load_runs`."""
+    chosen = [c for c in (cols or "").split(",") if c.startswith(("cfg:", "sum:"))]
     return html.Div(
         [
             html.H2("Runs"),
@@ -130,11 +199,19 @@ def layout(q: str | None = None, status: str | None = None, project: str | None 
                               dcc.Dropdown(id=ids.RUNS_STATUS, options=list(STATUSES), value=status,
                                            placeholder="any", style={"width": "150px"})], className="control"),
                     html.Div([html.Label("project", className="control-label"),
-                              dcc.Dropdown(id=ids.RUNS_PROJECT, options=[], value=project, placeholder="any",
+                              dcc.Dropdown(id=ids.RUNS_PROJECT, options=[project] if project else [], value=project, placeholder="any",
                                            style={"width": "180px"})], className="control"),
                     html.Div([html.Label("tag", className="control-label"),
-                              dcc.Dropdown(id=ids.RUNS_TAG, options=[], value=tag, placeholder="any",
+                              dcc.Dropdown(id=ids.RUNS_TAG, options=[tag] if tag else [], value=tag, placeholder="any",
                                            style={"width": "160px"})], className="control"),
+                    html.Div([html.Label("filter (config, metrics, tags, status, name)", className="control-label"),
+                              dcc.Input(id=ids.RUNS_FILTER, type="text", value=filter or "", debounce=True,
+                                        placeholder="optimizer = normuon, lr >= 0.01", style={"width": "300px"})],
+                             className="control"),
+                    html.Div([html.Label("columns", className="control-label"),
+                              dcc.Dropdown(id=ids.RUNS_COLUMNS, options=[{"label": c, "value": c} for c in chosen],
+                                           value=chosen, multi=True, placeholder="automatic",
+                                           style={"minWidth": "260px"})], className="control"),
                     html.Button("refresh", id=ids.RUNS_REFRESH, className="btn"),
                 ],
                 className="controls",
@@ -155,34 +232,34 @@ def layout(q: str | None = None, status: str | None = None, project: str | None 
                 data=[],
                 row_selectable="multi",
                 selected_rows=[],
-                sort_action="native",
-                filter_action="native",
-                page_action="native",
-                page_size=50,
+                sort_action="custom",
+                sort_mode="single",
+                sort_by=parse_sort_param(sort),
+                filter_action="none",
+                page_action="custom",
+                page_current=0,
+                page_size=PAGE_SIZE,
+                page_count=1,
                 markdown_options={"html": False, "link_target": "_self"},
                 style_table={"overflowX": "auto"},
                 style_cell={"fontSize": "13px", "padding": "4px 8px", "textAlign": "left",
                             "maxWidth": "260px", "overflow": "hidden", "textOverflow": "ellipsis"},
                 style_header={"fontWeight": "600", "backgroundColor": "#f2f4f7"},
-                style_data_conditional=[
-                    {"if": {"filter_query": '{status} = "● live"', "column_id": "status"},
-                     "color": "#2ca02c", "fontWeight": "600"},
-                    {"if": {"filter_query": '{status} = "crashed"', "column_id": "status"}, "color": "#d62728"},
-                    {"if": {"filter_query": "{alerts} > 0", "column_id": "alerts"}, "color": "#d62728"},
-                ],
+                style_data_conditional=list(BASE_STYLES),
             ),
             dcc.Store(id=ids.RUNS_VERSION, data=0),
+            dcc.Store(id=ids.RUNS_SEEN, data=None),
             dcc.Interval(id=ids.RUNS_INTERVAL, interval=REFRESH_MS),
             html.Div(id="runs-url-sink", hidden=True),
         ]
     )
 
 
-def fetch_runs(api: ApiClient, *, q: str | None, status: str | None, project: str | None, tag: str | None) -> list[dict[str, Any]]:
-    """The filtered runs from the server (at most 1000, newest first)."""
-    runs, _ = api.list_runs(q=q or None, status=status or None, project=project or None,
-                            tags=[tag] if tag else None, limit=1000)
-    return runs
+def _triggered() -> Any:
+    try:
+        return dash.ctx.triggered_id
+    except MissingCallbackContextException:  # called as a plain function (tests)
+        return None
 
 
 @callback(
@@ -193,6 +270,10 @@ def fetch_runs(api: ApiClient, *, q: str | None, status: str | None, project: st
     Output(ids.RUNS_PROJECT, "options"),
     Output(ids.RUNS_TAG, "options"),
     Output(ids.RUNS_MESSAGE, "children"),
+    Output(ids.RUNS_TABLE, "page_count"),
+    Output(ids.RUNS_SEEN, "data"),
+    Output(ids.RUNS_COLUMNS, "options"),
+    Output(ids.RUNS_TABLE, "style_data_conditional"),
     Input(ids.RUNS_SEARCH, "value"),
     Input(ids.RUNS_STATUS, "value"),
     Input(ids.RUNS_PROJECT, "value"),
@@ -202,28 +283,55 @@ def fetch_runs(api: ApiClient, *, q: str | None, status: str | None, project: st
     Input(ids.RUNS_VERSION, "data"),
     State(ids.RUNS_TABLE, "selected_row_ids"),
     State(ids.RUNS_TABLE, "columns"),
+    Input(ids.RUNS_FILTER, "value"),
+    Input(ids.RUNS_COLUMNS, "value"),
+    Input(ids.RUNS_TABLE, "page_current"),
+    Input(ids.RUNS_TABLE, "page_size"),
+    Input(ids.RUNS_TABLE, "sort_by"),
+    State(ids.RUNS_SEEN, "data"),
 )
-def load_runs(q, status, project, tag, _clicks, _ticks, _version, selected_ids, old_columns):
-    """Reload the table; keeps the selection by run id (row indices move when runs appear)."""
+def load_runs(q, status, project, tag, _clicks, _ticks, _version, selected_ids, old_columns, filter_text=None,
+              chosen=None, page_current=0, page_size=PAGE_SIZE, sort_by=None, seen=None):
+    """Load one page as the server filtered and sorted it; keeps the selection by run id. A refresh
+    tick first asks whether any matching run changed since the last read and stops if none did."""
+    api = current_api()
+    filters = split_filters(filter_text)
+    sort = server_sort(sort_by)
+    size = int(page_size or PAGE_SIZE)
+    offset = int(page_current or 0) * size
+    query = {"q": q, "status": status, "project": project, "tag": tag, "filters": filters, "sort": sort,
+             "offset": offset, "limit": size, "cols": list(chosen or [])}
     try:
-        runs = fetch_runs(current_api(), q=q, status=status, project=project, tag=tag)
+        if _triggered() == ids.RUNS_INTERVAL and seen and seen.get("query") == query and seen.get("as_of"):
+            probe = run_page(api, project=project, status=status, tag=tag, q=q, filters=filters, sort=sort,
+                             limit=1, offset=0, updated_since=seen["as_of"])
+            if probe.changed == 0 and probe.count == seen.get("count"):
+                raise PreventUpdate
+        page: RunPage = run_page(api, project=project, status=status, tag=tag, q=q, filters=filters, sort=sort,
+                                 limit=size, offset=offset, updated_since="1970-01-01T00:00:00+00:00",
+                                 facets=True)
     except ApiError as exc:
-        return no_update, [], [], "", no_update, no_update, message("Cannot load runs", str(exc), kind="error")
-    columns, rows = table_rows(runs)
+        title = "Cannot apply this filter" if exc.status == 422 else "Cannot load runs"
+        return (no_update, [], [], "", no_update, no_update, message(title, str(exc), kind="error"), 1, None,
+                no_update, list(BASE_STYLES))
+    columns, rows = table_rows(page.runs, chosen)
     keep = set(selected_ids or [])
     selected = [i for i, row in enumerate(rows) if row["id"] in keep]
-    projects = sorted({r.get("project") or "" for r in runs} | ({project} if project else set()))
-    tags = sorted({t for r in runs for t in (r.get("tags") or [])} | ({tag} if tag else set()))
-    count = f"{len(rows)} run{'s' if len(rows) != 1 else ''}"
-    if not runs:
+    projects = sorted(set(page.facets.get("projects", [])) | ({project} if project else set()))
+    tags = sorted(set(page.facets.get("tags", [])) | ({tag} if tag else set()))
+    count = f"{page.count:,} run{'s' if page.count != 1 else ''}"
+    if not page.runs and page.count == 0:
         hint = message("No runs yet", "Start one with probe.init(project=...) in your training script, "
-                       "or run `optiscope demo` to see every panel filled.") if not (q or status or project or tag) \
-            else message("No runs match these filters")
+                       "or run `optiscope demo` to see every panel filled.") \
+            if not (q or status or project or tag or filters) else message("No runs match these filters")
     else:
         hint = None
     if old_columns == columns:
         columns = no_update
-    return columns, rows, selected, count, projects, tags, hint
+    pages = max(1, math.ceil(page.count / size))
+    new_seen = {"query": query, "as_of": page.as_of, "count": page.count}
+    return (columns, rows, selected, count, projects, tags, hint, pages, new_seen, column_options(page.facets),
+            color_styles(rows))
 
 
 @callback(
@@ -285,10 +393,13 @@ def delete_selected(_submit, selected_ids, version, csrf):
 
 
 clientside_callback(
-    """(q, status, project, tag) => {
+    """(q, status, project, tag, filter, cols, sortBy) => {
         const p = new URLSearchParams();
         if (q) p.set('q', q); if (status) p.set('status', status);
         if (project) p.set('project', project); if (tag) p.set('tag', tag);
+        if (filter) p.set('filter', filter);
+        if (cols && cols.length) p.set('cols', cols.join(','));
+        if (sortBy && sortBy.length) p.set('sort', (sortBy[0].direction === 'desc' ? '-' : '') + sortBy[0].column_id);
         const s = p.toString();
         if (window.location.pathname === '/') window.history.replaceState(null, '', s ? '/?' + s : '/');
         return '';
@@ -298,4 +409,7 @@ clientside_callback(
     Input(ids.RUNS_STATUS, "value"),
     Input(ids.RUNS_PROJECT, "value"),
     Input(ids.RUNS_TAG, "value"),
+    Input(ids.RUNS_FILTER, "value"),
+    Input(ids.RUNS_COLUMNS, "value"),
+    Input(ids.RUNS_TABLE, "sort_by"),
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -13,6 +14,7 @@ from server.api.openapi import json_body
 from server.body import parse_model
 from server.errors import Forbidden, InvalidBody
 from server.models import Run
+from server.store import run_query
 from server.schemas import RunCreate, RunFinish, RunUpdate
 from server.store.resume import resume_run
 from server.wire import WireJSONResponse
@@ -55,26 +57,51 @@ def list_runs(
     tag: Annotated[list[str] | None, Query()] = None,
     q: str | None = None,
     config: Annotated[list[str] | None, Query()] = None,
+    filter: Annotated[list[str] | None, Query()] = None,
+    sort: str | None = None,
+    updated_since: dt.datetime | None = None,
+    facets: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     order: Literal["created_at", "-created_at", "updated_at", "-updated_at", "name", "-name", "last_step",
                    "-last_step"] = "created_at",
     descending: bool = True,
 ) -> Response:
-    """Runs, newest first by default; ``order`` with a leading ``-`` forces descending."""
+    """Runs, newest first by default, filtered, sorted and paged in SQL (``server.store.run_query``).
+
+    ``filter=lr>=0.01`` (repeatable; ``config=key=value`` is ``filter=config.key=value``),
+    ``sort=-summary.loss`` (any run column, config key or summary metric; overrides ``order``),
+    ``updated_since`` (ISO time: only runs changed since, plus ``changed`` and ``as_of``), ``facets=true`` (adds
+    projects, tags and config/summary keys).
+    """
     if reader is not None and reader.project is not None:  # a scoped token lists only its project
         if project is not None and project != reader.project:
             return WireJSONResponse({"data": [], "count": 0})
         project = reader.project
-    column = order.lstrip("-")
-    desc = True if order.startswith("-") else descending
-    rows, count = store.list_runs(
-        session=session, project=project, status=status, tags=tag, q=q,
-        config=[_config_filter(c) for c in config or []], limit=limit, offset=offset, order=column,
-        descending=desc,
-    )
+    try:
+        conditions = [run_query.parse_condition(f) for f in filter or []]
+        for raw in config or []:
+            key, value = _config_filter(raw)
+            conditions.append(run_query.Condition(f"config.{key}" if not key.startswith("config.") else key,
+                                                  "=", value))
+        if sort is None:
+            column = order.lstrip("-")
+            sort = f"-{column}" if (order.startswith("-") or descending) else column
+        run_query.parse_sort(sort)
+        query = run_query.RunQuery(project=project, status=status, tags=tuple(tag or ()), q=q, filters=conditions,
+                                   sort=sort, limit=limit, offset=offset, updated_since=updated_since)
+        as_of = dt.datetime.now(dt.timezone.utc)  # before the query: a run changed during it is seen next time
+        rows, count, changed = run_query.query_runs(session, query)
+    except run_query.QueryError as exc:
+        raise InvalidBody([{"loc": ["query", exc.field], "msg": str(exc), "type": "value_error"}]) from None
     data = [store.run_read(session=session, run=r, project=p).model_dump() for r, p in rows]
-    return WireJSONResponse({"data": data, "count": count})
+    body: dict[str, object] = {"data": data, "count": count}
+    if updated_since is not None:
+        body["changed"] = changed
+        body["as_of"] = as_of.isoformat()  # the next refresh's updated_since
+    if facets:
+        body["facets"] = run_query.facets(session, project=project)
+    return WireJSONResponse(body)
 
 
 @router.get("/runs/{run_id}")

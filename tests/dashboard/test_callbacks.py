@@ -23,6 +23,11 @@ from .seed import TARGET_LOSS, Seeder, first_step_below
 pytestmark = pytest.mark.usefixtures("request_ctx")
 
 
+def tab(name: str):
+    """One tab module of the run page (the page is a package of one module per tab)."""
+    return sys.modules[f"dashboard.pages.run.tabs.{name}"]
+
+
 def page(name: str):
     """The page module the app registered (the app re-executes page modules to own their callbacks)."""
     return sys.modules[f"dashboard.pages.{name}"]
@@ -56,7 +61,7 @@ def test_api_client_reads_runs_and_rejects_unknown_ids(server, seeded) -> None:
 
 def test_runs_table_escapes_names_and_picks_varying_config(server, seeded) -> None:
     runs = page("runs")
-    columns, rows, selected, count, projects, tags, hint = runs.load_runs(None, None, "dash-tests", None, None, None, 0,
+    columns, rows, selected, count, projects, tags, hint, *_ = runs.load_runs(None, None, "dash-tests", None, None, None, 0,
                                                                          [seeded["fast"]], [])
     by_id = {r["id"]: r for r in rows}
     assert set(seeded.values()) <= set(by_id)
@@ -107,7 +112,7 @@ def test_run_layout_reads_view_options_from_the_query_string(seeded) -> None:
 
 
 def test_scalar_charts_then_live_append_with_patch(server, seeded) -> None:
-    run = page("run")
+    run = tab("scalars")
     rid = seeded["live"]
     api = ApiClient(DashboardConfig(api_url=server.url)).as_user(server.token)
     last = api.latest(rid, ["loss"])["loss"]["step"]  # other tests may have appended to this run
@@ -132,19 +137,19 @@ def test_scalar_charts_then_live_append_with_patch(server, seeded) -> None:
 
 
 def test_spectra_panels_for_a_muon_run(server, seeded) -> None:
-    run = page("run")
+    run = tab("spectra")
     rid = seeded["baseline"]
     keys = _catalog(server, rid)
-    heat = run.spectra_heatmap("fc1.weight", "weight", {}, "spectra", rid)
+    heat = run.heatmap("fc1.weight", "weight", {}, "spectra", rid)
     assert not F.is_empty(heat) and len(heat.data[0].x) == 20 and len(heat.data[0].y) == 16
-    at = run.spectrum_at_step("fc1.weight", "post_orth", 55, "spectra", rid, keys)
+    at = run.at_step("fc1.weight", "post_orth", 55, "spectra", rid, keys)
     assert [t.name for t in at.data] == ["momentum before orthogonalization @ step 50",
                                                 "orthogonalized update @ step 50"]
-    summary = run.spectra_summary("cond", "weight", {}, "spectra", rid, keys)
+    summary = run.summary("cond", "weight", {}, "spectra", None, rid, keys)
     assert list(summary.data[0].y) == ["fc1.weight", "fc2.weight"]
-    ortho = run.spectra_summary("orth_err", "weight", {}, "spectra", rid, keys)
+    ortho = run.summary("orth_err", "weight", {}, "spectra", None, rid, keys)
     assert not F.is_empty(ortho)
-    lifted = run.spectra_summary("not_lifted", "weight", {}, "spectra", rid, keys)  # U's, whatever the source
+    lifted = run.summary("not_lifted", "weight", {}, "spectra", None, rid, keys)  # U's, whatever the source
     assert list(lifted.data[0].y) == ["fc1.weight", "fc2.weight"] and "Newton–Schulz" in lifted.layout.title.text
 
 
@@ -152,45 +157,43 @@ def test_tabs_without_data_show_how_to_enable_them(server, seeded) -> None:
     run = page("run")
     rid = seeded["infobatch"]
     keys = _catalog(server, rid)
-    assert run.layer_choices(Catalog.from_store(keys), "spectra") == []
-    fig = run.spectra_heatmap(None, None, {}, "spectra", rid)
+    assert run.controls.layer_choices(Catalog.from_store(keys), "spectra") == []
+    fig = tab("spectra").heatmap(None, None, {}, "spectra", rid)
     assert F.is_empty(fig) and "no spectra logged yet" in fig.layout.annotations[0].text
-    parts, _, _ = run.gdiff_panels(None, "step", 0, [], {}, "gdiff", rid, keys)
+    parts, _, _ = tab("gdiff").panels(None, "step", 0, [], {}, "gdiff", rid, keys)
     assert F.is_empty(parts) and "FOP" in parts.layout.annotations[0].text
 
 
 def test_neuron_gdiff_kfac_and_infobatch_panels(server, seeded) -> None:
-    run = page("run")
     fast, slow, ib = seeded["fast"], seeded["slow"], seeded["infobatch"]
-    dist, v = run.neuron_distribution("fc1.weight", 100, "neurons", fast, _catalog(server, fast))
+    dist, v = tab("neurons").distribution("fc1.weight", 100, "neurons", fast, _catalog(server, fast))
     assert not F.is_empty(dist) and len(dist.data[0].x) == 32 and not F.is_empty(v)
-    cv, frozen = run.neuron_summary({}, "neurons", fast, _catalog(server, fast))
+    cv, frozen = tab("neurons").summary({}, "neurons", None, fast, _catalog(server, fast))
     assert list(cv.data[0].y) == ["fc1.weight", "fc2.weight"] and not F.is_empty(frozen)
-    rows = run.neuron_row_rms("fc1.weight", {}, "neurons", fast)
+    rows = tab("neurons").row_rms("fc1.weight", {}, "neurons", fast)
     assert [t.name for t in rows.data if t.name and len(t.y)] == ["row_rms_cv_before", "row_rms_cv_after"]
-    assert F.is_empty(run.neuron_row_rms("fc1.weight", {}, "neurons", seeded["baseline"]))  # Muon: no rows spread
+    assert F.is_empty(tab("neurons").row_rms("fc1.weight", {}, "neurons", seeded["baseline"]))  # Muon: no rows spread
     keys = _catalog(server, slow)
-    parts, sproj, beta = run.gdiff_panels("fc2.weight", "samples", 0.0, ["log"], {}, "gdiff", slow, keys)
+    parts, sproj, beta = tab("gdiff").panels("fc2.weight", "samples", 0.0, ["log"], {}, "gdiff", slow, keys)
     assert [t.name for t in parts.data[:6:2]] == ["parallel", "orthogonal", "gdiff_norm"]
     assert parts.layout.yaxis.type == "log" and parts.layout.xaxis.title.text == "samples seen"
     assert max(parts.data[0].x) == 199 * 128  # x mapped through samples_seen
     assert not F.is_empty(beta)
-    noise, kl = run.gdiff_noise_and_kl("fc2.weight", "step", 0.0, {}, "gdiff", slow, keys)
+    noise, kl = tab("gdiff").noise_and_kl("fc2.weight", "step", 0.0, {}, "gdiff", slow, keys)
     assert [t.name for t in noise.data if t.name and len(t.y)] == ["tr(Σ)/‖G‖²"]
     assert [t.name for t in kl.data if t.name and len(t.y)] == ["kl_base", "kl_cross", "kl_orth"]
-    noise, kl = run.gdiff_noise_and_kl("fc1.weight", "step", 0.0, {}, "gdiff", fast, _catalog(server, fast))
+    noise, kl = tab("gdiff").noise_and_kl("fc1.weight", "step", 0.0, {}, "gdiff", fast, _catalog(server, fast))
     assert F.is_empty(noise) and F.is_empty(kl)  # a NorMuon run: neither exists
     assert [t.name for t in beta.data if t.name and len(t.y)] == ["beta", "eta", "share of layers with negative β* (global)"]
-    eigs, damping, spec = run.kfac_panels("fc1.weight", "step", 100, {}, "kfac", slow, keys)
+    eigs, damping, spec = tab("kfac").panels("fc1.weight", "step", 100, {}, "kfac", slow, keys)
     assert len([t for t in eigs.data if t.name and len(t.y)]) == 4 and not F.is_empty(spec)
     assert [t.name for t in damping.data if t.name and len(t.y)][:2] == ["damping_rel", "damping_rel_mean"]
-    pruned, saved, threshold, per_class = run.infobatch_panels(3, {}, "infobatch", ib)
+    pruned, saved, threshold, per_class = tab("infobatch").panels(3, {}, "infobatch", ib)
     assert list(pruned.data[0].x) == list(range(10)) and per_class.layout.title.text == "pruned fraction per class (epoch 3)"
 
 
 def test_alerts_link_to_layer_and_step(seeded) -> None:
-    run = page("run")
-    table = run.show_alerts("alerts", {}, seeded["baseline"])
+    table = tab("alerts").show_alerts("alerts", {}, seeded["baseline"])
     text = _text(table)
     assert "cond_explode" in text and "fc1.weight" in text
     link = table.children[1].children[0].children[-1].children

@@ -1,0 +1,34 @@
+"""One colour per run, derived from its id: the same run has the same colour in every panel, on
+every page and after every reload (the position-based palette made one run orange in one panel and
+blue in the next, and repeated from the 11th run).
+
+A hash of the id picks from 24 colours chosen to be told apart on white (plotly's Dark24); the
+dash style comes from other bits of the same hash, so two runs of a 20-run comparison that share a
+colour still differ in dash 3 times out of 4.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+RUN_PALETTE = (
+    "#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#222A2A", "#B68100", "#750D86",
+    "#EB663B", "#511CFB", "#00A08B", "#FB00D1", "#FC0080", "#B2828D", "#6C7C32", "#778AAE",
+    "#862A16", "#A777F1", "#620042", "#1616A7", "#DA60CA", "#6C4516", "#0D2A63", "#AF0038",
+)
+RUN_DASHES = ("solid", "dash", "dot", "dashdot")
+
+
+def _run_hash(run_id: str) -> int:
+    # blake2b, not hash(): Python salts str hashes per process, and the colour must survive reloads
+    return int.from_bytes(hashlib.blake2b(run_id.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def run_color(run_id: str) -> str:
+    """The run's colour (``#RRGGBB``), a pure function of its id."""
+    return RUN_PALETTE[_run_hash(run_id) % len(RUN_PALETTE)]
+
+
+def run_dash(run_id: str) -> str:
+    """The run's plotly line dash, independent of its colour's choice."""
+    return RUN_DASHES[(_run_hash(run_id) // len(RUN_PALETTE)) % len(RUN_DASHES)]

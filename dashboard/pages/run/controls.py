@@ -1,0 +1,201 @@
+"""The run page's controls bar: one set of controls shared by every tab (layer, step, source, x
+axis, smoothing, log scale, heatmap rows), the choices each offers for the active tab, and the URL
+that mirrors them (``history.replaceState``: the view is shareable without the pages router
+re-rendering on each change)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from dash import Input, Output, State, dcc, html
+from dash.exceptions import PreventUpdate
+
+from ... import ids
+from ...components import control
+from ...queries import Catalog
+from ...series import X_CHOICES, X_TITLES, block_of
+from .tabs import TAB_IDS, TABS
+from .tabs.base import ROWS_AUTO, ROWS_BLOCKS, ROWS_LAYERS, Registrar
+from .tabs.spectra import SUMMARY_METRICS
+
+CONTROL_NAMES = ("keys", "x", "smooth", "log", "layer", "source", "metric", "rows", "step")
+CONTROL_WIDTHS = {"keys": "340px", "smooth": "220px", "layer": "300px", "metric": "170px", "rows": "200px",
+                  "step": "400px"}
+FOLLOW = "follow"
+SOURCE_LABELS = {"weight": " W", "update": " ΔW", "pre_orth": " before orth.", "post_orth": " after orth."}
+
+
+def row_options(catalog: Catalog) -> list[dict[str, str]]:
+    """Rows of the all-layer heatmaps: automatic, every layer, one per block, or one block's layers."""
+    layers: dict[str, None] = {}
+    for quantity_layers in catalog.quantities.values():
+        layers.update(dict.fromkeys(quantity_layers))
+    blocks = list(dict.fromkeys(block_of(layer) for layer in layers))
+    return ([{"label": "auto", "value": ROWS_AUTO}, {"label": "every layer", "value": ROWS_LAYERS},
+             {"label": "one row per block", "value": ROWS_BLOCKS}]
+            + [{"label": f"block {b}", "value": b} for b in blocks if len(blocks) > 1])
+
+
+def controls_bar(*, catalog: Catalog, keys: Sequence[str], x: str, smooth: float, log_y: bool,
+                 layer: str | None, source: str | None, metric: str | None, rows: str | None,
+                 step: int | None) -> html.Div:
+    """Every control, each in a wrapper ``run-control-<name>`` that the active tab shows or hides."""
+    widgets = {
+        "keys": ("scalars", dcc.Dropdown(id=ids.RUN_KEYS_SELECT, options=catalog.global_scalars, value=list(keys),
+                                         multi=True, placeholder="pick scalars")),
+        "x": ("x axis", dcc.RadioItems(id=ids.RUN_X, value=x, inline=True,
+                                       options=[{"label": " " + X_TITLES[c].split(" (")[0], "value": c}
+                                                for c in X_CHOICES])),
+        "smooth": ("smoothing (EMA)", dcc.Slider(id=ids.RUN_SMOOTH, min=0, max=0.99, step=0.01, value=smooth,
+                                                 marks={0: "0", 0.5: "0.5", 0.9: "0.9"},
+                                                 tooltip={"placement": "bottom"})),
+        "log": ("y scale", dcc.Checklist(id=ids.RUN_LOG, options=[{"label": " log", "value": "log"}],
+                                         value=["log"] if log_y else [])),
+        "layer": ("layer", dcc.Dropdown(id=ids.RUN_LAYER, options=[], value=layer, clearable=False,
+                                        placeholder="layer")),
+        "source": ("spectrum of", dcc.RadioItems(id=ids.RUN_SOURCE, options=[], value=source, inline=True)),
+        "metric": ("all-layer metric", dcc.Dropdown(
+            id=ids.RUN_SPEC_METRIC, clearable=False, value=metric if metric in SUMMARY_METRICS else "cond",
+            options=[{"label": m.replace("_", " "), "value": m} for m in SUMMARY_METRICS])),
+        "rows": ("heatmap rows", dcc.Dropdown(id=ids.RUN_ROWS, clearable=False, options=row_options(catalog),
+                                              value=rows or ROWS_AUTO)),
+        "step": ("step", html.Div([
+            dcc.Slider(id=ids.RUN_STEP, min=0, max=1, step=1, value=step, marks=None, updatemode="mouseup",
+                       tooltip={"placement": "bottom", "always_visible": True}),
+            dcc.Checklist(id=ids.RUN_FOLLOW, options=[{"label": " follow newest", "value": FOLLOW}], value=[]),
+        ])),
+    }
+    wrappers = []
+    for name in CONTROL_NAMES:
+        label, widget = widgets[name]
+        wrappers.append(control(label, widget, width=CONTROL_WIDTHS.get(name, "auto"), id=ids.control_id(name)))
+    return html.Div(wrappers, className="controls", id="run-controls")
+
+
+def show_controls(tab: str):
+    """Show only the controls the active tab uses (hidden ones keep their values)."""
+    wanted = next((t.controls for t in TABS if t.id == tab), frozenset())
+    return [{"display": "flex" if name in wanted else "none", "minWidth": CONTROL_WIDTHS.get(name, "auto")}
+            for name in CONTROL_NAMES]
+
+
+def show_tab(tab: str):
+    """All tab bodies are in the layout (so every callback output exists); only the active one shows,
+    and the panels' callbacks skip work for hidden tabs."""
+    return [{"display": "block" if t == tab else "none"} for t in TAB_IDS]
+
+
+def layer_choices(catalog: Catalog, tab: str) -> list[str]:
+    """Layers that have data for the tab."""
+    if tab == "spectra":
+        seen: dict[str, None] = {}
+        for src in catalog.sv_sources():
+            seen.update(dict.fromkeys(catalog.array_layers(f"sv.{src}")))
+        return list(seen)
+    if tab == "neurons":
+        layers = catalog.array_layers("neuron.update_norm")
+        return layers or catalog.layers_with("neuron.cv")
+    if tab == "gdiff":
+        return catalog.layers_with_prefix("fop.") or catalog.layers_with_prefix("gdiff.")
+    if tab == "kfac":
+        return catalog.layers_with_prefix("kfac.") or catalog.array_layers("kfac.A_eigs")
+    return []
+
+
+def step_range(catalog: Catalog, tab: str, layer: str | None, source: str | None) -> tuple[int, int] | None:
+    """The slider's range: the steps at which the tab's array for this layer was logged."""
+    key = {"spectra": f"sv.{source}", "neurons": "neuron.update_norm", "kfac": "kfac.A_eigs",
+           "infobatch": "infobatch.class_pruned_frac"}.get(tab)
+    if key is None:
+        return None
+    return catalog.array_range(key, "" if tab == "infobatch" else layer)
+
+
+def layer_options(tab: str, keys: Mapping[str, Any], layer: str | None, current: list[str] | None):
+    """Layers with data for the tab; keep the chosen layer when it has data here too. Unchanged
+    options and value are not re-sent: every panel listening to the layer would redraw for nothing."""
+    options = layer_choices(Catalog.from_store(keys), tab)
+    value = (layer if layer in options else options[0]) if options else layer
+    if options == (current or []) and value == layer:
+        raise PreventUpdate
+    return options, value
+
+
+def source_options(layer: str | None, keys: Mapping[str, Any], source: str | None, current: list | None):
+    """Spectrum sources logged for the layer (weight, update, and for Muon pre/post orthogonalization);
+    nothing is sent when they did not change (switching layer must not redraw the all-layer panel)."""
+    sources = Catalog.from_store(keys).sv_sources(layer)
+    options = [{"label": SOURCE_LABELS[s], "value": s} for s in sources]
+    value = (source if source in sources else sources[0]) if sources else None
+    if options == (current or []) and value == source:
+        raise PreventUpdate
+    return options, value
+
+
+def step_slider(tab: str, layer: str | None, source: str | None, keys: Mapping[str, Any],
+                follow: Sequence[str] | None, value: int | None, old_min: int, old_max: int):
+    """Slider over the steps the array was logged at. It moves to the newest step only when "follow
+    newest" is ticked (or nothing is chosen yet): a user reading step 120 keeps step 120 while the run
+    logs on. Sends nothing when range and value are unchanged (the panels at this step need no redraw)."""
+    rng = step_range(Catalog.from_store(keys), tab, layer, source)
+    if rng is None:
+        raise PreventUpdate
+    lo, hi = rng
+    top = max(hi, lo + 1) if hi == lo else hi
+    to_newest = value is None or FOLLOW in (follow or [])
+    new_value = hi if to_newest else max(lo, min(int(value), hi))
+    if (lo, top, new_value) == (old_min, old_max, value):
+        raise PreventUpdate
+    marks = {lo: str(lo), hi: str(hi)} if hi > lo else {hi: str(hi)}
+    return lo, top, new_value, marks
+
+
+URL_SYNC_JS = """(runId, tab, layer, step, x, smooth, log, source, metric, keys, rows) => {
+    if (!runId || !window.location.pathname.startsWith('/runs/')) return '';
+    const p = new URLSearchParams();
+    if (tab && tab !== 'scalars') p.set('tab', tab);
+    if (layer) p.set('layer', layer);
+    if (step !== null && step !== undefined) p.set('step', step);
+    if (x && x !== 'step') p.set('x', x);
+    if (smooth) p.set('smooth', smooth);
+    if (log && log.length) p.set('log', '1');
+    if (source) p.set('source', source);
+    if (metric && metric !== 'cond') p.set('metric', metric);
+    if (keys && keys.length) p.set('keys', keys.join(','));
+    if (rows && rows !== 'auto') p.set('rows', rows);
+    const s = p.toString();
+    window.history.replaceState(null, '', window.location.pathname + (s ? '?' + s : ''));
+    return '';
+}"""
+
+
+def register(app: Registrar) -> None:
+    """``app``: a Dash app or the ``dash`` module (its global ``callback``)."""
+    app.callback([Output(ids.control_id(name), "style") for name in CONTROL_NAMES],
+                 Input(ids.RUN_TABS, "value"))(show_controls)
+    app.callback([Output(ids.tab_body_id(t), "style") for t in TAB_IDS], Input(ids.RUN_TABS, "value"))(show_tab)
+    app.callback(
+        Output(ids.RUN_LAYER, "options"), Output(ids.RUN_LAYER, "value"),
+        Input(ids.RUN_TABS, "value"), Input(ids.RUN_KEYS, "data"),
+        State(ids.RUN_LAYER, "value"), State(ids.RUN_LAYER, "options"),
+    )(layer_options)
+    app.callback(
+        Output(ids.RUN_SOURCE, "options"), Output(ids.RUN_SOURCE, "value"),
+        Input(ids.RUN_LAYER, "value"), Input(ids.RUN_KEYS, "data"),
+        State(ids.RUN_SOURCE, "value"), State(ids.RUN_SOURCE, "options"),
+    )(source_options)
+    app.callback(
+        Output(ids.RUN_STEP, "min"), Output(ids.RUN_STEP, "max"), Output(ids.RUN_STEP, "value"),
+        Output(ids.RUN_STEP, "marks"),
+        Input(ids.RUN_TABS, "value"), Input(ids.RUN_LAYER, "value"), Input(ids.RUN_SOURCE, "value"),
+        Input(ids.RUN_KEYS, "data"), Input(ids.RUN_FOLLOW, "value"),
+        State(ids.RUN_STEP, "value"), State(ids.RUN_STEP, "min"), State(ids.RUN_STEP, "max"),
+    )(step_slider)
+    app.clientside_callback(
+        URL_SYNC_JS, Output(ids.RUN_URL_SINK, "children"),
+        Input(ids.RUN_ID, "data"), Input(ids.RUN_TABS, "value"), Input(ids.RUN_LAYER, "value"),
+        Input(ids.RUN_STEP, "value"), Input(ids.RUN_X, "value"), Input(ids.RUN_SMOOTH, "value"),
+        Input(ids.RUN_LOG, "value"), Input(ids.RUN_SOURCE, "value"), Input(ids.RUN_SPEC_METRIC, "value"),
+        Input(ids.RUN_KEYS_SELECT, "value"), Input(ids.RUN_ROWS, "value"),
+    )

@@ -1,0 +1,49 @@
+"""The run page split into one module per tab: tabs without data are left out of the strip with the
+option that turns them on, and the step slider stays where the user put it unless asked to follow."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from dashboard.queries import Catalog
+
+from .test_browser import graphs_with_data
+
+
+def controls():
+    return sys.modules["dashboard.pages.run.controls"]
+
+
+@pytest.mark.browser
+def test_tabs_without_data_are_left_out_and_named_with_their_option(server, seeded, page) -> None:
+    page.goto(server.url + f"/runs/{seeded['infobatch']}")
+    graphs_with_data(page, "#run-tab-scalars", 1)
+    labels = page.locator("#run-tabs .tab").all_inner_texts()
+    assert "InfoBatch" in labels and "Scalars" in labels and "Config" in labels
+    assert "Spectra" not in labels and "Gradient difference" not in labels and "KFAC" not in labels
+    note = page.locator("#run-tab-note").inner_text()
+    assert "gdiff_every=" in note and "spectra_every=" in note
+    # a run that logged everything shows every tab and no note
+    page.goto(server.url + f"/runs/{seeded['slow']}")
+    graphs_with_data(page, "#run-tab-scalars", 1)
+    labels = page.locator("#run-tabs .tab").all_inner_texts()
+    assert {"Gradient difference", "KFAC"} <= set(labels)
+    assert "gdiff_every=" not in page.locator("#run-tab-note").inner_text()
+    assert page.errors == []
+
+
+@pytest.mark.usefixtures("request_ctx")
+def test_step_slider_follows_the_newest_step_only_when_asked(server, seeded) -> None:
+    from .test_callbacks import _catalog
+
+    keys = _catalog(server, seeded["baseline"])
+    lo, hi = Catalog.from_store(keys).array_range("sv.weight", "fc1.weight")
+    # nothing chosen yet: open on the newest step
+    assert controls().step_slider("spectra", "fc1.weight", "weight", keys, [], None, 0, 1)[2] == hi
+    # the user reads step lo+10 while the range grew: the value stays
+    got = controls().step_slider("spectra", "fc1.weight", "weight", keys, [], lo + 10, lo, hi - 10)
+    assert got[2] == lo + 10 and got[1] == hi
+    # "follow newest" ticked: it moves
+    assert controls().step_slider("spectra", "fc1.weight", "weight", keys, ["follow"], lo + 10, lo, hi - 10)[2] == hi

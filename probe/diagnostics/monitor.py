@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from probe.diagnostics.alerts import AlertEngine, AlertRules
-from probe.diagnostics.budget import OverheadBudget
+from probe.diagnostics.budget import MAX_THINNING, OverBudget, OverheadBudget
 from probe.diagnostics.gradient_diff import NoiseScale, gradient_difference
 from probe.diagnostics.internals import fop_summary, global_internals, layer_internals
 from probe.diagnostics.interval import IntervalBuffer
@@ -57,7 +57,7 @@ from probe.diagnostics.measures import (
     spread_stats,
     stack_f32,
 )
-from probe.diagnostics.schedule import Schedule, as_schedule
+from probe.diagnostics.schedule import Schedule, as_schedule, period_of
 from probe.diagnostics.spectra import not_lifted_fraction
 from probe.diagnostics.spectra_pool import SpectraPool, SpectrumRequest
 
@@ -271,6 +271,14 @@ class Monitor:
         self._open = False
         self._stepped: set[int] = set()
         self._pending: dict[str, int] = {}  # due diagnostic -> step it became due (deferred by the budget)
+        # Nominal period of each budgeted diagnostic (declared by its schedule, else the last gap between
+        # two steps it was due at) and the last step it was due at: its floor is one run per 10 periods.
+        self._periods: dict[str, int] = {n: period_of(s) or 1 for n, s in self.schedules.items()}
+        self._last_due: dict[str, int] = {}
+        self._fixed_now = False  # whether the fixed per-step part (grad norms) runs this step
+        self._fixed_waited = 0  # due steps the fixed part was thinned out of since it last ran
+        self._over_budget: list[tuple[int, OverBudget]] = []  # alerts to log at the next flush
+        self._over_budget_at: int | None = None
         self._vectors_pending: set[str] = set()
         self._plan: set[str] = set()
         self._vectors_now: set[str] = set()
@@ -444,7 +452,7 @@ class Monitor:
         layers = [layer for layer in self._layers[idx] if layer.param.grad is not None]
         grad_norms: dict[int, Tensor] = {}
         with torch.no_grad():
-            if self.scalars_schedule(step) and layers and "grad_norm" not in self.disabled:
+            if self._fixed_now and layers and "grad_norm" not in self.disabled:
                 with self._guard("grad_norm"):
                     norms = torch._foreach_norm([layer.grad() for layer in layers])  # type: ignore[misc]
                     self._step_grad_norms.extend(norms)
@@ -567,15 +575,28 @@ class Monitor:
     # ------------------------------------------------------------------ step bookkeeping
     def _open_step(self) -> None:
         step = self._next_step
+        self._fixed_now = False
+        if self.scalars_schedule(step):  # the fixed part, thinned when it alone exceeds the budget
+            self._fixed_waited += 1
+            if self._fixed_waited >= self.budget.fixed_every:
+                self._fixed_now = True
+                self._fixed_waited = 0
         for name in _BUDGETED:
-            if name not in self.disabled and name not in self._pending and self.schedules[name](step):
-                self._pending[name] = step
+            if name in self.disabled or not self.schedules[name](step):
+                continue
+            last = self._last_due.get(name)
+            if last is not None and period_of(self.schedules[name]) is None:
+                self._periods[name] = step - last
+            self._last_due[name] = step
+            self._pending.setdefault(name, step)
         if self.vectors_schedule(step):
             self._vectors_pending |= {"spectra", "neuron", "internals"}
-        # Oldest first (a deferred diagnostic keeps its place in line), then the fixed priority order.
-        due = sorted((n for n in self._pending if n not in self.disabled),
-                     key=lambda n: (self._pending[n], _BUDGETED.index(n)))
-        self._plan = self.budget.select(due)
+        # Most overdue first, in nominal periods (a deferred diagnostic moves up the line), then the fixed
+        # priority order; one overdue by 9 periods more runs whatever the budget (at least 1 run per 10).
+        waited = {n: (step - since) / self._periods[n] for n, since in self._pending.items() if n not in self.disabled}
+        due = sorted(waited, key=lambda n: (-waited[n], _BUDGETED.index(n)))
+        forced = [n for n in due if waited[n] >= MAX_THINNING - 1]
+        self._plan = self.budget.select(due, forced)
         for name in self._plan:
             del self._pending[name]
         self._vectors_now = self._vectors_pending & self._plan
@@ -590,7 +611,13 @@ class Monitor:
         if self._last_close is not None:
             step_time = now - self._last_close
             self._buffer.add_host(step, "step_time", step_time)
-            self.budget.observe_step(step_time, probe_s)
+            fixed_s = probe_s - sum(self._costs.values()) if self._fixed_now else None
+            over = self.budget.observe_step(step_time, probe_s, fixed_s)
+            # One event when the budget is first missed, then one per 10 blocks while it stays missed.
+            if over is not None and (self._over_budget_at is None
+                                     or step - self._over_budget_at >= 10 * self.budget.alert_steps):
+                self._over_budget_at = step
+                self._over_budget.append((step, over))
         for name, seconds in self._costs.items():
             self.budget.charge(name, seconds)
         self._costs.clear()
@@ -739,6 +766,10 @@ class Monitor:
         if overhead is not None and per_step:
             per_step[max(per_step)]["probe.overhead"] = overhead
         self.alerts.start_flush()
+        for step, over in self._over_budget:
+            self.run.log_event("probe.overhead", over.message(), step=step, level="warning", kind="alert",
+                               data=over.data())
+        self._over_budget.clear()
         for step in sorted(per_step):
             metrics = per_step[step]
             if metrics:

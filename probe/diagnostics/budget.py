@@ -118,8 +118,8 @@ class OverheadBudget:
     @property
     def fixed_every(self) -> int:
         """Run the fixed per-step part every this many steps: 1 unless its cost alone exceeds the budget."""
-        # Not before a few steps are measured: the first ones are slow (allocation, warm-up) and noisy.
-        if self.fraction is None or self.fixed_cost is None or not self.step_time or self._fixed_seen < 10:
+        # Not before 50 steps are measured: the first ones are slow (allocation, warm-up) and noisy.
+        if self.fraction is None or self.fixed_cost is None or not self.step_time or self._fixed_seen < 50:
             return 1
         share = self.fixed_cost / (self.fraction * self.step_time)
         return max(1, min(MAX_THINNING, math.ceil(share - 1e-9)))

@@ -47,6 +47,7 @@ from probe.diagnostics.budget import MAX_THINNING, OverBudget, OverheadBudget
 from probe.diagnostics.gradient_diff import NoiseScale, gradient_difference
 from probe.diagnostics.internals import fop_summary, global_internals, layer_internals
 from probe.diagnostics.interval import IntervalBuffer
+from probe.diagnostics.layers import Layer
 from probe.diagnostics.measures import (
     as_matrix,
     global_norm,
@@ -57,6 +58,7 @@ from probe.diagnostics.measures import (
     spread_stats,
     stack_f32,
 )
+from probe.diagnostics.quantity import Needs, PostStep, PreStep, Quantity, Records, overrides
 from probe.diagnostics.schedule import Schedule, as_schedule, period_of
 from probe.diagnostics.spectra import not_lifted_fraction
 from probe.diagnostics.spectra_pool import SpectraPool, SpectrumRequest
@@ -93,31 +95,12 @@ class RunLike(Protocol):
 
 
 @dataclass
-class _Layer:
-    """One monitored parameter."""
-
-    name: str
-    param: Tensor
-    neuron_axis: int
-
-    @property
-    def is_matrix(self) -> bool:
-        return self.param.ndim >= 2
-
-    def weight(self) -> Tensor:
-        """The values on this rank: a DTensor's local shard (FSDP2, tensor parallel), never a collective."""
-        return local_shard(self.param.detach())
-
-    def grad(self) -> Tensor | None:
-        grad = self.param.grad
-        return None if grad is None else local_shard(grad)
-
-
-@dataclass
 class _OptStep:
     """What an optimizer's pre-hook leaves for its post-hook."""
 
-    captured: list[_Layer] = field(default_factory=list)
+    captured: list[Layer] = field(default_factory=list)
+    layers: list[Layer] = field(default_factory=list)
+    pre: PreStep | None = None
     before: list[Tensor] = field(default_factory=list)
     grad_nonfinite: Tensor = field(default_factory=lambda: torch.zeros(0))
     introspect_prev: bool | None = None
@@ -162,6 +145,8 @@ class Monitor:
             the training thread one of them (default: torch's intra-op thread count, at most 8; see
             ``spectra_pool``). GPU spectra are computed from the training thread (their solvers
             synchronize: see ``spectra``).
+        quantities: diagnostics of your own (:class:`~probe.diagnostics.quantity.Quantity` subclasses),
+            scheduled, budgeted (with the same floor), timed and flushed like the built-in ones.
     """
 
     def __init__(
@@ -194,6 +179,7 @@ class Monitor:
         start_step: int = 0,
         seed: int = 0,
         spectra_workers: int | None = None,
+        quantities: Sequence[Quantity] = (),
     ) -> None:
         if isinstance(optimizers, torch.optim.Optimizer):
             optimizers = [optimizers]
@@ -221,6 +207,18 @@ class Monitor:
             "spectra": as_schedule(spectra_every),
         }
         self.vectors_schedule = as_schedule(vectors_every)
+        self.quantities: list[Quantity] = list(quantities)
+        reserved = set(self.schedules) | {"grad_norm", "gdiff", "capture", "monitor", "flush", "infobatch",
+                                          "samples_seen", "device_timing", "probe"}
+        for q in self.quantities:
+            if not isinstance(q, Quantity):
+                raise TypeError(f"Invalid quantities entry: {q!r} (must be a probe.Quantity)")
+            if q.name in reserved or q.name in self.schedules:
+                raise ValueError(f"Invalid quantities entry: name {q.name!r} is taken (built-in or repeated)")
+            self.schedules[q.name] = q.schedule
+        self._user = {q.name: q for q in self.quantities}
+        self._order = {n: i for i, n in enumerate(_BUDGETED)}
+        self._order.update({q.name: len(_BUDGETED) + q.priority for q in self.quantities})
         self.gdiff_schedule = as_schedule(gdiff_every)
         self.budget = OverheadBudget(budget)
         self.spectra_sources = tuple(spectra_sources)
@@ -246,7 +244,7 @@ class Monitor:
                 for prefix, module in (model.named_modules() if model is not None else [])
                 if isinstance(module, nn.Embedding)}
         axes.update(neuron_axis or {})
-        self._layers: list[list[_Layer]] = []
+        self._layers: list[list[Layer]] = []
         seen: set[int] = set()
         anonymous = 0
         for opt in self.optimizers:
@@ -264,8 +262,11 @@ class Monitor:
                         continue
                     if local_shard(p).numel() == 0:  # a DTensor with no rows on this rank: nothing to measure
                         continue
-                    layers.append(_Layer(name, p, axes.get(name, 0)))
+                    layers.append(Layer(name, p, axes.get(name, 0)))
             self._layers.append(layers)
+        for q in self.quantities:
+            with self._guard(q.name):
+                q.bind(self._layers, self.optimizers)
 
         self._next_step = start_step
         self._open = False
@@ -290,6 +291,7 @@ class Monitor:
         self._hook_t0: float | None = None
         self._last_close: float | None = None
         self._buffer = IntervalBuffer()
+        self._records = Records(self._buffer)  # what user quantities write through
         self._steps_in_buffer = 0
         self._samples_seen = 0
         self._logged_epochs: set[int] = set()
@@ -459,8 +461,13 @@ class Monitor:
                     self._add_record(step, [f"grad_norm/{layer.name}" for layer in layers], norms)
                     grad_norms = {id(layer.param): n for layer, n in zip(layers, norms)}
             plan = self._plan
-            matrix_users = plan & {"neuron"} or ("spectra" in plan and "update" in self.spectra_sources)
-            if "update" in plan:
+            needs = Needs.NONE
+            for name in plan & self._user.keys():
+                with self._guard(name):
+                    needs |= self._user[name].needs(step)
+            matrix_users = plan & {"neuron"} or ("spectra" in plan and "update" in self.spectra_sources) or (
+                Needs.DELTA_MATRICES in needs)
+            if "update" in plan or Needs.DELTA in needs:
                 captured = layers
             elif matrix_users:
                 captured = [layer for layer in layers if layer.is_matrix]
@@ -481,14 +488,23 @@ class Monitor:
                         )
                 owner = next((n for n in ("update", "neuron", "spectra") if n in plan), "update")
                 self._costs[owner] = self._costs.get(owner, 0.0) + time.perf_counter() - t
-            wants_internals = "internals" in plan or (
+            state.layers = layers
+            if plan & self._user.keys():
+                state.pre = PreStep(step, idx, optimizer, layers, state.captured,
+                                    stack_f32(list(grad_norms.values())) if grad_norms else None)
+                for name in sorted(plan & self._user.keys(), key=self._order.__getitem__):
+                    q = self._user[name]
+                    if overrides(q, "before_step"):
+                        self._records.step = step
+                        self._timed(name, lambda q=q: q.before_step(state.pre, self._records))
+            wants_internals = "internals" in plan or Needs.INTERNALS in needs or (
                 "spectra" in plan and {"pre_orth", "post_orth"} & set(self.spectra_sources)
             )
             if wants_internals and hasattr(optimizer, "introspect"):
                 state.introspect_prev = bool(optimizer.introspect)  # type: ignore[attr-defined]
                 optimizer.introspect = True  # type: ignore[attr-defined]
 
-    def _within_capture_limit(self, idx: int, layers: list[_Layer]) -> list[_Layer]:
+    def _within_capture_limit(self, idx: int, layers: list[Layer]) -> list[Layer]:
         """At most ``capture_max_bytes`` of weight copies per step: a rotating window over the layers.
 
         ΔW needs a copy of the weights taken before the step. For a large model a copy of every layer
@@ -502,7 +518,7 @@ class Monitor:
         if sum(sizes) <= limit:
             return layers
         start = self._capture_cursor.get(idx, 0) % len(layers)
-        chosen: list[_Layer] = []
+        chosen: list[Layer] = []
         total = 0
         for k in range(len(layers)):
             j = (start + k) % len(layers)
@@ -554,6 +570,17 @@ class Monitor:
             internals: Mapping[Tensor, Mapping[str, Tensor]] = {}
             if state.introspect_prev is not None:
                 internals = getattr(optimizer, "last_internals", {}) or {}
+            for name in sorted(plan & self._user.keys(), key=self._order.__getitem__):
+                q = self._user[name]
+                ctx = PostStep(
+                    step, idx, optimizer, state.layers or self._layers[idx], state.captured, state.before,
+                    [deltas[id(layer.param)] for layer in state.captured if id(layer.param) in deltas],
+                    internals,
+                    (getattr(optimizer, "last_global_internals", {}) or {}) if state.introspect_prev is not None
+                    else {},
+                    frozenset(self._vectors_now), self.seed, state.pre)
+                self._records.step = step
+                self._timed(name, lambda q=q, ctx=ctx: q.measure(ctx, self._records))
             if "internals" in plan:
                 self._timed("internals", lambda: self._measure_internals(step, idx, optimizer, internals))
             if "spectra" in plan:
@@ -581,7 +608,10 @@ class Monitor:
             if self._fixed_waited >= self.budget.fixed_every:
                 self._fixed_now = True
                 self._fixed_waited = 0
-        for name in _BUDGETED:
+        for q in self.quantities:
+            if q.name not in self.disabled and q.vectors_schedule(step):
+                self._vectors_pending.add(q.name)
+        for name in self.schedules:
             if name in self.disabled or not self.schedules[name](step):
                 continue
             last = self._last_due.get(name)
@@ -594,7 +624,7 @@ class Monitor:
         # Most overdue first, in nominal periods (a deferred diagnostic moves up the line), then the fixed
         # priority order; one overdue by 9 periods more runs whatever the budget (at least 1 run per 10).
         waited = {n: (step - since) / self._periods[n] for n, since in self._pending.items() if n not in self.disabled}
-        due = sorted(waited, key=lambda n: (-waited[n], _BUDGETED.index(n)))
+        due = sorted(waited, key=lambda n: (-waited[n], self._order[n]))
         forced = [n for n in due if waited[n] >= MAX_THINNING - 1]
         self._plan = self.budget.select(due, forced)
         for name in self._plan:
@@ -634,6 +664,11 @@ class Monitor:
             elif self.batch_size is not None:
                 self._samples_seen += self.batch_size
                 self._buffer.add_host(step, "samples_seen", float(self._samples_seen))
+        for q in self.quantities:
+            if q.name not in self.disabled and overrides(q, "at_close"):
+                self._records.step = step
+                with self._guard(q.name):
+                    q.at_close(step, self._records)
         self._open = False
         self._stepped.clear()
         self._plan = set()
@@ -786,6 +821,10 @@ class Monitor:
         if self.infobatch is not None:
             with self._guard("infobatch"):
                 self._log_infobatch()
+        for q in self.quantities:
+            if q.name not in self.disabled and overrides(q, "at_flush"):
+                with self._guard(q.name):
+                    q.at_flush(self.run, self._log_at)
 
     def _log_infobatch(self) -> None:
         for stats in self.infobatch.ledger:

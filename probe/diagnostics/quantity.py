@@ -8,15 +8,16 @@ hook is optional (the base class does nothing), the cockpit shape.
 
 A quantity of your own, a per-layer metric that shows up on the run page like the built-in ones::
 
+    import probe, torch
+
     class WeightNorm(probe.Quantity):
-        name = "weight_norm"  # keys weight_norm/<layer>
+        name = "weight_norm"  # logs weight_norm/<layer>
 
         def measure(self, ctx, out, *, meanwhile=None):
-            layers = ctx.layers
-            norms = torch._foreach_norm([layer.weight() for layer in layers])
-            out.scalars([f"weight_norm/{layer.name}" for layer in layers], torch.stack(norms))
+            norms = torch._foreach_norm([layer.weight() for layer in ctx.layers])
+            out.scalars([f"weight_norm/{layer.name}" for layer in ctx.layers], torch.stack(norms))
 
-    probe.attach(model, opt, run=run, extra_quantities=[WeightNorm(every=10)])
+    probe.attach(model, opt, run=run, quantities=[WeightNorm(every=10)])
 
 Values stay device tensors until the interval ends (no ``.item()``): a quantity never synchronizes
 a GPU. An exception in a quantity disables it (and only it) for the rest of the run.

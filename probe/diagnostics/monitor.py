@@ -30,6 +30,7 @@ Failure policy
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import warnings
@@ -50,7 +51,6 @@ from probe.diagnostics.interval import IntervalBuffer
 from probe.diagnostics.layers import Layer
 from probe.diagnostics.measures import (
     as_matrix,
-    global_norm,
     local_shard,
     nonfinite_counts,
     orthogonality_error,
@@ -285,7 +285,8 @@ class Monitor:
         self._vectors_now: set[str] = set()
         self._opt_state: dict[int, _OptStep] = {}
         self._depth: dict[int, int] = {}
-        self._step_grad_norms: list[Tensor] = []
+        self._step_grad_norms = False  # whether this step measured per-layer grad norms
+        self._grad_norm_steps: list[int] = []  # steps whose global grad_norm the flush derives on the host
         self._costs: dict[str, float] = {}
         self._probe_s = 0.0
         self._hook_t0: float | None = None
@@ -457,7 +458,7 @@ class Monitor:
             if self._fixed_now and layers and "grad_norm" not in self.disabled:
                 with self._guard("grad_norm"):
                     norms = torch._foreach_norm([layer.grad() for layer in layers])  # type: ignore[misc]
-                    self._step_grad_norms.extend(norms)
+                    self._step_grad_norms = True
                     self._add_record(step, [f"grad_norm/{layer.name}" for layer in layers], norms)
                     grad_norms = {id(layer.param): n for layer, n in zip(layers, norms)}
             plan = self._plan
@@ -654,10 +655,9 @@ class Monitor:
         # What this hook spends from here on (e.g. the flush) counts towards the next step.
         self._probe_s = -in_hook
         self._last_close = now
-        if self._step_grad_norms:
-            with self._guard("grad_norm"):
-                self._add_record(step, ["grad_norm"], [global_norm(self._step_grad_norms)])
-        self._step_grad_norms = []
+        if self._step_grad_norms:  # √Σ‖gᵢ‖² from the per-layer norms once they are floats: no device work
+            self._grad_norm_steps.append(step)
+        self._step_grad_norms = False
         with self._guard("samples_seen"):
             if self.infobatch is not None:
                 self._buffer.add_host(step, "samples_seen", float(self.infobatch.samples_seen))
@@ -797,6 +797,12 @@ class Monitor:
         if self._device_events:  # the drain's copy synchronized: the interval's CUDA events are complete
             with self._guard("device_timing"):
                 self._settle_device_timing()
+        for step in self._grad_norm_steps:
+            metrics = per_step.get(step, {})
+            if "grad_norm" not in self.disabled:
+                metrics["grad_norm"] = math.sqrt(sum(
+                    v * v for k, v in metrics.items() if k.startswith("grad_norm/")))
+        self._grad_norm_steps.clear()
         overhead = self.budget.take_overhead()
         if overhead is not None and per_step:
             per_step[max(per_step)]["probe.overhead"] = overhead

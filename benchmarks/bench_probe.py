@@ -32,6 +32,11 @@ from torch.nn import functional as F
 import probe
 from probe.diagnostics.monitor import Monitor, attach
 
+try:  # run as a script (benchmarks/ on sys.path) or as a module
+    import probe_figures as figures
+except ImportError:  # pragma: no cover
+    from benchmarks import probe_figures as figures
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -151,6 +156,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--batch", type=int, default=None,
                         help="sequences per step (the probe's cost per step does not grow with it)")
+    parser.add_argument("--points-steps", type=int, default=3000,
+                        help="steps of the points-delivered runs (64-wide MLP; the GPT runs a third of it)")
+    parser.add_argument("--machine", default="CPU, 2 cores shared with other sessions (loaded)",
+                        help="what the figures table says about the machine")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -222,6 +231,25 @@ def main() -> None:
     print("targets: default ≤ 1.03×, everything ≤ 1.5× (Cockpit full 21×, wandb.watch all 2.6×), run.log ≤ 20 µs")
     if not math.isfinite(base):
         raise SystemExit("no timing")
+
+    default_ratio = statistics.median(setups[1].times) / base
+    full_ratio = statistics.median(setups[3].times) / base
+    rows: list[figures.Row] = [
+        (f"default overhead, benchmark GPT ({n_params / 1e6:.2f} M params)", f"{default_ratio:.3f}×", "≤ 1.03×",
+         default_ratio <= 1.03),
+        ("every diagnostic every step, benchmark GPT", f"{full_ratio:.3f}×", "≤ 1.5×", full_ratio <= 1.5),
+    ]
+    gpt_steps = max(args.points_steps // 3, 1)
+    sink = figures.CountingRun()
+    g = build("points", cfg, args.optimizer, device, sink, {})
+    rows.append(figures.points_delivered("benchmark GPT", lambda: run_step(g, data, 0, device, False), g.monitor,
+                                         sink, gpt_steps, figures.NOMINAL))
+    rows += figures.mlp64_default(max(args.points_steps // 3, 200))
+    rows.append(figures.mlp64_points(args.points_steps))
+    rows += figures.alert_rows()
+    rows += figures.spectra_kernel()
+    rows.append(figures.wandb_row())
+    figures.print_table(rows, f"{args.machine}; device={device.type}, threads={torch.get_num_threads()}")
 
 
 if __name__ == "__main__":

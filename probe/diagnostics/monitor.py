@@ -21,7 +21,11 @@ What it costs
     ``run.log`` / ``run.log_array`` / ``run.log_event`` as Python floats and CPU tensors. No ``.item()``
     per step. The expensive diagnostics (ΔW capture, neuron norms, internals, spectra) are scheduled by
     their cadence and then gated by an :class:`OverheadBudget` (default 3 % of step time), which defers
-    them when they would exceed it; the achieved share is logged as ``probe.overhead``.
+    them when they would exceed it — most overdue first, and never below one run per 10 periods each —
+    and thins the per-step grad norms when they alone exceed it; the achieved share is logged as
+    ``probe.overhead``, and a ``probe.overhead`` alert says when it stays above twice the budget.
+    Diagnostics of the user's own (``quantities=``, see ``probe.diagnostics.quantity``) are scheduled
+    and budgeted the same way.
 
 Failure policy
     Diagnostics never crash training: an exception in one diagnostic is caught, counted in

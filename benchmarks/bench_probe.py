@@ -165,6 +165,8 @@ def main() -> None:
                         help="sequences per step (the probe's cost per step does not grow with it)")
     parser.add_argument("--points-steps", type=int, default=3000,
                         help="steps of the points-delivered runs (64-wide MLP; the GPT runs a third of it)")
+    parser.add_argument("--figures-only", action="store_true",
+                        help="only the figures table's MLP, alert and spectra-kernel rows (no GPT runs)")
     parser.add_argument("--machine", default="CPU, 2 cores shared with other sessions (loaded)",
                         help="what the figures table says about the machine")
     args = parser.parse_args()
@@ -176,6 +178,10 @@ def main() -> None:
     if args.batch:
         cfg = dataclasses.replace(cfg, batch=args.batch)
     steps = args.steps or (50 if device.type == "cuda" else 40)
+    if args.figures_only:
+        figures.print_table(figures.non_gpt_rows(args.points_steps),
+                            f"{args.machine}; device={device.type}, threads={torch.get_num_threads()}")
+        return
     rounds = args.rounds or (6 if device.type == "cuda" else 8)
 
     with tempfile.TemporaryDirectory() as home:
@@ -251,11 +257,7 @@ def main() -> None:
     g = build("points", cfg, args.optimizer, device, sink, {})
     rows.append(figures.points_delivered("benchmark GPT", lambda: run_step(g, data, 0, device, False), g.monitor,
                                          sink, gpt_steps, figures.NOMINAL))
-    rows += figures.mlp64_default(max(args.points_steps // 3, 200))
-    rows.append(figures.mlp64_points(args.points_steps))
-    rows += figures.alert_rows()
-    rows += figures.spectra_kernel()
-    rows.append(figures.wandb_row())
+    rows += figures.non_gpt_rows(args.points_steps)
     figures.print_table(rows, f"{args.machine}; device={device.type}, threads={torch.get_num_threads()}")
 
 

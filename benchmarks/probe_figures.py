@@ -203,6 +203,16 @@ def wandb_row(steps: int = 30) -> Row:
     return (case, f"ours {o:.2f}× vs wandb {w:.2f}×", "below wandb.watch", o < w)
 
 
+def non_gpt_rows(points_steps: int) -> list[Row]:
+    """Every row that needs no GPT: the 64-wide MLP's, the alert's, the spectra kernel's, wandb's."""
+    rows = mlp64_default(max(points_steps // 3, 200))
+    rows.append(mlp64_points(points_steps))
+    rows += alert_rows()
+    rows += spectra_kernel()
+    rows.append(wandb_row())
+    return rows
+
+
 def print_table(rows: list[Row], machine: str) -> None:
     print(f"\nFigures (probe-budget issue), {machine}")
     width = max(len(r[0]) for r in rows) + 2

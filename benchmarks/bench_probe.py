@@ -16,8 +16,10 @@ It ends with the probe-budget issue's figures table (``probe_figures.py``): the 
 delivered per quantity at default settings (64-wide MLP over ``--points-steps``, the GPT over a third of
 it), the 64-wide MLP's default overhead and training-thread probe time, the overhead alert raised and
 absent, the spectra kernel against ``torch.linalg.svdvals``, and MLP 784-512-512-512-10 against
-``wandb.watch`` when wandb is installed — each with its target and met / NOT MET. On the 2-core
-development machine ``--rounds 3 --steps 30 --points-steps 900`` finishes in under 10 minutes.
+``wandb.watch`` when wandb is installed — each with its target and met / NOT MET. ``--figures-only``
+prints only the rows that need no GPT run. Run time depends on the host's load: on the 2-core
+development machine at load 9-13 even ``--rounds 1 --steps 20 --points-steps 600`` did not finish in
+10 minutes (a no-probe GPT step took 366 ms there, 40 ms on a quiet day).
 """
 
 from __future__ import annotations

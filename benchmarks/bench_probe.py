@@ -11,6 +11,15 @@ whole run, so the cadence and the overhead budget reach their steady state. Medi
 (robust to a noisy neighbour); means include the rare expensive steps (spectra every 50 steps).
 Targets (DESIGN.md): default cadence ≤ 1.03×, everything every step ≤ 1.5× (Cockpit "full": 21×,
 wandb.watch(log="all"): 2.6×); run.log() ≤ 20 µs.
+
+It ends with the probe-budget issue's figures table (``probe_figures.py``): the GPT ratios above, points
+delivered per quantity at default settings (64-wide MLP over ``--points-steps``, the GPT over a third of
+it), the 64-wide MLP's default overhead and training-thread probe time, the overhead alert raised and
+absent, the spectra kernel against ``torch.linalg.svdvals``, and MLP 784-512-512-512-10 against
+``wandb.watch`` when wandb is installed — each with its target and met / NOT MET. ``--figures-only``
+prints only the rows that need no GPT run. Run time depends on the host's load: on the 2-core
+development machine at load 9-13 even ``--rounds 1 --steps 20 --points-steps 600`` did not finish in
+10 minutes (a no-probe GPT step took 366 ms there, 40 ms on a quiet day).
 """
 
 from __future__ import annotations
@@ -31,6 +40,11 @@ from torch.nn import functional as F
 
 import probe
 from probe.diagnostics.monitor import Monitor, attach
+
+try:  # run as a script (benchmarks/ on sys.path) or as a module
+    import probe_figures as figures
+except ImportError:  # pragma: no cover
+    from benchmarks import probe_figures as figures
 
 
 @dataclass(frozen=True)
@@ -151,6 +165,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--batch", type=int, default=None,
                         help="sequences per step (the probe's cost per step does not grow with it)")
+    parser.add_argument("--points-steps", type=int, default=3000,
+                        help="steps of the points-delivered runs (64-wide MLP; the GPT runs a third of it)")
+    parser.add_argument("--figures-only", action="store_true",
+                        help="only the figures table's MLP, alert and spectra-kernel rows (no GPT runs)")
+    parser.add_argument("--machine", default="CPU, 2 cores shared with other sessions (loaded)",
+                        help="what the figures table says about the machine")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -160,6 +180,10 @@ def main() -> None:
     if args.batch:
         cfg = dataclasses.replace(cfg, batch=args.batch)
     steps = args.steps or (50 if device.type == "cuda" else 40)
+    if args.figures_only:
+        figures.print_table(figures.non_gpt_rows(args.points_steps),
+                            f"{args.machine}; device={device.type}, threads={torch.get_num_threads()}")
+        return
     rounds = args.rounds or (6 if device.type == "cuda" else 8)
 
     with tempfile.TemporaryDirectory() as home:
@@ -222,6 +246,21 @@ def main() -> None:
     print("targets: default ≤ 1.03×, everything ≤ 1.5× (Cockpit full 21×, wandb.watch all 2.6×), run.log ≤ 20 µs")
     if not math.isfinite(base):
         raise SystemExit("no timing")
+
+    default_ratio = statistics.median(setups[1].times) / base
+    full_ratio = statistics.median(setups[3].times) / base
+    rows: list[figures.Row] = [
+        (f"default overhead, benchmark GPT ({n_params / 1e6:.2f} M params)", f"{default_ratio:.3f}×", "≤ 1.03×",
+         default_ratio <= 1.03),
+        ("every diagnostic every step, benchmark GPT", f"{full_ratio:.3f}×", "≤ 1.5×", full_ratio <= 1.5),
+    ]
+    gpt_steps = max(args.points_steps // 3, 1)
+    sink = figures.CountingRun()
+    g = build("points", cfg, args.optimizer, device, sink, {})
+    rows.append(figures.points_delivered("benchmark GPT", lambda: run_step(g, data, 0, device, False), g.monitor,
+                                         sink, gpt_steps, figures.NOMINAL))
+    rows += figures.non_gpt_rows(args.points_steps)
+    figures.print_table(rows, f"{args.machine}; device={device.type}, threads={torch.get_num_threads()}")
 
 
 if __name__ == "__main__":

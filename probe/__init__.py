@@ -16,13 +16,15 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["init", "attach", "Run", "Monitor", "Api", "optim", "data"]
+__all__ = ["init", "attach", "Run", "Monitor", "Quantity", "Needs", "Api", "optim", "data"]
 
 _LAZY = {
     "init": ("probe.client.run", "init"),
     "Run": ("probe.client.run", "Run"),
     "attach": ("probe.diagnostics.monitor", "attach"),
     "Monitor": ("probe.diagnostics.monitor", "Monitor"),
+    "Quantity": ("probe.diagnostics.quantity", "Quantity"),
+    "Needs": ("probe.diagnostics.quantity", "Needs"),
     "Api": ("probe.api", "Api"),
     "optim": ("probe.optim", None),
     "data": ("probe.data", None),

@@ -15,13 +15,15 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["Monitor", "attach", "AlertRules", "OverheadBudget", "every", "log_spaced"]
+__all__ = ["Monitor", "attach", "AlertRules", "OverheadBudget", "Quantity", "Needs", "every", "log_spaced"]
 
 _LAZY = {
     "Monitor": "probe.diagnostics.monitor",
     "attach": "probe.diagnostics.monitor",
     "AlertRules": "probe.diagnostics.alerts",
     "OverheadBudget": "probe.diagnostics.budget",
+    "Quantity": "probe.diagnostics.quantity",
+    "Needs": "probe.diagnostics.quantity",
     "every": "probe.diagnostics.schedule",
     "log_spaced": "probe.diagnostics.schedule",
 }

@@ -21,7 +21,11 @@ What it costs
     ``run.log`` / ``run.log_array`` / ``run.log_event`` as Python floats and CPU tensors. No ``.item()``
     per step. The expensive diagnostics (ΔW capture, neuron norms, internals, spectra) are scheduled by
     their cadence and then gated by an :class:`OverheadBudget` (default 3 % of step time), which defers
-    them when they would exceed it; the achieved share is logged as ``probe.overhead``.
+    them when they would exceed it — most overdue first, and never below one run per 10 periods each —
+    and thins the per-step grad norms when they alone exceed it; the achieved share is logged as
+    ``probe.overhead``, and a ``probe.overhead`` alert says when it stays above twice the budget.
+    Diagnostics of the user's own (``quantities=``, see ``probe.diagnostics.quantity``) are scheduled
+    and budgeted the same way.
 
 Failure policy
     Diagnostics never crash training: an exception in one diagnostic is caught, counted in
@@ -30,6 +34,7 @@ Failure policy
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import warnings
@@ -44,13 +49,13 @@ import torch
 from torch import Tensor, nn
 
 from probe.diagnostics.alerts import AlertEngine, AlertRules
-from probe.diagnostics.budget import OverheadBudget
+from probe.diagnostics.budget import MAX_THINNING, OverBudget, OverheadBudget
 from probe.diagnostics.gradient_diff import NoiseScale, gradient_difference
 from probe.diagnostics.internals import fop_summary, global_internals, layer_internals
 from probe.diagnostics.interval import IntervalBuffer
+from probe.diagnostics.layers import Layer
 from probe.diagnostics.measures import (
     as_matrix,
-    global_norm,
     local_shard,
     nonfinite_counts,
     orthogonality_error,
@@ -58,7 +63,8 @@ from probe.diagnostics.measures import (
     spread_stats,
     stack_f32,
 )
-from probe.diagnostics.schedule import Schedule, as_schedule
+from probe.diagnostics.quantity import Needs, PostStep, PreStep, Quantity, Records, overrides
+from probe.diagnostics.schedule import Schedule, as_schedule, period_of
 from probe.diagnostics.spectra import not_lifted_fraction
 from probe.diagnostics.spectra_pool import SpectraPool, SpectrumRequest
 
@@ -94,35 +100,17 @@ class RunLike(Protocol):
 
 
 @dataclass
-class _Layer:
-    """One monitored parameter."""
-
-    name: str
-    param: Tensor
-    neuron_axis: int
-
-    @property
-    def is_matrix(self) -> bool:
-        return self.param.ndim >= 2
-
-    def weight(self) -> Tensor:
-        """The values on this rank: a DTensor's local shard (FSDP2, tensor parallel), never a collective."""
-        return local_shard(self.param.detach())
-
-    def grad(self) -> Tensor | None:
-        grad = self.param.grad
-        return None if grad is None else local_shard(grad)
-
-
-@dataclass
 class _OptStep:
     """What an optimizer's pre-hook leaves for its post-hook."""
 
-    captured: list[_Layer] = field(default_factory=list)
+    captured: list[Layer] = field(default_factory=list)
+    layers: list[Layer] = field(default_factory=list)
+    pre: PreStep | None = None
     before: list[Tensor] = field(default_factory=list)
     grad_nonfinite: Tensor = field(default_factory=lambda: torch.zeros(0))
     introspect_prev: bool | None = None
     step: int = 0
+    grad_norms: dict[int, Tensor] = field(default_factory=dict)
     grads_read: bool = True
     """False while the gradients of a ``step(closure)`` call are still to be computed by its closure."""
 
@@ -166,6 +154,8 @@ class Monitor:
             the training thread one of them (default: torch's intra-op thread count, at most 8; see
             ``spectra_pool``). GPU spectra are computed from the training thread (their solvers
             synchronize: see ``spectra``).
+        quantities: diagnostics of your own (:class:`~probe.diagnostics.quantity.Quantity` subclasses),
+            scheduled, budgeted (with the same floor), timed and flushed like the built-in ones.
     """
 
     def __init__(
@@ -198,6 +188,7 @@ class Monitor:
         start_step: int = 0,
         seed: int = 0,
         spectra_workers: int | None = None,
+        quantities: Sequence[Quantity] = (),
     ) -> None:
         if isinstance(optimizers, torch.optim.Optimizer):
             optimizers = [optimizers]
@@ -225,6 +216,18 @@ class Monitor:
             "spectra": as_schedule(spectra_every),
         }
         self.vectors_schedule = as_schedule(vectors_every)
+        self.quantities: list[Quantity] = list(quantities)
+        reserved = set(self.schedules) | {"grad_norm", "gdiff", "capture", "monitor", "flush", "infobatch",
+                                          "samples_seen", "device_timing", "probe"}
+        for q in self.quantities:
+            if not isinstance(q, Quantity):
+                raise TypeError(f"Invalid quantities entry: {q!r} (must be a probe.Quantity)")
+            if q.name in reserved or q.name in self.schedules:
+                raise ValueError(f"Invalid quantities entry: name {q.name!r} is taken (built-in or repeated)")
+            self.schedules[q.name] = q.schedule
+        self._user = {q.name: q for q in self.quantities}
+        self._order = {n: i for i, n in enumerate(_BUDGETED)}
+        self._order.update({q.name: len(_BUDGETED) + q.priority for q in self.quantities})
         self.gdiff_schedule = as_schedule(gdiff_every)
         self.budget = OverheadBudget(budget)
         self.spectra_sources = tuple(spectra_sources)
@@ -250,7 +253,7 @@ class Monitor:
                 for prefix, module in (model.named_modules() if model is not None else [])
                 if isinstance(module, nn.Embedding)}
         axes.update(neuron_axis or {})
-        self._layers: list[list[_Layer]] = []
+        self._layers: list[list[Layer]] = []
         seen: set[int] = set()
         anonymous = 0
         for opt in self.optimizers:
@@ -268,24 +271,37 @@ class Monitor:
                         continue
                     if local_shard(p).numel() == 0:  # a DTensor with no rows on this rank: nothing to measure
                         continue
-                    layers.append(_Layer(name, p, axes.get(name, 0)))
+                    layers.append(Layer(name, p, axes.get(name, 0)))
             self._layers.append(layers)
+        for q in self.quantities:
+            with self._guard(q.name):
+                q.bind(self._layers, self.optimizers)
 
         self._next_step = start_step
         self._open = False
         self._stepped: set[int] = set()
         self._pending: dict[str, int] = {}  # due diagnostic -> step it became due (deferred by the budget)
+        # Nominal period of each budgeted diagnostic (declared by its schedule, else the last gap between
+        # two steps it was due at) and the last step it was due at: its floor is one run per 10 periods.
+        self._periods: dict[str, int] = {n: period_of(s) or 1 for n, s in self.schedules.items()}
+        self._last_due: dict[str, int] = {}
+        self._fixed_now = False  # whether the fixed per-step part (grad norms) runs this step
+        self._fixed_waited = 0  # due steps the fixed part was thinned out of since it last ran
+        self._over_budget: list[tuple[int, OverBudget]] = []  # alerts to log at the next flush
+        self._over_budget_at: int | None = None
         self._vectors_pending: set[str] = set()
         self._plan: set[str] = set()
         self._vectors_now: set[str] = set()
         self._opt_state: dict[int, _OptStep] = {}
         self._depth: dict[int, int] = {}
-        self._step_grad_norms: list[Tensor] = []
+        self._step_grad_norms = False  # whether this step measured per-layer grad norms
+        self._grad_norm_steps: list[int] = []  # steps whose global grad_norm the flush derives on the host
         self._costs: dict[str, float] = {}
         self._probe_s = 0.0
         self._hook_t0: float | None = None
         self._last_close: float | None = None
         self._buffer = IntervalBuffer()
+        self._records = Records(self._buffer)  # what user quantities write through
         self._steps_in_buffer = 0
         self._samples_seen = 0
         self._logged_epochs: set[int] = set()
@@ -490,8 +506,13 @@ class Monitor:
                   if (layer.param.requires_grad if deferred else layer.param.grad is not None)]
         with torch.no_grad():
             plan = self._plan
-            matrix_users = plan & {"neuron"} or ("spectra" in plan and "update" in self.spectra_sources)
-            if "update" in plan:
+            needs = Needs.NONE
+            for name in plan & self._user.keys():
+                with self._guard(name):
+                    needs |= self._user[name].needs(step)
+            matrix_users = plan & {"neuron"} or ("spectra" in plan and "update" in self.spectra_sources) or (
+                Needs.DELTA_MATRICES in needs)
+            if "update" in plan or Needs.DELTA in needs:
                 captured = layers
             elif matrix_users:
                 captured = [layer for layer in layers if layer.is_matrix]
@@ -506,26 +527,37 @@ class Monitor:
                     state.captured = captured
                 owner = next((n for n in ("update", "neuron", "spectra") if n in plan), "update")
                 self._costs[owner] = self._costs.get(owner, 0.0) + time.perf_counter() - t
-            wants_internals = "internals" in plan or (
+            state.layers = layers
+            if state.grads_read:  # else the closure computes them, and _measured_closure reads them
+                self._read_gradients(idx, state)
+            if plan & self._user.keys():
+                norms = state.grad_norms
+                state.pre = PreStep(step, idx, optimizer, layers, state.captured,
+                                    stack_f32(list(norms.values())) if norms else None)
+                for name in sorted(plan & self._user.keys(), key=self._order.__getitem__):
+                    q = self._user[name]
+                    if overrides(q, "before_step"):
+                        self._records.step = step
+                        self._timed(name, lambda q=q: q.before_step(state.pre, self._records))
+            wants_internals = "internals" in plan or Needs.INTERNALS in needs or (
                 "spectra" in plan and {"pre_orth", "post_orth"} & set(self.spectra_sources)
             )
             if wants_internals and hasattr(optimizer, "introspect"):
                 state.introspect_prev = bool(optimizer.introspect)  # type: ignore[attr-defined]
                 optimizer.introspect = True  # type: ignore[attr-defined]
-            if state.grads_read:
-                self._read_gradients(idx, state)
 
     def _read_gradients(self, idx: int, state: _OptStep) -> None:
         """Per-layer gradient norms (and the non-finite counts of the captured layers' gradients)."""
         step = state.step
         layers = [layer for layer in self._layers[idx] if layer.param.grad is not None]
         grad_norms: dict[int, Tensor] = {}
-        if self.scalars_schedule(step) and layers and "grad_norm" not in self.disabled:
+        if self._fixed_now and layers and "grad_norm" not in self.disabled:
             with self._guard("grad_norm"):
                 norms = torch._foreach_norm([layer.grad() for layer in layers])  # type: ignore[misc]
-                self._step_grad_norms.extend(norms)
+                self._step_grad_norms = True
                 self._add_record(step, [f"grad_norm/{layer.name}" for layer in layers], norms)
                 grad_norms = {id(layer.param): n for layer, n in zip(layers, norms)}
+        state.grad_norms = grad_norms
         if "update" in self._plan and state.captured and "capture" not in self.disabled:
             with self._guard("capture"):
                 grads = [layer.grad() for layer in state.captured]
@@ -536,7 +568,7 @@ class Monitor:
                         stack_f32(known) if all(n is not None for n in known) else None,  # type: ignore[arg-type]
                     )
 
-    def _within_capture_limit(self, idx: int, layers: list[_Layer]) -> list[_Layer]:
+    def _within_capture_limit(self, idx: int, layers: list[Layer]) -> list[Layer]:
         """At most ``capture_max_bytes`` of weight copies per step: a rotating window over the layers.
 
         ΔW needs a copy of the weights taken before the step. For a large model a copy of every layer
@@ -550,7 +582,7 @@ class Monitor:
         if sum(sizes) <= limit:
             return layers
         start = self._capture_cursor.get(idx, 0) % len(layers)
-        chosen: list[_Layer] = []
+        chosen: list[Layer] = []
         total = 0
         for k in range(len(layers)):
             j = (start + k) % len(layers)
@@ -602,6 +634,17 @@ class Monitor:
             internals: Mapping[Tensor, Mapping[str, Tensor]] = {}
             if state.introspect_prev is not None:
                 internals = getattr(optimizer, "last_internals", {}) or {}
+            for name in sorted(plan & self._user.keys(), key=self._order.__getitem__):
+                q = self._user[name]
+                ctx = PostStep(
+                    step, idx, optimizer, state.layers or self._layers[idx], state.captured, state.before,
+                    [deltas[id(layer.param)] for layer in state.captured if id(layer.param) in deltas],
+                    internals,
+                    (getattr(optimizer, "last_global_internals", {}) or {}) if state.introspect_prev is not None
+                    else {},
+                    frozenset(self._vectors_now), self.seed, state.pre)
+                self._records.step = step
+                self._timed(name, lambda q=q, ctx=ctx: q.measure(ctx, self._records))
             if "internals" in plan:
                 self._timed("internals", lambda: self._measure_internals(step, idx, optimizer, internals))
             if "spectra" in plan:
@@ -623,15 +666,31 @@ class Monitor:
     # ------------------------------------------------------------------ step bookkeeping
     def _open_step(self) -> None:
         step = self._next_step
-        for name in _BUDGETED:
-            if name not in self.disabled and name not in self._pending and self.schedules[name](step):
-                self._pending[name] = step
+        self._fixed_now = False
+        if self.scalars_schedule(step):  # the fixed part, thinned when it alone exceeds the budget
+            self._fixed_waited += 1
+            if self._fixed_waited >= self.budget.fixed_every:
+                self._fixed_now = True
+                self._fixed_waited = 0
+        for q in self.quantities:
+            if q.name not in self.disabled and q.vectors_schedule(step):
+                self._vectors_pending.add(q.name)
+        for name in self.schedules:
+            if name in self.disabled or not self.schedules[name](step):
+                continue
+            last = self._last_due.get(name)
+            if last is not None and period_of(self.schedules[name]) is None:
+                self._periods[name] = step - last
+            self._last_due[name] = step
+            self._pending.setdefault(name, step)
         if self.vectors_schedule(step):
             self._vectors_pending |= {"spectra", "neuron", "internals"}
-        # Oldest first (a deferred diagnostic keeps its place in line), then the fixed priority order.
-        due = sorted((n for n in self._pending if n not in self.disabled),
-                     key=lambda n: (self._pending[n], _BUDGETED.index(n)))
-        self._plan = self.budget.select(due)
+        # Most overdue first, in nominal periods (a deferred diagnostic moves up the line), then the fixed
+        # priority order; one overdue by 9 periods more runs whatever the budget (at least 1 run per 10).
+        waited = {n: (step - since) / self._periods[n] for n, since in self._pending.items() if n not in self.disabled}
+        due = sorted(waited, key=lambda n: (-waited[n], self._order[n]))
+        forced = [n for n in due if waited[n] >= MAX_THINNING - 1]
+        self._plan = self.budget.select(due, forced)
         for name in self._plan:
             del self._pending[name]
         self._vectors_now = self._vectors_pending & self._plan
@@ -646,23 +705,33 @@ class Monitor:
         if self._last_close is not None:
             step_time = now - self._last_close
             self._buffer.add_host(step, "step_time", step_time)
-            self.budget.observe_step(step_time, probe_s)
+            fixed_s = probe_s - sum(self._costs.values()) if self._fixed_now else None
+            over = self.budget.observe_step(step_time, probe_s, fixed_s)
+            # One event when the budget is first missed, then one per 10 blocks while it stays missed.
+            if over is not None and (self._over_budget_at is None
+                                     or step - self._over_budget_at >= 10 * self.budget.alert_steps):
+                self._over_budget_at = step
+                self._over_budget.append((step, over))
         for name, seconds in self._costs.items():
             self.budget.charge(name, seconds)
         self._costs.clear()
         # What this hook spends from here on (e.g. the flush) counts towards the next step.
         self._probe_s = -in_hook
         self._last_close = now
-        if self._step_grad_norms:
-            with self._guard("grad_norm"):
-                self._add_record(step, ["grad_norm"], [global_norm(self._step_grad_norms)])
-        self._step_grad_norms = []
+        if self._step_grad_norms:  # √Σ‖gᵢ‖² from the per-layer norms once they are floats: no device work
+            self._grad_norm_steps.append(step)
+        self._step_grad_norms = False
         with self._guard("samples_seen"):
             if self.infobatch is not None:
                 self._buffer.add_host(step, "samples_seen", float(self.infobatch.samples_seen))
             elif self.batch_size is not None:
                 self._samples_seen += self.batch_size
                 self._buffer.add_host(step, "samples_seen", float(self._samples_seen))
+        for q in self.quantities:
+            if q.name not in self.disabled and overrides(q, "at_close"):
+                self._records.step = step
+                with self._guard(q.name):
+                    q.at_close(step, self._records)
         self._open = False
         self._stepped.clear()
         self._plan = set()
@@ -793,10 +862,20 @@ class Monitor:
         if self._device_events:  # the drain's copy synchronized: the interval's CUDA events are complete
             with self._guard("device_timing"):
                 self._settle_device_timing()
+        for step in self._grad_norm_steps:
+            metrics = per_step.get(step, {})
+            if "grad_norm" not in self.disabled:
+                metrics["grad_norm"] = math.sqrt(sum(
+                    v * v for k, v in metrics.items() if k.startswith("grad_norm/")))
+        self._grad_norm_steps.clear()
         overhead = self.budget.take_overhead()
         if overhead is not None and per_step:
             per_step[max(per_step)]["probe.overhead"] = overhead
         self.alerts.start_flush()
+        for step, over in self._over_budget:
+            self.run.log_event("probe.overhead", over.message(), step=step, level="warning", kind="alert",
+                               data=over.data())
+        self._over_budget.clear()
         for step in sorted(per_step):
             metrics = per_step[step]
             if metrics:
@@ -813,6 +892,10 @@ class Monitor:
         if self.infobatch is not None:
             with self._guard("infobatch"):
                 self._log_infobatch()
+        for q in self.quantities:
+            if q.name not in self.disabled and overrides(q, "at_flush"):
+                with self._guard(q.name):
+                    q.at_flush(self.run, self._log_at)
 
     def _log_infobatch(self) -> None:
         # the sampler keeps the record (and saves it in its state_dict), so a resumed run does not re-log

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 Schedule = Callable[[int], bool]
 
-__all__ = ["Schedule", "every", "log_spaced", "never", "as_schedule"]
+__all__ = ["Schedule", "every", "log_spaced", "never", "as_schedule", "period_of"]
 
 
 def every(n: int, *, start: int = 0) -> Schedule:
@@ -32,6 +32,7 @@ def every(n: int, *, start: int = 0) -> Schedule:
         return step >= start and (step - start) % n == 0
 
     schedule.__qualname__ = f"every({n}, start={start})"
+    schedule.period = n  # type: ignore[attr-defined]  # the nominal cadence, for the budget's floor
     return schedule
 
 
@@ -82,3 +83,9 @@ def as_schedule(value: int | Schedule | None) -> Schedule:
     if callable(value):
         return value
     raise TypeError(f"a schedule must be an int period or a callable step -> bool, got {type(value).__name__}")
+
+
+def period_of(schedule: Schedule) -> int | None:
+    """The nominal period of ``schedule`` if it declares one (``every`` does), else ``None``."""
+    period = getattr(schedule, "period", None)
+    return period if isinstance(period, int) and period >= 1 else None

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from server.config import Settings, is_loopback
 
@@ -211,8 +211,20 @@ def _token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_side(name: str) -> Any:
+    """The probe-side piece of a transfer over HTTP or from a peer's files (entry-point group
+    ``optiscope.transfer``): the server package never imports the probe; the two are composed through entry
+    points, like the CLI and the mounted dashboard (docs/ARCHITECTURE.md)."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="optiscope.transfer"):
+        if ep.name == name:
+            return ep.load()
+    raise SystemExit(f"optiscope: this needs the probe package's {name!r} (pip install 'optiscope[probe]')")
+
+
 def _over_http(args: argparse.Namespace, action) -> int:  # noqa: ANN001 - (HttpSession) -> str
-    from probe.api.http import ApiError, HttpSession
+    ApiError, HttpSession = _client_side("api_error"), _client_side("http_session")  # noqa: N806
 
     try:
         with HttpSession(args.url, args.token) as http:
@@ -247,8 +259,7 @@ def _db_run(session: Session, name_or_id: str, project: str | None):  # noqa: AN
 
 def _export(args: argparse.Namespace) -> int:
     if args.url:
-        from probe.api.transfer import export_to_file
-
+        export_to_file = _client_side("export_to_file")
         return _over_http(args, lambda http: "exported run {id} ({name}) to ".format_map(
             export_to_file(http, args.run, args.output, project=args.project)) + args.output)
     from server import store
@@ -271,12 +282,9 @@ def _export(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     if args.kind != "optiscope":
-        from probe.importers.cli import import_peer
-
-        return import_peer(args)
+        return _client_side("import_peer")(args)
     if args.url:
-        from probe.api.transfer import import_from_file
-
+        import_from_file = _client_side("import_from_file")
         return _over_http(args, lambda http: "imported run {id} ({name})".format_map(
             import_from_file(http, args.source)))
     from server import store

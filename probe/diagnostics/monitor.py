@@ -64,6 +64,7 @@ from probe.diagnostics.measures import (
     stack_f32,
 )
 from probe.diagnostics.quantity import Needs, PostStep, PreStep, Quantity, Records, overrides
+from probe.diagnostics.sink import RunLike
 from probe.diagnostics.schedule import Schedule, as_schedule, period_of
 from probe.diagnostics.spectra import not_lifted_fraction
 from probe.diagnostics.spectra_pool import SpectraPool, SpectrumRequest
@@ -76,27 +77,6 @@ _BUDGETED = ("update", "neuron", "internals", "spectra")
 _NEURON_STATS = ("cv", "min", "max", "q50", "frozen_frac")
 
 FisherFactors = Callable[[Tensor], "tuple[Tensor, Tensor] | None"]
-
-
-class RunLike(Protocol):
-    """The part of ``probe.client.Run`` the Monitor uses (see docs/ARCHITECTURE.md). An object with
-    ``log(metrics, step=)`` in place of ``log_at`` works too."""
-
-    def log_at(self, metrics: Mapping[str, Any], *, step: int) -> None: ...
-
-    def log_array(self, key: str, values: Any, *, step: int, layer: str = "") -> None: ...
-
-    def log_event(
-        self,
-        key: str,
-        message: str,
-        *,
-        step: int | None = None,
-        layer: str | None = None,
-        level: str = "warning",
-        kind: str = "alert",
-        data: Mapping[str, Any] | None = None,
-    ) -> None: ...
 
 
 @dataclass

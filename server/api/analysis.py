@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 from server.analysis import Group, RunData, group_runs, group_time_to_target, parse_filters, why
 from server.analysis.crossing import SAMPLES_KEY
 from server.analysis.layers import is_compared
-from server.api.deps import ReaderDep, SessionDep
+from server.api.deps import ReaderDep, SessionDep, check_readable
+from server.auth import Principal
 from server.errors import InvalidBody
 from server.store.analysis import MAX_RUNS, load_run_data, select_runs
 from server.wire import WireJSONResponse
@@ -61,9 +62,16 @@ def _group_by(items: Sequence[str] | None) -> list[str] | None:
 
 
 def _runs(session: Session, *, run_id: Sequence[str] | None, project: str | None, tag: Sequence[str] | None,
-          config: Sequence[str] | None, want: Callable[[str], bool]) -> list[RunData]:
+          config: Sequence[str] | None, want: Callable[[str], bool], reader: Principal | None = None
+          ) -> list[RunData]:
     if run_id and len(dict.fromkeys(run_id)) > MAX_RUNS:
         raise _invalid("run_id", f"at most {MAX_RUNS} runs, got {len(dict.fromkeys(run_id))}")
+    if reader is not None and reader.project is not None:  # a scoped token analyses only its own project
+        if project is not None and project != reader.project:
+            return []
+        project = reader.project
+        for rid in dict.fromkeys(run_id or []):
+            check_readable(session, reader, rid)  # another project's run: 404, as for GET /runs/{id}
     try:
         runs = select_runs(session=session, run_ids=run_id, project=project, tags=tag,
                            config=_config_pairs(config))
@@ -101,12 +109,13 @@ def _side(groups: Sequence[Group], runs: Sequence[RunData], filters: dict[str, A
 
 @router.get("/analysis/groups")
 def analysis_groups(
-    _reader: ReaderDep, session: SessionDep,
+    reader: ReaderDep, session: SessionDep,
     run_id: ListQuery = None, project: str | None = None, tag: ListQuery = None, config: ListQuery = None,
     group_by: ListQuery = None,
 ) -> Response:
     """The selected runs grouped: label, the grouping values, members and their seeds."""
-    runs = _runs(session, run_id=run_id, project=project, tag=tag, config=config, want=lambda _k: False)
+    runs = _runs(session, run_id=run_id, project=project, tag=tag, config=config, reader=reader,
+                 want=lambda _k: False)
     groups = group_runs(runs, _group_by(group_by))
     return WireJSONResponse({"group_by": _group_by(group_by), "groups": [
         {"group": g.label, "values": dict(g.values), "n": g.n, "run_ids": g.run_ids,
@@ -115,7 +124,7 @@ def analysis_groups(
 
 @router.get("/analysis/time-to-target")
 def analysis_time_to_target(
-    _reader: ReaderDep, session: SessionDep,
+    reader: ReaderDep, session: SessionDep,
     key: Annotated[str, Query(min_length=1)],
     target: float,
     direction: Literal["below", "above"] = "below",
@@ -129,7 +138,7 @@ def analysis_time_to_target(
     if not math.isfinite(target):
         raise _invalid("target", "target must be a finite number")
     base_filters = _filters(baseline, "baseline")
-    runs = _runs(session, run_id=run_id, project=project, tag=tag, config=config,
+    runs = _runs(session, run_id=run_id, project=project, tag=tag, config=config, reader=reader,
                  want=lambda k: k in (key, SAMPLES_KEY))
     if not runs:
         raise _invalid("run_id" if run_id else "project", "no runs selected")
@@ -152,7 +161,7 @@ def analysis_time_to_target(
 
 @router.get("/analysis/why")
 def analysis_why(
-    _reader: ReaderDep, session: SessionDep,
+    reader: ReaderDep, session: SessionDep,
     a: ListQuery = None, a_run: ListQuery = None,
     baseline: ListQuery = None, baseline_run: ListQuery = None,
     match: Literal["step", "samples", "loss"] = "step",
@@ -168,7 +177,7 @@ def analysis_why(
     if at is not None and not math.isfinite(at):
         raise _invalid("at", "at must be a finite number")
     a_filters, b_filters = _filters(a, "a"), _filters(baseline, "baseline")
-    runs = _runs(session, run_id=run_id, project=project, tag=tag, config=config,
+    runs = _runs(session, run_id=run_id, project=project, tag=tag, config=config, reader=reader,
                  want=lambda k: is_compared(k) or k in (key, SAMPLES_KEY))
     if not runs:
         raise _invalid("run_id" if run_id else "project", "no runs selected")

@@ -334,3 +334,16 @@ def test_api_analysis_reads_follow_the_runs_read_policy(make_api) -> None:  # no
         assert api.get("/runs", params={"project": project}).status_code == 401
         assert api.get(path, params=params).status_code == 401
         assert api.get(path, params=params, headers=api.auth).status_code == 200, path
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"])
+def test_api_analysis_of_a_project_scoped_token_stops_at_its_project(make_api) -> None:  # noqa: ANN001
+    api = make_api(host="0.0.0.0")
+    project, a_ids, _ = _two_groups(api, seeds=1)
+    scoped = {"Authorization": f"Bearer {api.new_token(project='elsewhere')}"}
+    groups = api.get("/analysis/groups", params={"project": project}, headers=scoped)
+    assert groups.status_code == 200 and groups.json()["groups"] == []  # another project's runs: none visible
+    assert api.get("/analysis/groups", params={"run_id": a_ids[0]}, headers=scoped).status_code == 404
+    own = {"Authorization": f"Bearer {api.new_token(project=project)}"}
+    assert api.get("/analysis/groups", params={"run_id": a_ids[0]}, headers=own).status_code == 200
+    assert api.get("/analysis/groups", params={"project": project}, headers=own).json()["groups"]

@@ -212,6 +212,25 @@ class Api:
     def _run_ids(self, runs: Iterable[str | ApiRun]) -> list[str]:
         return [r.id if isinstance(r, ApiRun) else resolve_run(self._http, r)["id"] for r in runs]
 
+    def groups(self, **selection: Any) -> Any:
+        """Seed groups of the selected runs: :func:`probe.api.analysis.groups` (``project=``, ``run_ids=``…)."""
+        from probe.api import analysis
+
+        return analysis.groups(self.http, **selection)
+
+    def group_time_to_target(self, key: str, target: float, **options: Any) -> Any:
+        """Per group: steps / time / samples to target with bootstrap 95 % intervals
+        (:func:`probe.api.analysis.time_to_target`)."""
+        from probe.api import analysis
+
+        return analysis.time_to_target(self.http, key, target, **options)
+
+    def why(self, **options: Any) -> Any:
+        """The ranked per-layer "why" of A against a baseline (:func:`probe.api.analysis.why`)."""
+        from probe.api import analysis
+
+        return analysis.why(self.http, **options)
+
     def compare(self, runs: Sequence[str | ApiRun], key: str, target: float, *,
                 direction: Literal["below", "above"] = "below", baseline: str | ApiRun | None = None) -> Any:
         """The time-to-target table: when each run first reached ``target`` on ``key``.

@@ -50,3 +50,17 @@ def test_bad_parameter_raises_with_the_servers_reason(http: httpx.Client) -> Non
     with pytest.raises(httpx.HTTPStatusError, match="baseline") as info:
         analysis.time_to_target(http, "val_loss", 2.4, project=project, baseline={"optimizer": "sgd"})
     assert info.value.response.status_code == 422
+
+
+def test_the_notebook_api_offers_the_same_analysis(live_server: Callable[..., LiveServer]) -> None:
+    import probe
+
+    server = live_server()
+    with httpx.Client(base_url=server.api, headers=server.headers, timeout=30.0) as client:
+        project, _adamw, normuon = two_groups(client.post)
+    with probe.Api(url=server.url, token=server.token) as api:
+        assert api.groups(project=project)["n"].tolist() == [3, 3]
+        ttt = api.group_time_to_target("val_loss", 2.4, project=project, baseline={"optimizer": "adamw"})
+        assert ttt.set_index("group").loc["gpt-normuon", "steps_verdict"] == "faster"
+        df = api.why(a={"optimizer": "normuon"}, baseline={"optimizer": "adamw"}, project=project, at=100, top=3)
+        assert len(df) == 3 and df.attrs["a_run_ids"] == normuon

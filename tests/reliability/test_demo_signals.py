@@ -33,6 +33,23 @@ def _port_free(port: int) -> bool:
         return True
 
 
+def _kill_all(procs: list[psutil.Process]) -> None:
+    """Kill what one demo spawned, and nothing else: the session's Chromium driver and PostgreSQL
+    clusters are also children of this pytest process and must outlive the test."""
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
 def _listener(port: int) -> psutil.Process | None:
     for conn in psutil.net_connections(kind="tcp"):
         if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
@@ -50,6 +67,7 @@ def test_stopping_the_demo_stops_its_server_and_workers(tmp_path: Path, sig: sig
     demo = subprocess.Popen([sys.executable, "-m", "probe.cli", "demo", "--quick", "--workers", "1", "--cpu",
                              "--port", str(port), "--home", str(tmp_path / "home")],
                             cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    spawned: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -64,7 +82,7 @@ def test_stopping_the_demo_stops_its_server_and_workers(tmp_path: Path, sig: sig
             pytest.fail("the demo's server never answered")
         server = _listener(port)
         assert server is not None and server.pid != demo.pid
-        spawned = psutil.Process(demo.pid).children(recursive=True)
+        spawned = _descendants(demo.pid)
         assert server.pid in {p.pid for p in spawned}
         demo.send_signal(sig)
         code = demo.wait(timeout=60)
@@ -73,14 +91,11 @@ def test_stopping_the_demo_stops_its_server_and_workers(tmp_path: Path, sig: sig
         assert not alive, f"left running after SIG{sig.name}: {[(p.pid, p.cmdline()[:4]) for p in alive]}"
         assert _port_free(port), f"port {port} still taken after the demo got SIG{sig.name}"
     finally:
+        spawned += _descendants(demo.pid)
         if demo.poll() is None:
             demo.kill()
             demo.wait()
-        for p in psutil.Process().children(recursive=True):  # only what this test started
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        _kill_all(spawned)
         log.close()
 
 
@@ -93,6 +108,7 @@ def test_a_sigkilled_demo_still_takes_its_server_down(tmp_path: Path) -> None:
     demo = subprocess.Popen([sys.executable, "-m", "probe.cli", "demo", "--quick", "--workers", "1", "--cpu",
                              "--port", str(port), "--home", str(tmp_path / "home")],
                             cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    spawned: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 120
         server = None
@@ -101,16 +117,14 @@ def test_a_sigkilled_demo_still_takes_its_server_down(tmp_path: Path) -> None:
             server = _listener(port)
             time.sleep(0.2)
         assert server is not None, "the demo's server never listened"
+        spawned = _descendants(demo.pid)
         demo.kill()
         demo.wait(timeout=10)
         server.wait(timeout=20)
         assert _port_free(port)
     finally:
-        for p in psutil.Process().children(recursive=True):
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        spawned += _descendants(demo.pid)
         if demo.poll() is None:
             demo.kill()
             demo.wait()
+        _kill_all(spawned)

@@ -25,6 +25,7 @@ from dash import Input, Output, State, callback, clientside_callback, dcc, html,
 from .. import figures as F
 from .. import group_figures as GF
 from .. import ids
+from ..colors import run_color, run_dash
 from ..api import ApiClient, ApiError, NotFound
 from ..components import control, flatten, fmt_duration, fmt_value, graph, message, parse_time, speedup_text
 from ..queries import SV_SOURCES, Catalog
@@ -334,6 +335,37 @@ def controls_for(catalog, meta, keys, ttt_key, baseline, layer) -> tuple:
     return scalars, keys, scalars, ttt_key, runs, baseline, layers, layer
 
 
+# -- colours --------------------------------------------------------------------------------------
+
+def group_color(group: Mapping[str, Any]) -> str:
+    """A group's colour: its only run's colour when it holds one run (ungrouped, the run keeps its
+    colour), else a colour derived from the group's label, so a group too looks the same everywhere."""
+    run_ids = list(group.get("run_ids") or [])
+    return run_color(run_ids[0]) if len(run_ids) == 1 else run_color(f"group:{group['group']}")
+
+
+def swatch(run_id: str) -> html.Span:
+    """A dot in the run's colour, before its name in tables (``data-color`` for tests and tools)."""
+    c = run_color(run_id)
+    return html.Span("● ", className="run-swatch", style={"color": c}, **{"data-color": c})
+
+
+def paint(fig, colors: Sequence[str]):
+    """Give the first ``len(colors)`` traces of ``fig`` these colours (line and marker): the figure
+    builders colour traces by position, the compare page by run (``colors.run_color``)."""
+    if F.is_empty(fig):
+        return fig
+    for trace, c in zip(fig.data, colors):
+        if trace.type == "box":
+            trace.marker = {"color": c}
+            trace.line = {"color": c}
+        else:
+            trace.line = {**(trace.line.to_plotly_json() if trace.line else {}), "color": c}
+            if getattr(trace, "marker", None) is not None and trace.mode and "markers" in trace.mode:
+                trace.marker = {**trace.marker.to_plotly_json(), "color": c}
+    return fig
+
+
 # -- groups ---------------------------------------------------------------------------------------
 
 def initial_groups(api: ApiClient, meta: Mapping[str, Mapping[str, Any]],
@@ -376,10 +408,11 @@ def update_groups(group_by, meta):
 
 def overlay_lines(api: ApiClient, meta: Mapping[str, Mapping[str, Any]], key: str, series: Sequence[Mapping[str, Any]],
                   x: str, samples: Mapping[str, tuple[list[int], list[float]]]) -> list[F.Line]:
-    """One line per run for ``key``, x in the chosen unit; colours follow the run's position."""
+    """One line per run for ``key``, x in the chosen unit, in the run's own colour and dash
+    (``colors.run_color``: the same in every panel, whatever the run's position in the selection)."""
     by_run = {s["run_id"]: s for s in series if s["key"] == key}
     lines = []
-    for i, (rid, m) in enumerate(meta.items()):
+    for rid, m in meta.items():
         s = by_run.get(rid)
         if not s:
             continue
@@ -389,7 +422,7 @@ def overlay_lines(api: ApiClient, meta: Mapping[str, Mapping[str, Any]], key: st
             xs = steps_to_samples(s["steps"], *samples.get(rid, ([], [])))
         else:
             xs = s["x"]
-        lines.append(F.Line(m["name"], xs, s["y"], color=F.color(i), steps=s["steps"]))
+        lines.append(F.Line(m["name"], xs, s["y"], color=run_color(rid), steps=s["steps"], dash=run_dash(rid)))
     return lines
 
 
@@ -448,11 +481,11 @@ def group_scalar_figure(api: ApiClient, meta: Mapping[str, Mapping[str, Any]], k
                         smoothing: float):
     """One chart of ``key``: per group the mean of its runs with a band, members on demand."""
     curves = []
-    for i, g in enumerate(groups):
+    for g in groups:
         sub = {rid: meta[rid] for rid in g["run_ids"] if rid in meta}
         lines = overlay_lines(api, sub, key, series, x, samples)
         if lines:
-            curves.append(GF.group_curve(g["group"], lines, band=band, color=F.color(i)))
+            curves.append(GF.group_curve(g["group"], lines, band=band, color=group_color(g)))
     fig = GF.band_figure(curves, title=f"{key} — {len(curves)} groups, {GF.BAND_LABELS[band]}", x_title=X_TITLES[x],
                          y_title=f"{key} (value)", band=band, log_y=log_y, smoothing=smoothing,
                          show_members=members, uirevision=f"cmp:{key}:{x}:groups", empty_message=f"no run logged {key}")
@@ -492,7 +525,7 @@ def ttt_table(result: Mapping[str, Any], meta: Mapping[str, Mapping[str, Any]]) 
         name = row.get("name") or (meta.get(rid) or {}).get("name") or rid
         is_base = rid == result.get("baseline")
         cells = [
-            html.Td([dcc.Link(name, href=f"/runs/{rid}"), " (baseline)" if is_base else ""]),
+            html.Td([swatch(rid), dcc.Link(name, href=f"/runs/{rid}"), " (baseline)" if is_base else ""]),
             html.Td("yes" if row.get("reached") else "no"),
             html.Td(fmt_value(row.get("step")) if row.get("reached") else "—"),
             html.Td(fmt_duration(row.get("time_s")) if row.get("reached") else "—"),
@@ -706,13 +739,17 @@ def matched_panels(layer, source, match, at, meta, catalog, groups=None, band="m
     neur = api.map(lambda rid: _at_step(api, rid, "neuron.update_norm", layer, steps[rid]), run_ids) if want_nn \
         else [None] * len(run_ids)
     where = "matched samples seen" if match == MATCH_SAMPLES else f"step ≤ {steps[run_ids[0]]}"
-    spectra = [(f"{meta[r]['name']} @ {g[0]}", g[1]) for r, g in zip(run_ids, spec) if g]
-    overlay = F.spectrum_figure(spectra, title=f"spectrum of {source} — {layer} ({where})", empty_message=hint_sv)
-    found = [(f"{meta[r]['name']} @ step {g[0]}", g[1]) for r, g in zip(run_ids, spec) if g]
+    got_sv = [(rid, g) for rid, g in zip(run_ids, spec) if g]
+    sv_colors = [run_color(rid) for rid, _ in got_sv]
+    spectra = [(f"{meta[r]['name']} @ {g[0]}", g[1]) for r, g in got_sv]
+    overlay = paint(F.spectrum_figure(spectra, title=f"spectrum of {source} — {layer} ({where})",
+                                      empty_message=hint_sv), sv_colors)
+    found = [(f"{meta[r]['name']} @ step {g[0]}", g[1]) for r, g in got_sv]
     if len(found) <= SMALL_MULTIPLES_MAX:
-        grid = F.small_multiples([(name, [(source, values)]) for name, values in found],
-                                 title=f"spectra side by side — {layer}", x_title="index i", y_title="σᵢ",
-                                 empty_message=hint_sv)
+        # each run in its own colour (one trace per panel), not every panel in the first colour
+        grid = paint(F.small_multiples([(name, [(name, values)]) for name, values in found],
+                                       title=f"spectra side by side — {layer}", x_title="index i", y_title="σᵢ",
+                                       empty_message=hint_sv), sv_colors)
     else:  # 20 little charts cost the browser ~1 s; one run x index heatmap shows the same side by side
         width = max(len(v) for _, v in found)
         grid = F.heatmap_figure(list(range(1, width + 1)), [name for name, _ in found],
@@ -720,15 +757,17 @@ def matched_panels(layer, source, match, at, meta, catalog, groups=None, band="m
                                 title=f"spectra side by side — {layer}", x_title="index i (descending σ)",
                                 y_title="run", colorbar_title="σ", log_color=True,
                                 height=max(320, 90 + 18 * len(found)))
-    dists = [(f"{meta[r]['name']} @ {g[0]}", g[1]) for r, g in zip(run_ids, neur) if g]
-    n_overlay = F.distribution_figure(dists, title=f"neuron update norms — {layer} ({where})", mode="ecdf",
-                                      x_title="‖ΔW_row‖₂", empty_message=hint_nn)
+    got_nn = [(rid, g) for rid, g in zip(run_ids, neur) if g]
+    nn_colors = [run_color(rid) for rid, _ in got_nn]
+    dists = [(f"{meta[r]['name']} @ {g[0]}", g[1]) for r, g in got_nn]
+    n_overlay = paint(F.distribution_figure(dists, title=f"neuron update norms — {layer} ({where})", mode="ecdf",
+                                            x_title="‖ΔW_row‖₂", empty_message=hint_nn), nn_colors)
     if (groups or {}).get("grouped"):
         overlay, n_overlay = group_matched_overlays(groups["groups"], dict(zip(run_ids, spec)),
                                                     dict(zip(run_ids, neur)), source=source, layer=layer,
                                                     where=where, band=band or "minmax", hints=(hint_sv, hint_nn))
-    n_box = F.distribution_figure(dists, title=f"neuron update norms side by side — {layer}", mode="box",
-                                  x_title="‖ΔW_row‖₂", empty_message=hint_nn)
+    n_box = paint(F.distribution_figure(dists, title=f"neuron update norms side by side — {layer}", mode="box",
+                                        x_title="‖ΔW_row‖₂", empty_message=hint_nn), nn_colors)
     return overlay, grid, n_overlay, n_box
 
 
@@ -738,21 +777,22 @@ def group_matched_overlays(groups: Sequence[Mapping[str, Any]], spectra: Mapping
     """(spectrum figure, neuron-norm figure) per group: the mean spectrum of its runs at the matched
     point with a band (index by index), and the neuron update norms of all its runs pooled (each
     neuron of each seed is one sample of the group's distribution)."""
-    curves, pooled = [], []
-    for i, g in enumerate(groups):
+    curves, pooled, pooled_colors = [], [], []
+    for g in groups:
         lines = [F.Line(rid, list(range(1, len(got[1]) + 1)), got[1]) for rid in g["run_ids"]
                  if (got := spectra.get(rid))]
         if lines:
-            curves.append(GF.group_curve(g["group"], lines, band=band, color=F.color(i)))
+            curves.append(GF.group_curve(g["group"], lines, band=band, color=group_color(g)))
         values = [v for rid in g["run_ids"] if (got := norms.get(rid)) for v in got[1]]
         if values:
             pooled.append((f"{g['group']} ({sum(1 for rid in g['run_ids'] if norms.get(rid))} runs)", values))
+            pooled_colors.append(group_color(g))
     spec = GF.band_figure(curves, title=f"mean spectrum of {source} — {layer} ({where}), {GF.BAND_LABELS[band]}",
                           x_title="index i (descending σ)", y_title="singular value σᵢ", band=band, log_y=True,
                           empty_message=hints[0])
     nn = F.distribution_figure(pooled, title=f"neuron update norms per group, seeds pooled — {layer} ({where})",
                                mode="ecdf", x_title="‖ΔW_row‖₂", empty_message=hints[1])
-    return spec, nn
+    return spec, paint(nn, pooled_colors)
 
 
 # -- config diff ----------------------------------------------------------------------------------
@@ -779,7 +819,7 @@ def show_config_diff(meta):
     names, rows = config_diff(meta)
     if not rows:
         return message("Identical configs", "These runs have the same config and optimizer.")
-    head = html.Thead(html.Tr([html.Th("key")] + [html.Th(n) for n in names]))
+    head = html.Thead(html.Tr([html.Th("key")] + [html.Th([swatch(rid), n]) for rid, n in zip(meta, names)]))
     body = html.Tbody([html.Tr([html.Td(k, className="kv-key")] + [html.Td(v) for v in values]) for k, values in rows])
     return html.Div(html.Table([head, body], className="data-table", id="cmp-config-table"), style={"overflowX": "auto"})
 

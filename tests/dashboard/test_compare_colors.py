@@ -1,0 +1,83 @@
+"""One colour per run on the compare page and the runs table, and the x-unified hover label, in a real
+headless Chromium against the real server (the seeded runs of ``seed.seed_suite``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dashboard.colors import run_color
+
+from .test_browser import TIMEOUT_MS, graphs_with_data
+
+pytestmark = pytest.mark.browser
+
+NAMES = {"baseline": "muon-baseline", "fast": "normuon-fast", "slow": "fop-kfac"}
+PANELS = ("cmp-spec-overlay", "cmp-spec-grid", "cmp-neuron-overlay", "cmp-neuron-box")
+
+# every named trace of every chart on the page: (chart id, trace name, colour of its line or marker)
+TRACES_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(g => (g.data || []).map(t => ({
+    chart: g.closest('[id]') ? g.closest('[id]').id : '', name: t.name || '',
+    color: (t.line && t.line.color) || (t.marker && t.marker.color) || ''})))"""
+
+
+def _rgb(hex_color: str) -> str:
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({r}, {g}, {b})"
+
+
+def _check_colours(page, seeded) -> None:  # noqa: ANN001
+    graphs_with_data(page, "#cmp-scalars", 2)
+    for panel in PANELS:
+        graphs_with_data(page, f"#{panel}", 1)
+    traces = page.evaluate(TRACES_JS)
+    for role, name in NAMES.items():
+        want = run_color(seeded[role])
+        mine = [t for t in traces if t["name"].startswith(name)]
+        charts = {t["chart"] for t in mine}
+        # two scalar charts and the four matched-point panels each draw this run
+        assert len(charts) >= 6 and set(PANELS) <= charts, (name, charts)
+        assert all(t["color"] == want for t in mine), (name, want, mine)
+        row = page.locator("#cmp-ttt-result tr.ttt-row", has_text=name)
+        row.wait_for(timeout=TIMEOUT_MS)
+        assert row.locator(".run-swatch").get_attribute("data-color") == want
+        assert page.locator("#cmp-config-table th", has_text=name).locator(".run-swatch").get_attribute(
+            "data-color") == want
+
+
+def test_a_run_has_one_colour_in_every_compare_panel_and_on_the_runs_table(server, seeded, page) -> None:
+    run_ids = [seeded[r] for r in NAMES]
+    assert len({run_color(r) for r in run_ids}) == 3  # the test would prove nothing if two shared a colour
+    url = server.url + "/compare?keys=loss,acc&layer=fc1.weight&metric=loss&runs="
+    page.goto(url + ",".join(run_ids))
+    _check_colours(page, seeded)
+    page.reload()
+    _check_colours(page, seeded)
+    page.goto(url + ",".join(reversed(run_ids)))  # the selection reordered: colours stay with the runs
+    _check_colours(page, seeded)
+    page.goto(server.url + "/?project=dash-tests")
+    for role, name in NAMES.items():
+        cell = page.locator("#runs-table td[data-dash-column=name]", has_text=name).first
+        cell.wait_for(timeout=TIMEOUT_MS)
+        page.wait_for_function(
+            "([name, rgb]) => Array.from(document.querySelectorAll('#runs-table td[data-dash-column=name]'))"
+            ".some(td => td.innerText.trim() === name && getComputedStyle(td).borderLeftColor === rgb)",
+            arg=[name, _rgb(run_color(seeded[role]))], timeout=TIMEOUT_MS)
+    assert page.errors == []
+
+
+def test_hovering_a_compare_chart_lists_every_selected_run_by_name(server, seeded, page) -> None:
+    run_ids = [seeded[r] for r in NAMES]
+    page.goto(server.url + "/compare?keys=loss&runs=" + ",".join(run_ids))
+    graphs_with_data(page, "#cmp-scalars", 1)
+    chart = "#cmp-scalars .js-plotly-plot"
+    assert page.evaluate(f"document.querySelector('{chart}').layout.hovermode") == "x unified"
+    box = page.locator(f"{chart} .nsewdrag").first.bounding_box()
+    # a real mouse over the middle of the plot area (x ≈ step 100, where every run has a point)
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    page.wait_for_function(f"document.querySelector('{chart} .hoverlayer').textContent.length > 0",
+                           timeout=TIMEOUT_MS)
+    label = page.evaluate(f"document.querySelector('{chart} .hoverlayer').textContent")
+    for name in NAMES.values():
+        assert f"{name}: " in label, label
+    assert "x=" not in label
+    assert page.errors == []

@@ -63,7 +63,8 @@ def groups_summary(data: Mapping[str, Any] | None) -> Any:
     if not (data or {}).get("grouped"):
         return html.Span(f"{len(groups)} runs, each on its own", className="hint")
     parts = [f"{g['group']} (n={g['n']})" for g in groups]
-    return html.Span(f"{len(groups)} groups: " + "; ".join(parts), className="hint", id="cmp-groups-list")
+    return html.Span(f"{len(groups)} group{'s' if len(groups) != 1 else ''}: " + "; ".join(parts), className="hint",
+                     id="cmp-groups-list")
 
 
 def _pm(row: Mapping[str, Any], unit: str, fmt: Any) -> str:

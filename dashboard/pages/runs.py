@@ -5,7 +5,11 @@ Everything the table does is the server's: search text, status, project, tag and
 it (any config value or summary metric), and the pager pages through the true count — so with
 10,000 runs "sort by final loss" finds the sweep's best run, not the best of the newest 1,000.
 Projects, tags and the column chooser's keys come from the server too. The view lives in the URL
-(``/?q=..&filter=..&sort=..&cols=..``). The 5 s refresh asks only whether anything changed since
+(``/?q=..&filter=..&sort=..&cols=..&group_by=..``).
+
+"group by" (any config key, ``optimizer``, ``tags``, or everything but the seed; none by default) adds
+group rows above the table — n runs and a summary metric's mean ± sd and range — each opening the
+compare page on its group (``runs_groups``). The 5 s refresh asks only whether anything changed since
 the last read (``updated_since``) and reloads the page only when something did.
 """
 
@@ -30,11 +34,19 @@ from ..colors import run_color
 from ..queries import RunPage, run_page
 from ..state import current_api
 from ..components import flatten, fmt_datetime, fmt_duration, fmt_value, message, run_duration
+from . import runs_groups as RG
 
 TITLE = "Optiscope · runs"
 STATUSES = ("running", "finished", "crashed")
 REFRESH_MS = 5000
 PAGE_SIZE = 50
+# component ids of the grouping (kept here: dashboard/ids.py is shared by every page)
+RUNS_GROUP_BY = "runs-group-by"
+RUNS_GROUP_METRIC = "runs-group-metric"
+RUNS_GROUPS_TABLE = "runs-groups-table"
+RUNS_GROUPS_NOTE = "runs-groups-note-box"
+RUNS_GROUPS_COMPARE = "runs-groups-compare"
+RUNS_GROUPS_SECTION = "runs-groups"
 # Hyper-parameters a user compares first: chosen as automatic columns before other varying keys.
 _FIRST_CONFIG = ("lr", "optimizer", "weight_decay", "momentum", "batch_size")
 # column id -> the server's sort field (``server.store.run_query``); other columns do not sort
@@ -184,9 +196,12 @@ def compare_href(selected: Sequence[str]) -> str:
 
 
 def layout(q: str | None = None, status: str | None = None, project: str | None = None, tag: str | None = None,
-           filter: str | None = None, sort: str | None = None, cols: str | None = None, **_: Any) -> html.Div:
-    """Filters, sort and columns from the query string; the table is filled by :func:`load_runs`."""
+           filter: str | None = None, sort: str | None = None, cols: str | None = None,
+           group_by: str | None = None, gmetric: str | None = None, **_: Any) -> html.Div:
+    """Filters, sort, columns and grouping from the query string; the table is filled by :func:`load_runs`,
+    the group rows by :func:`load_groups`."""
     chosen = [c for c in (cols or "").split(",") if c.startswith(("cfg:", "sum:"))]
+    grouping = RG.parse_group_by(group_by)
     return html.Div(
         [
             html.H2("Runs"),
@@ -215,6 +230,34 @@ def layout(q: str | None = None, status: str | None = None, project: str | None 
                     html.Button("refresh", id=ids.RUNS_REFRESH, className="btn"),
                 ],
                 className="controls",
+            ),
+            html.Div(
+                [
+                    html.Div([html.Label("group by", className="control-label"),
+                              dcc.Dropdown(id=RUNS_GROUP_BY, options=RG.group_by_options(grouping),
+                                           value=grouping, multi=True, placeholder="none (each run on its own)",
+                                           style={"minWidth": "300px"})], className="control"),
+                    html.Div([html.Label("group metric", className="control-label"),
+                              dcc.Dropdown(id=RUNS_GROUP_METRIC, options=[gmetric] if gmetric else [], value=gmetric,
+                                           placeholder="loss", style={"width": "180px"})], className="control"),
+                ],
+                className="controls",
+            ),
+            html.Div(
+                [
+                    html.Div([html.Span(id=RUNS_GROUPS_NOTE),
+                              dcc.Link("compare selected groups", id=RUNS_GROUPS_COMPARE, href="/compare",
+                                       className="btn")], className="runs-actions"),
+                    dash_table.DataTable(
+                        id=RUNS_GROUPS_TABLE, columns=RG.group_columns(gmetric), data=[], row_selectable="multi",
+                        selected_rows=[], markdown_options={"html": False, "link_target": "_self"},
+                        style_table={"overflowX": "auto"},
+                        style_cell={"fontSize": "13px", "padding": "4px 8px", "textAlign": "left",
+                                    "maxWidth": "420px", "overflow": "hidden", "textOverflow": "ellipsis"},
+                        style_header={"fontWeight": "600", "backgroundColor": "#f2f4f7"},
+                    ),
+                ],
+                id=RUNS_GROUPS_SECTION, hidden=not grouping, className="section",
             ),
             html.Div(
                 [
@@ -274,6 +317,8 @@ def _triggered() -> Any:
     Output(ids.RUNS_SEEN, "data"),
     Output(ids.RUNS_COLUMNS, "options"),
     Output(ids.RUNS_TABLE, "style_data_conditional"),
+    Output(RUNS_GROUP_BY, "options"),
+    Output(RUNS_GROUP_METRIC, "options"),
     Input(ids.RUNS_SEARCH, "value"),
     Input(ids.RUNS_STATUS, "value"),
     Input(ids.RUNS_PROJECT, "value"),
@@ -313,7 +358,7 @@ def load_runs(q, status, project, tag, _clicks, _ticks, _version, selected_ids, 
     except ApiError as exc:
         title = "Cannot apply this filter" if exc.status == 422 else "Cannot load runs"
         return (no_update, [], [], "", no_update, no_update, message(title, str(exc), kind="error"), 1, None,
-                no_update, list(BASE_STYLES))
+                no_update, list(BASE_STYLES), no_update, no_update)
     columns, rows = table_rows(page.runs, chosen)
     keep = set(selected_ids or [])
     selected = [i for i, row in enumerate(rows) if row["id"] in keep]
@@ -330,8 +375,9 @@ def load_runs(q, status, project, tag, _clicks, _ticks, _version, selected_ids, 
         columns = no_update
     pages = max(1, math.ceil(page.count / size))
     new_seen = {"query": query, "as_of": page.as_of, "count": page.count}
+    config_keys = [*page.facets.get("config_keys", []), *(k for r in page.runs for k in flatten(r.get("config")))]
     return (columns, rows, selected, count, projects, tags, hint, pages, new_seen, column_options(page.facets),
-            color_styles(rows))
+            color_styles(rows), RG.group_by_options(config_keys), list(page.facets.get("summary_keys", [])))
 
 
 @callback(
@@ -393,14 +439,16 @@ def delete_selected(_submit, selected_ids, version, csrf):
 
 
 clientside_callback(
-    """(q, status, project, tag, filter, cols, sortBy) => {
+    """(q, status, project, tag, filter, cols, sortBy, groupBy, gmetric) => {
         const p = new URLSearchParams();
         if (q) p.set('q', q); if (status) p.set('status', status);
         if (project) p.set('project', project); if (tag) p.set('tag', tag);
         if (filter) p.set('filter', filter);
         if (cols && cols.length) p.set('cols', cols.join(','));
         if (sortBy && sortBy.length) p.set('sort', (sortBy[0].direction === 'desc' ? '-' : '') + sortBy[0].column_id);
-        const s = p.toString();
+        if (groupBy && groupBy.length) p.set('group_by', groupBy.join(','));
+        if (gmetric) p.set('gmetric', gmetric);
+        const s = p.toString().replace(/%2C/g, ',').replace(/%7E/g, '~');
         if (window.location.pathname === '/') window.history.replaceState(null, '', s ? '/?' + s : '/');
         return '';
     }""",
@@ -412,4 +460,72 @@ clientside_callback(
     Input(ids.RUNS_FILTER, "value"),
     Input(ids.RUNS_COLUMNS, "value"),
     Input(ids.RUNS_TABLE, "sort_by"),
+    Input(RUNS_GROUP_BY, "value"),
+    Input(RUNS_GROUP_METRIC, "value"),
 )
+
+
+# -- groups ---------------------------------------------------------------------------------------
+
+def default_metric(summary_keys: Sequence[str], chosen: str | None) -> str | None:
+    """The chosen metric, else ``loss``, else the first summary key (what the table's columns lead with)."""
+    if chosen:
+        return chosen
+    keys = [k for k in summary_keys if k not in ("samples_seen", "step_time")]
+    return "loss" if "loss" in keys else (keys[0] if keys else None)
+
+
+@callback(
+    Output(RUNS_GROUPS_TABLE, "data"),
+    Output(RUNS_GROUPS_TABLE, "columns"),
+    Output(RUNS_GROUPS_TABLE, "selected_rows"),
+    Output(RUNS_GROUPS_NOTE, "children"),
+    Output(RUNS_GROUPS_SECTION, "hidden"),
+    Input(RUNS_GROUP_BY, "value"),
+    Input(RUNS_GROUP_METRIC, "value"),
+    Input(ids.RUNS_SEEN, "data"),
+    State(RUNS_GROUP_METRIC, "options"),
+    State(RUNS_GROUPS_TABLE, "selected_row_ids"),
+)
+def load_groups(group_by, metric, seen, metric_options, selected_ids):
+    """Group every run matching the table's filters (read again only when the table reloaded: the 5 s
+    refresh leaves ``runs-seen`` alone when nothing changed)."""
+    keys = list(group_by or [])
+    if not keys:
+        return [], no_update, [], None, True
+    if not seen or "query" not in seen:  # the table has not read its filters yet: it will, then this runs
+        raise PreventUpdate
+    query = seen["query"]
+    api = current_api()
+    try:
+        runs, total = RG.fetch_matching(api, project=query.get("project"), status=query.get("status"),
+                                        tag=query.get("tag"), q=query.get("q"), filters=query.get("filters") or [])
+    except ApiError as exc:
+        return [], no_update, [], message("Cannot group these runs", str(exc), kind="error"), False
+    summary_keys = [o if isinstance(o, str) else o.get("value") for o in metric_options or []]
+    if not summary_keys:
+        summary_keys = sorted({k for r in runs for k in (r.get("summary") or {})})
+    metric = default_metric(summary_keys, metric)
+    groups = RG.group_runs(runs, keys, metric)
+    rows = RG.group_table_rows(groups, keys, metric)
+    keep = set(selected_ids or [])
+    selected = [i for i, row in enumerate(rows) if row["id"] in keep]
+    note = RG.grouped_note(RG.GroupedRuns(groups, total, len(runs)), metric)
+    return rows, RG.group_columns(metric), selected, note, False
+
+
+@callback(
+    Output(RUNS_GROUPS_COMPARE, "href"),
+    Output(RUNS_GROUPS_COMPARE, "children"),
+    Input(RUNS_GROUPS_TABLE, "selected_row_ids"),
+    State(RUNS_GROUP_BY, "value"),
+    State(RUNS_GROUP_METRIC, "value"),
+)
+def groups_selected(selected_ids, group_by, metric):
+    """Picked groups open together on the compare page (their runs, grouped by the same keys)."""
+    run_ids = [rid for row_id in selected_ids or [] for rid in str(row_id).split("|") if rid]
+    if not run_ids:
+        return "/compare", "compare selected groups"
+    n = len(selected_ids)
+    return (RG.group_compare_href(run_ids, list(group_by or []), metric),
+            f"compare {n} selected group{'s' if n != 1 else ''}")

@@ -28,15 +28,17 @@ from .. import ids
 from ..colors import run_color, run_dash
 from ..api import ApiClient, ApiError, NotFound
 from ..components import control, flatten, fmt_duration, fmt_value, graph, message, parse_time, speedup_text
-from ..queries import SV_SOURCES, Catalog
+from ..queries import SV_SOURCES, Catalog, natural_key
 from ..series import X_CHOICES, X_SAMPLES, X_STEP, X_TIME, X_TITLES, relative_time, steps_to_samples
 from ..state import current_api, current_config
 from . import compare_groups as CG
+from . import compare_layers as CL
 
 TITLE = "Optiscope · compare"
 MAX_RUNS = 50  # the server's /time-to-target takes up to 50 run ids
 CHART_POINT_BUDGET = 12_000
 SMALL_MULTIPLES_MAX = 8
+LAYER_POINTS = 2000  # per (run, layer) series: per-layer diagnostics are logged every few steps, so exact
 MATCH_STEP = "step"
 MATCH_SAMPLES = "samples"
 WHY_TOP = 10
@@ -70,6 +72,7 @@ def layout(runs: str | None = None, keys: str | None = None, x: str | None = Non
            source: str | None = None, match: str | None = None, at: str | None = None, metric: str | None = None,
            target: str | None = None, direction: str | None = None, baseline: str | None = None,
            smooth: str | None = None, log: str | None = None, group_by: str | None = None, band: str | None = None,
+           lt_q: str | None = None, lt_layer: str | None = None, lt_scope: str | None = None, lt_x: str | None = None,
            **_: Any) -> html.Div:
     """Controls from the query string; every panel is filled by its callback."""
     run_ids = parse_run_ids(runs)
@@ -96,6 +99,7 @@ def layout(runs: str | None = None, keys: str | None = None, x: str | None = Non
     meta, catalog, note = compare_state(api, valid, listed)
     controls = controls_for(catalog, meta, keys.split(",") if keys else None, metric, baseline, layer)
     grouping, groups = initial_groups(api, meta, CG.parse_group_by(group_by))
+    lt = layer_controls(catalog, lt_q, lt_layer, lt_scope)
     try:
         smooth_v = min(max(float(smooth), 0.0), 0.99) if smooth else 0.0
     except ValueError:
@@ -187,6 +191,27 @@ def layout(runs: str | None = None, keys: str | None = None, x: str | None = Non
                 ], className="controls"),
                 dcc.Loading(html.Div(id=CMP_WHY), type="dot", delay_show=400),
             ], className="section"),
+            # -- per-layer diagnostics over time
+            html.Section([
+                html.H3("Per-layer diagnostics over time"),
+                html.P("One per-layer diagnostic for every run (or each group's mean with its band) against step: "
+                       "a single layer, or the median / max over the layers (all, one role such as "
+                       "blocks.*.fc.weight, or one block) at each logged step.", className="hint"),
+                html.Div([
+                    control("diagnostic", dcc.Dropdown(id=ids.CMP_LT_QUANTITY, options=lt[0], value=lt[1],
+                                                       clearable=False, placeholder="no per-layer diagnostics"),
+                            width="280px"),
+                    control("layer", dcc.Dropdown(id=ids.CMP_LT_LAYER, options=lt[2], value=lt[3], clearable=False),
+                            width="280px"),
+                    control("over", dcc.Dropdown(id=ids.CMP_LT_BLOCK, options=lt[4], value=lt[5], clearable=False),
+                            width="240px"),
+                    control("x axis", dcc.RadioItems(id=ids.CMP_LT_X, inline=True,
+                                                     value=lt_x if lt_x in (X_STEP, X_SAMPLES) else X_STEP,
+                                                     options=[{"label": " step", "value": X_STEP},
+                                                              {"label": " samples seen", "value": X_SAMPLES}])),
+                ], className="controls"),
+                dcc.Loading(graph(ids.CMP_LT_GRAPH), type="dot", delay_show=400),
+            ], className="section"),
             # -- spectra and neurons at a matched step
             html.Section([
                 html.H3("Spectra and neuron update norms at a matched point"),
@@ -253,6 +278,7 @@ def union_catalog(catalogs: Mapping[str, Catalog]) -> dict[str, Any]:
     sv_layers: dict[str, None] = {}
     neuron_layers: dict[str, None] = {}
     sources: dict[str, None] = {}
+    quantities: dict[str, dict[str, None]] = {}
     last_steps = []
     for cat in catalogs.values():
         for k in cat.global_scalars:
@@ -261,11 +287,14 @@ def union_catalog(catalogs: Mapping[str, Catalog]) -> dict[str, Any]:
             sources[src] = None
             sv_layers.update(dict.fromkeys(cat.array_layers(f"sv.{src}")))
         neuron_layers.update(dict.fromkeys(cat.array_layers("neuron.update_norm")))
+        for q, layers in cat.quantities.items():
+            quantities.setdefault(q, {}).update(dict.fromkeys(layers))
         if cat.last_step is not None:
             last_steps.append(cat.last_step)
     ordered = sorted(scalars, key=lambda k: (k != "loss", not k.startswith(("acc", "val")), -scalars[k], k))
     return {"scalars": ordered, "sv_layers": list(sv_layers), "neuron_layers": list(neuron_layers),
-            "sources": list(sources), "common_last_step": min(last_steps) if last_steps else None}
+            "sources": list(sources), "common_last_step": min(last_steps) if last_steps else None,
+            "layer_quantities": {q: sorted(v, key=natural_key) for q, v in quantities.items()}}
 
 
 def compare_state(api: ApiClient, run_ids: Sequence[str], known: Mapping[str, Mapping[str, Any]] | None = None):
@@ -675,6 +704,100 @@ def why(a, base, match, at, groups, key, target, direction, meta):
     return CG.why_panel(result)
 
 
+# -- per-layer diagnostics over time ----------------------------------------------------------------
+
+def layer_controls(catalog: Mapping[str, Any] | None, quantity: str | None, layer: str | None,
+                   scope: str | None) -> tuple:
+    """(diagnostic options, diagnostic, layer options, layer, scope options, scope) for the runs'
+    merged catalog, keeping choices that are still valid (default: the median over all layers)."""
+    quantities = (catalog or {}).get("layer_quantities") or {}
+    quantity = CL.default_quantity(quantities, quantity)
+    layers = list(quantities.get(quantity, [])) if quantity else []
+    layer_opts = CL.layer_options(layers)
+    layer = layer if layer in {o["value"] for o in layer_opts} else CL.AGG_MEDIAN
+    scope_opts = CL.scope_options(layers)
+    scope = scope if scope in {o["value"] for o in scope_opts} else CL.ALL_LAYERS
+    return CL.quantity_options(quantities), quantity, layer_opts, layer, scope_opts, scope
+
+
+@callback(
+    Output(ids.CMP_LT_QUANTITY, "options"),
+    Output(ids.CMP_LT_QUANTITY, "value"),
+    Output(ids.CMP_LT_LAYER, "options"),
+    Output(ids.CMP_LT_LAYER, "value"),
+    Output(ids.CMP_LT_BLOCK, "options"),
+    Output(ids.CMP_LT_BLOCK, "value"),
+    Input(ids.CMP_KEYS, "data"),
+    Input(ids.CMP_LT_QUANTITY, "value"),
+    State(ids.CMP_LT_LAYER, "value"),
+    State(ids.CMP_LT_BLOCK, "value"),
+    prevent_initial_call=True,
+)
+def fill_layer_controls(catalog, quantity, layer, scope):
+    """Offer the diagnostics the picked runs logged, and the layers that logged the chosen one."""
+    return layer_controls(catalog, quantity, layer, scope)
+
+
+@callback(
+    Output(ids.CMP_LT_GRAPH, "figure"),
+    Input(ids.CMP_LT_QUANTITY, "value"),
+    Input(ids.CMP_LT_LAYER, "value"),
+    Input(ids.CMP_LT_BLOCK, "value"),
+    Input(ids.CMP_LT_X, "value"),
+    Input("cmp-meta", "data"),
+    Input(CMP_GROUPS, "data"),
+    Input(CMP_BAND, "value"),
+    State(ids.CMP_KEYS, "data"),
+)
+def draw_layer_over_time(quantity, layer, scope, x, meta, groups, band, catalog):
+    """The chosen diagnostic (one layer, or the median / max over layers) for every run against step
+    or samples seen; grouped, each group's mean with its band."""
+    meta = meta or {}
+    hint = ("no per-layer diagnostics logged for these runs — probe.attach(model, optimizer, run=run) logs "
+            "spectra, neuron norms and update ratios per layer")
+    if not meta or not quantity or not layer:
+        return F.empty_figure("per-layer diagnostics over time", hint)
+    layers = list(((catalog or {}).get("layer_quantities") or {}).get(quantity, []))
+    if layer in CL.AGGREGATES:
+        layers = CL.layers_in_scope(layers, scope)
+    elif layer not in layers:
+        return F.empty_figure("per-layer diagnostics over time", f"no picked run logged {quantity} for {layer}")
+    else:
+        layers = [layer]
+    api = current_api()
+    run_ids = list(meta)
+    keys = [f"{quantity}/{lay}" for lay in layers]
+    try:
+        series = api.series(run_ids, keys, x="step", points=LAYER_POINTS)
+        samples = {s["run_id"]: (s["steps"], s["y"]) for s in api.series(run_ids, ["samples_seen"], x="step",
+                                                                         points=5000)} if x == X_SAMPLES else {}
+    except ApiError as exc:
+        return F.empty_figure("per-layer diagnostics over time", f"cannot load the series: {exc}")
+    colors = {rid: (run_color(rid), run_dash(rid)) for rid in run_ids}
+    by_run = dict(CL.series_lines(series, meta, quantity, layer, layers, colors))
+    if x == X_SAMPLES:
+        by_run = {rid: F.Line(ln.name, steps_to_samples(ln.steps, *samples.get(rid, ([], []))), ln.y, color=ln.color,
+                              steps=ln.steps, dash=ln.dash) for rid, ln in by_run.items()}
+    lines = list(by_run.values())
+    x_title = X_TITLES[x if x in (X_STEP, X_SAMPLES) else X_STEP]
+    empty = f"no picked run logged {quantity}" + ("" if layer in CL.AGGREGATES else f" for {layer}")
+    if (groups or {}).get("grouped"):
+        curves = []
+        for g in groups["groups"]:
+            members = [by_run[rid] for rid in g["run_ids"] if rid in by_run]
+            if members:
+                curves.append(GF.group_curve(g["group"], members, band=band or "minmax", color=group_color(g)))
+        fig = GF.band_figure(curves, title=CL.title(quantity, layer, scope, len(curves), "groups") + ", "
+                             + GF.BAND_LABELS[band or "minmax"], x_title=x_title, y_title=quantity,
+                             band=band or "minmax", uirevision=f"cmp-lt:{quantity}:{layer}:{scope}:{x}:groups",
+                             empty_message=empty)
+    else:
+        fig = F.line_figure(lines, title=CL.title(quantity, layer, scope, len(lines), "runs"), x_title=x_title,
+                            y_title=quantity, uirevision=f"cmp-lt:{quantity}:{layer}:{scope}:{x}",
+                            empty_message=empty, live=False)
+    return fig
+
+
 # -- spectra / neurons at a matched step ----------------------------------------------------------
 
 def matched_steps(api: ApiClient, run_ids: Sequence[str], match: str, at: float | None,
@@ -825,7 +948,8 @@ def show_config_diff(meta):
 
 
 clientside_callback(
-    """(runs, keys, x, smooth, log, metric, target, direction, baseline, layer, source, match, at, groupBy, band) => {
+    """(runs, keys, x, smooth, log, metric, target, direction, baseline, layer, source, match, at, groupBy, band,
+        ltQ, ltLayer, ltScope, ltX) => {
         if (window.location.pathname !== '/compare') return '';
         const p = new URLSearchParams();
         if (runs && runs.length) p.set('runs', runs.join(','));
@@ -843,7 +967,11 @@ clientside_callback(
         if (at !== null && at !== undefined) p.set('at', at);
         if (groupBy && groupBy.length) p.set('group_by', groupBy.join(','));
         if (band && band !== 'minmax') p.set('band', band);
-        window.history.replaceState(null, '', '/compare?' + p.toString().replace(/%2C/g, ','));
+        if (ltQ) p.set('lt_q', ltQ);
+        if (ltLayer) p.set('lt_layer', ltLayer);
+        if (ltScope && ltScope !== '~all') p.set('lt_scope', ltScope);
+        if (ltX && ltX !== 'step') p.set('lt_x', ltX);
+        window.history.replaceState(null, '', '/compare?' + p.toString().replace(/%2C/g, ',').replace(/%7E/g, '~'));
         return '';
     }""",
     Output(ids.CMP_URL_SINK, "children"),
@@ -852,4 +980,6 @@ clientside_callback(
     Input(ids.CMP_TTT_TARGET, "value"), Input(ids.CMP_TTT_DIRECTION, "value"), Input(ids.CMP_TTT_BASELINE, "value"),
     Input(ids.CMP_LAYER, "value"), Input(ids.CMP_SOURCE, "value"), Input(ids.CMP_MATCH, "value"),
     Input(ids.CMP_AT, "value"), Input(CMP_GROUP_BY, "value"), Input(CMP_BAND, "value"),
+    Input(ids.CMP_LT_QUANTITY, "value"), Input(ids.CMP_LT_LAYER, "value"), Input(ids.CMP_LT_BLOCK, "value"),
+    Input(ids.CMP_LT_X, "value"),
 )

@@ -1,0 +1,109 @@
+"""The compare page's per-layer comparison over time, in a real headless Chromium against the real
+server: the plotted values are the ones the seeder logged (``sv.weight.cond/<layer>`` =
+(10 + layer index) · (1 + 0.001 · step) for every step of every run), for one layer and for the
+median / max over layers; grouped runs get a mean with a band."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from dashboard.colors import run_color
+from dashboard.pages import compare_layers as CL
+
+from .test_browser import TIMEOUT_MS, graphs_with_data
+from .test_compare_groups import groups  # noqa: F401  (module fixture: 2 recipes × 3 seeds)
+
+NAMES = {"baseline": "muon-baseline", "fast": "normuon-fast", "slow": "fop-kfac"}
+STEPS = 200
+GRAPH = "document.querySelector('#cmp-lt-graph .js-plotly-plot')"
+
+
+def _logged(layer_index: float, steps: np.ndarray) -> np.ndarray:
+    return (10.0 + layer_index) * (1.0 + 0.001 * steps)
+
+
+def _traces(page) -> list[dict]:  # noqa: ANN001
+    return page.evaluate(f"{GRAPH}.data.map(t => ({{name: t.name, x: Array.from(t.x), y: Array.from(t.y), "
+                         "color: t.line.color}))")
+
+
+def _check(page, seeded, layer_index: float) -> None:  # noqa: ANN001
+    traces = _traces(page)
+    assert {t["name"] for t in traces} == set(NAMES.values()), [t["name"] for t in traces]
+    for t in traces:
+        role = next(r for r, n in NAMES.items() if n == t["name"])
+        assert t["color"] == run_color(seeded[role])
+        x = np.asarray(t["x"])
+        assert len(x) == STEPS and x[0] == 0 and x[-1] == STEPS - 1
+        np.testing.assert_allclose(t["y"], _logged(layer_index, x), rtol=1e-6)
+
+
+def _wait_title(page, start: str) -> None:  # noqa: ANN001
+    page.wait_for_function(f"(s) => (((({GRAPH} || {{}}).layout || {{}}).title || {{}}).text || '').startsWith(s)",
+                           arg=start, timeout=TIMEOUT_MS)
+
+
+@pytest.mark.browser
+def test_per_layer_diagnostic_over_time_plots_the_logged_values(server, seeded, page) -> None:  # noqa: ANN001
+    run_ids = ",".join(seeded[r] for r in NAMES)
+    page.goto(server.url + f"/compare?runs={run_ids}&keys=loss&lt_q=sv.weight.cond&lt_layer=~max")
+    graphs_with_data(page, "#cmp-lt-graph", 1)
+    _wait_title(page, "sv.weight.cond: max over layers")
+    _check(page, seeded, 1.0)  # max of fc1 (10·…) and fc2 (11·…)
+
+    # the controls: the median over layers, then one layer
+    page.locator("#cmp-lt-layer").click()
+    page.get_by_role("option", name="median over layers", exact=True).first.click()
+    _wait_title(page, "sv.weight.cond: median over layers")
+    _check(page, seeded, 0.5)
+    page.wait_for_function("new URLSearchParams(location.search).get('lt_layer') === '~median'", timeout=TIMEOUT_MS)
+    page.locator("#cmp-lt-layer").click()
+    page.get_by_role("option", name="fc1.weight", exact=True).first.click()
+    _wait_title(page, "sv.weight.cond — fc1.weight")
+    _check(page, seeded, 0.0)
+
+    # another diagnostic, through its dropdown; the URL keeps it across a reload
+    page.locator("#cmp-lt-quantity").click()
+    page.get_by_role("option", name="sv.weight.spectral_norm", exact=True).first.click()
+    _wait_title(page, "sv.weight.spectral_norm — fc1.weight")
+    page.wait_for_function("new URLSearchParams(location.search).get('lt_q') === 'sv.weight.spectral_norm'",
+                           timeout=TIMEOUT_MS)
+    page.reload()
+    _wait_title(page, "sv.weight.spectral_norm — fc1.weight")
+    for t in _traces(page):
+        np.testing.assert_allclose(t["y"], 1.0, rtol=1e-6)  # 1 + 0.01 · 0 · drift for layer 0
+    assert page.errors == []
+
+
+def test_aggregates_and_scopes() -> None:
+    steps, vals = CL.aggregate([([0, 10, 20], [1.0, 2.0, 3.0]), ([0, 20], [5.0, float("nan")])], CL.AGG_MAX)
+    assert steps == [0, 10, 20] and vals == [5.0, 2.0, 3.0]  # a NaN or a missing step never blanks the others
+    _, med = CL.aggregate([([0], [1.0]), ([0], [2.0]), ([0], [10.0])], CL.AGG_MEDIAN)
+    assert med == [2.0]
+    layers = ["embed.weight", "blocks.0.fc.weight", "blocks.0.attn.weight", "blocks.1.fc.weight"]
+    assert CL.role_of("blocks.12.fc.weight") == "blocks.*.fc.weight"
+    assert CL.layers_in_scope(layers, "role:blocks.*.fc.weight") == ["blocks.0.fc.weight", "blocks.1.fc.weight"]
+    assert CL.layers_in_scope(layers, "block:blocks.0") == ["blocks.0.fc.weight", "blocks.0.attn.weight"]
+    values = [o["value"] for o in CL.scope_options(layers)]
+    assert values[0] == CL.ALL_LAYERS and "role:blocks.*.fc.weight" in values and "block:blocks.1" in values
+    assert CL.quantity_options({"grad_norm": [], "update_ratio": [], "neuron.cv": []}) == \
+        ["neuron.cv", "update_ratio", "grad_norm"]
+
+
+def test_grouped_runs_get_a_mean_and_band_per_group(server, groups, request_ctx) -> None:  # noqa: ANN001, F811
+    cmp = sys.modules["dashboard.pages.compare"]
+    run_ids = groups["normuon"] + groups["adamw"]
+    meta, catalog, _ = cmp.load_runs(run_ids)
+    grouped, _, _ = cmp.update_groups([cmp.CG.ALL_BUT_SEED], meta)
+    fig = cmp.draw_layer_over_time("neuron.cv", CL.AGG_MEDIAN, CL.ALL_LAYERS, "step", meta, grouped, "minmax", catalog)
+    kinds = [t.meta for t in fig.data]
+    assert kinds.count("band") == 2 and "median over layers" in fig.layout.title.text
+    means = {t.name: np.asarray(t.y) for t in fig.data if t.meta is None and t.name}
+    normuon = next(v for k, v in means.items() if k.startswith("grp-normuon"))
+    adamw = next(v for k, v in means.items() if k.startswith("grp-adamw"))
+    # logged: cv · (1 + 0.1 · layer) · (1 ± 3 % noise), cv = 0.05 vs 0.2; the median of 2 layers is their mean
+    assert np.nanmean(normuon) == pytest.approx(0.05 * 1.05, rel=0.05)
+    assert np.nanmean(adamw) == pytest.approx(0.2 * 1.05, rel=0.05)

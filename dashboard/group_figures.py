@@ -126,6 +126,7 @@ def band_figure(
                                 "name": F.safe_text(line.name), "legendgroup": F.safe_text(c.name),
                                 "line": {"color": c.color, "width": 0.8}, "opacity": 0.45, "showlegend": False,
                                 "meta": "member",
-                                "hovertemplate": f"{F.safe_text(line.name)}<br>x=%{{x}}<br>y=%{{y:.4g}}<extra></extra>"})
+                                # named in the x-unified label like every other line, not "x=…"
+                                "hovertemplate": f"{F.safe_text(line.name)}: %{{y:.4g}}<extra></extra>"})
     fig = base.to_dict()
     return go.Figure({"data": [*bands, *fig["data"], *members], "layout": fig["layout"]})

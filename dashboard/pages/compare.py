@@ -880,6 +880,10 @@ def matched_panels(layer, source, match, at, meta, catalog, groups=None, band="m
                                 title=f"spectra side by side — {layer}", x_title="index i (descending σ)",
                                 y_title="run", colorbar_title="σ", log_color=True,
                                 height=max(320, 90 + 18 * len(found)))
+        # each row's label starts with a square in its run's colour (plotly styles <span> in tick text)
+        grid.layout.yaxis.update(tickmode="array", tickvals=[name for name, _ in found],
+                                 ticktext=[f"<span style='color:{c}'>■</span> {F.safe_text(name)}"
+                                           for c, (name, _) in zip(sv_colors, found)])
     got_nn = [(rid, g) for rid, g in zip(run_ids, neur) if g]
     nn_colors = [run_color(rid) for rid, _ in got_nn]
     dists = [(f"{meta[r]['name']} @ {g[0]}", g[1]) for r, g in got_nn]

@@ -8,6 +8,7 @@ import pytest
 from dashboard.colors import run_color
 
 from .test_browser import TIMEOUT_MS, graphs_with_data
+from .test_compare_groups import groups  # noqa: F401  (module fixture: 2 recipes × 3 seeds)
 
 pytestmark = pytest.mark.browser
 
@@ -81,3 +82,19 @@ def test_hovering_a_compare_chart_lists_every_selected_run_by_name(server, seede
         assert f"{name}: " in label, label
     assert "x=" not in label
     assert page.errors == []
+
+
+@pytest.mark.browser
+def test_the_many_run_spectra_heatmap_marks_each_row_in_its_runs_colour(server, seeded, groups, request_ctx) -> None:  # noqa: ANN001, F811
+    """Past 8 runs the side-by-side spectra are one run × index heatmap: its row labels carry the colours."""
+    import sys
+
+    cmp = sys.modules["dashboard.pages.compare"]
+    run_ids = [seeded[r] for r in NAMES] + groups["normuon"] + groups["adamw"]
+    meta, catalog, _ = cmp.load_runs(run_ids)
+    _, grid, _, _ = cmp.matched_panels("fc1.weight", "weight", "step", 100, meta, catalog)
+    assert grid.data[0].type == "heatmap" and len(grid.layout.yaxis.tickvals) == len(run_ids)
+    # rows in the selection's order (every run has a spectrum at step 100); seeds of a recipe share a name
+    for rid, value, label in zip(run_ids, grid.layout.yaxis.tickvals, grid.layout.yaxis.ticktext):
+        assert value.startswith(meta[rid]["name"] + " @")
+        assert label.startswith(f"<span style='color:{run_color(rid)}'>■</span> ")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -47,6 +48,11 @@ RUNS_GROUPS_TABLE = "runs-groups-table"
 RUNS_GROUPS_NOTE = "runs-groups-note-box"
 RUNS_GROUPS_COMPARE = "runs-groups-compare"
 RUNS_GROUPS_SECTION = "runs-groups"
+RUNS_GROUPS_STATE = "runs-groups-state"  # what the group rows were computed from, and when
+# Grouping reads every matching run (10,000 runs: ~2.5 s on a loaded 2-core box, benchmarks/
+# bench_runs_groups.py): a table reload that keeps the filters (a page turn, a sort, a live run's new
+# step on the 5 s tick) regroups at most this often.
+GROUP_REFRESH_S = 30.0
 # Hyper-parameters a user compares first: chosen as automatic columns before other varying keys.
 _FIRST_CONFIG = ("lr", "optimizer", "weight_decay", "momentum", "batch_size")
 # column id -> the server's sort field (``server.store.run_query``); other columns do not sort
@@ -259,6 +265,7 @@ def layout(q: str | None = None, status: str | None = None, project: str | None 
                 ],
                 id=RUNS_GROUPS_SECTION, hidden=not grouping, className="section",
             ),
+            dcc.Store(id=RUNS_GROUPS_STATE, data=None),
             html.Div(
                 [
                     dcc.Link("compare selected", id=ids.RUNS_COMPARE_LINK, href="/compare", className="btn"),
@@ -481,27 +488,34 @@ def default_metric(summary_keys: Sequence[str], chosen: str | None) -> str | Non
     Output(RUNS_GROUPS_TABLE, "selected_rows"),
     Output(RUNS_GROUPS_NOTE, "children"),
     Output(RUNS_GROUPS_SECTION, "hidden"),
+    Output(RUNS_GROUPS_STATE, "data"),
     Input(RUNS_GROUP_BY, "value"),
     Input(RUNS_GROUP_METRIC, "value"),
     Input(ids.RUNS_SEEN, "data"),
     State(RUNS_GROUP_METRIC, "options"),
     State(RUNS_GROUPS_TABLE, "selected_row_ids"),
+    State(RUNS_GROUPS_STATE, "data"),
 )
-def load_groups(group_by, metric, seen, metric_options, selected_ids):
-    """Group every run matching the table's filters (read again only when the table reloaded: the 5 s
-    refresh leaves ``runs-seen`` alone when nothing changed)."""
+def load_groups(group_by, metric, seen, metric_options, selected_ids, last=None):
+    """Group every run matching the table's filters. Read again when the grouping or the filters
+    change; a reload of the table with the same filters regroups at most every ``GROUP_REFRESH_S``."""
     keys = list(group_by or [])
     if not keys:
-        return [], no_update, [], None, True
+        return [], no_update, [], None, True, None
     if not seen or "query" not in seen:  # the table has not read its filters yet: it will, then this runs
         raise PreventUpdate
     query = seen["query"]
+    basis = {"filters": {k: query.get(k) for k in ("q", "status", "project", "tag", "filters")}, "keys": keys,
+             "metric": metric}
+    if (_triggered() == ids.RUNS_SEEN and last and last.get("basis") == basis
+            and time.time() - float(last.get("at") or 0) < GROUP_REFRESH_S):
+        raise PreventUpdate
     api = current_api()
     try:
         runs, total = RG.fetch_matching(api, project=query.get("project"), status=query.get("status"),
                                         tag=query.get("tag"), q=query.get("q"), filters=query.get("filters") or [])
     except ApiError as exc:
-        return [], no_update, [], message("Cannot group these runs", str(exc), kind="error"), False
+        return [], no_update, [], message("Cannot group these runs", str(exc), kind="error"), False, None
     summary_keys = [o if isinstance(o, str) else o.get("value") for o in metric_options or []]
     if not summary_keys:
         summary_keys = sorted({k for r in runs for k in (r.get("summary") or {})})
@@ -511,7 +525,7 @@ def load_groups(group_by, metric, seen, metric_options, selected_ids):
     keep = set(selected_ids or [])
     selected = [i for i, row in enumerate(rows) if row["id"] in keep]
     note = RG.grouped_note(RG.GroupedRuns(groups, total, len(runs)), metric)
-    return rows, RG.group_columns(metric), selected, note, False
+    return rows, RG.group_columns(metric), selected, note, False, {"basis": basis, "at": time.time()}
 
 
 @callback(

@@ -643,7 +643,8 @@ def group_time_to_target(key, target, direction, baseline, groups, meta):
     caption = html.P(f"Seed groups: {key} {rel} {target:.4g}; baseline group {result.get('baseline')}; speedup = "
                      "baseline ÷ group with a bootstrap 95 % interval over seeds (paired by seed); an interval "
                      "containing 1 reads “no difference at this n”.", className="hint")
-    return html.Div([caption, CG.group_ttt_table(result)])
+    colors = {g["group"]: group_color(g) for g in groups.get("groups") or []}
+    return html.Div([caption, CG.group_ttt_table(result, colors)])
 
 
 @callback(

@@ -96,16 +96,19 @@ def _resolution(row: Mapping[str, Any]) -> str:
     return text or "—"
 
 
-def group_ttt_table(result: Mapping[str, Any]) -> html.Table:
+def group_ttt_table(result: Mapping[str, Any], colors: Mapping[str, str] | None = None) -> html.Table:
     """Per group: n, steps / wall time / samples (mean ± sd), resolution, and each speedup with its
-    95 % interval and verdict ("no difference at this n" when the interval contains 1)."""
+    95 % interval and verdict ("no difference at this n" when the interval contains 1). ``colors``:
+    group label -> the colour its band has in the charts (a dot before the label)."""
     head = ["group", "n", "steps (mean ± sd)", "resolution", "wall time (mean ± sd)", "samples (mean ± sd)",
             "× steps", "95 % CI (steps)", "× wall time", "95 % CI (time)", "× samples", "95 % CI (samples)",
             "verdict (steps)"]
     body = []
     for row in result.get("rows", []):
         n = str(row["n"]) if row.get("n_reached") == row.get("n") else f"{row.get('n_reached')}/{row['n']} reached"
-        cells = [html.Td(row["group"] + (" (baseline)" if row.get("baseline") else "")), html.Td(n),
+        c = (colors or {}).get(row["group"])
+        dot = [html.Span("● ", className="run-swatch", style={"color": c}, **{"data-color": c})] if c else []
+        cells = [html.Td([*dot, row["group"] + (" (baseline)" if row.get("baseline") else "")]), html.Td(n),
                  html.Td(_pm(row, "steps", lambda v: f"{v:.0f}")), html.Td(_resolution(row)),
                  html.Td(_pm(row, "time_s", fmt_duration)), html.Td(_pm(row, "samples", fmt_value))]
         verdict = ""

@@ -98,3 +98,25 @@ def test_the_many_run_spectra_heatmap_marks_each_row_in_its_runs_colour(server, 
     for rid, value, label in zip(run_ids, grid.layout.yaxis.tickvals, grid.layout.yaxis.ticktext):
         assert value.startswith(meta[rid]["name"] + " @")
         assert label.startswith(f"<span style='color:{run_color(rid)}'>■</span> ")
+
+
+def test_a_group_has_one_colour_in_its_band_and_its_time_to_target_row(server, groups, request_ctx) -> None:  # noqa: ANN001, F811
+    import sys
+
+    cmp = sys.modules["dashboard.pages.compare"]
+    run_ids = groups["normuon"] + groups["adamw"]
+    meta, _, _ = cmp.load_runs(run_ids)
+    grouped, _, _ = cmp.update_groups([cmp.CG.ALL_BUT_SEED], meta)
+    want = {g["group"]: cmp.group_color(g) for g in grouped["groups"]}
+    assert len(set(want.values())) == 2
+    fig = cmp.draw_scalars(["loss"], "step", 0, [], meta, grouped, "minmax", [])[0].figure
+    for t in fig.data:
+        label = next((g for g in want if t.name and t.name.startswith(g)), None)
+        if label and t.meta != "band":
+            assert t.line.color == want[label]
+    panel = cmp.group_time_to_target("loss", 0.5, "below", groups["adamw"][0], grouped, meta)
+    body = panel.children[1].children[1]  # Div([caption, Table([Thead, Tbody])])
+    dots = {getattr(tr, "data-group"): tr.children[0].children[0] for tr in body.children}
+    assert set(dots) == set(want)
+    for label, dot in dots.items():
+        assert dot.className == "run-swatch" and dot.style["color"] == want[label]

@@ -107,3 +107,20 @@ def test_grouped_runs_get_a_mean_and_band_per_group(server, groups, request_ctx)
     # logged: cv · (1 + 0.1 · layer) · (1 ± 3 % noise), cv = 0.05 vs 0.2; the median of 2 layers is their mean
     assert np.nanmean(normuon) == pytest.approx(0.05 * 1.05, rel=0.05)
     assert np.nanmean(adamw) == pytest.approx(0.2 * 1.05, rel=0.05)
+
+
+def test_per_layer_against_samples_seen_and_a_missing_layer(server, seeded, request_ctx) -> None:  # noqa: ANN001
+    cmp = sys.modules["dashboard.pages.compare"]
+    run_ids = [seeded[r] for r in NAMES]
+    meta, catalog, _ = cmp.load_runs(run_ids)
+    assert catalog["layer_quantities"]["sv.weight.cond"] == ["fc1.weight", "fc2.weight"]
+    fig = cmp.draw_layer_over_time("sv.weight.cond", "fc2.weight", CL.ALL_LAYERS, "samples", meta, None, "minmax",
+                                   catalog)
+    assert fig.layout.xaxis.title.text == "samples seen" and len(fig.data) == 3
+    for t in fig.data:
+        x = np.asarray(t.x)
+        np.testing.assert_allclose(x, 128 * np.arange(STEPS))  # samples_seen = 128 · step
+        np.testing.assert_allclose(t.y, _logged(1.0, x / 128), rtol=1e-6)
+    missing = cmp.draw_layer_over_time("sv.weight.cond", "no.such.layer", CL.ALL_LAYERS, "step", meta, None,
+                                       "minmax", catalog)
+    assert "no picked run logged sv.weight.cond for no.such.layer" in str(missing.layout.annotations[0].text)

@@ -724,19 +724,30 @@ def layer_controls(catalog: Mapping[str, Any] | None, quantity: str | None, laye
 @callback(
     Output(ids.CMP_LT_QUANTITY, "options"),
     Output(ids.CMP_LT_QUANTITY, "value"),
+    Input(ids.CMP_KEYS, "data"),
+    State(ids.CMP_LT_QUANTITY, "value"),
+    prevent_initial_call=True,
+)
+def fill_layer_quantities(catalog, quantity):
+    """Offer the per-layer diagnostics the picked runs logged (keeping the choice when still valid)."""
+    options, quantity, *_ = layer_controls(catalog, quantity, None, None)
+    return options, quantity
+
+
+@callback(
     Output(ids.CMP_LT_LAYER, "options"),
     Output(ids.CMP_LT_LAYER, "value"),
     Output(ids.CMP_LT_BLOCK, "options"),
     Output(ids.CMP_LT_BLOCK, "value"),
-    Input(ids.CMP_KEYS, "data"),
     Input(ids.CMP_LT_QUANTITY, "value"),
+    State(ids.CMP_KEYS, "data"),
     State(ids.CMP_LT_LAYER, "value"),
     State(ids.CMP_LT_BLOCK, "value"),
     prevent_initial_call=True,
 )
-def fill_layer_controls(catalog, quantity, layer, scope):
-    """Offer the diagnostics the picked runs logged, and the layers that logged the chosen one."""
-    return layer_controls(catalog, quantity, layer, scope)
+def fill_layer_choices(quantity, catalog, layer, scope):
+    """The layers (and aggregates, and scopes) that logged the chosen diagnostic."""
+    return layer_controls(catalog, quantity, layer, scope)[2:]
 
 
 @callback(

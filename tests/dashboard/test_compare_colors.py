@@ -21,6 +21,14 @@ TRACES_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).fl
     color: (t.line && t.line.color) || (t.marker && t.marker.color) || ''})))"""
 
 
+def _console_errors(page) -> list[str]:  # noqa: ANN001
+    """Console errors (a failed request, a callback error) collected from now on."""
+    out: list[str] = []
+    page.on("console", lambda m: out.append(m.text) if m.type == "error" else None)
+    return out
+
+
+
 def _rgb(hex_color: str) -> str:
     r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
     return f"rgb({r}, {g}, {b})"
@@ -46,6 +54,7 @@ def _check_colours(page, seeded) -> None:  # noqa: ANN001
 
 
 def test_a_run_has_one_colour_in_every_compare_panel_and_on_the_runs_table(server, seeded, page) -> None:
+    console = _console_errors(page)
     run_ids = [seeded[r] for r in NAMES]
     assert len({run_color(r) for r in run_ids}) == 3  # the test would prove nothing if two shared a colour
     url = server.url + "/compare?keys=loss,acc&layer=fc1.weight&metric=loss&runs="
@@ -63,7 +72,7 @@ def test_a_run_has_one_colour_in_every_compare_panel_and_on_the_runs_table(serve
             "([name, rgb]) => Array.from(document.querySelectorAll('#runs-table td[data-dash-column=name]'))"
             ".some(td => td.innerText.trim() === name && getComputedStyle(td).borderLeftColor === rgb)",
             arg=[name, _rgb(run_color(seeded[role]))], timeout=TIMEOUT_MS)
-    assert page.errors == []
+    assert page.errors == [] and console == [], console
 
 
 def test_hovering_a_compare_chart_lists_every_selected_run_by_name(server, seeded, page) -> None:

@@ -21,6 +21,14 @@ STEPS = 200
 GRAPH = "document.querySelector('#cmp-lt-graph .js-plotly-plot')"
 
 
+def _console_errors(page) -> list[str]:  # noqa: ANN001
+    """Console errors (a failed request, a callback error) collected from now on."""
+    out: list[str] = []
+    page.on("console", lambda m: out.append(m.text) if m.type == "error" else None)
+    return out
+
+
+
 def _logged(layer_index: float, steps: np.ndarray) -> np.ndarray:
     return (10.0 + layer_index) * (1.0 + 0.001 * steps)
 
@@ -48,6 +56,7 @@ def _wait_title(page, start: str) -> None:  # noqa: ANN001
 
 @pytest.mark.browser
 def test_per_layer_diagnostic_over_time_plots_the_logged_values(server, seeded, page) -> None:  # noqa: ANN001
+    console = _console_errors(page)
     run_ids = ",".join(seeded[r] for r in NAMES)
     page.goto(server.url + f"/compare?runs={run_ids}&keys=loss&lt_q=sv.weight.cond&lt_layer=~max")
     graphs_with_data(page, "#cmp-lt-graph", 1)
@@ -75,7 +84,7 @@ def test_per_layer_diagnostic_over_time_plots_the_logged_values(server, seeded, 
     _wait_title(page, "sv.weight.spectral_norm — fc1.weight")
     for t in _traces(page):
         np.testing.assert_allclose(t["y"], 1.0, rtol=1e-6)  # 1 + 0.01 · 0 · drift for layer 0
-    assert page.errors == []
+    assert page.errors == [] and console == [], console
 
 
 def test_aggregates_and_scopes() -> None:

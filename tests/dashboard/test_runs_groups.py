@@ -22,6 +22,14 @@ pytestmark = pytest.mark.browser
 SEEDS = 3
 
 
+def _console_errors(page) -> list[str]:  # noqa: ANN001
+    """Console errors (a failed request, a callback error) collected from now on."""
+    out: list[str] = []
+    page.on("console", lambda m: out.append(m.text) if m.type == "error" else None)
+    return out
+
+
+
 @pytest.fixture(scope="module")
 def sweep(server) -> tuple[str, dict[str, list[str]]]:  # noqa: ANN001
     seeder = Seeder(server.api, server.token)
@@ -53,6 +61,7 @@ def _group_rows(page) -> dict[str, list[str]]:  # noqa: ANN001
 
 
 def test_group_rows_on_the_runs_table_open_as_groups_on_the_compare_page(server, sweep, page) -> None:  # noqa: ANN001
+    console = _console_errors(page)
     project, runs = sweep
     page.goto(server.url + f"/?project={project}")
     page.locator("#runs-count", has_text=f"{2 * SEEDS} runs").wait_for(timeout=TIMEOUT_MS)
@@ -103,7 +112,7 @@ def test_group_rows_on_the_runs_table_open_as_groups_on_the_compare_page(server,
     text = summary.inner_text()
     assert text.startswith("2 groups") and text.count(f"(n={SEEDS})") == 2, text
     assert "group_by=optimizer" in page.url
-    assert page.errors == []
+    assert page.errors == [] and console == [], console
 
 
 def test_grouping_follows_the_chosen_keys() -> None:

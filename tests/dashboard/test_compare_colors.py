@@ -21,7 +21,7 @@ TRACES_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).fl
     color: (t.line && t.line.color) || (t.marker && t.marker.color) || ''})))"""
 
 
-def _console_errors(page) -> list[str]:  # noqa: ANN001
+def console_errors(page) -> list[str]:  # noqa: ANN001
     """Console errors (a failed request, a callback error) collected from now on."""
     out: list[str] = []
     page.on("console", lambda m: out.append(m.text) if m.type == "error" else None)
@@ -54,7 +54,7 @@ def _check_colours(page, seeded) -> None:  # noqa: ANN001
 
 
 def test_a_run_has_one_colour_in_every_compare_panel_and_on_the_runs_table(server, seeded, page) -> None:
-    console = _console_errors(page)
+    console = console_errors(page)
     run_ids = [seeded[r] for r in NAMES]
     assert len({run_color(r) for r in run_ids}) == 3  # the test would prove nothing if two shared a colour
     url = server.url + "/compare?keys=loss,acc&layer=fc1.weight&metric=loss&runs="

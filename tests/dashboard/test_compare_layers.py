@@ -14,18 +14,12 @@ from dashboard.colors import run_color
 from dashboard.pages import compare_layers as CL
 
 from .test_browser import TIMEOUT_MS, graphs_with_data
+from .test_compare_colors import console_errors as _console_errors
 from .test_compare_groups import groups  # noqa: F401  (module fixture: 2 recipes × 3 seeds)
 
 NAMES = {"baseline": "muon-baseline", "fast": "normuon-fast", "slow": "fop-kfac"}
 STEPS = 200
 GRAPH = "document.querySelector('#cmp-lt-graph .js-plotly-plot')"
-
-
-def _console_errors(page) -> list[str]:  # noqa: ANN001
-    """Console errors (a failed request, a callback error) collected from now on."""
-    out: list[str] = []
-    page.on("console", lambda m: out.append(m.text) if m.type == "error" else None)
-    return out
 
 
 

@@ -15,18 +15,12 @@ from dashboard.pages import runs_groups as RG
 
 from .seed import Seeder
 from .test_browser import TIMEOUT_MS
+from .test_compare_colors import console_errors as _console_errors
 from .test_compare_groups import _group_run
 
 pytestmark = pytest.mark.browser
 
 SEEDS = 3
-
-
-def _console_errors(page) -> list[str]:  # noqa: ANN001
-    """Console errors (a failed request, a callback error) collected from now on."""
-    out: list[str] = []
-    page.on("console", lambda m: out.append(m.text) if m.type == "error" else None)
-    return out
 
 
 

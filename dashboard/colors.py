@@ -10,6 +10,7 @@ colour still differ in dash 3 times out of 4.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 RUN_PALETTE = (
     "#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#222A2A", "#B68100", "#750D86",
@@ -32,3 +33,10 @@ def run_color(run_id: str) -> str:
 def run_dash(run_id: str) -> str:
     """The run's plotly line dash, independent of its colour's choice."""
     return RUN_DASHES[(_run_hash(run_id) // len(RUN_PALETTE)) % len(RUN_DASHES)]
+
+
+def group_color(label: str, run_ids: Sequence[str]) -> str:
+    """A seed group's colour: its run's colour when it holds one run (ungrouped, a run keeps its
+    colour), else one derived from the group's label, so a group too looks the same in every panel."""
+    ids = list(run_ids)
+    return run_color(ids[0]) if len(ids) == 1 else run_color(f"group:{label}")

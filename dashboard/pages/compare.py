@@ -20,11 +20,13 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import dash
 from dash import Input, Output, State, callback, clientside_callback, dcc, html, no_update
 
 from .. import figures as F
 from .. import group_figures as GF
 from .. import ids
+from .. import colors
 from ..colors import run_color, run_dash
 from ..api import ApiClient, ApiError, NotFound
 from ..components import control, flatten, fmt_duration, fmt_value, graph, message, parse_time, speedup_text
@@ -38,7 +40,6 @@ TITLE = "Optiscope · compare"
 MAX_RUNS = 50  # the server's /time-to-target takes up to 50 run ids
 CHART_POINT_BUDGET = 12_000
 SMALL_MULTIPLES_MAX = 8
-LAYER_POINTS = 2000  # per (run, layer) series: per-layer diagnostics are logged every few steps, so exact
 MATCH_STEP = "step"
 MATCH_SAMPLES = "samples"
 WHY_TOP = 10
@@ -99,7 +100,7 @@ def layout(runs: str | None = None, keys: str | None = None, x: str | None = Non
     meta, catalog, note = compare_state(api, valid, listed)
     controls = controls_for(catalog, meta, keys.split(",") if keys else None, metric, baseline, layer)
     grouping, groups = initial_groups(api, meta, CG.parse_group_by(group_by))
-    lt = layer_controls(catalog, lt_q, lt_layer, lt_scope)
+    lt = CL.layer_controls(catalog, lt_q, lt_layer, lt_scope)
     try:
         smooth_v = min(max(float(smooth), 0.0), 0.99) if smooth else 0.0
     except ValueError:
@@ -367,10 +368,8 @@ def controls_for(catalog, meta, keys, ttt_key, baseline, layer) -> tuple:
 # -- colours --------------------------------------------------------------------------------------
 
 def group_color(group: Mapping[str, Any]) -> str:
-    """A group's colour: its only run's colour when it holds one run (ungrouped, the run keeps its
-    colour), else a colour derived from the group's label, so a group too looks the same everywhere."""
-    run_ids = list(group.get("run_ids") or [])
-    return run_color(run_ids[0]) if len(run_ids) == 1 else run_color(f"group:{group['group']}")
+    """The colour of a group from ``/analysis/groups`` (``colors.group_color``)."""
+    return colors.group_color(group["group"], group.get("run_ids") or [])
 
 
 def swatch(run_id: str) -> html.Span:
@@ -705,111 +704,6 @@ def why(a, base, match, at, groups, key, target, direction, meta):
     return CG.why_panel(result)
 
 
-# -- per-layer diagnostics over time ----------------------------------------------------------------
-
-def layer_controls(catalog: Mapping[str, Any] | None, quantity: str | None, layer: str | None,
-                   scope: str | None) -> tuple:
-    """(diagnostic options, diagnostic, layer options, layer, scope options, scope) for the runs'
-    merged catalog, keeping choices that are still valid (default: the median over all layers)."""
-    quantities = (catalog or {}).get("layer_quantities") or {}
-    quantity = CL.default_quantity(quantities, quantity)
-    layers = list(quantities.get(quantity, [])) if quantity else []
-    layer_opts = CL.layer_options(layers)
-    layer = layer if layer in {o["value"] for o in layer_opts} else CL.AGG_MEDIAN
-    scope_opts = CL.scope_options(layers)
-    scope = scope if scope in {o["value"] for o in scope_opts} else CL.ALL_LAYERS
-    return CL.quantity_options(quantities), quantity, layer_opts, layer, scope_opts, scope
-
-
-@callback(
-    Output(ids.CMP_LT_QUANTITY, "options"),
-    Output(ids.CMP_LT_QUANTITY, "value"),
-    Input(ids.CMP_KEYS, "data"),
-    State(ids.CMP_LT_QUANTITY, "value"),
-    prevent_initial_call=True,
-)
-def fill_layer_quantities(catalog, quantity):
-    """Offer the per-layer diagnostics the picked runs logged (keeping the choice when still valid)."""
-    options, quantity, *_ = layer_controls(catalog, quantity, None, None)
-    return options, quantity
-
-
-@callback(
-    Output(ids.CMP_LT_LAYER, "options"),
-    Output(ids.CMP_LT_LAYER, "value"),
-    Output(ids.CMP_LT_BLOCK, "options"),
-    Output(ids.CMP_LT_BLOCK, "value"),
-    Input(ids.CMP_LT_QUANTITY, "value"),
-    State(ids.CMP_KEYS, "data"),
-    State(ids.CMP_LT_LAYER, "value"),
-    State(ids.CMP_LT_BLOCK, "value"),
-    prevent_initial_call=True,
-)
-def fill_layer_choices(quantity, catalog, layer, scope):
-    """The layers (and aggregates, and scopes) that logged the chosen diagnostic."""
-    return layer_controls(catalog, quantity, layer, scope)[2:]
-
-
-@callback(
-    Output(ids.CMP_LT_GRAPH, "figure"),
-    Input(ids.CMP_LT_QUANTITY, "value"),
-    Input(ids.CMP_LT_LAYER, "value"),
-    Input(ids.CMP_LT_BLOCK, "value"),
-    Input(ids.CMP_LT_X, "value"),
-    Input("cmp-meta", "data"),
-    Input(CMP_GROUPS, "data"),
-    Input(CMP_BAND, "value"),
-    State(ids.CMP_KEYS, "data"),
-)
-def draw_layer_over_time(quantity, layer, scope, x, meta, groups, band, catalog):
-    """The chosen diagnostic (one layer, or the median / max over layers) for every run against step
-    or samples seen; grouped, each group's mean with its band."""
-    meta = meta or {}
-    hint = ("no per-layer diagnostics logged for these runs — probe.attach(model, optimizer, run=run) logs "
-            "spectra, neuron norms and update ratios per layer")
-    if not meta or not quantity or not layer:
-        return F.empty_figure("per-layer diagnostics over time", hint)
-    layers = list(((catalog or {}).get("layer_quantities") or {}).get(quantity, []))
-    if layer in CL.AGGREGATES:
-        layers = CL.layers_in_scope(layers, scope)
-    elif layer not in layers:
-        return F.empty_figure("per-layer diagnostics over time", f"no picked run logged {quantity} for {layer}")
-    else:
-        layers = [layer]
-    api = current_api()
-    run_ids = list(meta)
-    keys = [f"{quantity}/{lay}" for lay in layers]
-    try:
-        series = api.series(run_ids, keys, x="step", points=LAYER_POINTS)
-        samples = {s["run_id"]: (s["steps"], s["y"]) for s in api.series(run_ids, ["samples_seen"], x="step",
-                                                                         points=5000)} if x == X_SAMPLES else {}
-    except ApiError as exc:
-        return F.empty_figure("per-layer diagnostics over time", f"cannot load the series: {exc}")
-    colors = {rid: (run_color(rid), run_dash(rid)) for rid in run_ids}
-    by_run = dict(CL.series_lines(series, meta, quantity, layer, layers, colors))
-    if x == X_SAMPLES:
-        by_run = {rid: F.Line(ln.name, steps_to_samples(ln.steps, *samples.get(rid, ([], []))), ln.y, color=ln.color,
-                              steps=ln.steps, dash=ln.dash) for rid, ln in by_run.items()}
-    lines = list(by_run.values())
-    x_title = X_TITLES[x if x in (X_STEP, X_SAMPLES) else X_STEP]
-    empty = f"no picked run logged {quantity}" + ("" if layer in CL.AGGREGATES else f" for {layer}")
-    if (groups or {}).get("grouped"):
-        curves = []
-        for g in groups["groups"]:
-            members = [by_run[rid] for rid in g["run_ids"] if rid in by_run]
-            if members:
-                curves.append(GF.group_curve(g["group"], members, band=band or "minmax", color=group_color(g)))
-        fig = GF.band_figure(curves, title=CL.title(quantity, layer, scope, len(curves), "groups") + ", "
-                             + GF.BAND_LABELS[band or "minmax"], x_title=x_title, y_title=quantity,
-                             band=band or "minmax", uirevision=f"cmp-lt:{quantity}:{layer}:{scope}:{x}:groups",
-                             empty_message=empty)
-    else:
-        fig = F.line_figure(lines, title=CL.title(quantity, layer, scope, len(lines), "runs"), x_title=x_title,
-                            y_title=quantity, uirevision=f"cmp-lt:{quantity}:{layer}:{scope}:{x}",
-                            empty_message=empty, live=False)
-    return fig
-
-
 # -- spectra / neurons at a matched step ----------------------------------------------------------
 
 def matched_steps(api: ApiClient, run_ids: Sequence[str], match: str, at: float | None,
@@ -999,3 +893,5 @@ clientside_callback(
     Input(ids.CMP_LT_QUANTITY, "value"), Input(ids.CMP_LT_LAYER, "value"), Input(ids.CMP_LT_BLOCK, "value"),
     Input(ids.CMP_LT_X, "value"),
 )
+
+CL.register(dash, groups_id=CMP_GROUPS, band_id=CMP_BAND)  # re-run with this module, per app

@@ -7,7 +7,8 @@ found could only be asked one step at a time. An aggregate is taken per run and 
 the layers that logged the diagnostic at that step (median, or max: the worst layer), optionally over
 one block (``blocks.3``) or one layer role (``blocks.*.fc.weight``) only.
 
-Pure builders; the callback lives in ``compare.py``.
+The callbacks register through :func:`register`, which ``compare.py`` calls each time the app
+re-executes it (see ``dashboard.app._load_pages``), with the ids of the page's group stores.
 """
 
 from __future__ import annotations
@@ -18,17 +19,25 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from dash import Input, Output, State
 
 from .. import figures as F
-from ..series import block_of
+from .. import group_figures as GF
+from .. import ids
+from ..api import ApiError
+from ..colors import group_color, run_color, run_dash
+from ..series import X_SAMPLES, X_STEP, X_TITLES, block_of, steps_to_samples
+from ..state import current_api
 
 __all__ = ["AGG_MEDIAN", "AGG_MAX", "ALL_LAYERS", "PREFERRED", "quantity_options", "default_quantity",
-           "layer_options", "scope_options", "layers_in_scope", "aggregate", "role_of"]
+           "layer_options", "scope_options", "layers_in_scope", "aggregate", "role_of", "layer_controls",
+           "draw_layer_over_time", "register"]
 
 AGG_MEDIAN = "~median"
 AGG_MAX = "~max"
 AGGREGATES = {AGG_MEDIAN: "median over layers", AGG_MAX: "max over layers"}
 ALL_LAYERS = "~all"
+LAYER_POINTS = 2000  # per (run, layer) series: per-layer diagnostics are logged every few steps, so exact
 # the diagnostics issue 19 names, offered first; any other per-layer quantity follows
 PREFERRED = ("neuron.", "sv.", "update_ratio", "gdiff.", "kfac.")
 
@@ -124,3 +133,102 @@ def series_lines(series: Sequence[Mapping[str, Any]], meta: Mapping[str, Mapping
             color, dash = colors[rid]
             lines.append((rid, F.Line(m["name"], [float(v) for v in steps], ys, color=color, steps=steps, dash=dash)))
     return lines
+
+
+# -- controls and callbacks ------------------------------------------------------------------------
+
+def layer_controls(catalog: Mapping[str, Any] | None, quantity: str | None, layer: str | None,
+                   scope: str | None) -> tuple:
+    """(diagnostic options, diagnostic, layer options, layer, scope options, scope) for the runs'
+    merged catalog, keeping choices that are still valid (default: the median over all layers)."""
+    quantities = (catalog or {}).get("layer_quantities") or {}
+    quantity = default_quantity(quantities, quantity)
+    layers = list(quantities.get(quantity, [])) if quantity else []
+    layer_opts = layer_options(layers)
+    layer = layer if layer in {o["value"] for o in layer_opts} else AGG_MEDIAN
+    scope_opts = scope_options(layers)
+    scope = scope if scope in {o["value"] for o in scope_opts} else ALL_LAYERS
+    return quantity_options(quantities), quantity, layer_opts, layer, scope_opts, scope
+
+
+def fill_layer_quantities(catalog, quantity):
+    """Offer the per-layer diagnostics the picked runs logged (keeping the choice when still valid)."""
+    options, quantity, *_ = layer_controls(catalog, quantity, None, None)
+    return options, quantity
+
+
+def fill_layer_choices(quantity, catalog, layer, scope):
+    """The layers (and aggregates, and scopes) that logged the chosen diagnostic."""
+    return layer_controls(catalog, quantity, layer, scope)[2:]
+
+
+def draw_layer_over_time(quantity, layer, scope, x, meta, groups, band, catalog):
+    """The chosen diagnostic (one layer, or the median / max over layers) for every run against step
+    or samples seen; grouped, each group's mean with its band."""
+    meta = meta or {}
+    hint = ("no per-layer diagnostics logged for these runs — probe.attach(model, optimizer, run=run) logs "
+            "spectra, neuron norms and update ratios per layer")
+    if not meta or not quantity or not layer:
+        return F.empty_figure("per-layer diagnostics over time", hint)
+    layers = list(((catalog or {}).get("layer_quantities") or {}).get(quantity, []))
+    if layer in AGGREGATES:
+        layers = layers_in_scope(layers, scope)
+    elif layer not in layers:
+        return F.empty_figure("per-layer diagnostics over time", f"no picked run logged {quantity} for {layer}")
+    else:
+        layers = [layer]
+    api = current_api()
+    run_ids = list(meta)
+    keys = [f"{quantity}/{lay}" for lay in layers]
+    try:
+        series = api.series(run_ids, keys, x="step", points=LAYER_POINTS)
+        samples = {s["run_id"]: (s["steps"], s["y"]) for s in api.series(run_ids, ["samples_seen"], x="step",
+                                                                         points=5000)} if x == X_SAMPLES else {}
+    except ApiError as exc:
+        return F.empty_figure("per-layer diagnostics over time", f"cannot load the series: {exc}")
+    colors = {rid: (run_color(rid), run_dash(rid)) for rid in run_ids}
+    by_run = dict(series_lines(series, meta, quantity, layer, layers, colors))
+    if x == X_SAMPLES:
+        by_run = {rid: F.Line(ln.name, steps_to_samples(ln.steps, *samples.get(rid, ([], []))), ln.y, color=ln.color,
+                              steps=ln.steps, dash=ln.dash) for rid, ln in by_run.items()}
+    lines = list(by_run.values())
+    x_title = X_TITLES[x if x in (X_STEP, X_SAMPLES) else X_STEP]
+    empty = f"no picked run logged {quantity}" + ("" if layer in AGGREGATES else f" for {layer}")
+    if (groups or {}).get("grouped"):
+        curves = []
+        for g in groups["groups"]:
+            members = [by_run[rid] for rid in g["run_ids"] if rid in by_run]
+            if members:
+                curves.append(GF.group_curve(g["group"], members, band=band or "minmax", color=group_color(g["group"], g["run_ids"])))
+        fig = GF.band_figure(curves, title=title(quantity, layer, scope, len(curves), "groups") + ", "
+                             + GF.BAND_LABELS[band or "minmax"], x_title=x_title, y_title=quantity,
+                             band=band or "minmax", uirevision=f"cmp-lt:{quantity}:{layer}:{scope}:{x}:groups",
+                             empty_message=empty)
+    else:
+        fig = F.line_figure(lines, title=title(quantity, layer, scope, len(lines), "runs"), x_title=x_title,
+                            y_title=quantity, uirevision=f"cmp-lt:{quantity}:{layer}:{scope}:{x}",
+                            empty_message=empty, live=False)
+    return fig
+
+
+def register(app: Any, *, groups_id: str, band_id: str) -> None:
+    """Register the section's callbacks on ``app`` (a Dash app, or the ``dash`` module's global list);
+    ``groups_id`` / ``band_id``: the compare page's group store and band choice."""
+    app.callback(
+        Output(ids.CMP_LT_QUANTITY, "options"), Output(ids.CMP_LT_QUANTITY, "value"),
+        Input(ids.CMP_KEYS, "data"), State(ids.CMP_LT_QUANTITY, "value"),
+        prevent_initial_call=True,
+    )(fill_layer_quantities)
+    app.callback(
+        Output(ids.CMP_LT_LAYER, "options"), Output(ids.CMP_LT_LAYER, "value"),
+        Output(ids.CMP_LT_BLOCK, "options"), Output(ids.CMP_LT_BLOCK, "value"),
+        Input(ids.CMP_LT_QUANTITY, "value"), State(ids.CMP_KEYS, "data"), State(ids.CMP_LT_LAYER, "value"),
+        State(ids.CMP_LT_BLOCK, "value"),
+        prevent_initial_call=True,
+    )(fill_layer_choices)
+    app.callback(
+        Output(ids.CMP_LT_GRAPH, "figure"),
+        Input(ids.CMP_LT_QUANTITY, "value"), Input(ids.CMP_LT_LAYER, "value"), Input(ids.CMP_LT_BLOCK, "value"),
+        Input(ids.CMP_LT_X, "value"), Input(ids.CMP_META, "data"), Input(groups_id, "data"), Input(band_id, "value"),
+        State(ids.CMP_KEYS, "data"),
+    )(draw_layer_over_time)

@@ -101,7 +101,7 @@ def test_grouped_runs_get_a_mean_and_band_per_group(server, groups, request_ctx)
     run_ids = groups["normuon"] + groups["adamw"]
     meta, catalog, _ = cmp.load_runs(run_ids)
     grouped, _, _ = cmp.update_groups([cmp.CG.ALL_BUT_SEED], meta)
-    fig = cmp.draw_layer_over_time("neuron.cv", CL.AGG_MEDIAN, CL.ALL_LAYERS, "step", meta, grouped, "minmax", catalog)
+    fig = CL.draw_layer_over_time("neuron.cv", CL.AGG_MEDIAN, CL.ALL_LAYERS, "step", meta, grouped, "minmax", catalog)
     kinds = [t.meta for t in fig.data]
     assert kinds.count("band") == 2 and "median over layers" in fig.layout.title.text
     means = {t.name: np.asarray(t.y) for t in fig.data if t.meta is None and t.name}
@@ -117,13 +117,13 @@ def test_per_layer_against_samples_seen_and_a_missing_layer(server, seeded, requ
     run_ids = [seeded[r] for r in NAMES]
     meta, catalog, _ = cmp.load_runs(run_ids)
     assert catalog["layer_quantities"]["sv.weight.cond"] == ["fc1.weight", "fc2.weight"]
-    fig = cmp.draw_layer_over_time("sv.weight.cond", "fc2.weight", CL.ALL_LAYERS, "samples", meta, None, "minmax",
+    fig = CL.draw_layer_over_time("sv.weight.cond", "fc2.weight", CL.ALL_LAYERS, "samples", meta, None, "minmax",
                                    catalog)
     assert fig.layout.xaxis.title.text == "samples seen" and len(fig.data) == 3
     for t in fig.data:
         x = np.asarray(t.x)
         np.testing.assert_allclose(x, 128 * np.arange(STEPS))  # samples_seen = 128 · step
         np.testing.assert_allclose(t.y, _logged(1.0, x / 128), rtol=1e-6)
-    missing = cmp.draw_layer_over_time("sv.weight.cond", "no.such.layer", CL.ALL_LAYERS, "step", meta, None,
+    missing = CL.draw_layer_over_time("sv.weight.cond", "no.such.layer", CL.ALL_LAYERS, "step", meta, None,
                                        "minmax", catalog)
     assert "no picked run logged sv.weight.cond for no.such.layer" in str(missing.layout.annotations[0].text)

@@ -56,3 +56,58 @@ def test_accelerate_prepared_model_and_optimizer(live_server) -> None:  # noqa: 
     for name in names:
         assert series[f"grad_norm/{name}"][0] == list(range(UPDATES)), name  # every layer, every step once
     assert stored_run(srv.api, srv.headers, run.id)["status"] == "finished"
+
+
+TORCHRUN_JOB = '''
+import json, torch
+from torch import nn
+import accelerate
+import probe
+
+UPDATES, ACCUMULATE = %d, %d
+accelerator = accelerate.Accelerator(cpu=True, gradient_accumulation_steps=ACCUMULATE)
+assert accelerator.num_processes == 2 and torch.distributed.get_backend() == "gloo"
+g = torch.Generator().manual_seed(0)
+x = torch.randn(UPDATES * ACCUMULATE * 4 * 2, 8, generator=g)  # 4 per rank and micro-batch
+y = x @ torch.randn(8, 1, generator=g)
+loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+model, opt, loader = accelerator.prepare(model, opt, loader)
+run = probe.init(project="accelerate-ddp")  # on every rank: rank 0 logs, the others get a disabled run
+monitor = probe.attach(model, opt, run=run, log_every=2, budget=None)
+truth = []
+for xb, yb in loader:
+    with accelerator.accumulate(model):
+        accelerator.backward(nn.functional.mse_loss(model(xb), yb))
+        if accelerator.sync_gradients:  # DDP has averaged the accumulated gradients: the real update's
+            truth.append(float(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).norm()))
+        opt.step()
+        opt.zero_grad()
+monitor.detach()
+run.finish()
+accelerator.wait_for_everyone()
+if accelerator.is_main_process:
+    print(json.dumps({"run_id": run.id, "truth": truth, "wrapped": type(model).__name__,
+                      "names": [n for n, _ in accelerator.unwrap_model(model).named_parameters()]}))
+''' % (UPDATES, ACCUMULATE)
+
+
+def test_accelerate_under_torchrun_two_gloo_processes(live_server, tmp_path) -> None:  # noqa: ANN001
+    import httpx
+
+    from tests.integrations.torchrun import torchrun
+
+    srv = live_server()
+    env = {"OPTISCOPE_URL": srv.url, "OPTISCOPE_TOKEN": srv.token, "OPTISCOPE_HOME": str(srv.home / "client")}
+    out = torchrun(TORCHRUN_JOB, tmp_path, env)
+    assert out["wrapped"] == "DistributedDataParallel" and len(out["truth"]) == UPDATES
+    runs = httpx.get(f"{srv.api}/runs", headers=srv.headers, params={"project": "accelerate-ddp"})
+    assert [r["id"] for r in runs.raise_for_status().json()["data"]] == [out["run_id"]]  # one run per job
+    series = stored_series(srv.api, srv.headers, out["run_id"])
+    assert series["grad_norm"][0] == list(range(UPDATES))
+    assert series["grad_norm"][1] == pytest.approx(out["truth"], rel=1e-5)
+    assert {k.split("/", 1)[1] for k in series if k.startswith("grad_norm/")} == set(out["names"])  # no module.
+    for name in out["names"]:
+        assert series[f"grad_norm/{name}"][0] == list(range(UPDATES)), name

@@ -16,6 +16,9 @@ Why this is safe to run from a step hook, although the probe otherwise never com
 * the probe must be attached on every rank, as ``clip_grad_norm_`` must be called on every rank under
   FSDP2 (the transformers and Lightning integrations do attach on every rank).
 
+What remains rank-dependent, and would leave a peer waiting: a Monitor whose hooks failed on one rank
+only (it disables itself there), or a user ``scalars_every`` callable that answers differently per rank.
+
 Placements other than ``Shard`` and ``Replicate`` (``Partial``: a pending sum, not a shard) are not
 reduced: :func:`global_norms` leaves such parameters out, and their local norm is what gets logged.
 """

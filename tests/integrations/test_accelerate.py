@@ -94,6 +94,7 @@ if accelerator.is_main_process:
 ''' % (UPDATES, ACCUMULATE)
 
 
+@pytest.mark.distributed
 def test_accelerate_under_torchrun_two_gloo_processes(live_server, tmp_path) -> None:  # noqa: ANN001
     import httpx
 

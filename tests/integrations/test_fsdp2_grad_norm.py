@@ -8,6 +8,8 @@ import pytest
 from tests.integrations.stored import stored_series
 from tests.integrations.torchrun import torchrun
 
+pytestmark = pytest.mark.distributed
+
 STEPS = 4
 
 JOB = '''

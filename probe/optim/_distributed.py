@@ -146,7 +146,8 @@ def step_buckets_round_robin(
         # Rank 0 of the group reports every matrix: U is the same on every rank (momentum of the averaged
         # gradient) and row i of the gathered O is the owner's NS output, copied losslessly. No other rank
         # reports, so a shared run (log_all_ranks) stores each matrix once, under its own key.
-        introspected = {i: (work.U[i], gathered_O[b][i]) for i in range(len(work.params))} if rank == 0 else {}
+        reports = rank == 0 and opt.introspect
+        introspected = {i: (work.U[i], gathered_O[b][i]) for i in range(len(work.params))} if reports else {}
         opt._apply_bucket(group, work, gathered_O[b], introspected)
 
 

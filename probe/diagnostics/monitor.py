@@ -538,7 +538,8 @@ class Monitor:
         layers = [layer for layer in self._layers[idx] if layer.param.grad is not None]
         grad_norms: dict[int, Tensor] = {}
         full: dict[int, Tensor] = {}
-        sharded = sharded_parameters(p for group in self.optimizers[idx].param_groups for p in group["params"])
+        optimizer = self.optimizers[idx]
+        sharded = sharded_parameters(p for group in optimizer.param_groups for p in group["params"])
         if sharded and self.scalars_schedule(step):
             with self._guard("grad_norm_sharded"):
                 full = global_norms(sharded)

@@ -1,4 +1,4 @@
-"""True (global) gradient norms of sharded parameters (FSDP2 ``fully_shard``, any DTensor sharded by ``Shard``).
+"""True (global) gradient norms of sharded parameters (FSDP2 ``fully_shard``, DTensors with ``Shard``).
 
 A rank holds only its rows of a sharded gradient, so the norm of its local shard is not the layer's norm
 (issue 17: FSDP2's ``grad_norm`` was rank 0's shard norm, 0.159 against the true 0.191). The layer's
@@ -64,7 +64,8 @@ def global_norms(params: Sequence[Tensor]) -> dict[int, Tensor]:
     by_mesh: dict[tuple[int, tuple[object, ...]], list[Tensor]] = {}
     for p in params:
         grad = p.grad
-        by_mesh.setdefault((id(grad.device_mesh), tuple(grad.placements)), []).append(p)  # type: ignore[union-attr]
+        key = (id(grad.device_mesh), tuple(grad.placements))  # type: ignore[union-attr]
+        by_mesh.setdefault(key, []).append(p)
     out: dict[int, Tensor] = {}
     for members in by_mesh.values():
         grads = [p.grad for p in members]

@@ -1,5 +1,5 @@
-"""A tiny model trained through ``accelerate.Accelerator().prepare(model, opt, loader)`` with ``probe.attach``,
-checked through a real server's HTTP API: the true gradient norm, every layer once, steps contiguous.
+"""A tiny model trained through ``accelerate.Accelerator().prepare(model, opt, loader)`` with
+``probe.attach``, checked through a real server's HTTP API: the true gradient norm, every layer once, steps contiguous.
 
 Gradient accumulation (2 micro-batches per update) makes the check sharp: ``AcceleratedOptimizer.step``
 runs the real optimizer on every second call only, so the probe must log one step per real update, with
@@ -109,6 +109,7 @@ def test_accelerate_under_torchrun_two_gloo_processes(live_server, tmp_path) -> 
     series = stored_series(srv.api, srv.headers, out["run_id"])
     assert series["grad_norm"][0] == list(range(UPDATES))
     assert series["grad_norm"][1] == pytest.approx(out["truth"], rel=1e-5)
-    assert {k.split("/", 1)[1] for k in series if k.startswith("grad_norm/")} == set(out["names"])  # no module.
+    layers = {k.split("/", 1)[1] for k in series if k.startswith("grad_norm/")}
+    assert layers == set(out["names"])  # no module.
     for name in out["names"]:
         assert series[f"grad_norm/{name}"][0] == list(range(UPDATES)), name

@@ -26,8 +26,8 @@ torch.set_num_threads(1)
 
 def net():
     g = torch.Generator().manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
-                          nn.Linear(16, 4))
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16),
+                          nn.Tanh(), nn.Linear(16, 4))
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.4)
@@ -41,8 +41,8 @@ for cls in (Muon, NorMuon):
     opt = cls(hybrid_param_groups(model, adamw_lr=1e-2, exclude=()), lr=0.05, distributed=True)
     ref = cls(hybrid_param_groups(reference, adamw_lr=1e-2, exclude=()), lr=0.05, introspect=True)
     run = probe.init(project="ddp-internals", name=cls.__name__, log_all_ranks=True)
-    monitor = probe.attach(ddp, opt, run=run, log_every=2, spectra_every=1, internals_every=1, vectors_every=None,
-                           budget=None, spectra_workers=1)
+    monitor = probe.attach(ddp, opt, run=run, log_every=2, spectra_every=1, internals_every=1,
+                           vectors_every=None, budget=None, spectra_workers=1)
     g = torch.Generator().manual_seed(10 + rank)  # each rank its own batch: DDP averages the gradients
     expected = {}
     for step in range(STEPS):
@@ -59,7 +59,8 @@ for cls in (Muon, NorMuon):
                 continue
             for src in ("pre_orth", "post_orth"):
                 m = entry[src].reshape(entry[src].shape[0], -1).double()
-                expected.setdefault(f"sv.{src}.spectral_norm/{name}", []).append(float(torch.linalg.matrix_norm(m, 2)))
+                sigma = float(torch.linalg.matrix_norm(m, 2))
+                expected.setdefault(f"sv.{src}.spectral_norm/{name}", []).append(sigma)
             if "v" in entry:
                 expected.setdefault(f"normuon.v_max/{name}", []).append(float(entry["v"].max()))
                 expected.setdefault(f"normuon.v_min/{name}", []).append(float(entry["v"].min()))
@@ -76,7 +77,8 @@ if rank == 0:
 INTERNAL = ("sv.pre_orth.", "sv.post_orth.", "orth_err/", "normuon.")  # the optimizer's internals
 
 
-def test_ddp_muon_family_stores_every_matrix_internals_once_under_its_own_key(live_server, tmp_path) -> None:  # noqa: ANN001
+def test_ddp_muon_family_stores_every_matrix_internals_once_under_its_own_key(  # noqa: ANN001
+        live_server, tmp_path) -> None:
     srv = live_server()
     env = {"OPTISCOPE_URL": srv.url, "OPTISCOPE_TOKEN": srv.token, "OPTISCOPE_HOME": str(srv.home / "client")}
     out = torchrun(JOB, tmp_path, env)
@@ -93,7 +95,8 @@ def test_ddp_muon_family_stores_every_matrix_internals_once_under_its_own_key(li
                                                          for src in ("pre_orth", "post_orth")
                                                          for q in ("spectral_norm", "cond", "stable_rank")]
         if cls == "NorMuon":
-            wanted += [f"normuon.{q}/{n}" for n in matrices for q in ("v_cv", "v_min", "v_max", "row_rms_cv_after")]
+            wanted += [f"normuon.{q}/{n}" for n in matrices
+                       for q in ("v_cv", "v_min", "v_max", "row_rms_cv_after")]
         for key in wanted:
             assert key in series, key
             assert series[key][0] == list(range(STEPS)), key  # every step once: no second copy of any point

@@ -84,7 +84,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             # rank 0's internals of every matrix (also those another rank orthogonalized) against the
             # single process's: NS input, NS output and (NorMuon) v
             internals_diff = max(
-                ((a - b).abs().max().item() for p, q in zip(dist_params, ref_params) if p in dist_opt.last_internals
+                ((a - b).abs().max().item() for p, q in zip(dist_params, ref_params)
+                 if p in dist_opt.last_internals
                  for k, a in dist_opt.last_internals[p].items() if k != "nonfinite_skips"
                  for b in [ref_opt.last_internals[q][k]]),
                 default=0.0,

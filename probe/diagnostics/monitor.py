@@ -64,6 +64,7 @@ from probe.diagnostics.measures import (
     stack_f32,
 )
 from probe.diagnostics.quantity import Needs, PostStep, PreStep, Quantity, Records, overrides
+from probe.diagnostics.shard_norms import global_norms, sharded_parameters
 from probe.diagnostics.sink import RunLike
 from probe.diagnostics.schedule import Schedule, as_schedule, period_of
 from probe.diagnostics.spectra import not_lifted_fraction
@@ -527,13 +528,25 @@ class Monitor:
                 optimizer.introspect = True  # type: ignore[attr-defined]
 
     def _read_gradients(self, idx: int, state: _OptStep) -> None:
-        """Per-layer gradient norms (and the non-finite counts of the captured layers' gradients)."""
+        """Per-layer gradient norms (and the non-finite counts of the captured layers' gradients).
+
+        Sharded (FSDP2) gradients get their true norm, one all-reduce of squared shard norms per mesh
+        (``probe.diagnostics.shard_norms``), on every step of the ``scalars_every`` schedule: a collective
+        every rank joins, so it follows that rank-independent schedule and not the per-rank budget.
+        """
         step = state.step
         layers = [layer for layer in self._layers[idx] if layer.param.grad is not None]
         grad_norms: dict[int, Tensor] = {}
+        full: dict[int, Tensor] = {}
+        optimizer = self.optimizers[idx]
+        sharded = sharded_parameters(p for group in optimizer.param_groups for p in group["params"])
+        if sharded and self.scalars_schedule(step):
+            with self._guard("grad_norm_sharded"):
+                full = global_norms(sharded)
         if self._fixed_now and layers and "grad_norm" not in self.disabled:
             with self._guard("grad_norm"):
-                norms = torch._foreach_norm([layer.grad() for layer in layers])  # type: ignore[misc]
+                local = torch._foreach_norm([layer.grad() for layer in layers])  # type: ignore[misc]
+                norms = [full.get(id(layer.param), n) for layer, n in zip(layers, local)]
                 self._step_grad_norms = True
                 self._add_record(step, [f"grad_norm/{layer.name}" for layer in layers], norms)
                 grad_norms = {id(layer.param): n for layer, n in zip(layers, norms)}

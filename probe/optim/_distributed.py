@@ -18,7 +18,12 @@ Details and decisions:
   NS's working dtype: bf16 on CUDA, half the traffic of gathering fp32 weights, and lossless.
 * All ranks must see the same parameters with gradients (true under DDP); a parameter whose grad is
   None on every rank is skipped everywhere.
-* ``introspect`` fills ``last_internals`` for the owned matrices only.
+* ``introspect`` fills ``last_internals`` on rank 0 of the group for EVERY matrix, and on no other rank.
+  Nothing extra is communicated: the NS input U is identical on all ranks and the gathered NS outputs
+  hold each owner's result bit for bit (same dtype). So a probe on rank 0 (the only one that logs by
+  default) stores every matrix's ``sv.pre_orth/post_orth``, ``orth_err`` and ``normuon.v*`` under the
+  layer's own key, and with ``log_all_ranks=True`` no ``rank<r>.`` copy of them is stored. Cost: rank 0
+  computes the spectra of every matrix (as a single process would); the NS work stays split.
 * AdamW (``use_muon=False``) groups are stepped redundantly on every rank (cheap elementwise work).
 
 Row-sharded parameters (FSDP2 ``fully_shard``; any DTensor on a 1-D mesh with placement Shard(0)),
@@ -138,9 +143,11 @@ def step_buckets_round_robin(
                     O[i] = parts[r][size_start + j * mn : size_start + (j + 1) * mn].view(work.rows, work.cols)
             gathered_O[b] = O
     for b, work in enumerate(works):
-        mine = owned_of[b][rank]
-        own = outputs[b]
-        introspected = {} if own is None else {i: (work.U[i], own[j]) for j, i in enumerate(mine)}
+        # Rank 0 of the group reports every matrix: U is the same on every rank (momentum of the averaged
+        # gradient) and row i of the gathered O is the owner's NS output, copied losslessly. No other rank
+        # reports, so a shared run (log_all_ranks) stores each matrix once, under its own key.
+        reports = rank == 0 and opt.introspect
+        introspected = {i: (work.U[i], gathered_O[b][i]) for i in range(len(work.params))} if reports else {}
         opt._apply_bucket(group, work, gathered_O[b], introspected)
 
 

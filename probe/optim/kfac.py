@@ -383,6 +383,16 @@ class KFAC(Optimizer):
         return dist.get_world_size(self._process_group) > 1
 
     def _make_forward_hook(self, layer: KroneckerLayer) -> Callable[..., None]:
+        """The capture hook of ``layer``, kept out of ``torch.compile``'s tracing.
+
+        Traced, the hook's Python state (the step count deciding whether this is a factor step, the
+        layer's running sums) became guards of the compiled graph: it recompiled on every step until
+        dynamo's recompile limit and then ran the whole module uncompiled. Run eagerly (a graph break at
+        each hooked layer), the hook sees real tensors, its grad hook fires in backward as without
+        compile, and the compiled graphs stay valid across steps.
+        """
+
+        @torch.compiler.disable
         def forward_hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             # copy.deepcopy(model) copies this hook too; a copy's forward must not feed our layer.
             if module is not layer.module or not module.training or not torch.is_grad_enabled():

@@ -170,7 +170,9 @@ class Muon(Optimizer):
         introspect: fill :attr:`last_internals` on each step (default False).
         distributed: round-robin the matrices over the ranks of ``process_group`` (torch.distributed
             must be initialised; gradients must already be averaged, e.g. by DDP). Default False.
-        process_group: process group for ``distributed`` (default: the world group).
+        process_group: process group for ``distributed`` (default: the world group). With
+            ``distributed`` and ``introspect``, rank 0 of the group reports every matrix's internals
+            and the other ranks none (see ``probe.optim._distributed``).
 
     Attributes:
         orthogonalizer: ``"newton_schulz5"``, recorded by the probe.

@@ -110,8 +110,9 @@ def layout(run_id: str | None = None, tab: str | None = None, layer: str | None 
             dcc.Tabs(id=ids.RUN_TABS, value=tab, children=[
                 dcc.Tab(label=t.label_for(run) if t.label_for else t.label, value=t.id) for t in shown]),
             html.Div(hidden_note(catalog, shown), id=ids.RUN_TAB_NOTE, className="hint"),
-            controls.controls_bar(catalog=catalog, keys=chosen, x=x, smooth=smooth_v, log_y=log_y, layer=layer,
-                                  source=source, metric=metric, rows=rows, step=_int_or_none(step)),
+            controls.controls_bar(catalog=catalog, keys=chosen, x=x, smooth=smooth_v, log_y=log_y, metric=metric,
+                                  rows=rows, view=controls.initial_view(catalog, tab, layer, source,
+                                                                        _int_or_none(step))),
             html.Div(bodies, id=ids.RUN_TAB_BODY),
             html.Div(id=ids.RUN_URL_SINK, hidden=True),
         ]

@@ -6,6 +6,7 @@ re-rendering on each change)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from dash import Input, Output, State, dcc, html
@@ -23,6 +24,7 @@ CONTROL_NAMES = ("keys", "x", "smooth", "log", "layer", "source", "metric", "row
 CONTROL_WIDTHS = {"keys": "340px", "smooth": "220px", "layer": "300px", "metric": "170px", "rows": "200px",
                   "step": "400px"}
 FOLLOW = "follow"
+VIEW_NOTE = "run-view-note"  # a URL layer/step the run lacks, and what is shown instead
 SOURCE_LABELS = {"weight": " W", "update": " ΔW", "pre_orth": " before orth.", "post_orth": " after orth."}
 
 
@@ -37,9 +39,58 @@ def row_options(catalog: Catalog) -> list[dict[str, str]]:
             + [{"label": f"block {b}", "value": b} for b in blocks if len(blocks) > 1])
 
 
+@dataclass(slots=True)
+class InitialView:
+    """Layer, source and step as the page opens, resolved against what the run logged.
+
+    They are resolved on the server, in the page's own response, because Dash 4's dropdown drops a
+    value missing from its options and its slider clamps a value to its range: a layout with empty
+    options and a 0..1 slider lost ``?layer=`` and ``?step=`` before any callback saw them. A layer
+    or step the run does not have falls back to the first layer / the nearest logged step, and
+    ``note`` says so.
+    """
+
+    layers: list[str]
+    layer: str | None
+    sources: list[dict[str, str]]
+    source: str | None
+    step_min: int = 0
+    step_max: int = 1
+    step: int | None = None
+    marks: dict[int, str] = field(default_factory=dict)
+    note: str = ""
+
+
+def initial_view(catalog: Catalog, tab: str, layer: str | None, source: str | None,
+                 step: int | None) -> InitialView:
+    """What the controls show first for the URL's tab/layer/source/step (see :class:`InitialView`)."""
+    notes = []
+    layers = layer_choices(catalog, tab)
+    chosen = layer
+    if layers and layer not in layers:
+        chosen = layers[0]
+        if layer:
+            notes.append(f"layer “{layer}” is not logged in this run for this tab — showing {chosen}")
+    sources = catalog.sv_sources(chosen)
+    src = (source if source in sources else sources[0]) if sources else source
+    view = InitialView(layers, chosen, [{"label": SOURCE_LABELS[s], "value": s} for s in sources], src, step=step)
+    rng = step_range(catalog, tab, chosen, src)
+    if rng is not None:
+        lo, hi = rng
+        view.step_min, view.step_max = lo, (max(hi, lo + 1) if hi == lo else hi)
+        view.marks = {lo: str(lo), hi: str(hi)} if hi > lo else {hi: str(hi)}
+        if step is None:
+            view.step = hi
+        else:
+            view.step = max(lo, min(step, hi))
+            if view.step != step:
+                notes.append(f"step {step} is outside the steps logged here ({lo}–{hi}) — showing step {view.step}")
+    view.note = "; ".join(notes)
+    return view
+
+
 def controls_bar(*, catalog: Catalog, keys: Sequence[str], x: str, smooth: float, log_y: bool,
-                 layer: str | None, source: str | None, metric: str | None, rows: str | None,
-                 step: int | None) -> html.Div:
+                 view: InitialView, metric: str | None, rows: str | None) -> html.Div:
     """Every control, each in a wrapper ``run-control-<name>`` that the active tab shows or hides."""
     widgets = {
         "keys": ("scalars", dcc.Dropdown(id=ids.RUN_KEYS_SELECT, options=catalog.global_scalars, value=list(keys),
@@ -52,16 +103,18 @@ def controls_bar(*, catalog: Catalog, keys: Sequence[str], x: str, smooth: float
                                                  tooltip={"placement": "bottom"})),
         "log": ("y scale", dcc.Checklist(id=ids.RUN_LOG, options=[{"label": " log", "value": "log"}],
                                          value=["log"] if log_y else [])),
-        "layer": ("layer", dcc.Dropdown(id=ids.RUN_LAYER, options=[], value=layer, clearable=False,
+        "layer": ("layer", dcc.Dropdown(id=ids.RUN_LAYER, options=view.layers, value=view.layer, clearable=False,
                                         placeholder="layer")),
-        "source": ("spectrum of", dcc.RadioItems(id=ids.RUN_SOURCE, options=[], value=source, inline=True)),
+        "source": ("spectrum of", dcc.RadioItems(id=ids.RUN_SOURCE, options=view.sources, value=view.source,
+                                                 inline=True)),
         "metric": ("all-layer metric", dcc.Dropdown(
             id=ids.RUN_SPEC_METRIC, clearable=False, value=metric if metric in SUMMARY_METRICS else "cond",
             options=[{"label": m.replace("_", " "), "value": m} for m in SUMMARY_METRICS])),
         "rows": ("heatmap rows", dcc.Dropdown(id=ids.RUN_ROWS, clearable=False, options=row_options(catalog),
                                               value=rows or ROWS_AUTO)),
         "step": ("step", html.Div([
-            dcc.Slider(id=ids.RUN_STEP, min=0, max=1, step=1, value=step, marks=None, updatemode="mouseup",
+            dcc.Slider(id=ids.RUN_STEP, min=view.step_min, max=view.step_max, step=1, value=view.step,
+                       marks=view.marks or None, updatemode="mouseup",
                        tooltip={"placement": "bottom", "always_visible": True}),
             dcc.Checklist(id=ids.RUN_FOLLOW, options=[{"label": " follow newest", "value": FOLLOW}], value=[]),
         ])),
@@ -70,7 +123,8 @@ def controls_bar(*, catalog: Catalog, keys: Sequence[str], x: str, smooth: float
     for name in CONTROL_NAMES:
         label, widget = widgets[name]
         wrappers.append(control(label, widget, width=CONTROL_WIDTHS.get(name, "auto"), id=ids.control_id(name)))
-    return html.Div(wrappers, className="controls", id="run-controls")
+    return html.Div([html.Div(wrappers, className="controls", id="run-controls"),
+                     html.Div(view.note, id=VIEW_NOTE, className="hint")])
 
 
 def show_controls(tab: str):

@@ -47,6 +47,10 @@ def test_step_slider_follows_the_newest_step_only_when_asked(server, seeded) -> 
     assert got[2] == lo + 10 and got[1] == hi
     # "follow newest" ticked: it moves
     assert controls().step_slider("spectra", "fc1.weight", "weight", keys, ["follow"], lo + 10, lo, hi - 10)[2] == hi
+    # a slider that sat at the newest step shown so far follows the new newest step
+    marks = {str(lo): str(lo), str(hi - 10): str(hi - 10)}
+    assert controls().step_slider("spectra", "fc1.weight", "weight", keys, [], hi - 10, lo, hi - 10, marks)[2] == hi
+    assert controls().step_slider("spectra", "fc1.weight", "weight", keys, [], hi - 20, lo, hi - 10, marks)[2] == hi - 20
 
 
 def _title_starting(page, selector: str, want: str) -> str:

@@ -6,7 +6,8 @@ only the active tab's callbacks do work. Tabs the run logged nothing for are lef
 and a note names the ``probe.attach`` option that turns each one on.
 
 Live: a ``dcc.Interval`` drives the scalar charts' ``Patch`` appends (``tabs/scalars``) and, on a
-slower beat, the header and data version the heavier panels listen to (``live``).
+slower beat, the header and data version the heavier panels listen to (``live``); those panels
+are redrawn whole and keep the user's zoom (``keep_view``).
 
 The page's callbacks register when this module runs (the app re-executes it per app, see
 ``dashboard.app._load_pages``), so each submodule exposes ``register`` instead of decorating at
@@ -27,7 +28,7 @@ from ...components import message
 from ...queries import Catalog
 from ...series import X_CHOICES, X_STEP
 from ...state import current_api, current_config
-from . import controls, live
+from . import controls, keep_view, live
 from .header import created_ts, header
 from .tabs import MODULES, TAB_IDS, TABS, Tab
 from .tabs import scalars as scalars_tab
@@ -115,11 +116,13 @@ def layout(run_id: str | None = None, tab: str | None = None, layer: str | None 
                                                                         _int_or_none(step))),
             html.Div(bodies, id=ids.RUN_TAB_BODY),
             html.Div(id=ids.RUN_URL_SINK, hidden=True),
+            *keep_view.stores(),
         ]
     )
 
 
 controls.register(dash)
 live.register(dash)
+keep_view.register(dash)
 for _module in MODULES:
     _module.register(dash)

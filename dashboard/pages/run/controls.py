@@ -44,8 +44,8 @@ class InitialView:
     """Layer, source and step as the page opens, resolved against what the run logged.
 
     They are resolved on the server, in the page's own response, because Dash 4's dropdown drops a
-    value missing from its options and its slider clamps a value to its range: a layout with empty
-    options and a 0..1 slider lost ``?layer=`` and ``?step=`` before any callback saw them. A layer
+    value missing from its options: a layout that opened the layer dropdown with no options and the
+    slider on 0..1 lost ``?layer=`` and ``?step=`` before any callback saw them. A layer
     or step the run does not have falls back to the first layer / the nearest logged step, and
     ``note`` says so.
     """
@@ -188,16 +188,21 @@ def source_options(layer: str | None, keys: Mapping[str, Any], source: str | Non
 
 
 def step_slider(tab: str, layer: str | None, source: str | None, keys: Mapping[str, Any],
-                follow: Sequence[str] | None, value: int | None, old_min: int, old_max: int):
-    """Slider over the steps the array was logged at. It moves to the newest step only when "follow
-    newest" is ticked (or nothing is chosen yet): a user reading step 120 keeps step 120 while the run
-    logs on. Sends nothing when range and value are unchanged (the panels at this step need no redraw)."""
+                follow: Sequence[str] | None, value: int | None, old_min: int, old_max: int,
+                old_marks: Mapping[Any, str] | None = None):
+    """Slider over the steps the array was logged at. It moves to the newest step only when it sat
+    at the newest step before, or "follow newest" is ticked (or nothing is chosen yet): a user
+    reading step 120 keeps step 120 while the run logs on. Sends nothing when range and value are
+    unchanged (the panels at this step need no redraw)."""
     rng = step_range(Catalog.from_store(keys), tab, layer, source)
     if rng is None:
         raise PreventUpdate
     lo, hi = rng
     top = max(hi, lo + 1) if hi == lo else hi
-    to_newest = value is None or FOLLOW in (follow or [])
+    # the newest step shown so far: the slider's top mark (its max is lo + 1 for a single step)
+    old_newest = max((int(k) for k in (old_marks or {})), default=old_max)
+    at_newest = value is not None and int(value) >= old_newest
+    to_newest = value is None or at_newest or FOLLOW in (follow or [])
     new_value = hi if to_newest else max(lo, min(int(value), hi))
     if (lo, top, new_value) == (old_min, old_max, value):
         raise PreventUpdate
@@ -245,6 +250,7 @@ def register(app: Registrar) -> None:
         Input(ids.RUN_TABS, "value"), Input(ids.RUN_LAYER, "value"), Input(ids.RUN_SOURCE, "value"),
         Input(ids.RUN_KEYS, "data"), Input(ids.RUN_FOLLOW, "value"),
         State(ids.RUN_STEP, "value"), State(ids.RUN_STEP, "min"), State(ids.RUN_STEP, "max"),
+        State(ids.RUN_STEP, "marks"),
     )(step_slider)
     app.clientside_callback(
         URL_SYNC_JS, Output(ids.RUN_URL_SINK, "children"),

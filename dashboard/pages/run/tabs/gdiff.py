@@ -11,6 +11,7 @@ from ....components import graph
 from ....queries import Catalog, x_lines
 from ....series import X_STEP, X_TITLES
 from ....state import current_api, current_config
+from .. import keep_view
 from .base import Registrar, Tab, layer_heatmap, only_on
 from .lines import per_layer_lines
 
@@ -106,19 +107,19 @@ def noise_and_kl(layer, x, smooth, state, tab, run_id, keys):
 
 def register(app: Registrar) -> None:
     app.callback(
-        Output(ids.RUN_GDIFF_PARTS, "figure"), Output(ids.RUN_GDIFF_SPROJ, "figure"),
-        Output(ids.RUN_GDIFF_BETA, "figure"),
+        keep_view.output(ids.RUN_GDIFF_PARTS), keep_view.output(ids.RUN_GDIFF_SPROJ),
+        keep_view.output(ids.RUN_GDIFF_BETA),
         Input(ids.RUN_LAYER, "value"), Input(ids.RUN_X, "value"), Input(ids.RUN_SMOOTH, "value"),
         Input(ids.RUN_LOG, "value"), Input(ids.RUN_STATE, "data"), Input(ids.RUN_TABS, "value"),
         State(ids.RUN_ID, "data"), State(ids.RUN_KEYS, "data"),
     )(panels)
     app.callback(
-        Output(ids.RUN_GDIFF_SUMMARY, "figure"),
+        keep_view.output(ids.RUN_GDIFF_SUMMARY),
         Input(ids.RUN_STATE, "data"), Input(ids.RUN_TABS, "value"), Input(ids.RUN_ROWS, "value"),
         State(ids.RUN_ID, "data"), State(ids.RUN_KEYS, "data"),
     )(summary)
     app.callback(
-        Output(ids.RUN_GDIFF_NOISE, "figure"), Output(ids.RUN_GDIFF_KL, "figure"),
+        keep_view.output(ids.RUN_GDIFF_NOISE), keep_view.output(ids.RUN_GDIFF_KL),
         Input(ids.RUN_LAYER, "value"), Input(ids.RUN_X, "value"), Input(ids.RUN_SMOOTH, "value"),
         Input(ids.RUN_STATE, "data"), Input(ids.RUN_TABS, "value"),
         State(ids.RUN_ID, "data"), State(ids.RUN_KEYS, "data"),

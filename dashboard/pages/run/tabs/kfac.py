@@ -10,6 +10,7 @@ from ....components import graph
 from ....queries import Catalog, array_at, x_lines
 from ....series import X_STEP, X_TITLES
 from ....state import current_api
+from .. import keep_view
 from .base import Registrar, Tab, only_on
 from .lines import per_layer_lines
 
@@ -64,8 +65,8 @@ def panels(layer, x, step, state, tab, run_id, keys):
 
 def register(app: Registrar) -> None:
     app.callback(
-        Output(ids.RUN_KFAC_EIGS, "figure"), Output(ids.RUN_KFAC_DAMPING, "figure"),
-        Output(ids.RUN_KFAC_SPECTRUM, "figure"),
+        keep_view.output(ids.RUN_KFAC_EIGS), keep_view.output(ids.RUN_KFAC_DAMPING),
+        keep_view.output(ids.RUN_KFAC_SPECTRUM),
         Input(ids.RUN_LAYER, "value"), Input(ids.RUN_X, "value"), Input(ids.RUN_STEP, "value"),
         Input(ids.RUN_STATE, "data"), Input(ids.RUN_TABS, "value"),
         State(ids.RUN_ID, "data"), State(ids.RUN_KEYS, "data"),

@@ -97,7 +97,7 @@ def layout(run_id: str | None = None, tab: str | None = None, layer: str | None 
         first, cursor = scalars_tab.first_graphs(api, run["id"], chosen, x=x, smooth=smooth_v, log_y=log_y,
                                                  origin=created_ts(run), points=cfg.series_points)
     shown = visible_tabs(catalog, run, tab)
-    bodies = [html.Div(t.body(first) if t.id == "scalars" else t.body(), id=ids.tab_body_id(t.id),
+    bodies = [html.Div(t.body(first, chosen) if t.id == "scalars" else t.body(), id=ids.tab_body_id(t.id),
                        style={"display": "block" if t.id == tab else "none"}) for t in TABS]
     return html.Div(
         [

@@ -28,7 +28,7 @@ from ...components import message
 from ...queries import Catalog
 from ...series import X_CHOICES, X_STEP
 from ...state import current_api, current_config
-from . import controls, keep_view, live
+from . import catalog_store, controls, keep_view, live
 from .header import created_ts, header
 from .tabs import MODULES, TAB_IDS, TABS, Tab
 from .tabs import scalars as scalars_tab
@@ -102,7 +102,8 @@ def layout(run_id: str | None = None, tab: str | None = None, layer: str | None 
     return html.Div(
         [
             dcc.Store(id=ids.RUN_ID, data=run["id"]),
-            dcc.Store(id=ids.RUN_KEYS, data=catalog.to_store()),
+            dcc.Store(id=ids.RUN_KEYS, data=catalog_store.panel_store(catalog)),
+            dcc.Store(id=catalog_store.ALL_KEYS, data=catalog_store.all_keys(catalog)),
             dcc.Store(id=ids.RUN_CURSOR, data=cursor),
             dcc.Store(id=ids.RUN_STATE, data={"status": run.get("status"), "last_step": run.get("last_step"),
                                               "version": 0, "created_at": created_ts(run)}),

@@ -16,6 +16,7 @@ from ... import ids
 from ...components import control
 from ...queries import Catalog
 from ...series import X_CHOICES, X_TITLES, block_of
+from .catalog_store import ALL_KEYS
 from .tabs import TAB_IDS, TABS
 from .tabs.base import ROWS_AUTO, ROWS_BLOCKS, ROWS_LAYERS, Registrar
 from .tabs.spectra import SUMMARY_METRICS
@@ -89,12 +90,42 @@ def initial_view(catalog: Catalog, tab: str, layer: str | None, source: str | No
     return view
 
 
+KEY_OPTIONS_SHOWN = 200  # the key picker lists this many; typing searches every key on the server
+
+
+def key_options(all_keys: Sequence[str], chosen: Sequence[str], search: str | None = None) -> list[str]:
+    """What the key picker offers: the chosen keys, then up to ``KEY_OPTIONS_SHOWN`` keys matching
+    ``search`` (a case-insensitive substring; every key when empty). A run with 10,000 keys never
+    rendered its page while the picker held all of them as options; the chosen keys stay listed
+    because Dash 4's dropdown drops a value missing from its options."""
+    needle = (search or "").strip().lower()
+    out = list(dict.fromkeys(chosen))
+    seen = set(out)
+    for key in all_keys:
+        if len(out) >= KEY_OPTIONS_SHOWN + len(chosen):
+            break
+        if key not in seen and (not needle or needle in key.lower()):
+            out.append(key)
+            seen.add(key)
+    return out
+
+
+def search_keys(search: str | None, all_keys: Sequence[str] | None, chosen: Sequence[str] | None,
+                current: Sequence[Any] | None):
+    """Server-side key search for the picker (the options follow what the user types)."""
+    options = key_options(list(all_keys or []), list(chosen or []), search)
+    if options == list(current or []):
+        raise PreventUpdate
+    return options
+
+
 def controls_bar(*, catalog: Catalog, keys: Sequence[str], x: str, smooth: float, log_y: bool,
                  view: InitialView, metric: str | None, rows: str | None) -> html.Div:
     """Every control, each in a wrapper ``run-control-<name>`` that the active tab shows or hides."""
     widgets = {
-        "keys": ("scalars", dcc.Dropdown(id=ids.RUN_KEYS_SELECT, options=catalog.global_scalars, value=list(keys),
-                                         multi=True, placeholder="pick scalars")),
+        "keys": ("scalars", dcc.Dropdown(id=ids.RUN_KEYS_SELECT, options=key_options(catalog.global_scalars, keys),
+                                         value=list(keys), multi=True,
+                                         placeholder=f"pick scalars ({len(catalog.globals)}: type to search)")),
         "x": ("x axis", dcc.RadioItems(id=ids.RUN_X, value=x, inline=True,
                                        options=[{"label": " " + X_TITLES[c].split(" (")[0], "value": c}
                                                 for c in X_CHOICES])),
@@ -234,6 +265,12 @@ def register(app: Registrar) -> None:
     app.callback([Output(ids.control_id(name), "style") for name in CONTROL_NAMES],
                  Input(ids.RUN_TABS, "value"))(show_controls)
     app.callback([Output(ids.tab_body_id(t), "style") for t in TAB_IDS], Input(ids.RUN_TABS, "value"))(show_tab)
+    app.callback(
+        Output(ids.RUN_KEYS_SELECT, "options"),
+        Input(ids.RUN_KEYS_SELECT, "search_value"), Input(ALL_KEYS, "data"),
+        State(ids.RUN_KEYS_SELECT, "value"), State(ids.RUN_KEYS_SELECT, "options"),
+        prevent_initial_call=True,
+    )(search_keys)
     app.callback(
         Output(ids.RUN_LAYER, "options"), Output(ids.RUN_LAYER, "value"),
         Input(ids.RUN_TABS, "value"), Input(ids.RUN_KEYS, "data"),

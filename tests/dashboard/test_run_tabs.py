@@ -81,4 +81,8 @@ def test_url_layer_and_step_open_that_view_and_unknown_ones_fall_back_visibly(se
     _title_starting(page, "#run-tab-spectra", "spectrum of W — fc1.weight (step 190)")
     note = page.locator("#run-view-note").inner_text()
     assert "blocks.9.nope" in note and "fc1.weight" in note and "5000" in note and "190" in note
+    page.locator("#run-layer").click()  # the user picks a layer: the note about the link goes
+    page.get_by_role("option", name="fc2.weight", exact=True).click()
+    _title_starting(page, "#run-tab-spectra", "spectrum of W — fc2.weight")
+    page.wait_for_function("() => document.querySelector('#run-view-note').innerText === ''", timeout=TIMEOUT_MS)
     assert page.errors == []

@@ -289,6 +289,9 @@ def register(app: Registrar) -> None:
         State(ids.RUN_STEP, "value"), State(ids.RUN_STEP, "min"), State(ids.RUN_STEP, "max"),
         State(ids.RUN_STEP, "marks"),
     )(step_slider)
+    # the fallback note is about the link that opened the page: gone once the user picks a layer or step
+    app.clientside_callback("() => ''", Output(VIEW_NOTE, "children"), Input(ids.RUN_LAYER, "value"),
+                            Input(ids.RUN_STEP, "value"), prevent_initial_call=True)
     app.clientside_callback(
         URL_SYNC_JS, Output(ids.RUN_URL_SINK, "children"),
         Input(ids.RUN_ID, "data"), Input(ids.RUN_TABS, "value"), Input(ids.RUN_LAYER, "value"),

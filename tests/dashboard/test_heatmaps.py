@@ -104,7 +104,8 @@ def test_spectrum_at_step_stays_on_the_read_step_and_follows_only_from_the_newes
     heat = "document.querySelector('#run-spec-heatmap .js-plotly-plot')"
 
     def title_is(want: str) -> None:
-        page.wait_for_function(f"(want) => {at_step} && (({at_step}.layout || {{}}).title || {{}}).text === want",
+        page.wait_for_function(f"(want) => {at_step} && (({at_step}.layout || {{}}).title || {{}}).text"
+                               " === want",
                                arg=want, timeout=TIMEOUT_MS)
 
     try:

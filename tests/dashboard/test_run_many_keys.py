@@ -49,7 +49,8 @@ def many_keys_run(server) -> str:  # noqa: ANN001
 
 
 @pytest.mark.browser
-def test_run_with_ten_thousand_keys_renders_and_finds_any_key(server, many_keys_run, page) -> None:  # noqa: ANN001
+def test_run_with_ten_thousand_keys_renders_and_finds_any_key(server, many_keys_run,  # noqa: ANN001
+                                                              page) -> None:  # noqa: ANN001
     uploads: list[int] = []
     page.on("request", lambda r: uploads.append(len(r.post_data or "")) if "_dash-update" in r.url else None)
     t0 = time.monotonic()

@@ -49,8 +49,9 @@ def test_step_slider_follows_the_newest_step_only_when_asked(server, seeded) -> 
     assert controls().step_slider("spectra", "fc1.weight", "weight", keys, ["follow"], lo + 10, lo, hi - 10)[2] == hi
     # a slider that sat at the newest step shown so far follows the new newest step
     marks = {str(lo): str(lo), str(hi - 10): str(hi - 10)}
-    assert controls().step_slider("spectra", "fc1.weight", "weight", keys, [], hi - 10, lo, hi - 10, marks)[2] == hi
-    assert controls().step_slider("spectra", "fc1.weight", "weight", keys, [], hi - 20, lo, hi - 10, marks)[2] == hi - 20
+    at_newest = controls().step_slider("spectra", "fc1.weight", "weight", keys, [], hi - 10, lo, hi - 10, marks)
+    reading = controls().step_slider("spectra", "fc1.weight", "weight", keys, [], hi - 20, lo, hi - 10, marks)
+    assert at_newest[2] == hi and reading[2] == hi - 20
 
 
 def _title_starting(page, selector: str, want: str) -> str:
@@ -71,7 +72,8 @@ def test_url_layer_and_step_open_that_view_and_unknown_ones_fall_back_visibly(se
     _title_starting(page, "#run-tab-spectra", "spectrum of W — fc2.weight (step 120)")
     assert "fc2.weight" in page.locator("#run-layer").inner_text()
     assert page.locator("#run-view-note").inner_text() == ""
-    page.wait_for_function("() => location.search.includes('layer=fc2.weight') && location.search.includes('step=120')",
+    page.wait_for_function("() => location.search.includes('layer=fc2.weight')"
+                           " && location.search.includes('step=120')",
                            timeout=TIMEOUT_MS)  # the URL keeps them (shareable)
     # between two logged steps: the spectrum at or before it
     page.goto(server.url + f"/runs/{run}?tab=neurons&layer=fc2.weight&step=125")
@@ -84,5 +86,6 @@ def test_url_layer_and_step_open_that_view_and_unknown_ones_fall_back_visibly(se
     page.locator("#run-layer").click()  # the user picks a layer: the note about the link goes
     page.get_by_role("option", name="fc2.weight", exact=True).click()
     _title_starting(page, "#run-tab-spectra", "spectrum of W — fc2.weight")
-    page.wait_for_function("() => document.querySelector('#run-view-note').innerText === ''", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => document.querySelector('#run-view-note').innerText === ''",
+                           timeout=TIMEOUT_MS)
     assert page.errors == []

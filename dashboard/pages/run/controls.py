@@ -85,7 +85,8 @@ def initial_view(catalog: Catalog, tab: str, layer: str | None, source: str | No
         else:
             view.step = max(lo, min(step, hi))
             if view.step != step:
-                notes.append(f"step {step} is outside the steps logged here ({lo}–{hi}) — showing step {view.step}")
+                notes.append(f"step {step} is outside the steps logged here ({lo}–{hi}) — "
+                             f"showing step {view.step}")
     view.note = "; ".join(notes)
     return view
 

@@ -42,7 +42,8 @@ KEEP_VIEW_JS = """(fresh, current) => {
     const kept = {...layout};
     let carried = false;
     for (const [name, axis] of Object.entries(shown)) {
-        if (!/^[xy]axis[0-9]*$/.test(name) || !axis || axis.autorange !== false || !Array.isArray(axis.range)) continue;
+        const zoomed = axis && axis.autorange === false && Array.isArray(axis.range);
+        if (!/^[xy]axis[0-9]*$/.test(name) || !zoomed) continue;
         kept[name] = {...(layout[name] || {}), range: axis.range.slice(), autorange: false};
         carried = true;
     }

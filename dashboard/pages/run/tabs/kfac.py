@@ -44,13 +44,13 @@ def panels(layer, x, step, state, tab, run_id, keys):
     eigs = F.line_figure(per_layer_lines("kfac", ["A_eig_min", "A_eig_max", "G_eig_min", "G_eig_max"], layer, x,
                                          origin, run_id),
                          title=f"KFAC factor eigenvalue ranges — {layer}", x_title=xt, y_title="eigenvalue",
-                         log_y=True, empty_message=HINT, uirevision=f"{run_id}:kf1:{layer}")
+                         log_y=True, empty_message=HINT, uirevision=f"{run_id}:kf1:{layer}:{x}")
     api = current_api()
     damping_lines = per_layer_lines("kfac", ["damping_rel", "damping_rel_mean"], layer, x, origin, run_id)
     damping_lines += x_lines(api, run_id, ["kfac.kl_nu"], x=x, origin=origin,
                              names={"kfac.kl_nu": "KL clip ν (global)"})
     damping = F.line_figure(damping_lines, title=f"relative damping and KL clip — {layer}", x_title=xt,
-                            y_title="ratio", log_y=True, empty_message=HINT, uirevision=f"{run_id}:kf2:{layer}")
+                            y_title="ratio", log_y=True, empty_message=HINT, uirevision=f"{run_id}:kf2:{layer}:{x}")
     spectra = []
     for key, name in (("kfac.A_eigs", "A (activations)"), ("kfac.G_eigs", "G (gradients)")):
         got = array_at(api, run_id, key, layer, step)

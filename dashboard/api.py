@@ -116,10 +116,13 @@ class ApiClient:
     # -- transport -----------------------------------------------------------------------------
 
     def _request(
-        self, method: str, path: str, params: Sequence[tuple[str, Any]] | None = None, *, token: str | None = None
+        self, method: str, path: str, params: Sequence[tuple[str, Any]] | None = None, *, token: str | None = None,
+        text: bool = False,
     ) -> Any:
         token = token or self.token
         headers = {"Authorization": f"Bearer {token}"} if token else None
+        if text:
+            headers = {**(headers or {}), "Accept": "text/csv, text/plain"}
         try:
             response = self._http.request(method, path, params=params, headers=headers)
         except httpx.HTTPError as exc:
@@ -128,6 +131,8 @@ class ApiClient:
             raise NotFound(404, _detail(response))
         if response.status_code >= 400:
             raise ApiError(response.status_code, _detail(response))
+        if text:
+            return response.text
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
@@ -223,6 +228,12 @@ class ApiClient:
             s["steps"] = [int(v) for v in s.get("steps", [])]
             out.append(s)
         return out
+
+    def series_csv(self, run_id: str, keys: Sequence[str]) -> str:
+        """``GET /runs/{id}/series?format=csv``: every stored point of ``keys`` as CSV text
+        (``run_id,key,step,time,value``), for a panel's "CSV" download."""
+        return self._request("GET", f"/runs/{_safe_id(run_id)}/series",
+                             _params(key=list(keys), format="csv"), text=True)
 
     def arrays(
         self,

@@ -132,8 +132,6 @@ def test_compare_page_groups_bands_table_and_why_links(server, groups, page) -> 
 
 
 @pytest.mark.browser
-@pytest.mark.xfail(strict=True, reason="the run page resets ?layer= and ?step= to its first layer and last step "
-                   "(dashboard/pages/run.py layer_options / step_slider): the why link names them correctly")
 def test_why_link_opens_the_named_layer_and_step(server, groups, page) -> None:  # noqa: ANN001
     runs = ",".join(groups["normuon"] + groups["adamw"])
     page.goto(server.url + f"/compare?runs={runs}&keys=loss&metric=loss&target={TARGET}&baseline={groups['adamw'][0]}")

@@ -49,8 +49,6 @@ def test_two_hundred_layers_group_by_block_and_stay_under_the_height_cap() -> No
 
 
 @pytest.mark.browser
-@pytest.mark.xfail(strict=True, reason="NOT FIXED YET: the redrawn heatmap keeps its uirevision but plotly "
-                   "resets the mouse zoom (so does a bare Plotly.react with the same uirevision) — issue 19 item 5")
 def test_zoomed_heatmap_keeps_its_zoom_while_live_columns_arrive(server, page) -> None:
     rid = "run-heat-live"
     seeder = Seeder(server.api, server.token)
@@ -84,6 +82,50 @@ def test_zoomed_heatmap_keeps_its_zoom_while_live_columns_arrive(server, page) -
         z = page.evaluate(f"{graph}.data[0].z")
         assert not isinstance(z, list) or all(v is not None and not (isinstance(v, float) and math.isnan(v))
                                               for row in z for v in row)
+        assert page.errors == []
+    finally:
+        seeder.close()
+
+
+@pytest.mark.browser
+def test_spectrum_at_step_stays_on_the_read_step_and_follows_only_from_the_newest(server, page) -> None:
+    rid = "run-spec-live"
+    seeder = Seeder(server.api, server.token)
+
+    def spectra(steps):
+        return [{"key": "sv.weight", "layer": "fc1.weight", "step": s, "time": time.time(), "shape": [8],
+                 "values": [float(8 - i) * (1 + s / 1000) for i in range(8)]} for s in steps]
+
+    def loss(steps):
+        return [{"key": "loss", "steps": list(steps), "times": [time.time()] * len(steps),
+                 "values": [1.0 / (1 + s) for s in steps]}]
+
+    at_step = "document.querySelector('#run-spec-at-step .js-plotly-plot')"
+    heat = "document.querySelector('#run-spec-heatmap .js-plotly-plot')"
+
+    def title_is(want: str) -> None:
+        page.wait_for_function(f"(want) => {at_step} && (({at_step}.layout || {{}}).title || {{}}).text"
+                               " === want",
+                               arg=want, timeout=TIMEOUT_MS)
+
+    try:
+        seeder.create_run(rid, name="spec-live", project="dash-heat")
+        seeder.post(rid, scalars=loss(range(101)), arrays=spectra(range(0, 101, 10)))
+        # reading an older step (as a shared link or the slider sets it) while the run logs on
+        page.goto(server.url + f"/runs/{rid}?tab=spectra&step=50")
+        title_is("spectrum of W — fc1.weight (step 50)")
+        seeder.post(rid, scalars=loss(range(101, 131)), arrays=spectra([110, 120, 130]))
+        page.wait_for_function(f"{heat} && {heat}.data[0] && {heat}.data[0].x.length === 14",
+                               timeout=TIMEOUT_MS)  # the live refresh reached the heavy panels
+        page.wait_for_function("() => document.querySelector('#run-step').innerText.includes('130')",
+                               timeout=TIMEOUT_MS)  # the slider's range grew to the new newest step
+        assert page.evaluate(f"{at_step}.layout.title.text") == "spectrum of W — fc1.weight (step 50)"
+        assert "step=50" in page.evaluate("location.search")
+        # a slider at the newest step follows the run
+        page.goto(server.url + f"/runs/{rid}?tab=spectra")
+        title_is("spectrum of W — fc1.weight (step 130)")
+        seeder.post(rid, scalars=loss(range(131, 161)), arrays=spectra([140, 150, 160]))
+        title_is("spectrum of W — fc1.weight (step 160)")
         assert page.errors == []
     finally:
         seeder.close()

@@ -9,7 +9,7 @@ import pytest
 
 from dashboard.queries import Catalog
 
-from .test_browser import graphs_with_data
+from .test_browser import TIMEOUT_MS, graphs_with_data
 
 
 def controls():
@@ -47,3 +47,45 @@ def test_step_slider_follows_the_newest_step_only_when_asked(server, seeded) -> 
     assert got[2] == lo + 10 and got[1] == hi
     # "follow newest" ticked: it moves
     assert controls().step_slider("spectra", "fc1.weight", "weight", keys, ["follow"], lo + 10, lo, hi - 10)[2] == hi
+    # a slider that sat at the newest step shown so far follows the new newest step
+    marks = {str(lo): str(lo), str(hi - 10): str(hi - 10)}
+    at_newest = controls().step_slider("spectra", "fc1.weight", "weight", keys, [], hi - 10, lo, hi - 10, marks)
+    reading = controls().step_slider("spectra", "fc1.weight", "weight", keys, [], hi - 20, lo, hi - 10, marks)
+    assert at_newest[2] == hi and reading[2] == hi - 20
+
+
+def _title_starting(page, selector: str, want: str) -> str:
+    """Wait for a graph under ``selector`` whose title starts with ``want``; return that title."""
+    page.wait_for_function(
+        "([sel, want]) => Array.from(document.querySelectorAll(sel + ' .js-plotly-plot'))"
+        ".some(g => (((g.layout || {}).title || {}).text || '').startsWith(want))",
+        arg=[selector, want], timeout=TIMEOUT_MS)
+    return page.evaluate(
+        "([sel, want]) => Array.from(document.querySelectorAll(sel + ' .js-plotly-plot'))"
+        ".map(g => (((g.layout || {}).title || {}).text || '')).find(t => t.startsWith(want))", [selector, want])
+
+
+@pytest.mark.browser
+def test_url_layer_and_step_open_that_view_and_unknown_ones_fall_back_visibly(server, seeded, page) -> None:
+    run = seeded["baseline"]  # sv.weight logged every 10 steps, 0..190, for fc1.weight and fc2.weight
+    page.goto(server.url + f"/runs/{run}?tab=spectra&layer=fc2.weight&step=120")
+    _title_starting(page, "#run-tab-spectra", "spectrum of W — fc2.weight (step 120)")
+    assert "fc2.weight" in page.locator("#run-layer").inner_text()
+    assert page.locator("#run-view-note").inner_text() == ""
+    page.wait_for_function("() => location.search.includes('layer=fc2.weight')"
+                           " && location.search.includes('step=120')",
+                           timeout=TIMEOUT_MS)  # the URL keeps them (shareable)
+    # between two logged steps: the spectrum at or before it
+    page.goto(server.url + f"/runs/{run}?tab=neurons&layer=fc2.weight&step=125")
+    _title_starting(page, "#run-tab-neurons", "neuron update norms — fc2.weight (step 120)")
+    # a layer and a step this run does not have: first layer, newest step, and a note that says so
+    page.goto(server.url + f"/runs/{run}?tab=spectra&layer=blocks.9.nope&step=5000")
+    _title_starting(page, "#run-tab-spectra", "spectrum of W — fc1.weight (step 190)")
+    note = page.locator("#run-view-note").inner_text()
+    assert "blocks.9.nope" in note and "fc1.weight" in note and "5000" in note and "190" in note
+    page.locator("#run-layer").click()  # the user picks a layer: the note about the link goes
+    page.get_by_role("option", name="fc2.weight", exact=True).click()
+    _title_starting(page, "#run-tab-spectra", "spectrum of W — fc2.weight")
+    page.wait_for_function("() => document.querySelector('#run-view-note').innerText === ''",
+                           timeout=TIMEOUT_MS)
+    assert page.errors == []

@@ -6,7 +6,8 @@ only the active tab's callbacks do work. Tabs the run logged nothing for are lef
 and a note names the ``probe.attach`` option that turns each one on.
 
 Live: a ``dcc.Interval`` drives the scalar charts' ``Patch`` appends (``tabs/scalars``) and, on a
-slower beat, the header and data version the heavier panels listen to (``live``).
+slower beat, the header and data version the heavier panels listen to (``live``); those panels
+are redrawn whole and keep the user's zoom (``keep_view``).
 
 The page's callbacks register when this module runs (the app re-executes it per app, see
 ``dashboard.app._load_pages``), so each submodule exposes ``register`` instead of decorating at
@@ -27,7 +28,7 @@ from ...components import message
 from ...queries import Catalog
 from ...series import X_CHOICES, X_STEP
 from ...state import current_api, current_config
-from . import controls, live
+from . import catalog_store, controls, keep_view, live
 from .header import created_ts, header
 from .tabs import MODULES, TAB_IDS, TABS, Tab
 from .tabs import scalars as scalars_tab
@@ -96,12 +97,13 @@ def layout(run_id: str | None = None, tab: str | None = None, layer: str | None 
         first, cursor = scalars_tab.first_graphs(api, run["id"], chosen, x=x, smooth=smooth_v, log_y=log_y,
                                                  origin=created_ts(run), points=cfg.series_points)
     shown = visible_tabs(catalog, run, tab)
-    bodies = [html.Div(t.body(first) if t.id == "scalars" else t.body(), id=ids.tab_body_id(t.id),
+    bodies = [html.Div(t.body(first, chosen) if t.id == "scalars" else t.body(), id=ids.tab_body_id(t.id),
                        style={"display": "block" if t.id == tab else "none"}) for t in TABS]
     return html.Div(
         [
             dcc.Store(id=ids.RUN_ID, data=run["id"]),
-            dcc.Store(id=ids.RUN_KEYS, data=catalog.to_store()),
+            dcc.Store(id=ids.RUN_KEYS, data=catalog_store.panel_store(catalog)),
+            dcc.Store(id=catalog_store.ALL_KEYS, data=catalog_store.all_keys(catalog)),
             dcc.Store(id=ids.RUN_CURSOR, data=cursor),
             dcc.Store(id=ids.RUN_STATE, data={"status": run.get("status"), "last_step": run.get("last_step"),
                                               "version": 0, "created_at": created_ts(run)}),
@@ -110,15 +112,18 @@ def layout(run_id: str | None = None, tab: str | None = None, layer: str | None 
             dcc.Tabs(id=ids.RUN_TABS, value=tab, children=[
                 dcc.Tab(label=t.label_for(run) if t.label_for else t.label, value=t.id) for t in shown]),
             html.Div(hidden_note(catalog, shown), id=ids.RUN_TAB_NOTE, className="hint"),
-            controls.controls_bar(catalog=catalog, keys=chosen, x=x, smooth=smooth_v, log_y=log_y, layer=layer,
-                                  source=source, metric=metric, rows=rows, step=_int_or_none(step)),
+            controls.controls_bar(catalog=catalog, keys=chosen, x=x, smooth=smooth_v, log_y=log_y, metric=metric,
+                                  rows=rows, view=controls.initial_view(catalog, tab, layer, source,
+                                                                        _int_or_none(step))),
             html.Div(bodies, id=ids.RUN_TAB_BODY),
             html.Div(id=ids.RUN_URL_SINK, hidden=True),
+            *keep_view.stores(),
         ]
     )
 
 
 controls.register(dash)
 live.register(dash)
+keep_view.register(dash)
 for _module in MODULES:
     _module.register(dash)

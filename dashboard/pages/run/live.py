@@ -7,13 +7,14 @@ version in ``RUN_STATE``, bumped here only when the run's last step or status mo
 from __future__ import annotations
 
 
-from dash import Input, Output, State
+from dash import Input, Output, State, no_update
 from dash.exceptions import PreventUpdate
 
 from ... import ids
 from ...api import ApiError
 from ...queries import Catalog
 from ...state import current_api
+from .catalog_store import ALL_KEYS, all_keys, panel_store
 from .header import header
 from .tabs.base import Registrar
 
@@ -38,14 +39,17 @@ def poll_state(n, run_id, state):
 
 
 def refresh_catalog(_state, run_id, old):
-    """New layers/keys appear while a run is live: refresh the catalog when the run advanced."""
+    """New layers/keys appear while a run is live: refresh the catalog when the run advanced (the
+    full key list only when the number of keys changed)."""
     try:
-        new = Catalog.from_keys(current_api().keys(run_id)).to_store()
+        catalog = Catalog.from_keys(current_api().keys(run_id))
     except ApiError:
         raise PreventUpdate
+    new = panel_store(catalog)
     if new == old:
         raise PreventUpdate
-    return new
+    keys = all_keys(catalog) if new.get("n_globals") != (old or {}).get("n_globals") else no_update
+    return new, keys
 
 
 def register(app: Registrar) -> None:
@@ -56,7 +60,7 @@ def register(app: Registrar) -> None:
         prevent_initial_call=True,
     )(poll_state)
     app.callback(
-        Output(ids.RUN_KEYS, "data"),
+        Output(ids.RUN_KEYS, "data"), Output(ALL_KEYS, "data"),
         Input(ids.RUN_STATE, "data"), State(ids.RUN_ID, "data"), State(ids.RUN_KEYS, "data"),
         prevent_initial_call=True,
     )(refresh_catalog)

@@ -11,6 +11,7 @@ from ....components import graph
 from ....queries import Catalog, x_lines
 from ....series import X_STEP, X_TITLES
 from ....state import current_api, current_config
+from .. import keep_view
 from .base import Registrar, Tab, layer_heatmap, only_on
 from .lines import per_layer_lines
 
@@ -49,17 +50,17 @@ def panels(layer, x, smooth, log, state, tab, run_id, keys):
     parts = F.line_figure(per_layer_lines(prefix, ["parallel", "orthogonal", "gdiff_norm"], layer, x, origin, run_id),
                           title=f"g_diff: parallel vs Fisher-orthogonal parts — {layer}", x_title=xt,
                           y_title="norm (L2)", log_y="log" in (log or []), smoothing=smooth, empty_message=HINT,
-                          uirevision=f"{run_id}:gd1:{layer}")
+                          uirevision=f"{run_id}:gd1:{layer}:{x}:{bool(log)}")
     sproj = F.line_figure(per_layer_lines(prefix, ["s_proj", "cos_g1_g2"], layer, x, origin, run_id),
                           title=f"s_proj and cos(g₁, g₂) — {layer}", x_title=xt, y_title="value (dimensionless)",
-                          smoothing=smooth, empty_message=HINT, uirevision=f"{run_id}:gd2:{layer}")
+                          smoothing=smooth, empty_message=HINT, uirevision=f"{run_id}:gd2:{layer}:{x}")
     if prefix == "fop":
         lines = per_layer_lines(prefix, ["beta", "eta"], layer, x, origin, run_id)
         lines += x_lines(current_api(), run_id, ["fop.beta_neg_frac"], x=x, origin=origin,
                          names={"fop.beta_neg_frac": "share of layers with negative β* (global)"},
                          points=current_config().series_points)
         beta = F.line_figure(lines, title=f"β* and η* — {layer}", x_title=xt, y_title="coefficient",
-                             smoothing=smooth, empty_message=HINT, uirevision=f"{run_id}:gd3:{layer}")
+                             smoothing=smooth, empty_message=HINT, uirevision=f"{run_id}:gd3:{layer}:{x}")
     else:
         beta = F.empty_figure(f"β* and η* — {layer}", "β* and η* are FOP's step coefficients: they exist for runs "
                               "using probe.optim.FOP")
@@ -91,14 +92,14 @@ def noise_and_kl(layer, x, smooth, state, tab, run_id, keys):
         x_lines(current_api(), run_id, [key], x=x, origin=origin, names={key: "tr(Σ)/‖G‖²"},
                 points=current_config().series_points),
         title="simple noise scale — the batch size beyond which more samples stop paying", x_title=X_TITLES[x],
-        y_title="samples", log_y=True, smoothing=smooth, uirevision=f"{run_id}:gd4",
+        y_title="samples", log_y=True, smoothing=smooth, uirevision=f"{run_id}:gd4:{x}",
         empty_message="no noise scale logged — pass batch_size= to probe.attach (FOP, or the two-half-batch "
                       "measurement with gdiff_every=)")
     title = f"KL-norm split of g_comb — {layer or 'no layer'}"
     if layer and catalog.layers_with_prefix("fop."):
         kl = F.line_figure(per_layer_lines("fop", ["kl_base", "kl_cross", "kl_orth"], layer, x, origin, run_id),
                            title=title, x_title=X_TITLES[x], y_title="gᵀM⁻¹FM⁻¹g term", smoothing=smooth,
-                           empty_message=HINT, uirevision=f"{run_id}:gd5:{layer}")
+                           empty_message=HINT, uirevision=f"{run_id}:gd5:{layer}:{x}")
     else:
         kl = F.empty_figure(title, "the KL-norm split is FOP's: it exists for runs using probe.optim.FOP")
     return noise, kl
@@ -106,19 +107,19 @@ def noise_and_kl(layer, x, smooth, state, tab, run_id, keys):
 
 def register(app: Registrar) -> None:
     app.callback(
-        Output(ids.RUN_GDIFF_PARTS, "figure"), Output(ids.RUN_GDIFF_SPROJ, "figure"),
-        Output(ids.RUN_GDIFF_BETA, "figure"),
+        keep_view.output(ids.RUN_GDIFF_PARTS), keep_view.output(ids.RUN_GDIFF_SPROJ),
+        keep_view.output(ids.RUN_GDIFF_BETA),
         Input(ids.RUN_LAYER, "value"), Input(ids.RUN_X, "value"), Input(ids.RUN_SMOOTH, "value"),
         Input(ids.RUN_LOG, "value"), Input(ids.RUN_STATE, "data"), Input(ids.RUN_TABS, "value"),
         State(ids.RUN_ID, "data"), State(ids.RUN_KEYS, "data"),
     )(panels)
     app.callback(
-        Output(ids.RUN_GDIFF_SUMMARY, "figure"),
+        keep_view.output(ids.RUN_GDIFF_SUMMARY),
         Input(ids.RUN_STATE, "data"), Input(ids.RUN_TABS, "value"), Input(ids.RUN_ROWS, "value"),
         State(ids.RUN_ID, "data"), State(ids.RUN_KEYS, "data"),
     )(summary)
     app.callback(
-        Output(ids.RUN_GDIFF_NOISE, "figure"), Output(ids.RUN_GDIFF_KL, "figure"),
+        keep_view.output(ids.RUN_GDIFF_NOISE), keep_view.output(ids.RUN_GDIFF_KL),
         Input(ids.RUN_LAYER, "value"), Input(ids.RUN_X, "value"), Input(ids.RUN_SMOOTH, "value"),
         Input(ids.RUN_STATE, "data"), Input(ids.RUN_TABS, "value"),
         State(ids.RUN_ID, "data"), State(ids.RUN_KEYS, "data"),

@@ -12,6 +12,7 @@ from .... import ids
 from ....components import graph
 from ....queries import Catalog, array_at
 from ....state import current_api
+from .. import keep_view
 from .base import Registrar, Tab, only_on
 
 HINT = ("no InfoBatch ledger logged yet — wrap your dataset with probe.data.InfoBatch and pass it to "
@@ -76,8 +77,8 @@ def panels(epoch, _state, tab, run_id):
 
 def register(app: Registrar) -> None:
     app.callback(
-        Output(ids.RUN_IB_PRUNED, "figure"), Output(ids.RUN_IB_SAVED, "figure"),
-        Output(ids.RUN_IB_THRESHOLD, "figure"), Output(ids.RUN_IB_CLASS, "figure"),
+        keep_view.output(ids.RUN_IB_PRUNED), keep_view.output(ids.RUN_IB_SAVED),
+        keep_view.output(ids.RUN_IB_THRESHOLD), keep_view.output(ids.RUN_IB_CLASS),
         Input(ids.RUN_STEP, "value"), Input(ids.RUN_STATE, "data"), Input(ids.RUN_TABS, "value"),
         State(ids.RUN_ID, "data"),
     )(panels)

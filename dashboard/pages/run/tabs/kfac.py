@@ -10,6 +10,7 @@ from ....components import graph
 from ....queries import Catalog, array_at, x_lines
 from ....series import X_STEP, X_TITLES
 from ....state import current_api
+from .. import keep_view
 from .base import Registrar, Tab, only_on
 from .lines import per_layer_lines
 
@@ -43,13 +44,13 @@ def panels(layer, x, step, state, tab, run_id, keys):
     eigs = F.line_figure(per_layer_lines("kfac", ["A_eig_min", "A_eig_max", "G_eig_min", "G_eig_max"], layer, x,
                                          origin, run_id),
                          title=f"KFAC factor eigenvalue ranges — {layer}", x_title=xt, y_title="eigenvalue",
-                         log_y=True, empty_message=HINT, uirevision=f"{run_id}:kf1:{layer}")
+                         log_y=True, empty_message=HINT, uirevision=f"{run_id}:kf1:{layer}:{x}")
     api = current_api()
     damping_lines = per_layer_lines("kfac", ["damping_rel", "damping_rel_mean"], layer, x, origin, run_id)
     damping_lines += x_lines(api, run_id, ["kfac.kl_nu"], x=x, origin=origin,
                              names={"kfac.kl_nu": "KL clip ν (global)"})
     damping = F.line_figure(damping_lines, title=f"relative damping and KL clip — {layer}", x_title=xt,
-                            y_title="ratio", log_y=True, empty_message=HINT, uirevision=f"{run_id}:kf2:{layer}")
+                            y_title="ratio", log_y=True, empty_message=HINT, uirevision=f"{run_id}:kf2:{layer}:{x}")
     spectra = []
     for key, name in (("kfac.A_eigs", "A (activations)"), ("kfac.G_eigs", "G (gradients)")):
         got = array_at(api, run_id, key, layer, step)
@@ -64,8 +65,8 @@ def panels(layer, x, step, state, tab, run_id, keys):
 
 def register(app: Registrar) -> None:
     app.callback(
-        Output(ids.RUN_KFAC_EIGS, "figure"), Output(ids.RUN_KFAC_DAMPING, "figure"),
-        Output(ids.RUN_KFAC_SPECTRUM, "figure"),
+        keep_view.output(ids.RUN_KFAC_EIGS), keep_view.output(ids.RUN_KFAC_DAMPING),
+        keep_view.output(ids.RUN_KFAC_SPECTRUM),
         Input(ids.RUN_LAYER, "value"), Input(ids.RUN_X, "value"), Input(ids.RUN_STEP, "value"),
         Input(ids.RUN_STATE, "data"), Input(ids.RUN_TABS, "value"),
         State(ids.RUN_ID, "data"), State(ids.RUN_KEYS, "data"),

@@ -11,6 +11,7 @@ from ....components import graph
 from ....queries import Catalog, array_at
 from ....series import X_STEP, X_TITLES
 from ....state import current_api, current_config
+from .. import keep_view
 from .base import Registrar, Tab, layer_heatmap, only_on
 from .lines import per_layer_lines
 
@@ -85,17 +86,17 @@ def row_rms(layer, state, tab, run_id):
 
 def register(app: Registrar) -> None:
     app.callback(
-        Output(ids.RUN_NEURON_DIST, "figure"), Output(ids.RUN_NEURON_V, "figure"),
+        keep_view.output(ids.RUN_NEURON_DIST), keep_view.output(ids.RUN_NEURON_V),
         Input(ids.RUN_LAYER, "value"), Input(ids.RUN_STEP, "value"), Input(ids.RUN_TABS, "value"),
         State(ids.RUN_ID, "data"), State(ids.RUN_KEYS, "data"),
     )(distribution)
     app.callback(
-        Output(ids.RUN_NEURON_CV, "figure"), Output(ids.RUN_NEURON_FROZEN, "figure"),
+        keep_view.output(ids.RUN_NEURON_CV), keep_view.output(ids.RUN_NEURON_FROZEN),
         Input(ids.RUN_STATE, "data"), Input(ids.RUN_TABS, "value"), Input(ids.RUN_ROWS, "value"),
         State(ids.RUN_ID, "data"), State(ids.RUN_KEYS, "data"),
     )(summary)
     app.callback(
-        Output(ids.RUN_NEURON_ROWS, "figure"),
+        keep_view.output(ids.RUN_NEURON_ROWS),
         Input(ids.RUN_LAYER, "value"), Input(ids.RUN_STATE, "data"), Input(ids.RUN_TABS, "value"),
         State(ids.RUN_ID, "data"),
     )(row_rms)

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dash import ALL, Input, Output, Patch, State, html, no_update
+from dash import ALL, Input, Output, Patch, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
 from .... import figures as F
@@ -26,8 +26,31 @@ MAX_LIVE_POINTS = 5000  # more new points than this in one poll -> redraw (downs
 _NOT_FIRST = ("samples_seen", "epoch")
 
 
-def body(first_graphs: list[Any] | None = None) -> html.Div:
-    return html.Div(first_graphs or [], id=ids.RUN_SCALARS, className="grid2")
+CSV_BUTTON = "run-scalar-csv"  # pattern id {"type": CSV_BUTTON, "key": <scalar key>}
+CSV_BAR = "run-csv-bar"
+CSV_DOWNLOAD = "run-csv-download"
+CSV_NOTE = "run-csv-note"
+
+
+def body(first_graphs: list[Any] | None = None, keys: Sequence[str] = ()) -> html.Div:
+    # the download sits outside the charts' container, which is re-rendered on every full draw
+    return html.Div([html.Div(csv_buttons(keys), id=CSV_BAR, className="hint"),
+                     html.Div(first_graphs or [], id=ids.RUN_SCALARS, className="grid2"),
+                     dcc.Download(id=CSV_DOWNLOAD), html.Div(id=CSV_NOTE, className="hint")])
+
+
+def csv_button_id(key: str) -> dict[str, str]:
+    return {"type": CSV_BUTTON, "key": key}
+
+
+def csv_buttons(keys: Sequence[str] | None) -> list[Any]:
+    """One "CSV" download per charted key (every stored point of it, not only the drawn ones)."""
+    keys = list(keys or [])
+    if not keys:
+        return []
+    return ["Download CSV: ", *[html.Button(k, id=csv_button_id(k), n_clicks=0, className="panel-csv",
+                                            title=f"every logged point of {k} as CSV (step, time, value)",
+                                            style={"marginRight": "6px", "fontSize": "12px"}) for k in keys]]
 
 
 TAB = Tab("scalars", "Scalars", frozenset({"keys", "x", "smooth", "log"}), HINT, body,
@@ -178,7 +201,33 @@ def append_live(_n, run_id, cursor, graph_ids):
     return patches, new_cursor
 
 
+def csv_download(run_id: str, key: str) -> tuple[Any, str]:
+    """``(dcc.Download data, note)`` for one key, read from the API with the signed-in user's token
+    (what that token may read is the API's decision, as for every chart): a refused or failed read
+    is a note naming the key, not a file."""
+    try:
+        text = current_api().series_csv(run_id, [key])
+    except ApiError as exc:
+        return no_update, f"Cannot export {key}: {exc}"
+    return dcc.send_string(text, filename=f"{run_id}-{key}.csv", type="text/csv"), ""
+
+
+def download_csv(_clicks, run_id):
+    """The clicked button's key as CSV."""
+    clicked = ctx.triggered_id
+    if not isinstance(clicked, dict) or not (ctx.triggered and ctx.triggered[0].get("value")):
+        raise PreventUpdate  # buttons appearing with a redraw are not clicks
+    return csv_download(run_id, clicked["key"])
+
+
 def register(app: Registrar) -> None:
+    app.callback(Output(CSV_BAR, "children"), Input(ids.RUN_KEYS_SELECT, "value"),
+                 prevent_initial_call=True)(csv_buttons)
+    app.callback(
+        Output(CSV_DOWNLOAD, "data"), Output(CSV_NOTE, "children"),
+        Input({"type": CSV_BUTTON, "key": ALL}, "n_clicks"), State(ids.RUN_ID, "data"),
+        prevent_initial_call=True,
+    )(download_csv)
     # Both callbacks write the live cursor: they stay in this module (the second with allow_duplicate).
     app.callback(
         Output(ids.RUN_SCALARS, "children"),

@@ -10,6 +10,7 @@ from .... import ids
 from ....components import graph
 from ....queries import SV_METRICS, Catalog, array_at, array_matrix
 from ....state import current_api, current_config
+from .. import keep_view
 from .base import Registrar, Tab, layer_heatmap, only_on
 
 HINT = ("no spectra logged yet — enable them with probe.attach(model, optimizer, run=run), which logs "
@@ -112,17 +113,17 @@ def summary(metric, source, _state, tab, rows, run_id, keys):
 
 def register(app: Registrar) -> None:
     app.callback(
-        Output(ids.RUN_SPEC_HEATMAP, "figure"),
+        keep_view.output(ids.RUN_SPEC_HEATMAP),
         Input(ids.RUN_LAYER, "value"), Input(ids.RUN_SOURCE, "value"), Input(ids.RUN_STATE, "data"),
         Input(ids.RUN_TABS, "value"), State(ids.RUN_ID, "data"),
     )(heatmap)
     app.callback(
-        Output(ids.RUN_SPEC_AT_STEP, "figure"),
+        keep_view.output(ids.RUN_SPEC_AT_STEP),
         Input(ids.RUN_LAYER, "value"), Input(ids.RUN_SOURCE, "value"), Input(ids.RUN_STEP, "value"),
         Input(ids.RUN_TABS, "value"), State(ids.RUN_ID, "data"), State(ids.RUN_KEYS, "data"),
     )(at_step)
     app.callback(
-        Output(ids.RUN_SPEC_SUMMARY, "figure"),
+        keep_view.output(ids.RUN_SPEC_SUMMARY),
         Input(ids.RUN_SPEC_METRIC, "value"), Input(ids.RUN_SOURCE, "value"), Input(ids.RUN_STATE, "data"),
         Input(ids.RUN_TABS, "value"), Input(ids.RUN_ROWS, "value"), State(ids.RUN_ID, "data"),
         State(ids.RUN_KEYS, "data"),

@@ -18,9 +18,14 @@ from .seed import Seeder, seed_suite
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """A real server on a free loopback port with its own OPTISCOPE_HOME (SQLite)."""
+    """A real server on a free loopback port with its own OPTISCOPE_HOME (SQLite).
+
+    The seeded "live" run sends no heartbeats: a session-long heartbeat timeout keeps it live
+    whatever order the dashboard tests run in (the default 120 s would mark it crashed).
+    """
     home = Path(tempfile.mkdtemp(prefix="home-", dir=tmp_path_factory.mktemp("dash")))
-    srv = LiveServer(port=free_port(), home=home, db_url=None, env={}).start()
+    srv = LiveServer(port=free_port(), home=home, db_url=None,
+                     env={"OPTISCOPE_HEARTBEAT_TIMEOUT": "86400"}).start()
     try:
         yield srv
     finally:

@@ -77,9 +77,12 @@ def create_app(
         title="Optiscope",
         update_title=None,
         serve_locally=True,  # no CDN: works offline and on air-gapped clusters
-        # fetch plotly.js with the other scripts instead of after the first graph arrives: every page
-        # has graphs, and the ~4 MB bundle then loads while the page's callbacks run
-        eager_loading=True,
+        # async chunks load when a component needs them: eager loading also fetched MathJax (2.1 MB)
+        # and the table's export code that no page uses
+        eager_loading=False,
+        # gzip/brotli (flask-compress): plotly.js is 4.8 MB raw, ~1.4 MB compressed; a cold page
+        # moved ~10 MB before
+        compress=True,
     )
     install(app.server, DashboardState(cfg, api or ApiClient(cfg)))
     guard.install(app.server, cfg)

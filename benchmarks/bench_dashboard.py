@@ -9,10 +9,14 @@ Measured (median of ``--repeat``):
   * spectra tab: click -> heatmap, spectrum at step and the 48-layer summary drawn;
   * layer switch on the spectra tab: new layer set -> heatmap and spectrum re-drawn for it;
   * compare page with 20 runs: navigation -> overlaid scalars, time-to-target table and matched spectra;
-  * live latency: batch POSTed -> the point is in the browser's figure.
+  * live latency: batch POSTed -> the point is in the browser's figure;
+  * scale: a 10,000-run project (written straight into the SQLite file) — runs table first rows,
+    sort by a summary metric, filter by config; a run with 10,000 metric keys -> its first chart;
+    the bytes a cold browser (empty cache) moves for the runs page and then a run page.
 
 Run: ``.venv/bin/python benchmarks/bench_dashboard.py [--runs 20] [--steps 2000] [--layers 48]``.
-Targets (docs): interactive <= 2 s, layer switch <= 0.5 s, compare (20 runs) <= 3 s, live <= 2 s.
+Targets (docs): interactive <= 2 s, layer switch <= 0.5 s, compare (20 runs) <= 3 s, live <= 2 s,
+10k-run table first rows and sort <= 1 s, cold page <= 3 MB transferred.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import LiveServer  # noqa: E402  (a real `optiscope serve` subprocess)
-from tests.dashboard.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, LiveServer  # noqa: E402  (a real `optiscope serve`)
 from tests.dashboard.seed import Seeder, training_run  # noqa: E402
 from tests.pg_cluster import free_port  # noqa: E402
+from tests.server.test_run_query import BEST, N, seed_sweep  # noqa: E402
+
+N_KEYS = 10_000
 
 GRAPH_STATE_JS = """(sel) => Array.from(document.querySelectorAll(sel + ' .js-plotly-plot')).map(g => {
     // typed arrays from numpy arrive as {dtype, bdata, shape}: count their elements from the shape
@@ -68,6 +74,71 @@ def seed(server: LiveServer, *, runs: int, steps: int, layers: int) -> list[str]
     return ids
 
 
+def seed_scale(server: LiveServer) -> tuple[str, str]:
+    """A 10,000-run project (bulk insert into the server's SQLite file: 10,000 POSTs would time the
+    HTTP layer, not the table) and one run with 10,000 metric keys. Returns (project, run id)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    engine = create_engine(f"sqlite:///{server.home / 'optiscope.db'}")
+    try:
+        project, _ = seed_sweep(sessionmaker(engine))
+    finally:
+        engine.dispose()
+    rid = "bench-10k-keys"
+    seeder = Seeder(server.api, server.token)
+    try:
+        seeder.create_run(rid, name="ten-thousand-keys", project="bench-10k-keys")
+        t = time.time()
+        for chunk in range(10):
+            seeder.post(rid, scalars=[{"key": f"m{chunk}.k{i:04d}", "steps": [0, 1, 2], "times": [t] * 3,
+                                       "values": [1.0, 2.0, 3.0 + i]} for i in range(N_KEYS // 10)])
+        seeder.post(rid, scalars=[{"key": "loss", "steps": list(range(100)), "times": [t] * 100,
+                                   "values": [1.0 / (1 + s) for s in range(100)]}])
+        seeder.finish(rid)
+    finally:
+        seeder.close()
+    return project, rid
+
+
+def measure_scale(browser, server: LiveServer, project: str, keys_run: str, cold_run: str,  # noqa: ANN001
+                  results: dict[str, list[float]]) -> None:
+    """One round of the scale figures, each in a fresh browser context (a cold cache)."""
+    first_name = "#runs-table td[data-dash-column=name]"
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    moved: list[int] = []
+    page.on("requestfinished", lambda r: moved.append(r.sizes()["responseBodySize"] + r.sizes()["responseHeadersSize"]))
+    page.goto(f"{server.url}/")
+    page.locator("#runs-count").wait_for(timeout=60_000)
+    page.goto(f"{server.url}/runs/{cold_run}")
+    wait_graphs(page, "#run-tab-scalars", 1)
+    page.wait_for_load_state("networkidle")
+    results["cold_page_mb"].append(sum(moved) / 1e6)
+    t = time.perf_counter()
+    page.goto(f"{server.url}/?project={project}")
+    page.locator("#runs-count", has_text=f"{N:,} runs").wait_for(timeout=60_000)
+    page.locator(first_name, has_text=f"run {N - 1}").first.wait_for(timeout=60_000)
+    results["runs10k_first"].append(time.perf_counter() - t)
+    t = time.perf_counter()
+    page.goto(f"{server.url}/?project={project}&cols=sum:loss&sort=sum:loss")
+    page.locator(first_name, has_text=f"run {BEST}").first.wait_for(timeout=60_000)
+    results["runs10k_sort"].append(time.perf_counter() - t)
+    expected = sum(1 for i in range(N) if i % 4 == 2 and i % 200 >= 99)
+    t = time.perf_counter()
+    page.locator("#runs-filter").fill("optimizer = normuon, lr >= 0.01")
+    page.locator("#runs-filter").press("Enter")
+    page.locator("#runs-count", has_text=f"{expected:,} runs").wait_for(timeout=60_000)
+    results["runs10k_filter"].append(time.perf_counter() - t)
+    t = time.perf_counter()
+    page.goto(f"{server.url}/runs/{keys_run}")
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('#run-scalars .js-plotly-plot'))"
+        ".some(g => g.data && g.data[0] && g.data[0].x && g.data[0].x.length === 100)", timeout=120_000)
+    results["keys10k_chart"].append(time.perf_counter() - t)
+    context.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
@@ -94,7 +165,9 @@ def main() -> None:
             print(f"seeded {len(ids)} runs x {args.layers} layers x {args.steps} steps in "
                   f"{time.perf_counter() - t:.1f} s (data in {home}; --home {home} reuses it)")
         results: dict[str, list[float]] = {k: [] for k in ("run_interactive", "spectra_tab", "layer_switch",
-                                                           "compare_20", "live_latency")}
+                                                           "compare_20", "live_latency", "runs10k_first",
+                                                           "runs10k_sort", "runs10k_filter", "keys10k_chart",
+                                                           "cold_page_mb")}
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -144,16 +217,27 @@ def main() -> None:
                 results["live_latency"].append(time.perf_counter() - t)
                 time.sleep(0.37)  # land at different phases of the 1 s poll
             seeder.close()
+            t = time.perf_counter()
+            project, keys_run = seed_scale(server)
+            print(f"seeded {N:,} runs and a {N_KEYS:,}-key run in {time.perf_counter() - t:.1f} s")
+            for i in range(args.repeat + 1):
+                scale: dict[str, list[float]] = {k: [] for k in results}
+                measure_scale(browser, server, project, keys_run, big, scale)
+                if i:  # the first round warms the server's caches
+                    for k, v in scale.items():
+                        results[k] += v
             browser.close()
         targets = {"run_interactive": 2.0, "spectra_tab": None, "layer_switch": 0.5, "compare_20": 3.0,
-                   "live_latency": 2.0}
+                   "live_latency": 2.0, "runs10k_first": 1.0, "runs10k_sort": 1.0, "runs10k_filter": None,
+                   "keys10k_chart": None, "cold_page_mb": 3.0}
         print(f"\nheadless Chromium, {len(ids)} runs of {args.layers} layers x {args.steps} steps "
               f"(spectra of 256 values every 10 steps); median [min..max] of {args.repeat}")
         for name, vals in results.items():
             target = targets[name]
             med = statistics.median(vals)
-            verdict = "" if target is None else ("  ok" if med <= target else f"  OVER target {target:.1f} s")
-            print(f"  {name:16s} {med:6.2f} s  [{min(vals):.2f}..{max(vals):.2f}]{verdict}")
+            unit = "MB" if name.endswith("_mb") else "s"
+            verdict = "" if target is None else ("  ok" if med <= target else f"  OVER target {target:.1f} {unit}")
+            print(f"  {name:16s} {med:6.2f} {unit:2s} [{min(vals):.2f}..{max(vals):.2f}]{verdict}")
         if errors:
             print("page errors:", errors[:3])
     finally:

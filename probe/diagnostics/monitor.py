@@ -198,7 +198,7 @@ class Monitor:
         self.vectors_schedule = as_schedule(vectors_every)
         self.quantities: list[Quantity] = list(quantities)
         reserved = set(self.schedules) | {"grad_norm", "gdiff", "capture", "monitor", "flush", "infobatch",
-                                          "samples_seen", "device_timing", "probe"}
+                                          "samples_seen", "device_timing", "probe", "layers"}
         for q in self.quantities:
             if not isinstance(q, Quantity):
                 raise TypeError(f"Invalid quantities entry: {q!r} (must be a probe.Quantity)")
@@ -226,33 +226,15 @@ class Monitor:
         self.disabled: set[str] = set()
         self.steps_closed = 0
 
-        names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
-        # An embedding table is (tokens, features): its output neurons are the columns, and a row is a
-        # token that legitimately stops moving when it is not in the batch (not a frozen neuron).
-        axes = {f"{prefix}.weight" if prefix else "weight": 1
-                for prefix, module in (model.named_modules() if model is not None else [])
-                if isinstance(module, nn.Embedding)}
-        axes.update(neuron_axis or {})
-        self._layers: list[list[Layer]] = []
-        seen: set[int] = set()
-        anonymous = 0
-        for opt in self.optimizers:
-            layers = []
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    if id(p) in seen:
-                        continue
-                    seen.add(id(p))
-                    name = names.get(id(p))
-                    if name is None:
-                        name = f"param{anonymous}"
-                        anonymous += 1
-                    if include is not None and not include(name, p):
-                        continue
-                    if local_shard(p).numel() == 0:  # a DTensor with no rows on this rank: nothing to measure
-                        continue
-                    layers.append(Layer(name, p, axes.get(name, 0)))
-            self._layers.append(layers)
+        self._model = model
+        self._neuron_axis = dict(neuron_axis or {})
+        self._include = include
+        self._anonymous = 0
+        self._skipped: set[int] = set()  # parameters left out by ``include`` (or with no local rows)
+        self._all_layers: list[list[Layer]] = [[] for _ in self.optimizers]  # every parameter stepped
+        self._layers: list[list[Layer]] = [[] for _ in self.optimizers]  # of those, the trainable ones
+        self._groups_seen = -1  # param groups (all optimizers) when the layers were last listed
+        self._discover_layers()
         for q in self.quantities:
             with self._guard(q.name):
                 q.bind(self._layers, self.optimizers)
@@ -286,7 +268,7 @@ class Monitor:
         self._samples_seen = 0
         self._logged_epochs: set[int] = set()
         self._spectra_pool = SpectraPool(spectra_workers)
-        self._cuda_timing = any(layer.param.is_cuda for group in self._layers for layer in group)
+        self._cuda_timing = any(layer.param.is_cuda for group in self._all_layers for layer in group)
         self._device_events: list[tuple[str, Any, Any, float]] = []
         self._warned: set[str] = set()
         self._closure: Callable[[], Any] | None = None  # the closure of the step() whose pre-hook is running
@@ -548,6 +530,64 @@ class Monitor:
                         stack_f32(known) if all(n is not None for n in known) else None,  # type: ignore[arg-type]
                     )
 
+    def _discover_layers(self) -> None:
+        """List the parameters each optimizer steps (again after ``add_param_group``).
+
+        A parameter already listed keeps its :class:`Layer` (and name); a new one is named from the model
+        as it is now (a head added for progressive unfreezing has a name only from then on).
+        """
+        model = self._model
+        names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+        # An embedding table is (tokens, features): its output neurons are the columns, and a row is a
+        # token that legitimately stops moving when it is not in the batch (not a frozen neuron).
+        axes = {f"{prefix}.weight" if prefix else "weight": 1
+                for prefix, module in (model.named_modules() if model is not None else [])
+                if isinstance(module, nn.Embedding)}
+        axes.update(self._neuron_axis)
+        known = {id(layer.param): layer for group in self._all_layers for layer in group}
+        skipped = self._skipped
+        seen: set[int] = set()
+        for i, opt in enumerate(self.optimizers):
+            layers = []
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) in seen or id(p) in skipped:
+                        continue
+                    seen.add(id(p))
+                    if id(p) in known:
+                        layers.append(known[id(p)])
+                        continue
+                    name = names.get(id(p))
+                    if name is None:
+                        name = f"param{self._anonymous}"
+                        self._anonymous += 1
+                    if (self._include is not None and not self._include(name, p)) or local_shard(p).numel() == 0:
+                        skipped.add(id(p))  # filtered out, or a DTensor with no rows on this rank
+                        continue
+                    layers.append(Layer(name, p, axes.get(name, 0)))
+            self._all_layers[i][:] = layers
+        self._groups_seen = sum(len(opt.param_groups) for opt in self.optimizers)
+        for i, layers in enumerate(self._all_layers):
+            self._layers[i][:] = [layer for layer in layers if layer.param.requires_grad]
+
+    def _refresh_layers(self) -> None:
+        """Measure only trainable parameters, and pick up groups added since the last step.
+
+        Called once per training step: a group count and one ``requires_grad`` read per parameter, so a
+        frozen base (LoRA) is never measured and a layer unfrozen later (``requires_grad_()`` or
+        ``add_param_group``, as in progressive unfreezing) is measured from that step on.
+        """
+        if sum(len(opt.param_groups) for opt in self.optimizers) != self._groups_seen:
+            self._discover_layers()
+            for q in self.quantities:
+                with self._guard(q.name):
+                    q.bind(self._layers, self.optimizers)
+            return
+        for all_layers, layers in zip(self._all_layers, self._layers):
+            trainable = [layer for layer in all_layers if layer.param.requires_grad]
+            if len(trainable) != len(layers):  # a subsequence of the same list: same length, same layers
+                layers[:] = trainable
+
     def _within_capture_limit(self, idx: int, layers: list[Layer]) -> list[Layer]:
         """At most ``capture_max_bytes`` of weight copies per step: a rotating window over the layers.
 
@@ -646,6 +686,9 @@ class Monitor:
     # ------------------------------------------------------------------ step bookkeeping
     def _open_step(self) -> None:
         step = self._next_step
+        if "layers" not in self.disabled:
+            with self._guard("layers"):
+                self._refresh_layers()
         self._fixed_now = False
         if self.scalars_schedule(step):  # the fixed part, thinned when it alone exceeds the budget
             self._fixed_waited += 1

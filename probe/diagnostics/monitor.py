@@ -87,7 +87,7 @@ class _OptStep:
     layers: list[Layer] = field(default_factory=list)
     pre: PreStep | None = None
     before: list[Tensor] = field(default_factory=list)
-    grad_nonfinite: Tensor = field(default_factory=lambda: torch.zeros(0))
+    grad_nonfinite: Tensor | None = None
     introspect_prev: bool | None = None
     step: int = 0
     grad_norms: dict[int, Tensor] = field(default_factory=dict)
@@ -206,6 +206,7 @@ class Monitor:
                 raise ValueError(f"Invalid quantities entry: name {q.name!r} is taken (built-in or repeated)")
             self.schedules[q.name] = q.schedule
         self._user = {q.name: q for q in self.quantities}
+        self._closing = [q for q in self.quantities if overrides(q, "at_close")]  # checked once, not per step
         self._order = {n: i for i, n in enumerate(_BUDGETED)}
         self._order.update({q.name: len(_BUDGETED) + q.priority for q in self.quantities})
         self.gdiff_schedule = as_schedule(gdiff_every)
@@ -463,6 +464,10 @@ class Monitor:
         deferred = closure is not None and not getattr(closure, "_optiscope_measured", False)
         state = _OptStep(step=step, grads_read=not deferred)
         self._opt_state[idx] = state
+        if not self._plan:  # most steps: nothing scheduled, at most the grad norms (no copies, no lists)
+            if state.grads_read and self._fixed_now:
+                self._read_gradients(idx, state)
+            return
         # With a closure the gradients are computed inside step(): capture every trainable layer now
         layers = [layer for layer in self._layers[idx]
                   if (layer.param.requires_grad if deferred else layer.param.grad is not None)]
@@ -637,6 +642,10 @@ class Monitor:
             return
         step = self._next_step
         plan = self._plan
+        if not plan and not state.captured and state.introspect_prev is None:
+            if idx == len(self.optimizers) - 1:
+                self._close_step()
+            return
         deltas: dict[int, Tensor] = {}
         with torch.no_grad():
             if state.captured:
@@ -710,14 +719,17 @@ class Monitor:
             self._vectors_pending |= {"spectra", "neuron", "internals"}
         # Most overdue first, in nominal periods (a deferred diagnostic moves up the line), then the fixed
         # priority order; one overdue by 9 periods more runs whatever the budget (at least 1 run per 10).
-        waited = {n: (step - since) / self._periods[n] for n, since in self._pending.items() if n not in self.disabled}
-        due = sorted(waited, key=lambda n: (-waited[n], self._order[n]))
-        forced = [n for n in due if waited[n] >= MAX_THINNING - 1]
-        self._plan = self.budget.select(due, forced)
-        for name in self._plan:
-            del self._pending[name]
-        self._vectors_now = self._vectors_pending & self._plan
-        self._vectors_pending -= self._vectors_now
+        if self._pending:
+            waited = {n: (step - since) / self._periods[n] for n, since in self._pending.items()
+                      if n not in self.disabled}
+            due = sorted(waited, key=lambda n: (-waited[n], self._order[n]))
+            forced = [n for n in due if waited[n] >= MAX_THINNING - 1]
+            self._plan = self.budget.select(due, forced)
+            for name in self._plan:
+                del self._pending[name]
+            if self._vectors_pending:
+                self._vectors_now = self._vectors_pending & self._plan
+                self._vectors_pending -= self._vectors_now
         self._open = True
 
     def _close_step(self) -> None:
@@ -744,21 +756,24 @@ class Monitor:
         if self._step_grad_norms:  # √Σ‖gᵢ‖² from the per-layer norms once they are floats: no device work
             self._grad_norm_steps.append(step)
         self._step_grad_norms = False
-        with self._guard("samples_seen"):
-            if self.infobatch is not None:
-                self._buffer.add_host(step, "samples_seen", float(self.infobatch.samples_seen))
-            elif self.batch_size is not None:
-                self._samples_seen += self.batch_size
-                self._buffer.add_host(step, "samples_seen", float(self._samples_seen))
-        for q in self.quantities:
-            if q.name not in self.disabled and overrides(q, "at_close"):
+        if self.infobatch is not None or self.batch_size is not None:
+            with self._guard("samples_seen"):
+                if self.infobatch is not None:
+                    self._buffer.add_host(step, "samples_seen", float(self.infobatch.samples_seen))
+                else:
+                    self._samples_seen += self.batch_size  # type: ignore[operator]
+                    self._buffer.add_host(step, "samples_seen", float(self._samples_seen))
+        for q in self._closing:
+            if q.name not in self.disabled:
                 self._records.step = step
                 with self._guard(q.name):
                     q.at_close(step, self._records)
         self._open = False
         self._stepped.clear()
-        self._plan = set()
-        self._vectors_now = set()
+        if self._plan:
+            self._plan = set()
+        if self._vectors_now:
+            self._vectors_now = set()
         self._next_step += 1
         self.steps_closed += 1
         self._steps_in_buffer += 1
@@ -779,7 +794,8 @@ class Monitor:
         wn = stack_f32(torch._foreach_norm(state.before))  # type: ignore[misc]
         self._add_record(step, [f"update_ratio/{layer.name}" for layer in layers], dn / wn)
         counts = nonfinite_counts(d, dn)
-        if state.grad_nonfinite.shape == counts.shape:  # absent when a closure left a captured layer gradient-less
+        if state.grad_nonfinite is not None and state.grad_nonfinite.shape == counts.shape:
+            # absent when a closure left a captured layer gradient-less
             counts = counts + state.grad_nonfinite
         self._add_record(step, [f"nonfinite/{layer.name}" for layer in layers], counts)
 

@@ -56,6 +56,7 @@ from probe.diagnostics.interval import IntervalBuffer
 from probe.diagnostics.layers import Layer
 from probe.diagnostics.measures import (
     as_matrix,
+    clone_all,
     local_shard,
     nonfinite_counts,
     orthogonality_error,
@@ -222,6 +223,7 @@ class Monitor:
         self.fisher_factors = fisher_factors
         self.capture_max_bytes = capture_max_bytes
         self._capture_cursor: dict[int, int] = {}
+        self._all_captured: dict[int, int] = {}  # optimizer -> its layer count, once a copy of all of them fits
         self.seed = seed
         self.errors: dict[str, int] = {}
         self.disabled: set[str] = set()
@@ -490,7 +492,7 @@ class Monitor:
                 t = time.perf_counter()
                 with self._guard("capture"):
                     tensors = [layer.weight() for layer in captured]
-                    state.before = torch._foreach_mul(tensors, 1.0)  # one batched clone
+                    state.before = clone_all(tensors)
                     state.captured = captured
                 owner = next((n for n in ("update", "neuron", "spectra") if n in plan), "update")
                 self._costs[owner] = self._costs.get(owner, 0.0) + time.perf_counter() - t
@@ -571,6 +573,7 @@ class Monitor:
                         continue
                     layers.append(Layer(name, p, axes.get(name, 0)))
             self._all_layers[i][:] = layers
+        self._all_captured.clear()  # new layers: sizes to check again
         self._groups_seen = sum(len(opt.param_groups) for opt in self.optimizers)
         for i, layers in enumerate(self._all_layers):
             self._layers[i][:] = [layer for layer in layers if layer.param.requires_grad]
@@ -603,8 +606,12 @@ class Monitor:
         limit = self.capture_max_bytes
         if limit is None or not layers:
             return layers
+        if len(layers) == self._all_captured.get(idx):  # the common case: every layer, already known to fit
+            return layers
         sizes = [layer.weight().numel() * layer.param.element_size() for layer in layers]
         if sum(sizes) <= limit:
+            if len(layers) == len(self._all_layers[idx]):
+                self._all_captured[idx] = len(layers)
             return layers
         start = self._capture_cursor.get(idx, 0) % len(layers)
         chosen: list[Layer] = []
@@ -730,6 +737,10 @@ class Monitor:
             if self._vectors_pending:
                 self._vectors_now = self._vectors_pending & self._plan
                 self._vectors_pending -= self._vectors_now
+            if "update" in self._plan and self.scalars_schedule(step):
+                # The gradients' non-finite check reuses their norms (a finite norm: no NaN/inf to count),
+                # two passes over every gradient fewer than counting without them.
+                self._fixed_now = True
         self._open = True
 
     def _close_step(self) -> None:
@@ -790,8 +801,8 @@ class Monitor:
     def _measure_update(self, step: int, state: _OptStep, deltas: dict[int, Tensor]) -> None:
         layers = state.captured
         d = [deltas[id(layer.param)] for layer in layers]
-        dn = stack_f32(torch._foreach_norm(d))  # type: ignore[misc]
-        wn = stack_f32(torch._foreach_norm(state.before))  # type: ignore[misc]
+        norms = stack_f32(torch._foreach_norm([*d, *state.before]))  # type: ignore[misc]  # one kernel, one stack
+        dn, wn = norms[:len(d)], norms[len(d):]
         self._add_record(step, [f"update_ratio/{layer.name}" for layer in layers], dn / wn)
         counts = nonfinite_counts(d, dn)
         if state.grad_nonfinite is not None and state.grad_nonfinite.shape == counts.shape:

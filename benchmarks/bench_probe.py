@@ -171,6 +171,8 @@ def main() -> None:
                         help="steps of the benchmark GPT's points-delivered run (0.4 s a step on the loaded 2-core host)")
     parser.add_argument("--figures-only", action="store_true",
                         help="only the figures table's MLP, alert and spectra-kernel rows (no GPT runs)")
+    parser.add_argument("--fixed-cost", action="store_true",
+                        help="only the 64-wide MLP's per-step probe time: hooks alone, grad norms, defaults")
     parser.add_argument("--machine", default="CPU, 2 cores shared with other sessions (loaded)",
                         help="what the figures table says about the machine")
     args = parser.parse_args()
@@ -183,6 +185,9 @@ def main() -> None:
     if args.batch:
         cfg = dataclasses.replace(cfg, batch=args.batch)
     steps = args.steps or (50 if device.type == "cuda" else 20)
+    if args.fixed_cost:
+        figures.fixed_cost()
+        return
     if args.figures_only:
         figures.print_table(figures.non_gpt_rows(args.points_steps, t_start),
                             f"{args.machine}; device={device.type}, threads={torch.get_num_threads()}")

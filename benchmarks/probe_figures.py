@@ -96,6 +96,25 @@ def mlp64_default(steps: int) -> list[Row]:
     ]
 
 
+def fixed_cost(steps: int = 2000) -> None:
+    """Print the 64-wide MLP's training-thread probe time per step for the hooks alone (nothing
+    scheduled), grad norms alone, and the defaults, interleaved with a no-probe baseline in one run."""
+    none: dict[str, Any] = dict(scalars_every=None, update_every=None, neuron_every=None, spectra_every=None,
+                                internals_every=None, vectors_every=None)
+    variants = {"hooks only (nothing scheduled)": none, "grad norms every step": {**none, "scalars_every": 1},
+                "default settings": {}}
+    trainers = {name: _Trainer((32, 64, 64, 10), 64, options) for name, options in variants.items()}
+    base = _Trainer((32, 64, 64, 10), 64, None)
+    _interleaved([base, *trainers.values()], steps)
+    b = statistics.median(base.times)
+    print(f"64-wide MLP, batch 64, {torch.get_num_threads()} thread(s): no-probe step {b * 1e3:.3f} ms")
+    for name, t in trainers.items():
+        assert t.monitor is not None
+        probe_ms = 1e3 * t.monitor.budget.probe_total / max(t.monitor.steps_closed, 1)
+        t.monitor.detach()
+        print(f"  {name:<32} probe {probe_ms:.3f} ms/step, step ratio {statistics.median(t.times) / b:.3f}×")
+
+
 def points_delivered(name: str, trainer_step: Any, monitor: Any, run: CountingRun, steps: int,
                      nominal: Mapping[str, int]) -> Row:
     """Worst share of nominal points over every per-layer key of the enabled quantities."""

@@ -99,6 +99,10 @@ class _OptStep:
 class Monitor:
     """Per-layer optimizer diagnostics on a cadence, within an overhead budget. Build it with :func:`attach`.
 
+    What is measured: the parameters the optimizers step that are trainable (``requires_grad``) at that
+    step, so a frozen base (LoRA) is never measured, and a group added later with ``add_param_group`` or
+    a parameter unfrozen later (progressive unfreezing) is measured from its first step on.
+
     Args:
         model: the model, for parameter names (``named_parameters``); ``None`` names them ``param<i>``.
         optimizers: one optimizer or several stepped in the same training step.

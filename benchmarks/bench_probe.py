@@ -13,13 +13,13 @@ Targets (DESIGN.md): default cadence ≤ 1.03×, everything every step ≤ 1.5×
 wandb.watch(log="all"): 2.6×); run.log() ≤ 20 µs.
 
 It ends with the probe-budget issue's figures table (``probe_figures.py``): the GPT ratios above, points
-delivered per quantity at default settings (64-wide MLP over ``--points-steps``, the GPT over a third of
-it), the 64-wide MLP's default overhead and training-thread probe time, the overhead alert raised and
-absent, the spectra kernel against ``torch.linalg.svdvals``, and MLP 784-512-512-512-10 against
-``wandb.watch`` when wandb is installed — each with its target and met / NOT MET. ``--figures-only``
-prints only the rows that need no GPT run. Run time depends on the host's load: on the 2-core
-development machine at load 9-13 even ``--rounds 1 --steps 20 --points-steps 600`` did not finish in
-10 minutes (a no-probe GPT step took 366 ms there, 40 ms on a quiet day).
+delivered per quantity at default settings (64-wide MLP over ``--points-steps``, the GPT over
+``--gpt-points-steps``), the 64-wide MLP's default overhead and training-thread probe time, the overhead
+alert raised and absent, the spectra kernel against ``torch.linalg.svdvals``, ``thread_limit`` with and
+without, and MLP 784-512-512-512-10 against ``wandb.watch`` when wandb is installed — each with its target
+and met / NOT MET; progress lines say how far it got. ``--figures-only`` prints only the rows that need no
+GPT run. On the loaded 2-core development machine use ``--threads 1``: at load 10-14, two OpenMP threads
+on two busy cores made a no-probe GPT step 6.4 s instead of 0.4 s (spin barriers with a preempted thread).
 """
 
 from __future__ import annotations
@@ -166,12 +166,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None,
                         help="sequences per step (the probe's cost per step does not grow with it)")
     parser.add_argument("--points-steps", type=int, default=3000,
-                        help="steps of the points-delivered runs (64-wide MLP; the GPT runs a third of it)")
+                        help="steps of the 64-wide MLP's points-delivered run")
+    parser.add_argument("--gpt-points-steps", type=int, default=300,
+                        help="steps of the benchmark GPT's points-delivered run (0.4 s a step on the loaded 2-core host)")
     parser.add_argument("--figures-only", action="store_true",
                         help="only the figures table's MLP, alert and spectra-kernel rows (no GPT runs)")
+    parser.add_argument("--fixed-cost", action="store_true",
+                        help="only the 64-wide MLP's per-step probe time: hooks alone, grad norms, defaults")
     parser.add_argument("--machine", default="CPU, 2 cores shared with other sessions (loaded)",
                         help="what the figures table says about the machine")
     args = parser.parse_args()
+    t_start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -179,12 +184,15 @@ def main() -> None:
     cfg = SIZES[size]
     if args.batch:
         cfg = dataclasses.replace(cfg, batch=args.batch)
-    steps = args.steps or (50 if device.type == "cuda" else 40)
+    steps = args.steps or (50 if device.type == "cuda" else 20)
+    if args.fixed_cost:
+        figures.fixed_cost()
+        return
     if args.figures_only:
-        figures.print_table(figures.non_gpt_rows(args.points_steps),
+        figures.print_table(figures.non_gpt_rows(args.points_steps, t_start),
                             f"{args.machine}; device={device.type}, threads={torch.get_num_threads()}")
         return
-    rounds = args.rounds or (6 if device.type == "cuda" else 8)
+    rounds = args.rounds or (6 if device.type == "cuda" else 3)
 
     with tempfile.TemporaryDirectory() as home:
         os.environ["OPTISCOPE_HOME"] = home
@@ -216,6 +224,7 @@ def main() -> None:
         for s in setups:
             if s.monitor is not None:
                 s.monitor.detach()
+        figures.stage("benchmark GPT side by side", t_start)
         lat_run = probe.init(project="bench", name="latency", mode="offline")
         p50, p99 = log_latency(lat_run)
         for run in (*runs.values(), lat_run):
@@ -254,13 +263,15 @@ def main() -> None:
          default_ratio <= 1.03),
         ("every diagnostic every step, benchmark GPT", f"{full_ratio:.3f}×", "≤ 1.5×", full_ratio <= 1.5),
     ]
-    gpt_steps = max(args.points_steps // 3, 1)
+    gpt_steps = max(args.gpt_points_steps, 1)
     sink = figures.CountingRun()
     g = build("points", cfg, args.optimizer, device, sink, {})
     rows.append(figures.points_delivered("benchmark GPT", lambda: run_step(g, data, 0, device, False), g.monitor,
                                          sink, gpt_steps, figures.NOMINAL))
-    rows += figures.non_gpt_rows(args.points_steps)
-    figures.print_table(rows, f"{args.machine}; device={device.type}, threads={torch.get_num_threads()}")
+    figures.stage("benchmark GPT points delivered", t_start)
+    rows += figures.non_gpt_rows(args.points_steps, t_start)
+    figures.print_table(rows, f"{args.machine}; device={device.type}, threads={torch.get_num_threads()}; "
+                              f"whole run {time.perf_counter() - t_start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,25 @@ def mlp64_default(steps: int) -> list[Row]:
     ]
 
 
+def fixed_cost(steps: int = 2000) -> None:
+    """Print the 64-wide MLP's training-thread probe time per step for the hooks alone (nothing
+    scheduled), grad norms alone, and the defaults, interleaved with a no-probe baseline in one run."""
+    none: dict[str, Any] = dict(scalars_every=None, update_every=None, neuron_every=None, spectra_every=None,
+                                internals_every=None, vectors_every=None)
+    variants = {"hooks only (nothing scheduled)": none, "grad norms every step": {**none, "scalars_every": 1},
+                "default settings": {}}
+    trainers = {name: _Trainer((32, 64, 64, 10), 64, options) for name, options in variants.items()}
+    base = _Trainer((32, 64, 64, 10), 64, None)
+    _interleaved([base, *trainers.values()], steps)
+    b = statistics.median(base.times)
+    print(f"64-wide MLP, batch 64, {torch.get_num_threads()} thread(s): no-probe step {b * 1e3:.3f} ms")
+    for name, t in trainers.items():
+        assert t.monitor is not None
+        probe_ms = 1e3 * t.monitor.budget.probe_total / max(t.monitor.steps_closed, 1)
+        t.monitor.detach()
+        print(f"  {name:<32} probe {probe_ms:.3f} ms/step, step ratio {statistics.median(t.times) / b:.3f}×")
+
+
 def points_delivered(name: str, trainer_step: Any, monitor: Any, run: CountingRun, steps: int,
                      nominal: Mapping[str, int]) -> Row:
     """Worst share of nominal points over every per-layer key of the enabled quantities."""
@@ -162,21 +181,75 @@ def spectra_kernel(repeats: int = 5) -> list[Row]:
     return rows
 
 
+def thread_limit_rows(repeats: int = 5) -> list[Row]:
+    """Does ``thread_limit`` pay for itself? The spectra of the benchmark GPT's 38 W/ΔW matrices through
+    the pool: single-threaded workers (``thread_limit``, the default) against the calling thread alone,
+    once with torch's threads as they are and once inside ``torch.set_num_threads(1)`` (the simplest
+    replacement), interleaved in one run."""
+    from probe.diagnostics import thread_limit
+    from probe.diagnostics.spectra_pool import SpectraPool, SpectrumRequest
+
+    case = "thread_limit: spectra of the GPT's 38 matrices, workers vs"
+    before = torch.get_num_threads()
+    threads = min(os.cpu_count() or 1, 8)  # the cores, whatever --threads the GPT rows ran with
+    if threads < 2 or not thread_limit.available():
+        return [(case + " calling thread", f"not measured: {threads} torch thread(s), "
+                 f"thread_limit available {thread_limit.available()} (the pool starts no worker)", "report", None)]
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(384, 128), (128, 128), (512, 128), (128, 512)] * 8 + [(512, 128)] * 6
+    requests = [SpectrumRequest(torch.randn(*s, generator=gen), full_max_dim=1024, top_k=32, seed=i)
+                for i, s in enumerate(shapes)]
+    workers, alone = SpectraPool(threads), SpectraPool(1)
+    times: dict[str, list[float]] = {"workers": [], "alone": [], "set_num_threads(1)": []}
+
+    def one_thread() -> None:
+        torch.set_num_threads(1)
+        try:
+            alone.compute(requests)
+        finally:
+            torch.set_num_threads(threads)
+
+    torch.set_num_threads(threads)
+    try:
+        workers.compute(requests)
+        alone.compute(requests)
+        for _ in range(repeats):
+            times["workers"].append(_timed(lambda: workers.compute(requests)))
+            times["alone"].append(_timed(lambda: alone.compute(requests)))
+            times["set_num_threads(1)"].append(_timed(one_thread))
+    finally:
+        workers.close()
+        torch.set_num_threads(before)
+    w, a, o = (statistics.median(times[k]) for k in ("workers", "alone", "set_num_threads(1)"))
+    return [
+        (case + f" calling thread ({threads} torch threads)", f"{w * 1e3:.0f} vs {a * 1e3:.0f} ms: {a / w:.2f}×",
+         "> 1× to keep it", a / w > 1.0),
+        (case + " calling thread in set_num_threads(1)", f"{w * 1e3:.0f} vs {o * 1e3:.0f} ms: {o / w:.2f}×",
+         "> 1× to keep it", o / w > 1.0),
+    ]
+
+
 def _timed(fn: Any) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
 
 
+WIDE_EVERY = dict(scalars_every=1, update_every=1, neuron_every=1, spectra_every=1, vectors_every=1,
+                  internals_every=1, budget=None, svd_full_max=256, svd_top_k=16)
+"""Everything every step on the wide MLP: spectra of matrices wider than 256 as randomized top-16 (the
+exact spectra of a 512-wide matrix every step cost more than the step; see the README's attach options)."""
+
+
 def wandb_row(steps: int = 30) -> Row:
-    case = "everything every step, MLP 784-512-512-512-10, vs wandb.watch(log='all', log_freq=1)"
+    case = ("everything every step (top-16 spectra above 256 wide), MLP 784-512-512-512-10, "
+            "vs wandb.watch(log='all', log_freq=1)")
     try:
         import wandb
     except ImportError:
         return (case, "skipped: wandb is not installed", "below wandb.watch", None)
     widths = (784, 512, 512, 512, 10)
-    every = dict(scalars_every=1, update_every=1, neuron_every=1, spectra_every=1, vectors_every=1,
-                 internals_every=1, budget=None)
+    every = WIDE_EVERY
     with tempfile.TemporaryDirectory() as home:
         os.environ["WANDB_MODE"] = "offline"
         os.environ["WANDB_DIR"] = home
@@ -203,13 +276,26 @@ def wandb_row(steps: int = 30) -> Row:
     return (case, f"ours {o:.2f}× vs wandb {w:.2f}×", "below wandb.watch", o < w)
 
 
-def non_gpt_rows(points_steps: int) -> list[Row]:
+def stage(name: str, t0: float) -> None:
+    """A progress line (flushed: the table comes only at the end of a run of several minutes)."""
+    print(f"[{time.perf_counter() - t0:6.0f} s] {name}", flush=True)
+
+
+def non_gpt_rows(points_steps: int, t0: float | None = None) -> list[Row]:
     """Every row that needs no GPT: the 64-wide MLP's, the alert's, the spectra kernel's, wandb's."""
+    t0 = time.perf_counter() if t0 is None else t0
     rows = mlp64_default(max(points_steps // 3, 200))
+    stage("64-wide MLP default overhead", t0)
     rows.append(mlp64_points(points_steps))
+    stage("64-wide MLP points delivered", t0)
     rows += alert_rows()
+    stage("overhead alert", t0)
     rows += spectra_kernel()
+    stage("spectra kernel", t0)
+    rows += thread_limit_rows()
+    stage("thread_limit with and without", t0)
     rows.append(wandb_row())
+    stage("wandb.watch side by side", t0)
     return rows
 
 

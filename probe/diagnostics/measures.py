@@ -6,6 +6,8 @@ without a device→host synchronization; the Monitor copies their results to the
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 
 import torch
@@ -103,7 +105,9 @@ def nonfinite_counts(tensors: Sequence[Tensor], norms: Tensor | None = None) -> 
     """
     if not tensors:
         return torch.zeros(0)
-    if norms is not None and norms.device.type == "cpu" and bool(torch.isfinite(norms).all()):
+    # Σ of non-negative norms is finite iff each is (NaN and inf propagate); summed as a NumPy view of
+    # the CPU tensor it costs a fraction of isfinite().all() (three tensor ops and a host read).
+    if norms is not None and norms.device.type == "cpu" and math.isfinite(norms.detach().numpy().sum()):
         return torch.zeros(len(tensors))
     return stack_f32(torch._foreach_norm(torch._foreach_mul(list(tensors), 0.0), 0))
 
@@ -125,6 +129,14 @@ def global_norm(norms: Sequence[Tensor]) -> Tensor:
     if not norms:
         return torch.zeros(())
     return torch.stack([n.float() for n in norms]).square().sum().sqrt()
+
+
+def clone_all(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Copies of ``tensors``: one batched kernel on a GPU (one launch instead of one per tensor), plain
+    clones on the CPU, where ``_foreach_mul(t, 1.0)`` has no fused kernel and costs twice the clones."""
+    if tensors and tensors[0].device.type != "cpu":
+        return list(torch._foreach_mul(list(tensors), 1.0))
+    return [t.clone() for t in tensors]
 
 
 def stack_f32(values: Sequence[Tensor]) -> Tensor:

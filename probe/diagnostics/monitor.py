@@ -56,6 +56,7 @@ from probe.diagnostics.interval import IntervalBuffer
 from probe.diagnostics.layers import Layer
 from probe.diagnostics.measures import (
     as_matrix,
+    clone_all,
     local_shard,
     nonfinite_counts,
     orthogonality_error,
@@ -88,7 +89,7 @@ class _OptStep:
     layers: list[Layer] = field(default_factory=list)
     pre: PreStep | None = None
     before: list[Tensor] = field(default_factory=list)
-    grad_nonfinite: Tensor = field(default_factory=lambda: torch.zeros(0))
+    grad_nonfinite: Tensor | None = None
     introspect_prev: bool | None = None
     step: int = 0
     grad_norms: dict[int, Tensor] = field(default_factory=dict)
@@ -98,6 +99,10 @@ class _OptStep:
 
 class Monitor:
     """Per-layer optimizer diagnostics on a cadence, within an overhead budget. Build it with :func:`attach`.
+
+    What is measured: the parameters the optimizers step that are trainable (``requires_grad``) at that
+    step, so a frozen base (LoRA) is never measured, and a group added later with ``add_param_group`` or
+    a parameter unfrozen later (progressive unfreezing) is measured from its first step on.
 
     Args:
         model: the model, for parameter names (``named_parameters``); ``None`` names them ``param<i>``.
@@ -199,7 +204,7 @@ class Monitor:
         self.vectors_schedule = as_schedule(vectors_every)
         self.quantities: list[Quantity] = list(quantities)
         reserved = set(self.schedules) | {"grad_norm", "gdiff", "capture", "monitor", "flush", "infobatch",
-                                          "samples_seen", "device_timing", "probe"}
+                                          "samples_seen", "device_timing", "probe", "layers"}
         for q in self.quantities:
             if not isinstance(q, Quantity):
                 raise TypeError(f"Invalid quantities entry: {q!r} (must be a probe.Quantity)")
@@ -207,6 +212,7 @@ class Monitor:
                 raise ValueError(f"Invalid quantities entry: name {q.name!r} is taken (built-in or repeated)")
             self.schedules[q.name] = q.schedule
         self._user = {q.name: q for q in self.quantities}
+        self._closing = [q for q in self.quantities if overrides(q, "at_close")]  # checked once, not per step
         self._order = {n: i for i, n in enumerate(_BUDGETED)}
         self._order.update({q.name: len(_BUDGETED) + q.priority for q in self.quantities})
         self.gdiff_schedule = as_schedule(gdiff_every)
@@ -222,38 +228,21 @@ class Monitor:
         self.fisher_factors = fisher_factors
         self.capture_max_bytes = capture_max_bytes
         self._capture_cursor: dict[int, int] = {}
+        self._all_captured: dict[int, int] = {}  # optimizer -> its layer count, once a copy of all of them fits
         self.seed = seed
         self.errors: dict[str, int] = {}
         self.disabled: set[str] = set()
         self.steps_closed = 0
 
-        names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
-        # An embedding table is (tokens, features): its output neurons are the columns, and a row is a
-        # token that legitimately stops moving when it is not in the batch (not a frozen neuron).
-        axes = {f"{prefix}.weight" if prefix else "weight": 1
-                for prefix, module in (model.named_modules() if model is not None else [])
-                if isinstance(module, nn.Embedding)}
-        axes.update(neuron_axis or {})
-        self._layers: list[list[Layer]] = []
-        seen: set[int] = set()
-        anonymous = 0
-        for opt in self.optimizers:
-            layers = []
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    if id(p) in seen:
-                        continue
-                    seen.add(id(p))
-                    name = names.get(id(p))
-                    if name is None:
-                        name = f"param{anonymous}"
-                        anonymous += 1
-                    if include is not None and not include(name, p):
-                        continue
-                    if local_shard(p).numel() == 0:  # a DTensor with no rows on this rank: nothing to measure
-                        continue
-                    layers.append(Layer(name, p, axes.get(name, 0)))
-            self._layers.append(layers)
+        self._model = model
+        self._neuron_axis = dict(neuron_axis or {})
+        self._include = include
+        self._anonymous = 0
+        self._skipped: set[int] = set()  # parameters left out by ``include`` (or with no local rows)
+        self._all_layers: list[list[Layer]] = [[] for _ in self.optimizers]  # every parameter stepped
+        self._layers: list[list[Layer]] = [[] for _ in self.optimizers]  # of those, the trainable ones
+        self._groups_seen = -1  # param groups (all optimizers) when the layers were last listed
+        self._discover_layers()
         for q in self.quantities:
             with self._guard(q.name):
                 q.bind(self._layers, self.optimizers)
@@ -287,7 +276,7 @@ class Monitor:
         self._samples_seen = 0
         self._logged_epochs: set[int] = set()
         self._spectra_pool = SpectraPool(spectra_workers)
-        self._cuda_timing = any(layer.param.is_cuda for group in self._layers for layer in group)
+        self._cuda_timing = any(layer.param.is_cuda for group in self._all_layers for layer in group)
         self._device_events: list[tuple[str, Any, Any, float]] = []
         self._warned: set[str] = set()
         self._closure: Callable[[], Any] | None = None  # the closure of the step() whose pre-hook is running
@@ -482,6 +471,10 @@ class Monitor:
         deferred = closure is not None and not getattr(closure, "_optiscope_measured", False)
         state = _OptStep(step=step, grads_read=not deferred)
         self._opt_state[idx] = state
+        if not self._plan:  # most steps: nothing scheduled, at most the grad norms (no copies, no lists)
+            if state.grads_read and self._fixed_now:
+                self._read_gradients(idx, state)
+            return
         # With a closure the gradients are computed inside step(): capture every trainable layer now
         layers = [layer for layer in self._layers[idx]
                   if (layer.param.requires_grad if deferred else layer.param.grad is not None)]
@@ -504,7 +497,7 @@ class Monitor:
                 t = time.perf_counter()
                 with self._guard("capture"):
                     tensors = [layer.weight() for layer in captured]
-                    state.before = torch._foreach_mul(tensors, 1.0)  # one batched clone
+                    state.before = clone_all(tensors)
                     state.captured = captured
                 owner = next((n for n in ("update", "neuron", "spectra") if n in plan), "update")
                 self._costs[owner] = self._costs.get(owner, 0.0) + time.perf_counter() - t
@@ -561,6 +554,65 @@ class Monitor:
                         stack_f32(known) if all(n is not None for n in known) else None,  # type: ignore[arg-type]
                     )
 
+    def _discover_layers(self) -> None:
+        """List the parameters each optimizer steps (again after ``add_param_group``).
+
+        A parameter already listed keeps its :class:`Layer` (and name); a new one is named from the model
+        as it is now (a head added for progressive unfreezing has a name only from then on).
+        """
+        model = self._model
+        names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+        # An embedding table is (tokens, features): its output neurons are the columns, and a row is a
+        # token that legitimately stops moving when it is not in the batch (not a frozen neuron).
+        axes = {f"{prefix}.weight" if prefix else "weight": 1
+                for prefix, module in (model.named_modules() if model is not None else [])
+                if isinstance(module, nn.Embedding)}
+        axes.update(self._neuron_axis)
+        known = {id(layer.param): layer for group in self._all_layers for layer in group}
+        skipped = self._skipped
+        seen: set[int] = set()
+        for i, opt in enumerate(self.optimizers):
+            layers = []
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) in seen or id(p) in skipped:
+                        continue
+                    seen.add(id(p))
+                    if id(p) in known:
+                        layers.append(known[id(p)])
+                        continue
+                    name = names.get(id(p))
+                    if name is None:
+                        name = f"param{self._anonymous}"
+                        self._anonymous += 1
+                    if (self._include is not None and not self._include(name, p)) or local_shard(p).numel() == 0:
+                        skipped.add(id(p))  # filtered out, or a DTensor with no rows on this rank
+                        continue
+                    layers.append(Layer(name, p, axes.get(name, 0)))
+            self._all_layers[i][:] = layers
+        self._all_captured.clear()  # new layers: sizes to check again
+        self._groups_seen = sum(len(opt.param_groups) for opt in self.optimizers)
+        for i, layers in enumerate(self._all_layers):
+            self._layers[i][:] = [layer for layer in layers if layer.param.requires_grad]
+
+    def _refresh_layers(self) -> None:
+        """Measure only trainable parameters, and pick up groups added since the last step.
+
+        Called once per training step: a group count and one ``requires_grad`` read per parameter, so a
+        frozen base (LoRA) is never measured and a layer unfrozen later (``requires_grad_()`` or
+        ``add_param_group``, as in progressive unfreezing) is measured from that step on.
+        """
+        if sum(len(opt.param_groups) for opt in self.optimizers) != self._groups_seen:
+            self._discover_layers()
+            for q in self.quantities:
+                with self._guard(q.name):
+                    q.bind(self._layers, self.optimizers)
+            return
+        for all_layers, layers in zip(self._all_layers, self._layers):
+            trainable = [layer for layer in all_layers if layer.param.requires_grad]
+            if len(trainable) != len(layers):  # a subsequence of the same list: same length, same layers
+                layers[:] = trainable
+
     def _within_capture_limit(self, idx: int, layers: list[Layer]) -> list[Layer]:
         """At most ``capture_max_bytes`` of weight copies per step: a rotating window over the layers.
 
@@ -571,8 +623,12 @@ class Monitor:
         limit = self.capture_max_bytes
         if limit is None or not layers:
             return layers
+        if len(layers) == self._all_captured.get(idx):  # the common case: every layer, already known to fit
+            return layers
         sizes = [layer.weight().numel() * layer.param.element_size() for layer in layers]
         if sum(sizes) <= limit:
+            if len(layers) == len(self._all_layers[idx]):
+                self._all_captured[idx] = len(layers)
             return layers
         start = self._capture_cursor.get(idx, 0) % len(layers)
         chosen: list[Layer] = []
@@ -610,6 +666,10 @@ class Monitor:
             return
         step = self._next_step
         plan = self._plan
+        if not plan and not state.captured and state.introspect_prev is None:
+            if idx == len(self.optimizers) - 1:
+                self._close_step()
+            return
         deltas: dict[int, Tensor] = {}
         with torch.no_grad():
             if state.captured:
@@ -659,6 +719,9 @@ class Monitor:
     # ------------------------------------------------------------------ step bookkeeping
     def _open_step(self) -> None:
         step = self._next_step
+        if "layers" not in self.disabled:
+            with self._guard("layers"):
+                self._refresh_layers()
         self._fixed_now = False
         if self.scalars_schedule(step):  # the fixed part, thinned when it alone exceeds the budget
             self._fixed_waited += 1
@@ -680,14 +743,21 @@ class Monitor:
             self._vectors_pending |= {"spectra", "neuron", "internals"}
         # Most overdue first, in nominal periods (a deferred diagnostic moves up the line), then the fixed
         # priority order; one overdue by 9 periods more runs whatever the budget (at least 1 run per 10).
-        waited = {n: (step - since) / self._periods[n] for n, since in self._pending.items() if n not in self.disabled}
-        due = sorted(waited, key=lambda n: (-waited[n], self._order[n]))
-        forced = [n for n in due if waited[n] >= MAX_THINNING - 1]
-        self._plan = self.budget.select(due, forced)
-        for name in self._plan:
-            del self._pending[name]
-        self._vectors_now = self._vectors_pending & self._plan
-        self._vectors_pending -= self._vectors_now
+        if self._pending:
+            waited = {n: (step - since) / self._periods[n] for n, since in self._pending.items()
+                      if n not in self.disabled}
+            due = sorted(waited, key=lambda n: (-waited[n], self._order[n]))
+            forced = [n for n in due if waited[n] >= MAX_THINNING - 1]
+            self._plan = self.budget.select(due, forced)
+            for name in self._plan:
+                del self._pending[name]
+            if self._vectors_pending:
+                self._vectors_now = self._vectors_pending & self._plan
+                self._vectors_pending -= self._vectors_now
+            if "update" in self._plan and self.scalars_schedule(step):
+                # The gradients' non-finite check reuses their norms (a finite norm: no NaN/inf to count),
+                # two passes over every gradient fewer than counting without them.
+                self._fixed_now = True
         self._open = True
 
     def _close_step(self) -> None:
@@ -714,21 +784,24 @@ class Monitor:
         if self._step_grad_norms:  # √Σ‖gᵢ‖² from the per-layer norms once they are floats: no device work
             self._grad_norm_steps.append(step)
         self._step_grad_norms = False
-        with self._guard("samples_seen"):
-            if self.infobatch is not None:
-                self._buffer.add_host(step, "samples_seen", float(self.infobatch.samples_seen))
-            elif self.batch_size is not None:
-                self._samples_seen += self.batch_size
-                self._buffer.add_host(step, "samples_seen", float(self._samples_seen))
-        for q in self.quantities:
-            if q.name not in self.disabled and overrides(q, "at_close"):
+        if self.infobatch is not None or self.batch_size is not None:
+            with self._guard("samples_seen"):
+                if self.infobatch is not None:
+                    self._buffer.add_host(step, "samples_seen", float(self.infobatch.samples_seen))
+                else:
+                    self._samples_seen += self.batch_size  # type: ignore[operator]
+                    self._buffer.add_host(step, "samples_seen", float(self._samples_seen))
+        for q in self._closing:
+            if q.name not in self.disabled:
                 self._records.step = step
                 with self._guard(q.name):
                     q.at_close(step, self._records)
         self._open = False
         self._stepped.clear()
-        self._plan = set()
-        self._vectors_now = set()
+        if self._plan:
+            self._plan = set()
+        if self._vectors_now:
+            self._vectors_now = set()
         self._next_step += 1
         self.steps_closed += 1
         self._steps_in_buffer += 1
@@ -745,11 +818,12 @@ class Monitor:
     def _measure_update(self, step: int, state: _OptStep, deltas: dict[int, Tensor]) -> None:
         layers = state.captured
         d = [deltas[id(layer.param)] for layer in layers]
-        dn = stack_f32(torch._foreach_norm(d))  # type: ignore[misc]
-        wn = stack_f32(torch._foreach_norm(state.before))  # type: ignore[misc]
+        norms = stack_f32(torch._foreach_norm([*d, *state.before]))  # type: ignore[misc]  # one kernel, one stack
+        dn, wn = norms[:len(d)], norms[len(d):]
         self._add_record(step, [f"update_ratio/{layer.name}" for layer in layers], dn / wn)
         counts = nonfinite_counts(d, dn)
-        if state.grad_nonfinite.shape == counts.shape:  # absent when a closure left a captured layer gradient-less
+        if state.grad_nonfinite is not None and state.grad_nonfinite.shape == counts.shape:
+            # absent when a closure left a captured layer gradient-less
             counts = counts + state.grad_nonfinite
         self._add_record(step, [f"nonfinite/{layer.name}" for layer in layers], counts)
 

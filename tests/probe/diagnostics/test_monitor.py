@@ -259,7 +259,8 @@ def test_a_failing_diagnostic_is_disabled_with_one_warning_and_training_goes_on(
         raise RuntimeError("svd exploded")
 
     # raised in a worker thread of the spectra pool, re-raised on the training thread
-    monkeypatch.setattr(spectra_pool, "singular_values", broken)
+    monkeypatch.setattr(spectra_pool, "singular_values", broken)  # one matrix of a shape
+    monkeypatch.setattr(spectra_pool, "exact_spectra", broken)  # a batch of matrices of one shape
     model = TinyMLP()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with warnings.catch_warnings(record=True) as caught:

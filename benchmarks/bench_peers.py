@@ -71,14 +71,17 @@ def _run_optiscope(keys: list[str], steps: int, work: Path, phase: str, opts: di
     run = probe.init(project="bench-peers", name=f"{phase}-{time.time_ns()}", url=opts["url"],
                      token=opts["token"], home=work / "home")
     start, train = _timed_loop(lambda row, step: run.log(row, step=step), keys, steps)
+    t_finish = time.perf_counter()
     run.finish()
+    t_query = time.perf_counter()
     while True:  # queryable: every point of every key answered by the query API
         counts = {k["key"]: k["count"] for k in api.http.get(f"/runs/{run.id}/keys").json()["scalars"]}
         if all(counts.get(k, 0) >= steps for k in keys):
             break
         time.sleep(0.005)
     total = time.perf_counter() - start
-    out = {"e2e_s": total, "train_s": train}
+    # where the end-to-end time went: the loop, finish() (the sender's last batches), the query
+    out = {"e2e_s": total, "train_s": train, "finish_s": t_query - t_finish, "query_s": time.perf_counter() - t_query}
     if phase == "long":
         reads = []
         for _ in range(opts["read_reps"]):
@@ -312,7 +315,9 @@ def main() -> int:
                     results[peer].append(result)
                     print(f"rep {rep + 1} {peer}: " + (result.get("error") or
                           f"{args.keys * args.steps / result['e2e_s']:,.0f} points/s end to end, "
-                          f"{1e6 * result['train_s'] / args.steps:,.1f} us/step on the training thread"),
+                          f"{1e6 * result['train_s'] / args.steps:,.1f} us/step on the training thread"
+                          + (f" (loop {result['train_s']:.2f} s, finish {result['finish_s']:.2f} s, "
+                             f"queryable {result['query_s']:.3f} s later)" if "finish_s" in result else "")),
                           flush=True)
             reads = {}
             for peer in peers:

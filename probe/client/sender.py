@@ -199,6 +199,10 @@ class Sender:
     # -- lifetime (called from the training thread) ---------------------------------------------------
 
     def start(self) -> None:
+        if self.transport is not None:
+            # The first cycle at once, not after a flush interval: the run exists on the server (and the
+            # connection is open) from the start, so a short run's finish() does not also pay for them.
+            self.wake.set()
         self._thread = threading.Thread(target=self._run, name=f"optiscope-sender-{self.run_id[:8]}", daemon=True)
         self._thread.start()
 

@@ -421,6 +421,9 @@ def main() -> int:
         print(json.dumps(_worker(args.worker, args.phase, json.loads(args.opts))))
         return 0
 
+    unknown = [p for p in args.peers.split(",") if p not in PEERS]
+    if unknown:
+        parser.error(f"--peers: unknown peer {', '.join(unknown)} (choose from {', '.join(PEERS)})")
     peers, skipped = [], {}
     for peer in args.peers.split(","):
         why = _available(peer, args.peer_path, args.mlflow_server_path)

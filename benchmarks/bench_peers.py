@@ -35,6 +35,9 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PEERS = ("optiscope", "trackio", "wandb-offline", "tensorboard", "mlflow-file", "mlflow-server", "aim")
+SLOW_PEERS = ("mlflow-file", "mlflow-server", "aim")
+"""Peers that log ≈1-3k points/s: they run ``--slow-steps`` steps (points/s stays comparable), so
+that a repetition of every peer fits in minutes."""
 _NEEDS = {"trackio": "trackio", "wandb-offline": "wandb", "tensorboard": "tensorboard", "mlflow-file": "mlflow",
           "mlflow-server": "mlflow.server", "aim": "aim"}
 
@@ -48,7 +51,7 @@ def _values(step: int, keys: list[str]) -> dict[str, float]:
 
 def _worker(peer: str, phase: str, opts: dict[str, Any]) -> dict[str, Any]:
     keys = [f"metric_{i:02d}" for i in range(opts["keys"])]
-    steps, work = opts["steps"], Path(opts["dir"])
+    steps, work = (opts["slow_steps"] if peer in SLOW_PEERS else opts["steps"]), Path(opts["dir"])
     if phase == "long":
         keys, steps = ["long"], opts["long"]
     return globals()[f"_run_{peer.replace('-', '_')}"](keys, steps, work, phase, opts)
@@ -70,15 +73,29 @@ def _run_optiscope(keys: list[str], steps: int, work: Path, phase: str, opts: di
     api = Api(url=opts["url"], token=opts["token"])
     run = probe.init(project="bench-peers", name=f"{phase}-{time.time_ns()}", url=opts["url"],
                      token=opts["token"], home=work / "home")
-    start, train = _timed_loop(lambda row, step: run.log(row, step=step), keys, steps)
+    if phase == "long":  # only its read is timed; a flush now and then keeps a 1M-point series in the queue's bound
+        def log(row: dict[str, float], step: int) -> None:
+            run.log(row, step=step)
+            if step % 50_000 == 49_999:
+                run.flush(timeout=60)
+    else:
+        def log(row: dict[str, float], step: int) -> None:
+            run.log(row, step=step)
+
+    start, train = _timed_loop(log, keys, steps)
+    t_finish = time.perf_counter()
     run.finish()
+    t_query = time.perf_counter()
     while True:  # queryable: every point of every key answered by the query API
         counts = {k["key"]: k["count"] for k in api.http.get(f"/runs/{run.id}/keys").json()["scalars"]}
         if all(counts.get(k, 0) >= steps for k in keys):
             break
+        if run.dropped or time.perf_counter() - t_query > 120:
+            raise RuntimeError(f"not every point arrived: {counts}, {run.dropped} dropped")
         time.sleep(0.005)
     total = time.perf_counter() - start
-    out = {"e2e_s": total, "train_s": train}
+    # where the end-to-end time went: the loop, finish() (the sender's last batches), the query
+    out = {"e2e_s": total, "train_s": train, "finish_s": t_query - t_finish, "query_s": time.perf_counter() - t_query}
     if phase == "long":
         reads = []
         for _ in range(opts["read_reps"]):
@@ -158,10 +175,19 @@ def _run_tensorboard(keys: list[str], steps: int, work: Path, phase: str, opts: 
 
 def _run_mlflow_file(keys: list[str], steps: int, work: Path, phase: str, opts: dict[str, Any]) -> dict[str, Any]:
     os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # MLflow 3 keeps its file store behind this switch
+    return _run_mlflow_client((work / "mlruns").as_uri(), keys, steps, phase, opts)
+
+
+def _run_mlflow_server(keys: list[str], steps: int, work: Path, phase: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """The MLflow tracking server (``mlflow server``, SQLite backend) through ``MlflowClient`` over HTTP."""
+    return _run_mlflow_client(opts["mlflow_url"], keys, steps, phase, opts)
+
+
+def _run_mlflow_client(uri: str, keys: list[str], steps: int, phase: str, opts: dict[str, Any]) -> dict[str, Any]:
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=(work / "mlruns").as_uri())
+    client = MlflowClient(tracking_uri=uri)
     run_id = client.create_run(client.create_experiment(f"e{time.time_ns()}")).info.run_id
     chunk = 1000 if phase == "long" else 1  # per step, as in training; the long series in bulk
 
@@ -179,7 +205,7 @@ def _run_mlflow_file(keys: list[str], steps: int, work: Path, phase: str, opts: 
                                               for s in range(lo, min(steps, lo + chunk))])
         train = time.perf_counter() - start
     client.set_terminated(run_id)
-    out = {"e2e_s": time.perf_counter() - start, "train_s": train}
+    out = {"e2e_s": time.perf_counter() - start, "train_s": train, "steps": steps}
     if phase == "long":
         import numpy as np
 
@@ -194,7 +220,96 @@ def _run_mlflow_file(keys: list[str], steps: int, work: Path, phase: str, opts: 
     return out
 
 
-# -- the Optiscope server ------------------------------------------------------------------------
+def _run_aim(keys: list[str], steps: int, work: Path, phase: str, opts: dict[str, Any]) -> dict[str, Any]:
+    from aim import Run
+
+    if phase == "long":
+        # Aim 3.29: a run closed in this process read back (Run(run_hash=..., read_only=True).metrics(),
+        # Repo.query_metrics) showed no metrics in this script's tries, so no read figure is claimed.
+        return {"skip_read": "read-back not measured (Aim's reader returned no metrics for the closed run here)"}
+    run = Run(repo=str(work), experiment="bench-peers", system_tracking_interval=None, capture_terminal_logs=False)
+    start, train = _timed_loop(lambda row, step: run.track(row, step=step), keys, steps)
+    run.close()  # until close() returns; not verified readable (above)
+    return {"e2e_s": time.perf_counter() - start, "train_s": train, "steps": steps}
+
+
+# -- the servers ----------------------------------------------------------------------------------
+
+
+class MlflowServer:
+    """``mlflow server`` on a fresh SQLite file (loopback). ``path``: where the full ``mlflow`` package
+    lives when it is not in this environment (``pip install --target DIR mlflow``); searched first in
+    the server's process only, so the benchmark's own packages stay as they are."""
+
+    def __init__(self, work: Path, path: str | None) -> None:
+        import socket
+
+        import httpx
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        env = dict(os.environ)
+        if path:
+            env["PYTHONPATH"] = os.pathsep.join([path, *[p for p in (env.get("PYTHONPATH", ""),) if p]])
+        work.mkdir(parents=True, exist_ok=True)
+        self.log = open(work / "mlflow-server.log", "wb")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}",
+             "--default-artifact-root", (work / "artifacts").as_uri(), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            cwd=work, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited ({work / 'mlflow-server.log'})")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    self._settle()
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError("mlflow server did not start")
+
+    def _settle(self, timeout: float = 90.0) -> None:
+        """Wait until the server's process tree is idle (< 5 % of a core over 2 s): it keeps importing
+        and spawning workers after its health check answers, and in one run the first repetition after
+        it started measured every peer 1.2-10x slower than the later ones."""
+        def cpu_s() -> float:
+            pids = [self.proc.pid]
+            children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+            pids += [int(p) for p in children.stdout.split()]
+            total = 0.0
+            for pid in pids:
+                try:
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            return total
+
+        deadline = time.monotonic() + timeout
+        before = cpu_s()
+        while time.monotonic() < deadline:
+            time.sleep(2.0)
+            now = cpu_s()
+            if now - before < 0.1:
+                return
+            before = now
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
 
 
 class OptiscopeServer:
@@ -236,21 +351,26 @@ class OptiscopeServer:
 # -- driver ---------------------------------------------------------------------------------------
 
 
-def _available(peer: str, peer_path: str | None) -> str | None:
+def _available(peer: str, peer_path: str | None, mlflow_server_path: str | None) -> str | None:
     """``None`` when the peer can run, else why not."""
     if peer == "optiscope":
         return None
-    if peer == "mlflow-server":
-        if importlib.util.find_spec("mlflow") is None or importlib.util.find_spec("mlflow.server") is None:
-            return "needs the full mlflow package (mlflow-skinny has no tracking server)"
-        try:
-            import flask  # noqa: F401
-            import mlflow.server  # noqa: F401
-        except ImportError as exc:
-            return f"needs the full mlflow package ({exc.name} missing)"
-        return "the MLflow tracking server is not measured by this script yet"
-    code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({_NEEDS[peer]!r}) is None)"
     env = _env(peer_path)
+    if peer == "mlflow-server":
+        # the server needs the full mlflow package (mlflow-skinny lacks flask-cors and the UI); the
+        # client side is MlflowClient over HTTP, which mlflow-skinny has
+        if mlflow_server_path:
+            env["PYTHONPATH"] = os.pathsep.join([mlflow_server_path, env["PYTHONPATH"]])
+        code = "import flask_cors, mlflow.server"
+        probe_run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        if probe_run.returncode:
+            missing = probe_run.stderr.strip().splitlines()[-1:] or ["?"]
+            return f"needs the full mlflow package for `mlflow server` ({missing[0]}); see --mlflow-server-path"
+        code = "import mlflow.tracking"
+        if subprocess.run([sys.executable, "-c", code], env=_env(peer_path), capture_output=True).returncode:
+            return "mlflow (or mlflow-skinny) is not installed"
+        return None
+    code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({_NEEDS[peer]!r}) is None)"
     if subprocess.run([sys.executable, "-c", code], env=env).returncode:
         return f"{_NEEDS[peer]} is not installed"
     return None
@@ -284,6 +404,15 @@ def main() -> int:
     parser.add_argument("--long", type=int, default=100_000, help="points in the read-back series (default 100k)")
     parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated subset of {', '.join(PEERS)}")
     parser.add_argument("--peer-path", help="a directory of peers installed with pip --target (searched last)")
+    parser.add_argument("--slow-steps", type=int, default=1_000,
+                        help=f"steps per run for the slow peers {', '.join(SLOW_PEERS)} (default 1,000)")
+    parser.add_argument("--mlflow-server-path",
+                        help="a directory holding the full mlflow package (pip install --target DIR mlflow), "
+                             "put first on the path of the `mlflow server` process only")
+    parser.add_argument("--optiscope-long", type=int, default=1_000_000,
+                        help="points of Optiscope's own long series, read back downsampled (default 1M)")
+    parser.add_argument("--optiscope-reads", type=int, default=20,
+                        help="reads of that series, for its p50/p95 (default 20)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--opts", help=argparse.SUPPRESS)
@@ -292,16 +421,28 @@ def main() -> int:
         print(json.dumps(_worker(args.worker, args.phase, json.loads(args.opts))))
         return 0
 
+    unknown = [p for p in args.peers.split(",") if p not in PEERS]
+    if unknown:
+        parser.error(f"--peers: unknown peer {', '.join(unknown)} (choose from {', '.join(PEERS)})")
     peers, skipped = [], {}
     for peer in args.peers.split(","):
-        why = _available(peer, args.peer_path)
+        why = _available(peer, args.peer_path, args.mlflow_server_path)
         (skipped.__setitem__(peer, why) if why else peers.append(peer))
     for peer, why in skipped.items():
         print(f"skipped {peer}: {why}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
+        mlflow_server = None
+        if "mlflow-server" in peers:  # first, and settled, so that its start-up does not load repetition 1
+            try:
+                mlflow_server = MlflowServer(Path(tmp) / "mlflow-server", args.mlflow_server_path)
+            except RuntimeError as exc:
+                peers.remove("mlflow-server")
+                skipped["mlflow-server"] = str(exc)
+                print(f"skipped mlflow-server: {exc}", flush=True)
         server = OptiscopeServer(Path(tmp) / "optiscope-home")
-        base = {"keys": args.keys, "steps": args.steps, "long": args.long, "read_reps": 3,
-                "url": server.url, "token": server.token}
+        base = {"keys": args.keys, "steps": args.steps, "slow_steps": args.slow_steps, "long": args.long,
+                "read_reps": 3, "url": server.url, "token": server.token,
+                "mlflow_url": mlflow_server.url if mlflow_server else None}
         results: dict[str, list[dict[str, Any]]] = {p: [] for p in peers}
         try:
             for rep in range(args.reps):
@@ -310,17 +451,37 @@ def main() -> int:
                     work = Path(tempfile.mkdtemp(dir=tmp, prefix=f"{peer}-"))
                     result = _spawn(peer, "ingest", {**base, "dir": str(work)}, args.peer_path)
                     results[peer].append(result)
+                    steps = result.get("steps", args.steps)
                     print(f"rep {rep + 1} {peer}: " + (result.get("error") or
-                          f"{args.keys * args.steps / result['e2e_s']:,.0f} points/s end to end, "
-                          f"{1e6 * result['train_s'] / args.steps:,.1f} us/step on the training thread"),
+                          f"{args.keys * steps / result['e2e_s']:,.0f} points/s end to end, "
+                          f"{1e6 * result['train_s'] / steps:,.1f} us/step on the training thread"
+                          + (f" (loop {result['train_s']:.2f} s, finish {result['finish_s']:.2f} s, "
+                             f"queryable {result['query_s']:.3f} s later)" if "finish_s" in result else "")),
                           flush=True)
             reads = {}
             for peer in peers:
                 work = Path(tempfile.mkdtemp(dir=tmp, prefix=f"{peer}-long-"))
                 reads[peer] = _spawn(peer, "long", {**base, "dir": str(work)}, args.peer_path)
+            own = None
+            if "optiscope" in peers and args.optiscope_long:
+                work = Path(tempfile.mkdtemp(dir=tmp, prefix="optiscope-1m-"))
+                own = _spawn("optiscope", "long", {**base, "dir": str(work), "long": args.optiscope_long,
+                                                   "read_reps": args.optiscope_reads}, args.peer_path)
         finally:
             server.close()
+            if mlflow_server is not None:
+                mlflow_server.close()
     _report(args, peers, results, reads, skipped)
+    if own is not None:
+        if "read_s" in own:
+            first, *rest = (1000 * r for r in own["read_s"])
+            ms = sorted(rest) or [first]
+            p95 = ms[min(len(ms) - 1, math.ceil(0.95 * len(ms)) - 1)]
+            print(f"Optiscope {args.optiscope_long:,}-point series read downsampled to <= 2,000 points "
+                  f"through probe.Api: first read {first:.1f} ms; the next {len(rest)}: p50 "
+                  f"{statistics.median(ms):.1f} ms, p95 {p95:.1f} ms, max {ms[-1]:.1f} ms")
+        else:
+            print(f"Optiscope {args.optiscope_long:,}-point read: {own.get('error')}")
     return 0
 
 
@@ -330,15 +491,16 @@ def _report(args: argparse.Namespace, peers: list[str], results: dict[str, list[
     rows = {}
     for peer in peers:
         ok = [r for r in results[peer] if "error" not in r]
-        rates = [points / r["e2e_s"] for r in ok]
-        train = [1e6 * r["train_s"] / args.steps for r in ok]
+        rates = [args.keys * r.get("steps", args.steps) / r["e2e_s"] for r in ok]
+        train = [1e6 * r["train_s"] / r.get("steps", args.steps) for r in ok]
         read = reads[peer].get("read_s")
         rows[peer] = (statistics.median(rates) if rates else None, min(rates) if rates else None,
                       statistics.median(train) if train else None, statistics.median(read) if read else None,
                       reads[peer].get("error") or reads[peer].get("skip_read"))
     ours = rows.get("optiscope")
-    print(f"\n{args.keys} keys x {args.steps:,} steps, {args.reps} interleaved repetitions; read: one "
-          f"{args.long:,}-point series; {os.cpu_count()} CPUs")
+    print(f"\n{args.keys} keys x {args.steps:,} steps ({', '.join(SLOW_PEERS)}: {args.slow_steps:,} steps), "
+          f"{args.reps} interleaved repetitions; read: one {args.long:,}-point series; {os.cpu_count()} CPUs; "
+          f"load average at the end {os.getloadavg()[0]:.1f}")
     print(f"{'peer':<15}{'ingest pts/s (median)':>23}{'worst rep':>11}{'Optiscope x':>13}"
           f"{'train us/step':>15}{'Optiscope x':>13}{'read ms':>10}{'Optiscope x':>13}")
     for peer, (rate, worst, train, read, note) in rows.items():

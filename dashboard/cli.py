@@ -18,8 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--api", default=None,
                         help="server base URL (default: $OPTISCOPE_URL, then $OPTISCOPE_HOME/server.json)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8050)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1; anything else requires a sign-in on every page)")
+    parser.add_argument("--port", type=int, default=8050, help="port to listen on (default 8050)")
     parser.set_defaults(func=run)
 
 

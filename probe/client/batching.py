@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -91,7 +91,10 @@ class BatchBuilder:
 
     def build(self, records: Sequence[Record]) -> list[protocol.Batch]:
         """Convert records (in logging order) to batches of at most ``batch_points`` records."""
-        batches: list[protocol.Batch] = []
+        return list(self.iter_build(records))
+
+    def iter_build(self, records: Sequence[Record]) -> Iterator[protocol.Batch]:
+        """:meth:`build`, one batch at a time, so a caller can send one batch while the next is built."""
         start = 0
         while start < len(records):
             end, points = start, 0
@@ -100,9 +103,8 @@ class BatchBuilder:
                 end += 1
             batch = self._build_one(records[start:end])
             if batch["scalars"] or batch["arrays"] or batch["events"]:
-                batches.append(batch)
+                yield batch
             start = end
-        return batches
 
     def _next_id(self) -> str:
         self.seq += 1

@@ -25,21 +25,30 @@ spooling only), ``offline`` (mode="offline": spooling only, by design).
 from __future__ import annotations
 
 import math
+import queue
 import random
 import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from probe.client import protocol
 from probe.client.batching import BatchBuilder, Record
 from probe.client.config import ClientConfig
 from probe.client.problems import Problems
 from probe.client.spool import RunSpool
-from probe.client.transport import Backoff, PermanentError, Transport, TransientError
+from probe.client.transport import Backoff, Encoded, PermanentError, Transport, TransientError
 
 ONLINE, OUTAGE, HALTED, OFFLINE = "online", "outage", "halted", "offline"
+
+PREFETCH_MIN_RECORDS = 1000
+"""Fewer records than this (one batch or so) are built inline: no helper thread for them."""
+
+PREFETCH_DEPTH = 2
+"""Batches built and encoded ahead of the one in flight (bounds the extra memory)."""
+
+_DONE = object()
 
 REPLAY_BUDGET_S = 0.25
 """Seconds of replay per wake-up before the queue is drained again, so that during a long replay
@@ -147,6 +156,7 @@ class Sender:
         self._backoff = Backoff(config.backoff_base, config.backoff_max)
 
         self.queue: deque[Record] = deque(maxlen=config.queue_size)
+        self._ahead: tuple[protocol.Batch, Encoded | None] | None = None  # the batch being handled, encoded
         self.cuda_order = CudaOrder(config.queue_size)
         self.high_water = max(1, config.queue_size // 2)
         self.wake = threading.Event()
@@ -189,6 +199,10 @@ class Sender:
     # -- lifetime (called from the training thread) ---------------------------------------------------
 
     def start(self) -> None:
+        if self.transport is not None:
+            # The first cycle at once, not after a flush interval: the run exists on the server (and the
+            # connection is open) from the start, so a short run's finish() does not also pay for them.
+            self.wake.set()
         self._thread = threading.Thread(target=self._run, name=f"optiscope-sender-{self.run_id[:8]}", daemon=True)
         self._thread.start()
 
@@ -295,13 +309,81 @@ class Sender:
             if n:
                 records = [self.queue.popleft() for _ in range(n)]
                 self.cuda_order.wait()  # after taking the records: covers every event noted for them
-                for batch in self.builder.build(records):
+                for batch, encoded in self._batches(records):
+                    self._ahead = (batch, encoded)
                     try:
                         handle(batch)
                     except Exception as exc:  # noqa: BLE001 - taken from the queue: count it, never lose it silently
                         self._lost(batch, ("sender", f"sender error ({exc!r})"))
+                    finally:
+                        self._ahead = None
             if not everything or not self.queue:
                 return
+
+    def _batches(self, records: list[Record]) -> Iterator[tuple[protocol.Batch, Encoded | None]]:
+        """The batches of ``records`` in order, each with its request body when it was encoded ahead.
+
+        Why a helper thread: a run that logs faster than the flush interval hands the sender many
+        batches at once (all of them at ``finish()``). Built and sent one after the other, the server
+        waits while this process converts and encodes, and this process waits while the server
+        stores. So from the second batch on, a short-lived thread converts and encodes batch k+1 while
+        batch k is in flight (the sender blocks in the socket, the GIL released), at most
+        :data:`PREFETCH_DEPTH` ahead. Every decision (send, spool, split) is still made here, in order,
+        after the previous batch's answer; a batch spooled instead is simply not sent as encoded.
+        """
+        built = self.builder.iter_build(records)
+        first = next(built, None)
+        if first is None:
+            return
+        if self.transport is None or len(records) < PREFETCH_MIN_RECORDS:
+            yield first, None
+            for batch in built:
+                yield batch, None
+            return
+        transport = self.transport
+        ahead: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_DEPTH)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for batch in built:
+                    item: Any = (batch, transport.encode(batch))
+                    while not stop.is_set():
+                        try:
+                            ahead.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            except BaseException as exc:  # noqa: BLE001 - handed to the sender thread, which counts it
+                item = exc
+            else:
+                item = _DONE
+            while not stop.is_set():
+                try:
+                    ahead.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        producer = threading.Thread(target=produce, name=f"optiscope-encoder-{self.run_id[:8]}", daemon=True)
+        producer.start()
+        try:
+            yield first, None
+            while True:
+                item = ahead.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    # the builder counts what it cannot convert; anything else is a bug, and the
+                    # records not yet built are lost: say so rather than drop them silently
+                    self.problems.report("sender", f"sender error while building batches: {item!r}")
+                    return
+                yield item
+        finally:
+            stop.set()
+            producer.join()
 
     def _release_waiters(self) -> None:
         with self._waiters_lock:
@@ -401,8 +483,10 @@ class Sender:
     def _post(self, batch: protocol.Batch, *, attempts: int | None) -> None:
         """Send one batch; handles 4xx here. Raises TransientError, or _StopReplay to keep the batch."""
         assert self.transport is not None
+        ahead = self._ahead
+        encoded = ahead[1] if ahead is not None and ahead[0] is batch else None
         try:
-            answer = self.transport.send_batch(self.run_id, batch, attempts=attempts)
+            answer = self.transport.send_batch(self.run_id, batch, attempts=attempts, encoded=encoded)
         except PermanentError as exc:
             if exc.status in _AUTH_STATUSES:
                 self._halt(exc)

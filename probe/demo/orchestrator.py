@@ -199,12 +199,20 @@ def _read_token(home: Path, timeout: float = 10.0) -> str:
 
 
 class _Progress:
-    """One tqdm bar per run on a terminal; plain start/finish lines otherwise (CI logs, pipes)."""
+    """One tqdm bar per run on a terminal; plain lines otherwise (CI logs, pipes).
+
+    Off a terminal a bar's carriage returns would pile up as garbage in the log, so each run prints a
+    line when it starts, one at each quarter of its steps (``[label] 50% 120/240 steps loss=2.71``) and
+    one when it ends: a reader of a CI log still sees every run move, without one line per step.
+    """
+
+    QUARTERS = (25, 50, 75)
 
     def __init__(self, specs: list[RunSpec], out: TextIO) -> None:
         self._out = out
         self._lock = threading.Lock()
         self._bars: dict[str, Any] = {}
+        self._printed_pct: dict[str, int] = {}
         self._interactive = out.isatty()
         width = max(len(s.label) for s in specs)
         if self._interactive:
@@ -228,6 +236,8 @@ class _Progress:
     def update(self, spec: RunSpec, step: int, total: int, postfix: str) -> None:
         bar = self._bars.get(spec.label)
         if bar is None:
+            if not self._interactive and total > 0:
+                self._print_quarter(spec, step, total, postfix)
             return
         with self._lock:
             if bar.total != total:
@@ -246,6 +256,17 @@ class _Progress:
                 bar.set_postfix_str(f"{state} {outcome.wall_s:.0f}s {detail}", refresh=True)
         else:
             self._print(f"[{outcome.spec.label}] {state} in {outcome.wall_s:.1f} s  {detail}")
+
+    def _print_quarter(self, spec: RunSpec, step: int, total: int, postfix: str) -> None:
+        """Print the highest quarter this step reached, once (progress messages may skip a quarter)."""
+        if step >= total:  # the last message of a run; its "finished" line follows
+            return
+        pct = 100 * step // total
+        reached = [q for q in self.QUARTERS if pct >= q and q > self._printed_pct.get(spec.label, 0)]
+        if not reached:
+            return
+        self._printed_pct[spec.label] = reached[-1]
+        self._print(f"[{spec.label}] {reached[-1]}% {step}/{total} steps {postfix}".rstrip())
 
     def close(self) -> None:
         for bar in self._bars.values():

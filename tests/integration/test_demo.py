@@ -15,6 +15,7 @@ proves the data outlived the demo's own server:
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import re
@@ -30,7 +31,7 @@ import httpx
 import pytest
 
 from probe.demo.datasets import STDLIB_TEXT_FILES, load_digits_split, load_stdlib_text, long_tail
-from probe.demo.orchestrator import compare_counts, format_table
+from probe.demo.orchestrator import RunOutcome, _Progress, compare_counts, format_table
 from probe.demo.specs import RunSpec, build_specs, comparisons
 from tests.pg_cluster import free_port
 
@@ -92,6 +93,30 @@ def test_compare_counts_reports_only_mismatches() -> None:
     assert compare_counts({"scalars": {"loss": 3}, "arrays": {"sv.weight|fc1.weight": 2}}, keys) == {}
     lost = compare_counts({"scalars": {"loss": 4, "acc": 1}, "arrays": {}}, keys)
     assert lost == {"scalar:loss": [4, 3], "scalar:acc": [1, 0], "array:sv.weight|fc1.weight": [0, 2]}
+
+
+def test_progress_off_a_terminal_is_a_line_per_quarter_per_run() -> None:
+    by_name = {s.name: s for s in build_specs(quick=True)}
+    a, b = by_name["digits-adamw"], by_name["gpt-muon"]
+    out = io.StringIO()  # not a terminal: no tqdm bars, plain lines
+    progress = _Progress([a, b], out)
+    progress.started(a, "rid-a", "http://127.0.0.1:1")
+    for step in range(0, 101, 7):  # progress messages arrive every 0.25 s, so steps are skipped
+        progress.update(a, step, 100, "loss=1.5")
+    progress.update(b, 60, 80, "loss=2.1")  # a jump over two quarters prints the latest one
+    progress.update(b, 80, 80, "loss=2")   # the run's last message: its finished line says it
+    progress.finished(RunOutcome(spec=b, returncode=0, wall_s=3.0, report={"final": {"loss": 2.0}}))
+    progress.close()
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "[digits-adamw] started: http://127.0.0.1:1/runs/rid-a",
+        "[digits-adamw] 25% 28/100 steps loss=1.5",
+        "[digits-adamw] 50% 56/100 steps loss=1.5",
+        "[digits-adamw] 75% 77/100 steps loss=1.5",
+        "[gpt-muon] 75% 60/80 steps loss=2.1",
+        "[gpt-muon] finished in 3.0 s  loss 2",
+    ]
+    assert "\r" not in out.getvalue()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,6 +192,10 @@ def test_quick_demo_finishes_in_budget_and_prints_the_tables(demo: DemoRun) -> N
     assert demo.session["ok"] is True
     assert re.search(r"Optiscope is serving at http://127\.0\.0\.1:\d+/", demo.output)
     assert "All 10 runs finished" in demo.output and "nothing lost" in demo.output
+    # captured through a pipe: a line per run as it moves, not tqdm bars
+    for spec in build_specs(quick=True):
+        assert f"[{spec.label}] started: " in demo.output and f"[{spec.label}] finished in " in demo.output
+    assert re.search(r"^\[[\w-]+\] (25|50|75)% \d+/\d+ steps", demo.output, re.M), demo.output[-3000:]
     for comparison in comparisons(quick=True):
         assert f"{comparison.group}: {comparison.title}" in demo.output
 

@@ -80,3 +80,71 @@ def test_direct_send_when_online_and_nothing_spooled(fake_server: FakeServer, fa
                                                     "/api/v1/runs/run1/heartbeat"]
     assert not Path(sender.spool.directory / "000000000001.jsonl").exists()
     sender.spool.release()
+
+
+def _builder_sender(server: FakeServer, settings: ClientConfig, clock: FakeClock, batch_points: int) -> Sender:
+    sender = _sender(server, settings, clock)
+    sender.builder = BatchBuilder("run1", batch_points=batch_points)
+    return sender
+
+
+def test_many_batches_are_encoded_ahead_and_arrive_in_order(fake_server: FakeServer,
+                                                             fast_settings: ClientConfig) -> None:
+    """A big take (finish after a fast loop) is built and encoded on the helper thread one batch ahead
+    of the POST in flight; the server still sees every batch once, in order, every point stored."""
+    import threading
+
+    clock = FakeClock()
+    sender = _builder_sender(fake_server, fast_settings, clock, batch_points=200)
+    fake_server.delay = 0.002  # each POST waits on the "server" while the next batch is encoded
+    encoder_threads: set[str] = set()
+    encode = sender.transport.encode
+
+    def spy(body):  # noqa: ANN001, ANN202 - records which thread encoded a batch body
+        if isinstance(body, dict) and "batch_id" in body:
+            encoder_threads.add(threading.current_thread().name)
+        return encode(body)
+
+    sender.transport.encode = spy  # type: ignore[method-assign]
+    sender.queue.extend((SCALARS, {f"k{j}": float(i + j) for j in range(4)}, i, clock.now) for i in range(2000))
+    sender._cycle()
+    assert sender.sent_batches == 40 and not sender.spool
+    assert fake_server.batch_ids == [f"run1:{n}" for n in range(1, 41)]
+    for j in range(4):
+        assert fake_server.steps(f"k{j}") == list(range(2000))
+    assert any(name.startswith("optiscope-encoder-") for name in encoder_threads)
+    assert not [t for t in threading.enumerate() if t.name.startswith("optiscope-encoder-")]  # joined
+    sender.spool.release()
+
+
+def test_a_failure_mid_take_spools_the_batches_encoded_ahead(fake_server: FakeServer,
+                                                             fast_settings: ClientConfig) -> None:
+    """The server goes down after a few batches of a big take: the rest (some already encoded ahead)
+    goes to the spool in order, and the replay delivers every point exactly once."""
+    import httpx
+
+    clock = FakeClock()
+    sender = _builder_sender(fake_server, fast_settings, clock, batch_points=200)
+    sender._cycle()  # creates the run
+    posts = 0
+
+    def fail_after_three(request: httpx.Request) -> httpx.Response | None:
+        nonlocal posts
+        posts += 1
+        return httpx.Response(503) if posts > 3 else None
+
+    fake_server.script = [fail_after_three] * 4
+    sender.queue.extend((SCALARS, {f"k{j}": float(i) for j in range(4)}, i, clock.now) for i in range(2000))
+    sender._cycle()
+    assert sender.sent_batches == 3 and sender.state == "outage" and sender.spool
+    assert fake_server.batch_ids == ["run1:1", "run1:2", "run1:3"]
+    clock.now += 60
+    for _ in range(200):
+        if not sender.spool:
+            break
+        sender._cycle()
+        clock.now += 60
+    assert not sender.spool and sender.lost == 0
+    assert fake_server.batch_ids == [f"run1:{n}" for n in range(1, 41)]
+    assert fake_server.steps("k0") == list(range(2000))
+    sender.spool.release()

@@ -81,6 +81,28 @@ def test_large_bodies_are_gzipped_and_token_is_sent() -> None:
     assert str(big.url) == "http://srv/api/v1/runs/x/batches"
 
 
+@pytest.mark.parametrize(("api", "compressed"), [
+    ("http://127.0.0.1:8000/api/v1", False), ("http://localhost:8000/api/v1", False),
+    ("http://127.3.2.1/api/v1", False), ("http://[::1]:8000/api/v1", False),
+    ("http://srv/api/v1", True), ("https://optiscope.example.com/api/v1", True), ("http://10.0.0.5:8000/api/v1", True),
+])
+def test_loopback_bodies_are_sent_plain(api: str, compressed: bool) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={})
+
+    transport = Transport(api, "tok", client=httpx.Client(transport=httpx.MockTransport(handler)))
+    transport.request("POST", "/runs/x/batches", {"values": list(range(2000))})
+    assert (seen[0].headers.get("content-encoding") == "gzip") is compressed
+    body = gzip.decompress(seen[0].content) if compressed else seen[0].content
+    assert json.loads(body)["values"][-1] == 1999
+    forced = Transport(api, "tok", client=httpx.Client(transport=httpx.MockTransport(handler)), compress=True)
+    forced.request("POST", "/runs/x/batches", {"values": list(range(2000))})
+    assert seen[1].headers["content-encoding"] == "gzip"
+
+
 def test_backoff_is_capped() -> None:
     rng = random.Random(1)
     assert all(Backoff(base=1.0, maximum=8.0).delay(k, rng) <= 8.0 for k in range(100))

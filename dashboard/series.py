@@ -175,3 +175,15 @@ def split_layer_key(key: str) -> tuple[str, str | None]:
     contains ``/`` but a layer name may not either, so the first ``/`` splits."""
     quantity, sep, layer = key.partition("/")
     return quantity, (layer if sep else None)
+
+
+def y_title(key: str) -> str:
+    """Y-axis title of a scalar: the key itself, with the unit where the key implies one (never a
+    bare "(value)")."""
+    units = {"lr": "learning rate", "step_time": "seconds per step (s)", "probe.overhead": "probe time / step time",
+             "grad_norm": "‖g‖₂", "samples_seen": "samples"}
+    if key in units:
+        return units[key]
+    if key.startswith(("acc", "val_acc")):
+        return f"{key} (fraction)"
+    return key

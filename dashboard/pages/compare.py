@@ -31,7 +31,7 @@ from ..colors import run_color, run_dash
 from ..api import ApiClient, ApiError, NotFound
 from ..components import control, flatten, fmt_duration, fmt_value, graph, message, parse_time, speedup_text
 from ..queries import SV_SOURCES, Catalog, natural_key
-from ..series import X_CHOICES, X_SAMPLES, X_STEP, X_TIME, X_TITLES, relative_time, steps_to_samples
+from ..series import X_CHOICES, X_SAMPLES, X_STEP, X_TIME, X_TITLES, relative_time, steps_to_samples, y_title
 from ..state import current_api, current_config
 from . import compare_groups as CG
 from . import compare_layers as CL
@@ -69,6 +69,35 @@ def parse_run_ids(runs: str | None) -> list[str]:
     return out[:MAX_RUNS]
 
 
+PICKER_RECENT = 200  # the run picker opens with the newest runs; typing searches every run by name
+PICKER_MATCHES = 100
+
+
+def run_option(run: Mapping[str, Any]) -> dict[str, str]:
+    return {"label": f"{run.get('name') or run['id']} ({run.get('project')})", "value": run["id"]}
+
+
+def search_run_options(search: str | None, selected: Sequence[str] | None,
+                       options: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """The picker's options while the user types: the picked runs (kept, or the dropdown drops them)
+    plus the server's name matches over every run, not only the newest listed at page load."""
+    if not search or not search.strip():
+        raise dash.exceptions.PreventUpdate
+    picked = set(selected or [])
+    keep = [dict(o) for o in options or [] if o["value"] in picked]
+    try:
+        matches, _ = current_api().list_runs(q=search.strip(), limit=PICKER_MATCHES)
+    except ApiError:
+        return list(options or [])
+    seen = {o["value"] for o in keep}
+    return keep + [run_option(r) for r in matches if r["id"] not in seen]
+
+
+callback(Output(ids.CMP_RUNS, "options"), Input(ids.CMP_RUNS, "search_value"),
+         State(ids.CMP_RUNS, "value"), State(ids.CMP_RUNS, "options"),
+         prevent_initial_call=True)(search_run_options)
+
+
 def layout(runs: str | None = None, keys: str | None = None, x: str | None = None, layer: str | None = None,
            source: str | None = None, match: str | None = None, at: str | None = None, metric: str | None = None,
            target: str | None = None, direction: str | None = None, baseline: str | None = None,
@@ -79,16 +108,15 @@ def layout(runs: str | None = None, keys: str | None = None, x: str | None = Non
     run_ids = parse_run_ids(runs)
     api = current_api()
     try:
-        all_runs, _ = api.list_runs(limit=1000)
+        all_runs, _ = api.list_runs(limit=PICKER_RECENT)
     except ApiError as exc:
         return message("Cannot reach the server", str(exc), kind="error")
-    options = [{"label": f"{r.get('name') or r['id']} ({r.get('project')})", "value": r["id"]} for r in all_runs]
+    options = [run_option(r) for r in all_runs]
     known = {o["value"] for o in options}
     missing = [r for r in run_ids if r not in known]
-    for rid in missing:  # beyond the newest 1000, or unknown: ask directly
+    for rid in missing:  # older than the newest runs listed, or unknown: ask directly
         try:
-            r = api.get_run(rid)
-            options.append({"label": f"{r.get('name') or r['id']} ({r.get('project')})", "value": r["id"]})
+            options.append(run_option(api.get_run(rid)))
         except ApiError:
             pass
     valid = [r for r in run_ids if r in {o["value"] for o in options}]
@@ -495,7 +523,7 @@ def draw_scalars(keys, x, smooth, log, meta, groups=None, band="minmax", members
             out.append(graph({"type": "cmp-scalar-graph", "key": key}, fig))
             continue
         lines = overlay_lines(api, meta, key, series, x, samples)
-        fig = F.line_figure(lines, title=f"{key} — {len(lines)} runs", x_title=X_TITLES[x], y_title=f"{key} (value)",
+        fig = F.line_figure(lines, title=f"{key} — {len(lines)} runs", x_title=X_TITLES[x], y_title=y_title(key),
                             log_y="log" in (log or []), smoothing=float(smooth or 0), uirevision=f"cmp:{key}:{x}",
                             empty_message=f"no run logged {key}", compact=True, live=False)
         fig.layout.showlegend = True
@@ -515,7 +543,7 @@ def group_scalar_figure(api: ApiClient, meta: Mapping[str, Mapping[str, Any]], k
         if lines:
             curves.append(GF.group_curve(g["group"], lines, band=band, color=group_color(g)))
     fig = GF.band_figure(curves, title=f"{key} — {len(curves)} groups, {GF.BAND_LABELS[band]}", x_title=X_TITLES[x],
-                         y_title=f"{key} (value)", band=band, log_y=log_y, smoothing=smoothing,
+                         y_title=y_title(key), band=band, log_y=log_y, smoothing=smoothing,
                          show_members=members, uirevision=f"cmp:{key}:{x}:groups", empty_message=f"no run logged {key}")
     fig.layout.showlegend = True
     return fig

@@ -147,3 +147,12 @@ def test_formatting_helpers() -> None:
     assert speedup_text(None) == "—" and speedup_text(1.976) == "1.98×"
     assert flatten({"opt": {"lr": 0.1, "betas": [0.9, 0.95]}, "seed": 1}) == {"opt.lr": 0.1, "opt.betas": [0.9, 0.95],
                                                                               "seed": 1}
+
+
+def test_scalar_y_titles_name_the_key_or_its_unit_never_a_bare_value() -> None:
+    from dashboard.series import y_title
+
+    assert y_title("loss") == "loss"
+    assert y_title("val_acc") == "val_acc (fraction)"
+    assert y_title("lr") == "learning rate"
+    assert "(value)" not in y_title("val_loss")

@@ -15,7 +15,7 @@ from ....api import ApiError
 from ....colors import run_color
 from ....components import fmt_value, graph, message
 from ....queries import x_lines
-from ....series import X_SAMPLES, X_STEP, X_TIME, X_TITLES, ema, relative_time, steps_to_samples
+from ....series import X_SAMPLES, X_STEP, X_TIME, X_TITLES, ema, relative_time, steps_to_samples, y_title
 from ....state import current_api, current_config
 from .base import Registrar, Tab, only_on
 
@@ -69,17 +69,6 @@ def scalar_graph_id(key: str) -> dict[str, str]:
     return {"type": ids.RUN_SCALAR_GRAPH, "key": key}
 
 
-def unit(key: str) -> str:
-    """Y-axis title: the key itself, with the unit where the key implies one."""
-    units = {"lr": "learning rate", "step_time": "seconds per step (s)", "probe.overhead": "probe time / step time",
-             "grad_norm": "‖g‖₂", "samples_seen": "samples"}
-    if key in units:
-        return units[key]
-    if key.startswith(("acc", "val_acc")):
-        return f"{key} (fraction)"
-    return key
-
-
 def scalar_figures(api, run_id: str, keys: Sequence[str], *, x: str, smooth: float, log_y: bool,
                    origin: float | None, points: int) -> tuple[list[Any], dict[str, Any]]:
     """One figure per scalar key and the live cursor that continues them."""
@@ -90,7 +79,7 @@ def scalar_figures(api, run_id: str, keys: Sequence[str], *, x: str, smooth: flo
     color = run_color(run_id)  # the run's colour here is its colour on the runs and compare pages
     for key, line in zip(keys, lines):
         line.color = color
-        fig = F.line_figure([line], title=key, x_title=X_TITLES[x], y_title=unit(key), log_y=log_y,
+        fig = F.line_figure([line], title=key, x_title=X_TITLES[x], y_title=y_title(key), log_y=log_y,
                             smoothing=smooth, uirevision=f"{run_id}:{key}:{x}", empty_message=HINT)
         figs.append(fig)
         cursor["last"][key] = line.steps[-1] if line.steps else -1

@@ -85,7 +85,7 @@ def seed_scale(server: LiveServer) -> tuple[str, str]:
         project, _ = seed_sweep(sessionmaker(engine))
     finally:
         engine.dispose()
-    rid = "bench-10k-keys"
+    rid = f"bench-10k-keys-{int(time.time())}"  # fresh per invocation (--home reuses the data)
     seeder = Seeder(server.api, server.token)
     try:
         seeder.create_run(rid, name="ten-thousand-keys", project="bench-10k-keys")

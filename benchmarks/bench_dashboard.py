@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import CHROMIUM, CHROMIUM_ARGS, LiveServer  # noqa: E402  (a real `optiscope serve`)
-from tests.dashboard.seed import Seeder, training_run  # noqa: E402
+from tests.dashboard.seed import Seeder, seed_many_keys_run, training_run  # noqa: E402
 from tests.pg_cluster import free_port  # noqa: E402
 from tests.server.test_run_query import BEST, N, seed_sweep  # noqa: E402
 
@@ -88,14 +88,7 @@ def seed_scale(server: LiveServer) -> tuple[str, str]:
     rid = f"bench-10k-keys-{int(time.time())}"  # fresh per invocation (--home reuses the data)
     seeder = Seeder(server.api, server.token)
     try:
-        seeder.create_run(rid, name="ten-thousand-keys", project="bench-10k-keys")
-        t = time.time()
-        for chunk in range(10):
-            seeder.post(rid, scalars=[{"key": f"m{chunk}.k{i:04d}", "steps": [0, 1, 2], "times": [t] * 3,
-                                       "values": [1.0, 2.0, 3.0 + i]} for i in range(N_KEYS // 10)])
-        seeder.post(rid, scalars=[{"key": "loss", "steps": list(range(100)), "times": [t] * 100,
-                                   "values": [1.0 / (1 + s) for s in range(100)]}])
-        seeder.finish(rid)
+        seed_many_keys_run(seeder, rid, project="bench-10k-keys", n_keys=N_KEYS)
     finally:
         seeder.close()
     return project, rid

@@ -344,28 +344,25 @@ class Sender:
         ahead: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_DEPTH)
         stop = threading.Event()
 
-        def produce() -> None:
-            try:
-                for batch in built:
-                    item: Any = (batch, transport.encode(batch))
-                    while not stop.is_set():
-                        try:
-                            ahead.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-            except BaseException as exc:  # noqa: BLE001 - handed to the sender thread, which counts it
-                item = exc
-            else:
-                item = _DONE
+        def hand_over(item: Any) -> bool:
+            """Put ``item`` in the bounded queue; False once the sender has stopped listening."""
             while not stop.is_set():
                 try:
                     ahead.put(item, timeout=0.1)
-                    return
+                    return True
                 except queue.Full:
                     continue
+            return False
+
+        def produce() -> None:
+            try:
+                for batch in built:
+                    if not hand_over((batch, transport.encode(batch))):
+                        return
+            except BaseException as exc:  # noqa: BLE001 - handed to the sender thread, which counts it
+                hand_over(exc)
+            else:
+                hand_over(_DONE)
 
         producer = threading.Thread(target=produce, name=f"optiscope-encoder-{self.run_id[:8]}", daemon=True)
         producer.start()

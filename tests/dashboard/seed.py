@@ -179,6 +179,18 @@ def infobatch_run(seeder: Seeder, run_id: str, *, name: str, epochs: int = 10, c
     seeder.finish(run_id)
 
 
+def seed_many_keys_run(seeder: Seeder, run_id: str, *, project: str, n_keys: int = 10_000) -> None:
+    """A run with ``n_keys`` metric keys (``m<chunk>.k<i>``, 3 points each) and a 100-step ``loss``."""
+    seeder.create_run(run_id, name="ten-thousand-keys", project=project)
+    t = time.time()
+    for chunk in range(10):
+        seeder.post(run_id, scalars=[{"key": f"m{chunk}.k{i:04d}", "steps": [0, 1, 2], "times": [t] * 3,
+                                      "values": [1.0, 2.0, 3.0 + i]} for i in range(n_keys // 10)])
+    seeder.post(run_id, scalars=[{"key": "loss", "steps": list(range(100)), "times": [t] * 100,
+                                  "values": [1.0 / (1 + s) for s in range(100)]}])
+    seeder.finish(run_id)
+
+
 def seed_suite(seeder: Seeder) -> dict[str, str]:
     """The small data set of the dashboard tests. Returns role -> run id."""
     runs = {"baseline": "run-muon", "fast": "run-normuon", "slow": "run-fopkfac", "infobatch": "run-ib",

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .seed import Seeder
+from .seed import Seeder, seed_many_keys_run
 from .test_browser import graphs_with_data
 
 N_KEYS = 10_000
@@ -35,14 +35,7 @@ def many_keys_run(server) -> str:  # noqa: ANN001
     rid = "run-10k-keys"
     seeder = Seeder(server.api, server.token)
     try:
-        seeder.create_run(rid, name="ten-thousand-keys", project="dash-10k")
-        t = time.time()
-        for chunk in range(10):
-            seeder.post(rid, scalars=[{"key": f"m{chunk}.k{i:04d}", "steps": [0, 1, 2], "times": [t] * 3,
-                                       "values": [1.0, 2.0, 3.0 + i]} for i in range(N_KEYS // 10)])
-        seeder.post(rid, scalars=[{"key": "loss", "steps": list(range(100)), "times": [t] * 100,
-                                   "values": [1.0 / (1 + s) for s in range(100)]}])
-        seeder.finish(rid)
+        seed_many_keys_run(seeder, rid, project="dash-10k", n_keys=N_KEYS)
     finally:
         seeder.close()
     return rid

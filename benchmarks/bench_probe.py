@@ -40,6 +40,7 @@ from torch.nn import functional as F
 
 import probe
 from probe.diagnostics.monitor import Monitor, attach
+from probe.diagnostics.quantities import Spectra
 
 try:  # run as a script (benchmarks/ on sys.path) or as a module
     import probe_figures as figures
@@ -207,7 +208,8 @@ def main() -> None:
             build("default, run disabled", cfg, args.optimizer, device, runs["quiet"], {}),
             build("everything every step", cfg, args.optimizer, device, runs["full"], every),
             build("everything, top-k spectra", cfg, args.optimizer, device, runs["topk"],
-                  {**every, "svd_full_max": 0, "svd_top_k": 16}),
+                  {**{k: v for k, v in every.items() if k != "spectra_every"},
+                   "quantities": [Spectra(every=1, vectors_every=1, full_max=0, top_k=16)]}),
         ]
         gen = torch.Generator().manual_seed(0)
         data = torch.randint(0, cfg.vocab, (16, cfg.batch, cfg.seq + 1), generator=gen).to(device)

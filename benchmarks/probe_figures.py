@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from probe.diagnostics.monitor import attach
+from probe.diagnostics.quantities import Spectra
 from probe.diagnostics.spectra import exact_spectra
 
 Row = tuple[str, str, str, bool | None]  # case, measured, target, met (None: not measured)
@@ -235,10 +236,11 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - t0
 
 
-WIDE_EVERY = dict(scalars_every=1, update_every=1, neuron_every=1, spectra_every=1, vectors_every=1,
-                  internals_every=1, budget=None, svd_full_max=256, svd_top_k=16)
-"""Everything every step on the wide MLP: spectra of matrices wider than 256 as randomized top-16 (the
-exact spectra of a 512-wide matrix every step cost more than the step; see the README's attach options)."""
+def wide_every() -> dict[str, Any]:
+    """Everything every step on the wide MLP: spectra of matrices wider than 256 as randomized top-16 (the
+    exact spectra of a 512-wide matrix every step cost more than the step; see the README's attach options)."""
+    return dict(scalars_every=1, update_every=1, neuron_every=1, vectors_every=1, internals_every=1, budget=None,
+                quantities=[Spectra(every=1, vectors_every=1, full_max=256, top_k=16)])
 
 
 def wandb_row(steps: int = 30) -> Row:
@@ -249,7 +251,7 @@ def wandb_row(steps: int = 30) -> Row:
     except ImportError:
         return (case, "skipped: wandb is not installed", "below wandb.watch", None)
     widths = (784, 512, 512, 512, 10)
-    every = WIDE_EVERY
+    every = wide_every()
     with tempfile.TemporaryDirectory() as home:
         os.environ["WANDB_MODE"] = "offline"
         os.environ["WANDB_DIR"] = home

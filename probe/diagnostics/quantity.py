@@ -51,6 +51,9 @@ class Needs(enum.Flag):
     """ΔW of the ≥2-D layers only."""
     INTERNALS = enum.auto()
     """Our optimizers' ``last_internals`` for this step (``introspect`` switched on for it)."""
+    GRAD_NORMS = enum.auto()
+    """The per-layer gradient norms of this step in :attr:`PreStep.grad_norms` (the fixed part runs
+    this step even when the budget thins it)."""
 
 
 @dataclass
@@ -65,8 +68,19 @@ class PreStep:
     """This optimizer's monitored layers that have a gradient."""
     captured: list[Layer]
     """The layers whose weights are copied for ΔW this step (a subset of ``layers``)."""
-    grad_norms: Tensor | None = None
-    """1-D, one per ``layers``, once ``GradNorm`` ran (later quantities may reuse them)."""
+    thinned: bool = False
+    """The budget thins the fixed part out of this step: a quantity with ``budgeted = False`` does only
+    what every rank must do (a collective) and records nothing."""
+    grad_norms: list[Tensor] | None = None
+    """0-d norms, one per ``layers``, once ``GradNorm`` ran (later quantities reuse them)."""
+
+    def grad_norms_of(self, layers: Sequence[Layer]) -> list[Tensor] | None:
+        """The gradient norms of ``layers`` (a subset of :attr:`layers`), if all were measured."""
+        if self.grad_norms is None:
+            return None
+        by_param = {id(layer.param): n for layer, n in zip(self.layers, self.grad_norms)}
+        found = [by_param.get(id(layer.param)) for layer in layers]
+        return found if all(n is not None for n in found) else None  # type: ignore[return-value]
 
 
 @dataclass
@@ -79,6 +93,7 @@ class PostStep:
     layers: list[Layer]
     """This optimizer's monitored layers (with or without a gradient this step)."""
     captured: list[Layer]
+    """The layers whose weights were copied before the step (ΔW exists for these)."""
     before: list[Tensor]
     """Weights before the step, one per ``captured``."""
     deltas: list[Tensor]
@@ -138,16 +153,20 @@ class Quantity:
     Class attributes:
         name: key prefix and failure domain (``mon.errors[name]``).
         budgeted: whether the overhead budget may defer it (``False``: the cheap per-step part, which
-            is only thinned when it alone exceeds the budget).
-        priority: order among quantities planned in one step (lower first).
+            is only thinned when it alone exceeds the budget; its ``before_step`` then sees
+            ``ctx.thinned``).
+        priority: order among quantities planned in one step (lower first; built-ins 0–40).
         overlaps_others: its ``measure`` runs the other planned measures through ``meanwhile`` while
             it waits (the CPU spectra); at most one planned quantity has it.
+        on_demand: not scheduled on the training steps: the user triggers it (the half-batch gradient
+            difference, :meth:`Monitor.measure_gradient_diff`); its schedule only advises when.
     """
 
     name: ClassVar[str] = "quantity"
     budgeted: ClassVar[bool] = True
     priority: ClassVar[int] = 100
     overlaps_others: ClassVar[bool] = False
+    on_demand: ClassVar[bool] = False
 
     def __init__(self, every: int | Schedule | None = 1, *, vectors_every: int | Schedule | None = None) -> None:
         self.schedule: Schedule = as_schedule(every)
@@ -174,8 +193,15 @@ class Quantity:
     def at_close(self, step: int, out: Records) -> None:
         """Every closed training step (whether or not this quantity ran), after the last optimizer."""
 
+    def on_host(self, per_step: dict[int, dict[str, float]]) -> None:
+        """The interval's values on the host, before they are logged: add values derived from them
+        without device work (the global ``grad_norm`` from the per-layer norms)."""
+
     def at_flush(self, run: RunLike, log_at: Callable[..., None]) -> None:
         """After the interval's host copy: logging of its own (e.g. a per-epoch ledger)."""
+
+    def close(self) -> None:
+        """At ``detach``: let go of threads or memory of its own."""
 
 
 def overrides(quantity: Quantity, hook: str) -> bool:

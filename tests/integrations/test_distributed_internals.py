@@ -17,6 +17,7 @@ import json, torch, torch.distributed as dist
 from torch import nn
 import probe
 from probe.optim import Muon, NorMuon, hybrid_param_groups
+from probe.diagnostics.quantities import Spectra
 
 STEPS = %d
 dist.init_process_group("gloo")
@@ -41,8 +42,8 @@ for cls in (Muon, NorMuon):
     opt = cls(hybrid_param_groups(model, adamw_lr=1e-2, exclude=()), lr=0.05, distributed=True)
     ref = cls(hybrid_param_groups(reference, adamw_lr=1e-2, exclude=()), lr=0.05, introspect=True)
     run = probe.init(project="ddp-internals", name=cls.__name__, log_all_ranks=True)
-    monitor = probe.attach(ddp, opt, run=run, log_every=2, spectra_every=1, internals_every=1,
-                           vectors_every=None, budget=None, spectra_workers=1)
+    monitor = probe.attach(ddp, opt, run=run, log_every=2, internals_every=1, vectors_every=None, budget=None,
+                           quantities=[Spectra(every=1, vectors_every=None, workers=1)])
     g = torch.Generator().manual_seed(10 + rank)  # each rank its own batch: DDP averages the gradients
     expected = {}
     for step in range(STEPS):

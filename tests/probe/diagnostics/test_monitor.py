@@ -13,6 +13,8 @@ from torch import nn
 import probe
 import probe.diagnostics.monitor
 from probe.diagnostics.monitor import Monitor, attach
+from probe.diagnostics.quantities import NeuronNorms, Spectra, UpdateRatio
+from probe.diagnostics.quantity import Records
 from tests.probe.diagnostics.conftest import RecordingRun, TinyMLP, train
 
 
@@ -277,8 +279,15 @@ def test_rejects_bad_options() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="log_every"):
         attach(model, opt, run=RecordingRun(), log_every=0)
-    with pytest.raises(ValueError, match="spectra_sources"):
-        attach(model, opt, run=RecordingRun(), spectra_sources=("weights",))
+    with pytest.raises(ValueError, match=r"Invalid sources.*\['weights'\].*spectra quantity"):
+        attach(model, opt, run=RecordingRun(), quantities=[Spectra(sources=("weights",))])
+    # a setting that lives with its quantity now: the error says where it went
+    with pytest.raises(TypeError, match=r"spectra_sources.*Spectra\(sources=\.\.\.\)"):
+        attach(model, opt, run=RecordingRun(), spectra_sources=("weight",))
+    with pytest.raises(TypeError, match="unknown options.*spectra_evry"):
+        attach(model, opt, run=RecordingRun(), spectra_evry=5)
+    with pytest.raises(ValueError, match="Spectra is configured twice"):
+        attach(model, opt, run=RecordingRun(), spectra_every=5, quantities=[Spectra(every=10)])
     with pytest.raises(ValueError, match="optimizer"):
         attach(model, [], run=RecordingRun())
 
@@ -498,13 +507,13 @@ def test_update_and_neuron_measures_run_with_the_spectra_and_are_charged_as_thei
     """On the CPU they run while the spectra workers compute: their time must not count as the spectra's."""
     import time
 
-    real = Monitor._measure_neurons
+    real = NeuronNorms.measure
 
     def slow_neurons(self, *args, **kwargs):  # noqa: ANN001, ANN202
         time.sleep(0.05)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Monitor, "_measure_neurons", slow_neurons)
+    monkeypatch.setattr(NeuronNorms, "measure", slow_neurons)
     model = TinyMLP()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     mon = attach(model, opt, run=recording_run, budget=None, log_every=1, update_every=1, neuron_every=1,
@@ -519,12 +528,12 @@ def test_update_and_neuron_measures_run_with_the_spectra_and_are_charged_as_thei
 def test_update_and_neuron_measures_survive_spectra_that_fail_before_reaching_them(
     recording_run: RecordingRun, monkeypatch
 ) -> None:
-    import probe.diagnostics.monitor as monitor_module
+    import probe.diagnostics.quantities.spectra as spectra_module
 
     def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise RuntimeError("bad matrix")
 
-    monkeypatch.setattr(monitor_module, "as_matrix", broken)  # fails while the spectra requests are built
+    monkeypatch.setattr(spectra_module, "as_matrix", broken)  # fails while the spectra requests are built
     _one_step_with_failing_spectra(recording_run)
     assert "update_ratio/fc1.weight" in recording_run.keys()
 
@@ -561,8 +570,8 @@ def test_on_the_cpu_update_and_neuron_measures_run_inside_the_spectra_computatio
         return lambda self, *args: ran.append((name, inside[0])) or real(self, *args)
 
     monkeypatch.setattr(SpectraPool, "compute_groups", groups)
-    monkeypatch.setattr(Monitor, "_measure_update", recorded("update", Monitor._measure_update))
-    monkeypatch.setattr(Monitor, "_measure_neurons", recorded("neuron", Monitor._measure_neurons))
+    monkeypatch.setattr(UpdateRatio, "measure", recorded("update", UpdateRatio.measure))
+    monkeypatch.setattr(NeuronNorms, "measure", recorded("neuron", NeuronNorms.measure))
     model = TinyMLP()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     attach(model, opt, run=recording_run, budget=None, log_every=1, update_every=1, neuron_every=1,
@@ -583,7 +592,7 @@ def test_spectra_failing_after_the_measures_ran_neither_repeat_nor_charge_them(
         raise RuntimeError("eigensolver failed")
 
     calls: list[int] = []
-    real_update = Monitor._measure_update
+    real_update = UpdateRatio.measure
 
     def slow_update(self, *args):  # noqa: ANN001, ANN202
         calls.append(1)
@@ -591,7 +600,7 @@ def test_spectra_failing_after_the_measures_ran_neither_repeat_nor_charge_them(
         return real_update(self, *args)
 
     monkeypatch.setattr(spectra_pool, "_measure_batch", broken)  # after the measures, or instead of them
-    monkeypatch.setattr(Monitor, "_measure_update", slow_update)
+    monkeypatch.setattr(UpdateRatio, "measure", slow_update)
     mon = _one_step_with_failing_spectra(recording_run)
     assert calls == [1]
     assert "update_ratio/fc1.weight" in recording_run.keys()
@@ -619,11 +628,11 @@ def test_spectra_of_layers_on_different_devices_are_recorded_per_device(
 
     records: list[tuple[list[str], torch.device]] = []
     monkeypatch.setattr(SpectraPool, "compute_groups", split_over_devices)
-    monkeypatch.setattr(Monitor, "_add_record", lambda self, step, keys, values: records.append(
+    monkeypatch.setattr(Records, "scalars", lambda self, keys, values: records.append(
         (keys, values.device if isinstance(values, torch.Tensor) else None)))
     model = TinyMLP()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    attach(model, opt, run=recording_run, budget=None, log_every=1000, spectra_every=1, spectra_workers=1)
+    attach(model, opt, run=recording_run, budget=None, log_every=1000, quantities=[Spectra(every=1, workers=1)])
     train(model, opt, 1)
     spectra = [(keys, device) for keys, device in records if keys and keys[0].startswith("sv.")]
     assert sorted(device.type for _, device in spectra) == ["cpu", "meta"]

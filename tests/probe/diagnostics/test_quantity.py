@@ -115,3 +115,71 @@ def test_bad_quantities_are_refused_with_the_field_named(recording_run: Recordin
         attach(model, opt, run=recording_run, quantities=[WeightNorm(), WeightNorm()])
     with pytest.raises(TypeError, match="quantities"):
         attach(model, opt, run=recording_run, quantities=[object()])
+
+
+def test_the_built_in_diagnostics_are_quantities_and_a_configured_one_replaces_the_default(
+    recording_run: RecordingRun,
+) -> None:
+    from probe.diagnostics.quantities import GradNorm, NeuronNorms, OptimizerInternals, Spectra, UpdateRatio
+
+    model = TinyMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    spectra = Spectra(every=3, vectors_every=None, sources=("weight",), full_max=0, top_k=2)
+    mon = attach(model, opt, run=recording_run, budget=None, log_every=5, quantities=[spectra, WeightNorm(every=2)])
+    train(model, opt, 7)
+    mon.detach()
+    kinds = [type(q) for q in mon.quantities]
+    assert kinds[:3] == [GradNorm, UpdateRatio, NeuronNorms] and OptimizerInternals in kinds
+    assert [q for q in mon.quantities if isinstance(q, Spectra)] == [spectra]  # replaced, not added
+    assert sorted(recording_run.series("sv.weight.spectral_norm/fc1.weight")) == [0, 3, 6]
+    assert "sv.update.cond/fc1.weight" not in recording_run.keys()  # its sources, not the default ones
+    # its top-2 randomized spectrum still finds σ_max of the weight after the last step
+    sigma = float(torch.linalg.matrix_norm(model.fc1.weight.detach(), ord=2))
+    assert recording_run.series("sv.weight.spectral_norm/fc1.weight")[6] == pytest.approx(sigma, rel=1e-3)
+    assert sorted(recording_run.series("weight_norm/fc1.weight")) == [0, 2, 4, 6]
+
+
+def test_before_step_sees_the_gradients_a_closure_computes(recording_run: RecordingRun) -> None:
+    """``step(closure)`` (Lightning's automatic optimization, LBFGS): the gradients exist only once the
+    closure ran inside ``step()``; a quantity's ``before_step`` must see those, not the previous step's."""
+
+    class GradSum(probe.Quantity):
+        name = "grad_sum"
+
+        def before_step(self, ctx, out):
+            out.scalars(["grad_sum"], torch.stack([layer.grad().abs().sum() for layer in ctx.layers]).sum().reshape(1))
+
+    model = TinyMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = attach(model, opt, run=recording_run, budget=None, log_every=1, quantities=[GradSum(every=1)])
+    seen: list[float] = []
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = torch.randn(8, model.fc1.in_features, generator=g)
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = model(x).pow(2).mean()
+            loss.backward()
+            seen.append(sum(float(p.grad.abs().sum()) for p in model.parameters()))
+            return loss
+
+        opt.step(closure)
+    mon.detach()
+    assert mon.errors == {}
+    assert list(recording_run.series("grad_sum").values()) == pytest.approx(seen, rel=1e-5)
+
+
+def test_settings_live_with_their_quantity(recording_run: RecordingRun) -> None:
+    from probe.diagnostics.quantities import NeuronNorms, Spectra
+
+    with pytest.raises(ValueError, match="frozen_rel_tol.*neuron quantity"):
+        NeuronNorms(frozen_rel_tol=-1)
+    with pytest.raises(ValueError, match="top_k.*spectra quantity"):
+        Spectra(top_k=0)
+    model = TinyMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"svd_top_k.*Spectra\(top_k=\.\.\.\)"):
+        attach(model, opt, run=recording_run, svd_top_k=8)
+    with pytest.raises(TypeError, match=r"frozen_rel_tol.*NeuronNorms\(frozen_rel_tol=\.\.\.\)"):
+        attach(model, opt, run=recording_run, frozen_rel_tol=0.1)

@@ -19,6 +19,8 @@ from probe.diagnostics.measures import stack_f32
 
 __all__ = ["IntervalBuffer", "ArrayValue"]
 
+_PENDING = torch.empty(0)  # placeholder of a fresh group until the drain stacks it
+
 
 @dataclass(frozen=True)
 class ArrayValue:
@@ -35,13 +37,27 @@ class IntervalBuffer:
 
     def __init__(self) -> None:
         self._scalars: list[tuple[int, list[str], Tensor]] = []
+        # (index into _scalars, 0-d tensors) of groups whose stacking waits for the drain
+        self._fresh: list[tuple[int, Sequence[Tensor]]] = []
         # (key, layer) of each array, step, values: one array as is, or a batch as the rows of a 2-D tensor
         self._arrays: list[tuple[list[tuple[str, str]], int, Tensor, bool]] = []
         self._host: dict[int, dict[str, float]] = {}
 
-    def add_scalars(self, step: int, keys: list[str], values: Sequence[Tensor] | Tensor) -> None:
-        """Keep ``keys`` at ``step``: a 1-D tensor of len(keys) values, or a list of 0-d tensors (stacked)."""
+    def add_scalars(self, step: int, keys: list[str], values: Sequence[Tensor] | Tensor, *,
+                    fresh: bool = False) -> None:
+        """Keep ``keys`` at ``step``: a 1-D tensor of len(keys) values, or a list of 0-d tensors (stacked).
+
+        ``fresh``: the 0-d tensors are new results of this step (no views of tensors that change later),
+        so they are kept as they are and stacked at the drain, one op for the whole interval instead of
+        one per step (the per-step grad norms).
+        """
         if not keys:
+            return
+        if fresh and not isinstance(values, Tensor):
+            if len(values) != len(keys):
+                raise ValueError(f"{len(keys)} keys but {len(values)} values")
+            self._fresh.append((len(self._scalars), values))
+            self._scalars.append((step, keys, _PENDING))
             return
         stacked = values.detach().reshape(-1).float() if isinstance(values, Tensor) else stack_f32(values)
         if stacked.numel() != len(keys):
@@ -67,8 +83,21 @@ class IntervalBuffer:
     def __len__(self) -> int:
         return len(self._scalars) + len(self._arrays) + len(self._host)
 
+    def _stack_fresh(self) -> None:
+        """One stack of every fresh group's 0-d tensors, each group a slice of it."""
+        fresh, self._fresh = self._fresh, []
+        if not fresh:
+            return
+        stacked = stack_f32([v for _, values in fresh for v in values])
+        offset = 0
+        for i, values in fresh:
+            step, keys, _ = self._scalars[i]
+            self._scalars[i] = (step, keys, stacked[offset: offset + len(values)])
+            offset += len(values)
+
     def drain(self) -> tuple[dict[int, dict[str, float]], list[ArrayValue]]:
         """Empty the buffer: ``({step: {key: float}}, [ArrayValue])`` with one host copy per device."""
+        self._stack_fresh()
         scalars, arrays, host = self._scalars, self._arrays, self._host
         self._scalars, self._arrays, self._host = [], [], {}
         tensors = [t for _, _, t in scalars] + [t for _, _, t, _ in arrays]

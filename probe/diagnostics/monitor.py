@@ -182,6 +182,8 @@ class Monitor:
         # Nominal period of each budgeted quantity (declared by its schedule, else the last gap between
         # two steps it was due at) and the last step it was due at: its floor is one run per 10 periods.
         self._periods: dict[str, int] = {q.name: period_of(q.schedule) or 1 for q in self._budgeted}
+        # (name, schedule, vectors schedule, declared period) of each budgeted quantity, read every step
+        self._schedules = [(q.name, q.schedule, q.vectors_schedule, period_of(q.schedule)) for q in self._budgeted]
         self._last_due: dict[str, int] = {}
         self._fixed_due: list[Quantity] = []  # fixed quantities due this step (thinned or not)
         self._fixed_now = False  # whether the fixed per-step part runs (is not thinned) this step
@@ -581,18 +583,19 @@ class Monitor:
             if self._fixed_waited >= self.budget.fixed_every:
                 self._fixed_now = True
                 self._fixed_waited = 0
-        for q in self._budgeted:
-            name = q.name
-            if name in self.disabled:
+        disabled = self.disabled
+        for name, due, vectors, declared in self._schedules:
+            if name in disabled:
                 continue
-            if q.vectors_schedule(step):
+            if vectors(step):
                 self._vectors_pending.add(name)
-            if not q.is_due(step):
+            if not due(step):
                 continue
-            last = self._last_due.get(name)
-            if last is not None and period_of(q.schedule) is None:
-                self._periods[name] = step - last
-            self._last_due[name] = step
+            if declared is None:  # a callable schedule: its period is the last gap between due steps
+                last = self._last_due.get(name)
+                if last is not None:
+                    self._periods[name] = step - last
+                self._last_due[name] = step
             self._pending.setdefault(name, step)
         if not self._pending:
             self._open = True

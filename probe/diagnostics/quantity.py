@@ -126,9 +126,13 @@ class Records:
         self._buffer = buffer
         self.step = 0
 
-    def scalars(self, keys: list[str], values: Sequence[Tensor] | Tensor) -> None:
-        """One value per key: a 1-D tensor of ``len(keys)`` values, or a list of 0-d tensors."""
-        self._buffer.add_scalars(self.step, keys, values)
+    def scalars(self, keys: list[str], values: Sequence[Tensor] | Tensor, *, fresh: bool = False) -> None:
+        """One value per key: a 1-D tensor of ``len(keys)`` values, or a list of 0-d tensors.
+
+        ``fresh=True`` promises the 0-d tensors are new results (e.g. of ``torch._foreach_norm``), never
+        views of tensors that change later: they are then stacked once per interval, not per call.
+        """
+        self._buffer.add_scalars(self.step, keys, values, fresh=fresh)
 
     def array(self, key: str, layer: str, values: Tensor) -> None:
         """A 1-D array (a spectrum, per-neuron norms) of ``key``/``layer``."""

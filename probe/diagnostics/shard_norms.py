@@ -32,7 +32,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["sharded_parameters", "global_norms"]
+__all__ = ["dtensor_parameters", "sharded_parameters", "global_norms"]
+
+
+def dtensor_parameters(params: Iterable[Tensor]) -> list[Tensor]:
+    """The DTensor parameters among ``params`` (once, at attach: a parameter's type does not change, so
+    a model without any costs :func:`sharded_parameters` nothing per step)."""
+    if "torch.distributed.tensor" not in sys.modules:
+        return []
+    from torch.distributed.tensor import DTensor
+
+    return [p for p in params if isinstance(p, DTensor)]
 
 
 def sharded_parameters(params: Iterable[Tensor]) -> list[Tensor]:

@@ -6,11 +6,12 @@ import math
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 
 from probe.diagnostics.layers import Layer
 from probe.diagnostics.quantity import PreStep, Quantity, Records
 from probe.diagnostics.schedule import Schedule
-from probe.diagnostics.shard_norms import global_norms, sharded_parameters
+from probe.diagnostics.shard_norms import dtensor_parameters, global_norms, sharded_parameters
 
 
 class GradNorm(Quantity):
@@ -33,22 +34,33 @@ class GradNorm(Quantity):
     def __init__(self, every: int | Schedule | None = 1) -> None:
         super().__init__(every)
         self._steps: list[int] = []  # steps whose global norm the flush derives
-        self._optimizers: Sequence[torch.optim.Optimizer] = ()
+        self._dtensors: list[list[Tensor]] = []  # per optimizer, its DTensor parameters (a type never changes)
+        self._key_names: tuple[str, ...] = ()
+        self._key_list: list[str] = []
 
     def bind(self, layers: Sequence[Sequence[Layer]], optimizers: Sequence[torch.optim.Optimizer]) -> None:
-        self._optimizers = optimizers
+        self._dtensors = [dtensor_parameters(p for group in opt.param_groups for p in group["params"])
+                          for opt in optimizers]
 
     def before_step(self, ctx: PreStep, out: Records) -> None:
-        sharded = sharded_parameters(p for group in ctx.optimizer.param_groups for p in group["params"])
+        candidates = self._dtensors[ctx.index] if ctx.index < len(self._dtensors) else []
+        sharded = sharded_parameters(candidates) if candidates else []
         full = global_norms(sharded) if sharded else {}
         if ctx.thinned or not ctx.layers:
             return
         local = torch._foreach_norm([layer.grad() for layer in ctx.layers])  # type: ignore[misc]
         norms = [full.get(id(layer.param), n) for layer, n in zip(ctx.layers, local)] if full else list(local)
-        out.scalars([f"grad_norm/{layer.name}" for layer in ctx.layers], norms)
+        out.scalars(self._keys(ctx.layers), norms, fresh=True)
         ctx.grad_norms = norms
         if not self._steps or self._steps[-1] != ctx.step:
             self._steps.append(ctx.step)
+
+    def _keys(self, layers: list[Layer]) -> list[str]:
+        """The keys of ``layers``, built once per set of layers (most steps see the same list)."""
+        names = tuple(layer.name for layer in layers)
+        if self._key_names != names:
+            self._key_names, self._key_list = names, [f"grad_norm/{name}" for name in names]
+        return self._key_list
 
     def on_host(self, per_step: dict[int, dict[str, float]]) -> None:
         for step in self._steps:

@@ -172,7 +172,8 @@ class Muon(Optimizer):
             must be initialised; gradients must already be averaged, e.g. by DDP). Default False.
         process_group: process group for ``distributed`` (default: the world group). With
             ``distributed`` and ``introspect``, rank 0 of the group reports every matrix's internals
-            and the other ranks none (see ``probe.optim._distributed``).
+            and the other ranks none (see ``probe.optim._distributed``). FSDP2 row-sharded parameters
+            likewise: rank 0 of their mesh reports each whole matrix (NorMuon's ``v`` and Ô included).
 
     Attributes:
         orthogonalizer: ``"newton_schulz5"``, recorded by the probe.
@@ -353,7 +354,8 @@ class Muon(Optimizer):
         # (with the whole-matrix row statistics that :meth:`_direction` assembles), so a run shared by all
         # ranks (``log_all_ranks``) stores each matrix once, under its own key, as under DDP.
         reports = shard is None or shard.rank == 0
-        self._apply_bucket(group, work, O, {i: (U_full[i], O_full[i]) for i in range(len(params))} if reports else {})
+        introspected = {i: (U_full[i], O_full[i]) for i in range(len(params))} if reports else {}
+        self._apply_bucket(group, work, O, introspected)
 
     def _ns(self, group: dict[str, Any], U: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
         """The group's batched Newton–Schulz (its working dtype: ``ns_dtype`` or the device default)."""

@@ -56,7 +56,7 @@ from probe.optim.muon import MATCH_RMS, Muon, _check_unit_interval, shape_scale
 if TYPE_CHECKING:
     from probe.optim._distributed import RowShard
 
-__all__ = ["NorMuon", "normuon_normalize", "row_factor_from"]
+__all__ = ["NorMuon", "normuon_normalize"]
 
 
 def normuon_normalize(
@@ -100,7 +100,7 @@ def normuon_normalize(
     sq = torch.stack([row_sq.sum(dim=-1), (row_sq * inv.square()).sum(dim=-1)])  # (2, B): ‖O‖², ‖Ô‖²
     if reduce is not None:
         sq = reduce(sq)
-    return row_factor_from(inv, sq, rows=m, cols=n, eps=eps, adjust_lr_fn=adjust_lr_fn)
+    return _row_factor_from(inv, sq, rows=m, cols=n, eps=eps, adjust_lr_fn=adjust_lr_fn)
 
 
 def _inverse_rms(v: Tensor, eps: float) -> Tensor:
@@ -108,7 +108,7 @@ def _inverse_rms(v: Tensor, eps: float) -> Tensor:
     return 1.0 / (v.sqrt() + eps)
 
 
-def row_factor_from(
+def _row_factor_from(
     inv: Tensor, sq: Tensor, *, rows: int, cols: int, eps: float, adjust_lr_fn: str
 ) -> tuple[Tensor, float]:
     """(row_factor, scale) of :func:`normuon_normalize` from the per-row 1/(√v+ε) (B, m') and the
@@ -229,12 +229,12 @@ class NorMuon(Muon):
         if shard.rank != 0:  # only rank 0 of the mesh reports (Muon._update_bucket)
             return O, row_factor, scale, {}
         v_full = reduced["v"]
-        full_factor, _ = row_factor_from(_inverse_rms(v_full, eps), reduced["sq"], rows=rows, cols=cols,
+        full_factor, _ = _row_factor_from(_inverse_rms(v_full, eps), reduced["sq"], rows=rows, cols=cols,
                                          eps=eps, adjust_lr_fn=fn)
         return O, row_factor, scale, {"v": v_full, "row_factor": full_factor}
 
     def _extra_internals(self, index: int, post: Tensor, extra: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``v`` (rows,) and ``normalized`` (Ô after the rescale, before the shape factor) of the whole matrix."""
+        """``v`` (rows,) and ``normalized`` (Ô after the rescale, before the shape factor), whole matrix."""
         if not extra:
             return {}
         return {"v": extra["v"][index], "normalized": post * extra["row_factor"][index]}

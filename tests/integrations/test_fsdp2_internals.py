@@ -35,8 +35,8 @@ import probe
 from probe.optim import Muon, NorMuon, hybrid_param_groups
 
 STEPS = %d
-OPTIONS = dict(log_every=2, spectra_every=1, internals_every=1, vectors_every=1, budget=None, spectra_workers=1,
-               spectra_sources=("pre_orth", "post_orth"))
+OPTIONS = dict(log_every=2, spectra_every=1, internals_every=1, vectors_every=1, budget=None,
+               spectra_workers=1, spectra_sources=("pre_orth", "post_orth"))
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 torch.set_num_threads(1)
@@ -47,8 +47,8 @@ def net():
     # 7 rows: uneven shards (4 + 3); two 16x16 matrices: one bucket whose NS the ranks split;
     # the (1, 16) head: rank 1 holds none of its rows
     g = torch.Generator().manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 7), nn.Tanh(), nn.Linear(7, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
-                          nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1))
+    model = nn.Sequential(nn.Linear(8, 7), nn.Tanh(), nn.Linear(7, 16), nn.Tanh(), nn.Linear(16, 16),
+                          nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1))
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
@@ -118,7 +118,8 @@ def _arrays(srv, run_id: str, key: str) -> list[dict]:  # noqa: ANN001
         return r.raise_for_status().json()["records"]
 
 
-def test_fsdp2_muon_family_internals_are_the_whole_matrix_once_on_rank0(live_server, tmp_path) -> None:  # noqa: ANN001
+def test_fsdp2_muon_family_internals_are_the_whole_matrix_once_on_rank0(  # noqa: ANN001
+        live_server, tmp_path) -> None:
     srv = live_server()
     env = {"OPTISCOPE_URL": srv.url, "OPTISCOPE_TOKEN": srv.token, "OPTISCOPE_HOME": str(srv.home / "client")}
     out = torchrun(JOB, tmp_path, env)

@@ -187,7 +187,8 @@ def _fsdp_check() -> dict[str, object]:
             "is_dtensor": type(w).__name__ == "DTensor",
             "local_rows": w.to_local().shape[0],
             "v_rows": opt_s.state[w]["v"].shape[0] if "v" in opt_s.state[w] else None,
-            "pre_orth_shape": tuple(opt_s.last_internals[w]["pre_orth"].shape) if w in opt_s.last_internals else None,
+            "pre_orth_shape": (tuple(opt_s.last_internals[w]["pre_orth"].shape)
+                               if w in opt_s.last_internals else None),
             # rank 0 reports every matrix, whole (NorMuon's v and Ô too, not its shard rows), rank 1 none
             "introspected": sorted(i for i, p in enumerate(sharded.parameters()) if p in opt_s.last_internals),
             "internals_shapes": {k: tuple(t.shape) for k, t in opt_s.last_internals.get(w, {}).items()},
@@ -230,7 +231,8 @@ def test_round_robin_and_fsdp2_equal_single_process(tmp_path: Path) -> None:
         assert f0["pre_orth_shape"] == (7, 10)  # introspection shows the full matrix fed to NS
         # ...on rank 0 only, for every matrix (the 5 weights are parameters 0, 2, 4, 6, 8), whole, and equal
         # to the single-process optimizer's; rank 1 reports none (no rank1. copies in a shared run)
-        assert f0["introspected"] == [0, 2, 4, 6, 8] and f1["introspected"] == [] and f1["pre_orth_shape"] is None
+        assert f0["introspected"] == [0, 2, 4, 6, 8]
+        assert f1["introspected"] == [] and f1["pre_orth_shape"] is None
         assert f0["internals_diff"] < FSDP_ATOL, f0["internals_diff"]
     assert r0["fsdp"]["NorMuon"]["internals_shapes"] == {
         "pre_orth": (7, 10), "post_orth": (7, 10), "nonfinite_skips": (), "v": (7,), "normalized": (7, 10)}

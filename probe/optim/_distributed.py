@@ -28,14 +28,24 @@ Details and decisions:
 
 Row-sharded parameters (FSDP2 ``fully_shard``; any DTensor on a 1-D mesh with placement Shard(0)),
 ALGORITHMS.md §2.5. These take the row-shard path whether or not ``distributed=True`` was passed:
-* momentum, NorMuon's v and the weight update act on this rank's rows only (v is local per row
-  shard, no communication for the row statistic);
+* momentum, NorMuon's v and the weight update act on this rank's rows only (v's state is local per
+  row shard);
 * the finiteness test is all-reduced (all shards of a matrix skip together);
 * the NS input U is all-gathered (one collective per shape bucket, rows padded to torch.chunk
   sizes); each rank orthogonalizes only its round-robin share of the bucket's matrices (one batched
   NS), and a second all-gather distributes the results, from which each rank keeps its rows;
 * NorMuon's Frobenius rescale is exact: one all-reduce of 2 scalars per matrix (‖O‖², ‖Ô‖²), where
-  dion's reference approximates it per shard.
+  dion's reference approximates it per shard. The same all-reduce carries every rank's rows of v
+  (zeros elsewhere: :meth:`RowShard.reduce_sum_with_rows`), so each rank has the whole v of every
+  matrix on every step, whether or not anyone introspects: no extra collective, and none whose
+  schedule depends on ``introspect`` (each rank's probe sets it, after its own overhead budget; a rank
+  that does not log never sets it), which would deadlock. Cost: ``rows`` scalars per matrix per step,
+  1/cols of what the U gather alone moves.
+* ``introspect`` fills ``last_internals`` on rank 0 of the mesh only, for every matrix and for the
+  whole matrix: ``pre_orth``/``post_orth`` are the gathered U and O, NorMuon's ``v`` and ``normalized``
+  (Ô) come from the whole v (the row factors are recomputed from it with the reduced norms, by the
+  same formula every rank used for its rows). So a run shared by all ranks stores each matrix's
+  ``sv.*``, ``orth_err`` and ``normuon.*`` once, under the layer's own key, as under DDP.
 State for DTensor parameters is stored as plain local tensors (this rank's rows), so each rank saves
 its own ``state_dict``; torch.distributed.checkpoint resharding of that state is not supported.
 
@@ -191,6 +201,23 @@ class RowShard:
         """Sum ``x`` over the shards (in place; returned for chaining)."""
         dist.all_reduce(x, op=dist.ReduceOp.SUM, group=self.group)
         return x
+
+    def reduce_sum_with_rows(self, x: Tensor, local_rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Sum ``x`` over the shards and assemble per-row values, in ONE all-reduce.
+
+        ``local_rows`` is (B, local_rows), this rank's rows of B matrices; every rank gets (B, rows),
+        the whole matrices' rows. Each rank contributes its rows at its offset and zeros elsewhere, so
+        the sum assembles them bit for bit (x + 0 = x exactly). Riding on a reduction that runs anyway
+        (NorMuon's Frobenius norms) costs ``B·rows`` more scalars and no extra collective; and because
+        the payload does not depend on whether anyone introspects, every rank joins the same
+        collective on every step (``introspect`` is set per rank, by each rank's probe and budget).
+        ``x`` and ``local_rows`` must share a dtype.
+        """
+        count = local_rows.shape[0]
+        placed = local_rows.new_zeros((count, self.rows))
+        placed[:, self.start : self.start + self.local_rows] = local_rows
+        packed = self.reduce_sum(torch.cat([x.reshape(-1), placed.reshape(-1)]))
+        return packed[: x.numel()].view(x.shape), packed[x.numel() :].view(count, self.rows)
 
     def gather_rows(self, U: Tensor) -> Tensor:
         """(B, local_rows, n) on every rank → (B, rows, n) full matrices on every rank."""

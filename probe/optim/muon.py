@@ -172,7 +172,8 @@ class Muon(Optimizer):
             must be initialised; gradients must already be averaged, e.g. by DDP). Default False.
         process_group: process group for ``distributed`` (default: the world group). With
             ``distributed`` and ``introspect``, rank 0 of the group reports every matrix's internals
-            and the other ranks none (see ``probe.optim._distributed``).
+            and the other ranks none (see ``probe.optim._distributed``). FSDP2 row-sharded parameters
+            likewise: rank 0 of their mesh reports each whole matrix (NorMuon's ``v`` and Ô included).
 
     Attributes:
         orthogonalizer: ``"newton_schulz5"``, recorded by the probe.
@@ -349,7 +350,12 @@ class Muon(Optimizer):
         ns = self._ns(group, work.U)
         O_full = ns(U_full, work.ok) if shard is None else shard.orthogonalize(U_full, work.ok, ns)
         O = O_full if shard is None else O_full[:, shard.start : shard.start + work.local_rows]
-        self._apply_bucket(group, work, O, {i: (U_full[i], O_full[i]) for i in range(len(params))})
+        # Every rank holds the whole U and O of every matrix here, but only rank 0 of the mesh reports them
+        # (with the whole-matrix row statistics that :meth:`_direction` assembles), so a run shared by all
+        # ranks (``log_all_ranks``) stores each matrix once, under its own key, as under DDP.
+        reports = shard is None or shard.rank == 0
+        introspected = {i: (U_full[i], O_full[i]) for i in range(len(params))} if reports else {}
+        self._apply_bucket(group, work, O, introspected)
 
     def _ns(self, group: dict[str, Any], U: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
         """The group's batched Newton–Schulz (its working dtype: ``ns_dtype`` or the device default)."""
@@ -404,9 +410,7 @@ class Muon(Optimizer):
         params, states, ok, shard = work.params, work.states, work.ok, work.shard
         rows, cols, local_rows, in_out = work.rows, work.cols, work.local_rows, work.in_out
         local = (lambda t: t) if shard is None else shard.local  # noqa: E731
-        D, row_factor, scale, extra = self._direction(
-            group, params, states, O, ok, rows, cols, reduce=None if shard is None else shard.reduce_sum
-        )
+        D, row_factor, scale, extra = self._direction(group, params, states, O, ok, rows, cols, shard=shard)
 
         # Weights whose layout has no (rows, cols) view (channels_last convs) are updated in a
         # contiguous copy that is written back with copy_, which keeps the parameter's own layout.
@@ -436,7 +440,7 @@ class Muon(Optimizer):
             for i, (pre, post) in introspected.items():
                 p, st = params[i], states[i]
                 entry = {"pre_orth": pre, "post_orth": post, "nonfinite_skips": st["nonfinite_skips"].clone()}
-                entry.update({k: v[i] for k, v in extra.items()})
+                entry.update(self._extra_internals(i, post, extra))
                 self.last_internals[p] = entry
 
     # Hooks that NorMuon overrides ------------------------------------------------
@@ -452,17 +456,24 @@ class Muon(Optimizer):
         ok: Tensor,
         rows: int,
         cols: int,
-        reduce: Callable[[Tensor], Tensor] | None = None,
+        shard: RowShard | None = None,
     ) -> tuple[Tensor, Tensor | None, float, dict[str, Tensor]]:
         """Update direction: (D, row_factor, scale, extra) with update = −η·scale·D·row_factor.
 
         ``row_factor`` is None (Muon) or a (B, m, 1) per-row multiplier (NorMuon) fused into the weight
-        update; ``extra`` holds additional introspection tensors (only filled when ``introspect``).
+        update; ``extra`` holds what :meth:`_extra_internals` needs for introspection, for the WHOLE
+        matrices (also when ``O`` is a row shard), and must be cheap to return when nobody reads it.
 
-        ``O`` may be this rank's row shard of the NS outputs (row-sharded parameters): then ``rows`` is
-        the full row count and ``reduce`` sums per-shard partial sums over the shards.
+        ``O`` may be this rank's row shard of the NS outputs (row-sharded parameters, ``shard`` given):
+        then ``rows`` is the full row count, and any communication must happen on every step whatever
+        ``introspect`` says (it is set per rank: a collective that depended on it could deadlock).
         """
         return O, None, shape_scale(rows, cols, group["adjust_lr_fn"]), {}
+
+    def _extra_internals(self, index: int, post: Tensor, extra: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Algorithm-specific ``last_internals`` of matrix ``index`` of a bucket (whole NS output ``post``;
+        ``extra`` from :meth:`_direction`). Muon has none."""
+        return {}
 
     # ------------------------------------------------------------------ AdamW groups
     def _step_adamw(self, group: dict[str, Any]) -> None:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -52,6 +52,9 @@ from torch.optim.optimizer import ParamsT
 
 from probe.optim._orthogonalize import NS_COEFFICIENTS, NS_STEPS
 from probe.optim.muon import MATCH_RMS, Muon, _check_unit_interval, shape_scale
+
+if TYPE_CHECKING:
+    from probe.optim._distributed import RowShard
 
 __all__ = ["NorMuon", "normuon_normalize"]
 
@@ -67,12 +70,12 @@ def normuon_normalize(
     rows: int | None = None,
     reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, float]:
-    """Row-normalisation factors of a batch of NS outputs; updates v in place. a batch of NS outputs and update v in place.
+    """Row-normalisation factors of a batch of NS outputs; updates v in place.
 
     Args:
         O: (B, m, n) Newton–Schulz outputs (any float dtype; computed in ``v.dtype``), or this rank's
             row shard of them when the parameters are row-sharded (then pass ``rows`` and ``reduce``).
-        v: (B, m) second moments, updated in place where ``ok`` is True.
+        v: (B, m) second moments, updated in place where ``ok`` is True (before ``reduce`` is called).
         ok: (B,) bool; False rows leave v bit-identical (their output is discarded by the caller).
         beta2: EMA factor of v.
         eps: added to √v and to the rescale's denominator.
@@ -93,16 +96,30 @@ def normuon_normalize(
     # need no pass over Ô, and the row division and the rescale become one per-row factor (one pass).
     row_sq = torch.linalg.vector_norm(O, dim=-1, dtype=v.dtype).square_()  # (B, m_local): ‖O_i‖²
     v.lerp_(row_sq / n, (ok.to(v.dtype) * (1.0 - beta2)).view(-1, 1))
-    inv = 1.0 / (v.sqrt() + eps)
+    inv = _inverse_rms(v, eps)
     sq = torch.stack([row_sq.sum(dim=-1), (row_sq * inv.square()).sum(dim=-1)])  # (2, B): ‖O‖², ‖Ô‖²
     if reduce is not None:
         sq = reduce(sq)
+    return _row_factor_from(inv, sq, rows=m, cols=n, eps=eps, adjust_lr_fn=adjust_lr_fn)
+
+
+def _inverse_rms(v: Tensor, eps: float) -> Tensor:
+    """1/(√v + ε), row by row."""
+    return 1.0 / (v.sqrt() + eps)
+
+
+def _row_factor_from(
+    inv: Tensor, sq: Tensor, *, rows: int, cols: int, eps: float, adjust_lr_fn: str
+) -> tuple[Tensor, float]:
+    """(row_factor, scale) of :func:`normuon_normalize` from the per-row 1/(√v+ε) (B, m') and the
+    matrices' (2, B) squared norms (‖O‖², ‖Ô‖²), for any m' of the m rows: a rank's own rows, or, on
+    the rank that reports a row-sharded matrix, all of them (the same formula, so the same bits)."""
     norm_old, norm_new = sq.sqrt().unbind(0)
     if adjust_lr_fn == "original":
         factor = inv * (norm_old / (norm_new + eps)).unsqueeze(-1)
-        return factor.unsqueeze(-1), shape_scale(m, n, "original")
+        return factor.unsqueeze(-1), shape_scale(rows, cols, "original")
     if adjust_lr_fn == "match_rms_adamw":
-        factor = inv * (MATCH_RMS * math.sqrt(m * n) / (norm_new + eps)).unsqueeze(-1)
+        factor = inv * (MATCH_RMS * math.sqrt(rows * cols) / (norm_new + eps)).unsqueeze(-1)
         return factor.unsqueeze(-1), 1.0
     raise ValueError(f"Invalid adjust_lr_fn: {adjust_lr_fn!r}")
 
@@ -186,14 +203,38 @@ class NorMuon(Muon):
         ok: Tensor,
         rows: int,
         cols: int,
-        reduce: Callable[[Tensor], Tensor] | None = None,
+        shard: RowShard | None = None,
     ) -> tuple[Tensor, Tensor | None, float, dict[str, Tensor]]:
         vs = [st["v"] for st in states]
         V = torch.stack(vs)
+        reduced: dict[str, Tensor] = {}
+
+        def reduce(sq: Tensor) -> Tensor:
+            # Row-sharded: the Frobenius norms' all-reduce also assembles the whole v (V is updated by
+            # now), on every step, so no collective depends on ``introspect`` (see _distributed).
+            assert shard is not None
+            reduced["sq"], reduced["v"] = shard.reduce_sum_with_rows(sq, V)
+            return reduced["sq"]
+
+        eps, fn = group["eps"], group["adjust_lr_fn"]
         row_factor, scale = normuon_normalize(
-            O, V, ok, beta2=group["beta2"], eps=group["eps"], adjust_lr_fn=group["adjust_lr_fn"],
-            rows=rows, reduce=reduce,
+            O, V, ok, beta2=group["beta2"], eps=eps, adjust_lr_fn=fn, rows=rows,
+            reduce=None if shard is None else reduce,
         )
         torch._foreach_copy_(vs, list(V.unbind(0)))
-        extra = {"v": V, "normalized": O * row_factor} if self.introspect else {}
-        return O, row_factor, scale, extra
+        if not self.introspect:
+            return O, row_factor, scale, {}
+        if shard is None:
+            return O, row_factor, scale, {"v": V, "row_factor": row_factor}
+        if shard.rank != 0:  # only rank 0 of the mesh reports (Muon._update_bucket)
+            return O, row_factor, scale, {}
+        v_full = reduced["v"]
+        full_factor, _ = _row_factor_from(_inverse_rms(v_full, eps), reduced["sq"], rows=rows, cols=cols,
+                                         eps=eps, adjust_lr_fn=fn)
+        return O, row_factor, scale, {"v": v_full, "row_factor": full_factor}
+
+    def _extra_internals(self, index: int, post: Tensor, extra: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``v`` (rows,) and ``normalized`` (Ô after the rescale, before the shape factor), whole matrix."""
+        if not extra:
+            return {}
+        return {"v": extra["v"][index], "normalized": post * extra["row_factor"][index]}

@@ -153,8 +153,12 @@ def _fsdp_check() -> dict[str, object]:
         sharded, reference = _tiny_model(), _tiny_model()
         fully_shard(sharded, mesh=mesh)
         opt_s = cls(hybrid_param_groups(sharded, adamw_lr=1e-2, exclude=()), lr=0.05, weight_decay=0.01, introspect=True)
-        opt_r = cls(hybrid_param_groups(reference, adamw_lr=1e-2, exclude=()), lr=0.05, weight_decay=0.01)
-        for _ in range(3):
+        opt_r = cls(hybrid_param_groups(reference, adamw_lr=1e-2, exclude=()), lr=0.05, weight_decay=0.01,
+                    introspect=True)
+        for step in range(3):
+            # introspect is per rank (each rank's probe and budget decide): on the last step only rank 0
+            # asks, which must neither deadlock nor change what rank 0 reports
+            opt_s.introspect = step < 2 or dist.get_rank() == 0
             for model, opt in ((sharded, opt_s), (reference, opt_r)):
                 opt.zero_grad()
                 nn.functional.mse_loss(model(x), y).backward()
@@ -183,7 +187,18 @@ def _fsdp_check() -> dict[str, object]:
             "is_dtensor": type(w).__name__ == "DTensor",
             "local_rows": w.to_local().shape[0],
             "v_rows": opt_s.state[w]["v"].shape[0] if "v" in opt_s.state[w] else None,
-            "pre_orth_shape": tuple(opt_s.last_internals[w]["pre_orth"].shape),
+            "pre_orth_shape": (tuple(opt_s.last_internals[w]["pre_orth"].shape)
+                               if w in opt_s.last_internals else None),
+            # rank 0 reports every matrix, whole (NorMuon's v and Ô too, not its shard rows), rank 1 none
+            "introspected": sorted(i for i, p in enumerate(sharded.parameters()) if p in opt_s.last_internals),
+            "internals_shapes": {k: tuple(t.shape) for k, t in opt_s.last_internals.get(w, {}).items()},
+            "internals_diff": max(
+                ((a - b).abs().max().item() for p, q in zip(sharded.parameters(), reference.parameters())
+                 if p in opt_s.last_internals
+                 for k, a in opt_s.last_internals[p].items() if k != "nonfinite_skips"
+                 for b in [opt_r.last_internals[q][k]]),
+                default=float("nan"),
+            ),
         }
     return out
 
@@ -214,6 +229,13 @@ def test_round_robin_and_fsdp2_equal_single_process(tmp_path: Path) -> None:
         assert f0["is_dtensor"] and (f0["local_rows"], f1["local_rows"]) == local_rows
         assert f0["max_diff"] < FSDP_ATOL and f1["max_diff"] < FSDP_ATOL, (f0["max_diff"], f1["max_diff"])
         assert f0["pre_orth_shape"] == (7, 10)  # introspection shows the full matrix fed to NS
+        # ...on rank 0 only, for every matrix (the 5 weights are parameters 0, 2, 4, 6, 8), whole, and equal
+        # to the single-process optimizer's; rank 1 reports none (no rank1. copies in a shared run)
+        assert f0["introspected"] == [0, 2, 4, 6, 8]
+        assert f1["introspected"] == [] and f1["pre_orth_shape"] is None
+        assert f0["internals_diff"] < FSDP_ATOL, f0["internals_diff"]
+    assert r0["fsdp"]["NorMuon"]["internals_shapes"] == {
+        "pre_orth": (7, 10), "post_orth": (7, 10), "nonfinite_skips": (), "v": (7,), "normalized": (7, 10)}
     assert (r0["fsdp"]["NorMuon"]["v_rows"], r1["fsdp"]["NorMuon"]["v_rows"]) == (4, 3)  # v local per row shard
     # 5 AdamW (bias) parameters, one all-reduce of their flags
     assert r0["fsdp"]["Muon_adamw_all_reduces"] == r0["fsdp"]["NorMuon_adamw_all_reduces"] == 1

@@ -644,7 +644,7 @@ def _resolve_labels(
 
 
 def _collective_device(group: Any) -> torch.device:
-    """Where the exchange's tensors must live for ``group``'s backend: the current GPU for NCCL, else CPU."""
+    """Device of the exchange's tensors: the current GPU for an NCCL group, else the CPU."""
     if dist.get_backend(group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")

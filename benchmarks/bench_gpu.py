@@ -13,7 +13,8 @@ keeps what it measured):
    ``torch.optim.AdamW``: device time (CUDA events over many steps, no per-step sync) and host time
    (the ``step()`` call returning).
 4. ``sync_audit``: host syncs counted (``torch.cuda.set_sync_debug_mode("warn")``) in an ordinary
-   step of Muon, NorMuon, KFAC, FOP and ``InfoBatch.update``, and per step over a GPT-2-small run
+   step of Muon, NorMuon, KFAC, FOP and ``InfoBatch.update`` (single process and its DDP path on a
+   one-process NCCL group), and per step over a GPT-2-small run
    with ``probe.attach`` at its defaults, where only flush/spectra steps may sync (CUDA only; on the
    CPU the section says n/a).
 5. ``normuon_vs_muon``: NorMuon / Muon step-time ratio.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -195,6 +198,27 @@ def _sync_free(fn: Callable[[], Any], device: torch.device) -> str:
     return "0 syncs" if not found else f"{len(found)} syncs, first: {found[0]}"
 
 
+def _infobatch_ddp_syncs(device: torch.device) -> str:
+    """``InfoBatch.update`` on its DDP path: a one-process NCCL group with ``num_replicas=2`` keeps the
+    pairs on the device and exchanges them at the plan, as each rank of a multi-GPU run does."""
+    if device.type != "cuda" or not dist.is_nccl_available() or dist.is_initialized():
+        return "n/a (CPU)" if device.type != "cuda" else "n/a (no NCCL, or a process group already exists)"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                            device_id=device if device.index is not None else torch.device("cuda", 0))
+    try:
+        ib = InfoBatch(list(range(1024)), num_epochs=4, num_replicas=2, rank=0)
+        idx = torch.arange(64)
+        losses = torch.rand(64, device=device, requires_grad=True)
+        result = _sync_free(lambda: [ib.update(idx, losses).backward() for _ in range(4)], device)
+        ib.set_epoch(1)  # the exchange itself (one wait, at planning) must work over NCCL
+        return result
+    finally:
+        dist.destroy_process_group()
+
+
 def _monitor_syncs(s: Shapes, device: torch.device, steps: int) -> dict[str, Any] | str:
     """Syncs per step of a GPT-2-small training step with ``probe.attach`` at its defaults."""
     if device.type != "cuda":
@@ -268,6 +292,7 @@ def sec_sync_audit(s: Shapes, device: torch.device, timer: Timer) -> dict[str, A
     losses = torch.rand(64, device=device, requires_grad=True)
     ib.update(idx, losses)
     out["InfoBatch.update"] = _sync_free(lambda: ib.update(idx, losses).backward(), device)
+    out["InfoBatch.update (DDP path)"] = _infobatch_ddp_syncs(device)
     return {"results": out, "monitor_default": _monitor_syncs(s, device, steps=60)}
 
 

@@ -7,8 +7,10 @@ no host read, no collective) and :func:`exchange` gathers all of them when the s
 (planning an epoch, or reading the scores), where one wait is due anyway.
 
 Same result as the per-step exchange: pairs carry the number of the ``update``/``record`` call that
-produced them, and :func:`exchange` orders the gathered pairs by (call, rank, position) -- the order in
-which the per-step all-gather applied them -- and keeps the last finite loss per index.
+produced them, counted from the last exchange (so the ranks' k-th training steps share a number even if
+one rank made extra ``record`` calls in an earlier epoch), and :func:`exchange` orders the gathered
+pairs by (call, rank, position) -- the order in which the per-step all-gather applied them -- and keeps
+the last finite loss per index.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class PendingPairs:
 
     def add(self, call: int, idx: Tensor, losses: Tensor) -> None:
         """Keep a batch: ``idx`` (CPU, validated) is copied to the losses' device without waiting."""
-        self.indices.append(idx.to(device=losses.device, non_blocking=True))
+        self.indices.append(idx.to(device=losses.device, non_blocking=True, copy=True))
         # a copy in float32 (the scores' dtype): the caller may reuse its loss buffer
         self.losses.append(losses.detach().to(torch.float32, copy=True))
         self.calls.append(call)

@@ -205,7 +205,7 @@ class InfoBatch(Sampler[int]):
         self._dev: dict[str, torch.Tensor] | None = None
         # DDP: this rank's (index, loss) pairs since the last exchange, on the losses' device.
         self._pending = PendingPairs()
-        self._calls = 0  # update/record calls on this rank: orders the pairs at the exchange
+        self._calls = 0  # update/record calls on this rank since the last exchange: orders the pairs
         self._plan(0, exchange_scores=False)  # nothing can have been recorded yet, on any rank
 
     # ------------------------------------------------------------------ public properties
@@ -393,6 +393,7 @@ class InfoBatch(Sampler[int]):
         self.logged_epochs = {int(e) for e in state.get("logged_epochs", ())}  # absent in older checkpoints
         self._dev = None  # the loaded CPU scores are the truth; a device copy is made again when needed
         self._pending.clear()
+        self._calls = 0
 
     # ------------------------------------------------------------------ internals
     def _plan(self, epoch: int, exchange_scores: bool = True) -> None:
@@ -559,6 +560,7 @@ class InfoBatch(Sampler[int]):
             self._scored[got.indices] = True
         self._nonfinite += got.nonfinite
         self._samples_seen += got.total
+        self._calls = 0  # every rank exchanged: call numbers restart together
 
     def _collect_device_scores(self) -> None:
         """Copy scores recorded on a device back to the CPU state (one sync, at epoch planning)."""

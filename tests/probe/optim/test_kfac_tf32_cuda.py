@@ -38,4 +38,4 @@ def test_tf32_step_is_close_to_fp32_and_the_flag_is_restored(cls: type[KFAC]) ->
         moved = (a - p0).norm()
         assert moved > 0
         # the difference of the two runs, relative to how far the weights moved
-        assert float((a - b).norm() / moved) < 2e-2
+        assert float((a - b).norm() / moved) < 5e-2

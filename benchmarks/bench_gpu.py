@@ -12,8 +12,11 @@ keeps what it measured):
 3. ``optimizer_step``: full hybrid step (Muon + AdamW groups) vs ``torch.optim.Muon`` + fused
    ``torch.optim.AdamW``: device time (CUDA events over many steps, no per-step sync) and host time
    (the ``step()`` call returning).
-4. ``sync_audit``: an ordinary step of Muon, NorMuon, KFAC, FOP and ``InfoBatch.update`` under
-   ``torch.cuda.set_sync_debug_mode("error")`` (CUDA only; on the CPU the section says n/a).
+4. ``sync_audit``: host syncs counted (``torch.cuda.set_sync_debug_mode("warn")``) in an ordinary
+   step of Muon, NorMuon, KFAC, FOP and ``InfoBatch.update`` (single process and its DDP path on a
+   one-process NCCL group), and per step over a GPT-2-small run
+   with ``probe.attach`` at its defaults, where only flush/spectra steps may sync (CUDA only; on the
+   CPU the section says n/a).
 5. ``normuon_vs_muon``: NorMuon / Muon step-time ratio.
 6. ``spectra``: cost of the probe's public ``exact_spectra`` over every hidden matrix (one flush's work).
 7. ``kfac_fop_block``: KFAC and FOP on one GPT-2 block: ordinary step and eigendecomposition refresh.
@@ -29,16 +32,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -171,18 +177,76 @@ def sec_optimizer_step(s: Shapes, device: torch.device, timer: Timer) -> dict[st
             "host_ratio": t_ours["host_ms"] / t_torch["host_ms"], "target": "<= 1.0"}
 
 
+def _syncs(fn: Callable[[], Any]) -> list[str]:
+    """The host syncs ``fn`` makes, one message each: sync-debug "warn" mode, so the call completes
+    (the "error" mode would abort it halfway, leaving the optimizer or the Monitor mid-step)."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return [str(w.message).splitlines()[0][:160] for w in caught if "synchroniz" in str(w.message).lower()]
+
+
 def _sync_free(fn: Callable[[], Any], device: torch.device) -> str:
     if device.type != "cuda":
         return "n/a (CPU)"
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
+    found = _syncs(fn)
+    return "0 syncs" if not found else f"{len(found)} syncs, first: {found[0]}"
+
+
+def _infobatch_ddp_syncs(device: torch.device) -> str:
+    """``InfoBatch.update`` on its DDP path: a one-process NCCL group with ``num_replicas=2`` keeps the
+    pairs on the device and exchanges them at the plan, as each rank of a multi-GPU run does."""
+    if device.type != "cuda" or not dist.is_nccl_available() or dist.is_initialized():
+        return "n/a (CPU)" if device.type != "cuda" else "n/a (no NCCL, or a process group already exists)"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                            device_id=device if device.index is not None else torch.device("cuda", 0))
     try:
-        fn()
-        return "0 syncs"
-    except RuntimeError as exc:
-        return f"sync: {str(exc).splitlines()[0][:160]}"
+        ib = InfoBatch(list(range(1024)), num_epochs=4, num_replicas=2, rank=0)
+        idx = torch.arange(64)
+        losses = torch.rand(64, device=device, requires_grad=True)
+        result = _sync_free(lambda: [ib.update(idx, losses).backward() for _ in range(4)], device)
+        ib.set_epoch(1)  # the exchange itself (one wait, at planning) must work over NCCL
+        return result
     finally:
-        torch.cuda.set_sync_debug_mode(0)
+        dist.destroy_process_group()
+
+
+def _monitor_syncs(s: Shapes, device: torch.device, steps: int) -> dict[str, Any] | str:
+    """Syncs per step of a GPT-2-small training step with ``probe.attach`` at its defaults."""
+    if device.type != "cuda":
+        return "n/a (CPU)"
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randint(0, s.vocab, (s.batch, s.seq + 1), generator=gen).to(device)
+    model = _build_model(s, device)
+    hidden, rest = _hidden_and_rest(model)
+    opts: list[torch.optim.Optimizer] = [torch.optim.Muon(hidden, lr=0.02),
+                                         torch.optim.AdamW(rest, lr=3e-4, fused=True)]
+    per_step: list[int] = []
+    first: dict[int, str] = {}
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["OPTISCOPE_HOME"] = home
+        run = probe.init(project="bench_gpu", name="sync audit", mode="offline")
+        monitor = probe.attach(model, opts, run=run)
+        try:
+            for step in range(steps):
+                found = _syncs(lambda: _train_step(model, opts, data))
+                per_step.append(len(found))
+                if found:
+                    first[step] = found[0]
+        finally:
+            monitor.detach()
+            run.finish()
+    return {"steps": steps, "syncs_per_step": per_step,
+            "steps_with_syncs": sorted(first), "first_sync_of_step": first,
+            "note": "default cadence: flushes every log_every = 10 steps, spectra every 50"}
 
 
 def _train_step(model: nn.Module, opts: list[torch.optim.Optimizer], data: torch.Tensor) -> None:
@@ -228,7 +292,8 @@ def sec_sync_audit(s: Shapes, device: torch.device, timer: Timer) -> dict[str, A
     losses = torch.rand(64, device=device, requires_grad=True)
     ib.update(idx, losses)
     out["InfoBatch.update"] = _sync_free(lambda: ib.update(idx, losses).backward(), device)
-    return {"results": out}
+    out["InfoBatch.update (DDP path)"] = _infobatch_ddp_syncs(device)
+    return {"results": out, "monitor_default": _monitor_syncs(s, device, steps=60)}
 
 
 def sec_normuon_vs_muon(s: Shapes, device: torch.device, timer: Timer) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
 from probe.data._ledger import EpochStats, saved_fraction
+from probe.data._score_exchange import PendingPairs, exchange
 
 __all__ = ["EpochStats", "IndexedDataset", "InfoBatch"]
 
@@ -90,13 +91,20 @@ class InfoBatch(Sampler[int]):
     Distributed. With ``num_replicas > 1`` every rank plans the same global index list (same scores,
     same (seed, epoch) generator) and takes every ``num_replicas``-th entry from ``rank``, padding by
     repetition (or dropping the tail with ``drop_last``) exactly like ``DistributedSampler``.
-    ``update``/``record`` all-gather the (index, loss) pairs so the score tables stay identical; this
-    requires an initialised ``torch.distributed`` process group. All counts in the ledger are global.
+    Each rank keeps its own (index, loss) pairs on its device, with no collective and no host read per
+    step, and the ranks exchange them when the next epoch is planned, so the score tables there are
+    identical and equal to a per-step exchange's (``probe/data/_score_exchange.py``); this requires an
+    initialised ``torch.distributed`` process group. Planning (``set_epoch``/``__iter__``) and the reads
+    that need everyone's scores (:attr:`scores`, :attr:`scored`, :attr:`nonfinite_count`,
+    :meth:`state_dict`) are therefore collectives under DDP: call them on every rank, as ``set_epoch``
+    already is (a rank-0-only ``state_dict()`` would wait for the others). All counts in the ledger are
+    global.
 
     Cost: planning an epoch is O(N) vectorised torch work, no sort (a few tens of ms at N = 10⁶ on one
     CPU core; ``benchmarks/bench_infobatch.py``); memory is 4 + 4 + 1 bytes per sample for the tables plus
-    8 per index of the epoch list. ``update`` copies the batch's losses to the host (one small
-    device→host transfer per step, as in the official code).
+    8 per index of the epoch list. ``update`` never waits for the device (the official code copies the
+    losses to the host every step): accelerator losses are scored on the device, and under DDP the pairs
+    wait on the device until the epoch is planned (12 bytes per pair held, at most one epoch's share).
 
     Args:
         dataset: The training dataset (anything with ``__len__``; items are fetched only through
@@ -195,7 +203,10 @@ class InfoBatch(Sampler[int]):
         # Scores recorded from accelerator losses stay on that device until an epoch is planned (or the
         # scores are read): ``update`` then never waits for the device. See ``_record_on_device``.
         self._dev: dict[str, torch.Tensor] | None = None
-        self._plan(0)
+        # DDP: this rank's (index, loss) pairs since the last exchange, on the losses' device.
+        self._pending = PendingPairs()
+        self._calls = 0  # update/record calls on this rank since the last exchange: orders the pairs
+        self._plan(0, exchange_scores=False)  # nothing can have been recorded yet, on any rank
 
     # ------------------------------------------------------------------ public properties
     @property
@@ -215,8 +226,13 @@ class InfoBatch(Sampler[int]):
 
     @property
     def samples_seen(self) -> int:
-        """Samples passed to ``update``/``record`` so far, summed over ranks. Free to read every step."""
-        return self._samples_seen
+        """Samples passed to ``update``/``record`` so far, summed over ranks. Free to read every step.
+
+        Under DDP the other ranks' counts are known at the last exchange (epoch planning or a score
+        read); since then this rank's own count is taken for every rank, which is exact for the loader's
+        batches (every rank's shard and batches have the same size) and corrected at the next exchange.
+        """
+        return self._samples_seen + self._pending.count * self.num_replicas
 
     @property
     def nonfinite_count(self) -> int:
@@ -224,7 +240,7 @@ class InfoBatch(Sampler[int]):
 
         With losses on an accelerator the count lives on the device until read: reading it waits for it.
         """
-        self._collect_device_scores()
+        self._sync_scores()
         return self._nonfinite
 
     @property
@@ -239,13 +255,13 @@ class InfoBatch(Sampler[int]):
     @property
     def scores(self) -> torch.Tensor:
         """Read-only copy of the per-sample scores (most recent finite loss; 0 where never scored)."""
-        self._collect_device_scores()
+        self._sync_scores()
         return self._scores.clone()
 
     @property
     def scored(self) -> torch.Tensor:
         """Copy of the mask of samples that have a recorded score."""
-        self._collect_device_scores()
+        self._sync_scores()
         return self._scored.clone()
 
     @property
@@ -305,10 +321,10 @@ class InfoBatch(Sampler[int]):
             ValueError: If ``indices`` or ``losses`` has the wrong shape, type or range.
             RuntimeError: With ``num_replicas > 1`` but no initialised process group.
 
-        Losses on a GPU are scored on the GPU (copied back when the next epoch is planned), so a
-        single-process ``update`` never waits for the device, provided ``indices`` are the loader's CPU
-        tensor (CUDA indices are copied to the host for their range check). Under DDP, reading the
-        gathered batch sizes (ranks' last batches may differ) still waits once per step.
+        ``update`` never waits for the device, provided ``indices`` are the loader's CPU tensor (CUDA
+        indices are copied to the host for their range check): single-process GPU losses are scored on
+        the GPU and copied back when the next epoch is planned; under DDP each rank's pairs stay on its
+        device, with no collective, until the ranks exchange them at the next plan.
         """
         idx = self._check_indices(indices)
         self._check_losses(losses, idx.numel())
@@ -329,7 +345,7 @@ class InfoBatch(Sampler[int]):
 
         Scores are global, so rank 0's state can be loaded on every rank (and with another world size).
         """
-        self._collect_device_scores()
+        self._sync_scores()
         return {
             "version": 1,
             "num_samples": self.num_samples,
@@ -376,11 +392,16 @@ class InfoBatch(Sampler[int]):
         self._ledger = [EpochStats.from_dict(r) for r in state["ledger"]]
         self.logged_epochs = {int(e) for e in state.get("logged_epochs", ())}  # absent in older checkpoints
         self._dev = None  # the loaded CPU scores are the truth; a device copy is made again when needed
+        self._pending.clear()
+        self._calls = 0
 
     # ------------------------------------------------------------------ internals
-    def _plan(self, epoch: int) -> None:
+    def _plan(self, epoch: int, exchange_scores: bool = True) -> None:
         """Draw epoch ``epoch``: weights, global order, this rank's shard, and the ledger record."""
-        self._collect_device_scores()
+        if exchange_scores:
+            self._sync_scores()
+        else:
+            self._collect_device_scores()
         n = self.num_samples
         gen = torch.Generator().manual_seed(_mix(self._base_seed, epoch))
         annealing = epoch >= self.prune_epochs
@@ -484,7 +505,9 @@ class InfoBatch(Sampler[int]):
                     f"InfoBatch has num_replicas={self.num_replicas} but torch.distributed is not "
                     "initialised: scores cannot be gathered, and ranks would prune different sets"
                 )
-            idx, losses = _all_gather_pairs(idx, losses, self.process_group)
+            self._calls += 1
+            self._pending.add(self._calls, idx, losses)  # no collective, no host read: see _sync_scores
+            return
         if losses.device.type != "cpu":
             self._record_on_device(idx, losses)
             return
@@ -521,6 +544,23 @@ class InfoBatch(Sampler[int]):
         dev["scored"].index_put_((i,), finite | dev["scored"][i])
         dev["nonfinite"] += (~finite).sum()
         self._samples_seen += int(finite.numel())  # the batch size: known on the host
+
+    def _sync_scores(self) -> None:
+        """Bring every recorded score into the CPU tables: the device copy, and under DDP the exchange.
+
+        Under DDP this is a collective whenever a process group is initialised, pairs pending or not, so
+        that every rank takes part (whether a rank holds pairs is not known to the others).
+        """
+        self._collect_device_scores()
+        if self.num_replicas == 1 or not (dist.is_available() and dist.is_initialized()):
+            return  # nothing can be pending: update() refuses to record without a process group
+        got = exchange(self._pending, _collective_device(self.process_group), self.process_group)
+        if got.indices.numel():
+            self._scores[got.indices] = got.values
+            self._scored[got.indices] = True
+        self._nonfinite += got.nonfinite
+        self._samples_seen += got.total
+        self._calls = 0  # every rank exchanged: call numbers restart together
 
     def _collect_device_scores(self) -> None:
         """Copy scores recorded on a device back to the CPU state (one sync, at epoch planning)."""
@@ -605,25 +645,8 @@ def _resolve_labels(
     return t, int(t.max()) + 1
 
 
-def _all_gather_pairs(
-    idx: torch.Tensor, losses: torch.Tensor, group: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """All ranks' (index, loss) pairs, rank-major. Batches may differ in size (e.g. the last one).
-
-    Packed as one float64 (2, B) tensor on the losses' device (NCCL needs device tensors); float64
-    represents every index below 2⁵³ exactly.
-    """
-    device = losses.device
-    world = dist.get_world_size(group)
-    size = torch.tensor([idx.numel()], dtype=torch.int64, device=device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size, group=group)
-    counts = [int(s) for s in sizes]
-    packed = torch.zeros(2, max(counts), dtype=torch.float64, device=device)
-    packed[0, : idx.numel()] = idx.to(device=device, dtype=torch.float64)
-    packed[1, : idx.numel()] = losses.to(torch.float64)
-    parts = [torch.empty_like(packed) for _ in range(world)]
-    dist.all_gather(parts, packed, group=group)
-    # Left on the losses' device: CUDA scores are then recorded on the device like single-process ones.
-    flat = torch.cat([p[:, :c] for p, c in zip(parts, counts)], dim=1)
-    return flat[0].to(torch.int64), flat[1]
+def _collective_device(group: Any) -> torch.device:
+    """Device of the exchange's tensors: the current GPU for an NCCL group, else the CPU."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

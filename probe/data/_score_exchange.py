@@ -42,6 +42,20 @@ class PendingPairs:
         self.calls.append(call)
         self.count += int(idx.numel())
 
+    def latest_local(self) -> tuple[Tensor, Tensor]:
+        """This rank's pending pairs reduced on the CPU (a host read: for the non-collective reads):
+        the indices and their last finite losses."""
+        if not self.count:
+            return torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.float32)
+        idx = torch.cat([t.cpu() for t in self.indices]).to(torch.int64)
+        vals = torch.cat([t.cpu() for t in self.losses]).to(torch.float32)
+        finite = torch.isfinite(vals)
+        return _last_per_index(idx[finite], vals[finite])
+
+    def nonfinite_local(self) -> int:
+        """Non-finite losses among this rank's pending pairs (a host read)."""
+        return sum(int((~torch.isfinite(t)).sum()) for t in self.losses)
+
     def clear(self) -> None:
         self.indices.clear()
         self.losses.clear()
@@ -98,10 +112,14 @@ def exchange(pending: PendingPairs, device: torch.device, group: Any) -> Exchang
     finite = torch.isfinite(vals)
     total = int(vals.numel())
     nonfinite = total - int(finite.sum())
-    idx, vals = idx[finite], vals[finite]
-    # last write wins, deterministically: the largest position per index
+    idx, vals = _last_per_index(idx[finite], vals[finite])
+    return Exchanged(idx, vals, total, nonfinite)
+
+
+def _last_per_index(idx: Tensor, vals: Tensor) -> tuple[Tensor, Tensor]:
+    """Last write wins, deterministically: the value at the largest position of each index."""
     pos = torch.arange(idx.numel(), dtype=torch.int64)
     n = int(idx.max()) + 1 if idx.numel() else 0
     last = torch.full((n,), -1, dtype=torch.int64).scatter_reduce_(0, idx, pos, reduce="amax")
     keep = last[last >= 0]
-    return Exchanged(idx[keep], vals[keep], total, nonfinite)
+    return idx[keep], vals[keep]

@@ -94,11 +94,15 @@ class InfoBatch(Sampler[int]):
     Each rank keeps its own (index, loss) pairs on its device, with no collective and no host read per
     step, and the ranks exchange them when the next epoch is planned, so the score tables there are
     identical and equal to a per-step exchange's (``probe/data/_score_exchange.py``); this requires an
-    initialised ``torch.distributed`` process group. Planning (``set_epoch``/``__iter__``) and the reads
-    that need everyone's scores (:attr:`scores`, :attr:`scored`, :attr:`nonfinite_count`,
-    :meth:`state_dict`) are therefore collectives under DDP: call them on every rank, as ``set_epoch``
-    already is (a rank-0-only ``state_dict()`` would wait for the others). All counts in the ledger are
-    global.
+    initialised ``torch.distributed`` process group. Planning (``set_epoch``/``__iter__``) is therefore
+    a collective under DDP (every rank calls it anyway), and so is :meth:`sync`. The reads
+    (:attr:`scores`, :attr:`scored`, :attr:`nonfinite_count`, :meth:`state_dict`) are not — a checkpoint
+    is usually saved on rank 0 alone, and a read that waited for the other ranks would hang it: they
+    hold every rank's losses up to the last exchange plus this rank's since. A checkpoint taken at an
+    epoch boundary is thus exact; for an exact one mid-epoch, call :meth:`sync` on every rank first
+    (otherwise a resumed run plans the next epoch with the other ranks' losses of the part of the epoch
+    before the checkpoint missing: those samples keep their previous scores). All counts in the ledger
+    are global.
 
     Cost: planning an epoch is O(N) vectorised torch work, no sort (a few tens of ms at N = 10⁶ on one
     CPU core; ``benchmarks/bench_infobatch.py``); memory is 4 + 4 + 1 bytes per sample for the tables plus
@@ -236,12 +240,13 @@ class InfoBatch(Sampler[int]):
 
     @property
     def nonfinite_count(self) -> int:
-        """Non-finite losses received so far (all ranks); their samples kept their previous score.
+        """Non-finite losses received so far (all ranks, up to the last exchange under DDP); their
+        samples kept their previous score.
 
         With losses on an accelerator the count lives on the device until read: reading it waits for it.
         """
-        self._sync_scores()
-        return self._nonfinite
+        self._local_scores()
+        return self._nonfinite + self._pending.nonfinite_local()
 
     @property
     def ledger(self) -> list[EpochStats]:
@@ -254,15 +259,15 @@ class InfoBatch(Sampler[int]):
 
     @property
     def scores(self) -> torch.Tensor:
-        """Read-only copy of the per-sample scores (most recent finite loss; 0 where never scored)."""
-        self._sync_scores()
-        return self._scores.clone()
+        """Read-only copy of the per-sample scores (most recent finite loss; 0 where never scored).
+
+        Under DDP: every rank's losses up to the last exchange, and this rank's since (see :meth:`sync`)."""
+        return self._local_scores()[0]
 
     @property
     def scored(self) -> torch.Tensor:
-        """Copy of the mask of samples that have a recorded score."""
-        self._sync_scores()
-        return self._scored.clone()
+        """Copy of the mask of samples that have a recorded score (as :attr:`scores`)."""
+        return self._local_scores()[1]
 
     @property
     def epoch_indices(self) -> torch.Tensor:
@@ -344,20 +349,22 @@ class InfoBatch(Sampler[int]):
         """Everything a resumed run needs to replay the same epochs: scores, weights, plan, seed, ledger.
 
         Scores are global, so rank 0's state can be loaded on every rank (and with another world size).
+        No collective: safe on rank 0 alone; under DDP exact at an epoch boundary, or mid-epoch after
+        :meth:`sync` on every rank (see the class docstring).
         """
-        self._sync_scores()
+        scores, scored = self._local_scores()
         return {
             "version": 1,
             "num_samples": self.num_samples,
             "base_seed": self._base_seed,
             "epoch": self._epoch,
             "started": self._started,
-            "scores": self._scores.clone(),
-            "scored": self._scored.clone(),
+            "scores": scores,
+            "scored": scored,
             "weights": self._weights.clone(),
             "order": self._order.clone(),
             "samples_seen": self._samples_seen,
-            "nonfinite": self._nonfinite,
+            "nonfinite": self.nonfinite_count,
             "ledger": [r.to_dict() for r in self._ledger],
             "logged_epochs": sorted(self.logged_epochs),
         }
@@ -544,6 +551,22 @@ class InfoBatch(Sampler[int]):
         dev["scored"].index_put_((i,), finite | dev["scored"][i])
         dev["nonfinite"] += (~finite).sum()
         self._samples_seen += int(finite.numel())  # the batch size: known on the host
+
+    def sync(self) -> None:
+        """Exchange every rank's pending (index, loss) pairs now (a collective under DDP: call it on every
+        rank), e.g. before a mid-epoch checkpoint. Planning an epoch does it by itself."""
+        self._sync_scores()
+
+    def _local_scores(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of the scores and their mask with this rank's pending pairs applied, without a
+        collective (the pairs stay pending for the next exchange)."""
+        self._collect_device_scores()
+        scores, scored = self._scores.clone(), self._scored.clone()
+        idx, values = self._pending.latest_local()
+        if idx.numel():
+            scores[idx] = values
+            scored[idx] = True
+        return scores, scored
 
     def _sync_scores(self) -> None:
         """Bring every recorded score into the CPU tables: the device copy, and under DDP the exchange.

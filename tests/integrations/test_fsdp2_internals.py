@@ -32,11 +32,16 @@ from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 import probe
+from probe.diagnostics.quantities import Spectra
 from probe.optim import Muon, NorMuon, hybrid_param_groups
 
 STEPS = %d
-OPTIONS = dict(log_every=2, spectra_every=1, internals_every=1, vectors_every=1, budget=None,
-               spectra_workers=1, spectra_sources=("pre_orth", "post_orth"))
+
+
+def options():
+    return dict(log_every=2, internals_every=1, vectors_every=1, budget=None,
+                quantities=[Spectra(every=1, vectors_every=1, workers=1, sources=("pre_orth", "post_orth"))])
+
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 torch.set_num_threads(1)
@@ -68,7 +73,7 @@ for cls in (Muon, NorMuon):
     fully_shard(model, mesh=mesh)
     opt = build(cls, model)
     run = probe.init(project="fsdp2-internals", name=cls.__name__, log_all_ranks=True)
-    monitor = probe.attach(model, opt, run=run, **OPTIONS)
+    monitor = probe.attach(model, opt, run=run, **options())
     data = torch.Generator().manual_seed(10 + rank)  # each rank its own batch: FSDP2 averages the gradients
     grads[cls.__name__] = []
     for step in range(STEPS):
@@ -91,7 +96,7 @@ if rank == 0:
         model = net()
         opt = build(cls, model)
         run = probe.init(project="fsdp2-internals", name=cls.__name__ + "-single")
-        monitor = probe.attach(model, opt, run=run, **OPTIONS)
+        monitor = probe.attach(model, opt, run=run, **options())
         v = {}
         for step, step_grads in enumerate(grads[cls.__name__]):
             for p, gr in zip(model.parameters(), step_grads):

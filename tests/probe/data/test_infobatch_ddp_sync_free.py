@@ -119,6 +119,13 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         else:
             ib.record(torch.tensor([6]), torch.tensor([200.0]))
         spy.armed = False
+        # a checkpoint saved on rank 0 alone must not wait for rank 1 (no collective in the reads):
+        # rank 0's own pending pairs are in it, rank 1's (index 6 = 200) only after the exchange
+        if rank == 0:
+            alone = ib.state_dict()
+            assert alone["scores"][[5, 6, 7]].tolist() == [100.0, 100.0, 300.0], alone["scores"][[5, 6, 7]]
+        dist.barrier()
+        ib.sync()  # every rank: the exchange brings rank 1's pairs in
         torch.save({
             "reads": spy.reads, "collectives": spy.collectives, "batches": batches, "plans": plans,
             "seen_before_plan": seen_before_plan, "scores": ib.scores, "scored": ib.scored,

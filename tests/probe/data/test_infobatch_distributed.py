@@ -53,6 +53,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         # batches of different sizes on the two ranks must still gather correctly
         extra = torch.tensor([0, 1, 2]) if rank == 0 else torch.tensor([50])
         ib.record(extra, torch.full((extra.numel(),), 100.0 + rank))
+        ib.sync()  # reads never wait for the other ranks: bring their pairs in first (every rank calls it)
         torch.save(
             {
                 "rank": ib.rank,

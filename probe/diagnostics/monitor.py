@@ -418,8 +418,10 @@ class Monitor:
         self._records.step = state.step
         for q in self._fixed_due:
             if q.name not in self.disabled and q in self._fixed_before:
-                with self._guard(q.name):
+                try:
                     q.before_step(ctx, self._records)
+                except Exception as exc:  # noqa: BLE001
+                    self._fail(q.name, exc)
         for q in self._plan:
             if q in self._hooked["before_step"]:
                 self._timed(q.name, lambda q=q: q.before_step(ctx, self._records))
@@ -606,6 +608,9 @@ class Monitor:
         due = sorted(waited, key=lambda n: (-waited[n], self._order[n]))
         forced = [n for n in due if waited[n] >= MAX_THINNING - 1]
         chosen = self.budget.select(due, forced)
+        self._open = True
+        if not chosen:  # all deferred (a small model's usual step under the budget)
+            return
         for name in chosen:
             del self._pending[name]
         self._plan = [q for q in self._budgeted if q.name in chosen]
@@ -615,15 +620,17 @@ class Monitor:
         needs = Needs.NONE
         self._capture_owner = ""
         for q in self._plan:
-            with self._guard(q.name):
+            try:
                 wanted = q.needs(step)
-                needs |= wanted
-                if not self._capture_owner and wanted & (Needs.DELTA | Needs.DELTA_MATRICES):
-                    self._capture_owner = q.name
+            except Exception as exc:  # noqa: BLE001
+                self._fail(q.name, exc)
+                continue
+            needs |= wanted
+            if not self._capture_owner and wanted & (Needs.DELTA | Needs.DELTA_MATRICES):
+                self._capture_owner = q.name
         self._needs = needs
         if Needs.GRAD_NORMS in needs and self._fixed_due:
             self._fixed_now = True  # e.g. the gradients' non-finite check reuses their norms
-        self._open = True
 
     def _close_step(self) -> None:
         step = self._next_step

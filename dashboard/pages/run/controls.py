@@ -186,6 +186,8 @@ def layer_choices(catalog: Catalog, tab: str) -> list[str]:
         return catalog.layers_with_prefix("fop.") or catalog.layers_with_prefix("gdiff.")
     if tab == "kfac":
         return catalog.layers_with_prefix("kfac.") or catalog.array_layers("kfac.A_eigs")
+    if tab == "layers":
+        return catalog.layers_with_prefix("")
     return []
 
 

@@ -31,6 +31,7 @@ GRAPHS = (
     ids.RUN_GDIFF_KL,
     ids.RUN_KFAC_EIGS, ids.RUN_KFAC_DAMPING, ids.RUN_KFAC_SPECTRUM,
     ids.RUN_IB_PRUNED, ids.RUN_IB_SAVED, ids.RUN_IB_THRESHOLD, ids.RUN_IB_CLASS,
+    ids.RUN_LAYERS_HEATMAP, ids.RUN_LAYERS_LINE,
 )
 
 KEEP_VIEW_JS = """(fresh, current) => {

@@ -5,8 +5,9 @@ Layout (one concern per module): ``spectra`` (singular values and derived ranks)
 thread for a worker, without process-wide side effects; the training's idle OpenMP threads released
 while the workers run), ``measures`` (pure per-tensor measures), ``gradient_diff`` (two-half-batch
 projections), ``schedule`` (when to measure), ``budget`` (how much the probe may cost), ``alerts``
-(values → events) and ``monitor`` (the step hooks that tie them together; ``probe.attach`` returns a
-:class:`~probe.diagnostics.monitor.Monitor`).
+(values → events), ``quantity`` (the protocol of one diagnostic), ``quantities`` (the built-in
+diagnostics, one module each) and ``monitor`` (the step hooks, schedule and budget over the quantities;
+``probe.attach`` returns a :class:`~probe.diagnostics.monitor.Monitor`).
 Names resolve lazily so that importing the package imports no torch.
 """
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from dash import Input, Output, State
+from dash.exceptions import PreventUpdate
 
 from .. import figures as F
 from .. import group_figures as GF
@@ -31,7 +32,7 @@ from ..state import current_api
 
 __all__ = ["AGG_MEDIAN", "AGG_MAX", "ALL_LAYERS", "PREFERRED", "quantity_options", "default_quantity",
            "layer_options", "scope_options", "layers_in_scope", "aggregate", "role_of", "layer_controls",
-           "draw_layer_over_time", "register"]
+           "draw_layer_over_time", "draw_when_seen", "register"]
 
 AGG_MEDIAN = "~median"
 AGG_MAX = "~max"
@@ -276,6 +277,35 @@ def draw_layer_over_time(quantity, layer, scope, x, meta, groups, band, catalog)
     return fig
 
 
+# The section sits below the fold. Its all-layer aggregate reads every layer of every run (~1 s of
+# the server's CPU for 20 runs x 48 layers on a loaded 2-core host) and the matched-step panels and
+# the next page a user opens waited behind it, so it is drawn once its graph scrolls into view (or
+# at once where IntersectionObserver is missing). The observer is set up when the runs are loaded, on
+# the section (the graph's own node is replaced when its dcc.Loading re-renders).
+WHEN_SEEN_JS = """(meta, seen) => {
+    const no = window.dash_clientside.no_update;
+    if (seen) return no;
+    const el = document.getElementById('%s');
+    if (!el || !window.IntersectionObserver) return true;
+    if (el.__optiscopeWatched) return no;
+    el.__optiscopeWatched = true;
+    const watch = new IntersectionObserver((entries) => {
+        if (!entries.some(e => e.isIntersecting)) return;
+        watch.disconnect();
+        window.dash_clientside.set_props('%s', {data: true});
+    });
+    watch.observe(el);
+    return no;
+}""" % (ids.CMP_LT_SECTION, ids.CMP_LT_SEEN)
+
+
+def draw_when_seen(seen, quantity, layer, scope, x, meta, groups, band, catalog):
+    """:func:`draw_layer_over_time`, once the graph has been in view (see ``WHEN_SEEN_JS``)."""
+    if not seen:
+        raise PreventUpdate
+    return draw_layer_over_time(quantity, layer, scope, x, meta, groups, band, catalog)
+
+
 def register(app: Any, *, groups_id: str, band_id: str) -> None:
     """Register the section's callbacks on ``app`` (a Dash app, or the ``dash`` module's global list);
     ``groups_id`` / ``band_id``: the compare page's group store and band choice."""
@@ -291,9 +321,12 @@ def register(app: Any, *, groups_id: str, band_id: str) -> None:
         State(ids.CMP_LT_BLOCK, "value"),
         prevent_initial_call=True,
     )(fill_layer_choices)
+    app.clientside_callback(WHEN_SEEN_JS, Output(ids.CMP_LT_SEEN, "data"), Input(ids.CMP_META, "data"),
+                            State(ids.CMP_LT_SEEN, "data"))
     app.callback(
         Output(ids.CMP_LT_GRAPH, "figure"),
+        Input(ids.CMP_LT_SEEN, "data"),
         Input(ids.CMP_LT_QUANTITY, "value"), Input(ids.CMP_LT_LAYER, "value"), Input(ids.CMP_LT_BLOCK, "value"),
         Input(ids.CMP_LT_X, "value"), Input(ids.CMP_META, "data"), Input(groups_id, "data"), Input(band_id, "value"),
         State(ids.CMP_KEYS, "data"),
-    )(draw_layer_over_time)
+    )(draw_when_seen)

@@ -52,7 +52,15 @@ def _wait_title(page, start: str) -> None:  # noqa: ANN001
 def test_per_layer_diagnostic_over_time_plots_the_logged_values(server, seeded, page) -> None:  # noqa: ANN001
     console = _console_errors(page)
     run_ids = ",".join(seeded[r] for r in NAMES)
+    page.set_viewport_size({"width": 1400, "height": 500})
     page.goto(server.url + f"/compare?runs={run_ids}&keys=loss&lt_q=sv.weight.cond&lt_layer=~max")
+    # below the fold the section reads nothing (its aggregate reads every layer of every run) ...
+    graphs_with_data(page, "#cmp-scalars", 1)
+    page.wait_for_timeout(1500)
+    assert page.evaluate("document.querySelector('#cmp-lt-section').getBoundingClientRect().top") > 500
+    assert page.evaluate(f"(({GRAPH} || {{}}).data || []).length") == 0
+    # ... and is drawn once it scrolls into view
+    page.locator("#cmp-lt-graph").scroll_into_view_if_needed()
     graphs_with_data(page, "#cmp-lt-graph", 1)
     _wait_title(page, "sv.weight.cond: max over layers")
     _check(page, seeded, 1.0)  # max of fc1 (10·…) and fc2 (11·…)
@@ -75,6 +83,7 @@ def test_per_layer_diagnostic_over_time_plots_the_logged_values(server, seeded, 
     page.wait_for_function("new URLSearchParams(location.search).get('lt_q') === 'sv.weight.spectral_norm'",
                            timeout=TIMEOUT_MS)
     page.reload()
+    page.locator("#cmp-lt-graph").scroll_into_view_if_needed()
     _wait_title(page, "sv.weight.spectral_norm — fc1.weight")
     for t in _traces(page):
         np.testing.assert_allclose(t["y"], 1.0, rtol=1e-6)  # 1 + 0.01 · 0 · drift for layer 0

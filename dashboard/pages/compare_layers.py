@@ -280,19 +280,27 @@ def draw_layer_over_time(quantity, layer, scope, x, meta, groups, band, catalog)
 # The section sits below the fold. Its all-layer aggregate reads every layer of every run (~1 s of
 # the server's CPU for 20 runs x 48 layers on a loaded 2-core host) and the matched-step panels and
 # the next page a user opens waited behind it, so it is drawn once its graph scrolls into view (or
-# at once where IntersectionObserver is missing). The observer is set up when the runs are loaded, on
-# the section (the graph's own node is replaced when its dcc.Loading re-renders).
-WHEN_SEEN_JS = """(meta, seen) => {
+# at once where IntersectionObserver is missing). The observer is set up once the scalar charts are
+# in (before, the sections above are empty and this one is in view), on the section (the graph's own
+# node is replaced when its dcc.Loading re-renders), and wants the section in view for 400 ms.
+WHEN_SEEN_JS = """(scalars, seen) => {
     const no = window.dash_clientside.no_update;
     if (seen) return no;
     const el = document.getElementById('%s');
     if (!el || !window.IntersectionObserver) return true;
     if (el.__optiscopeWatched) return no;
     el.__optiscopeWatched = true;
+    // in view for a moment, not only while the sections above are still empty and short
+    const inView = () => { const r = el.getBoundingClientRect(); return r.top < window.innerHeight && r.bottom > 0; };
+    let timer = null;
     const watch = new IntersectionObserver((entries) => {
-        if (!entries.some(e => e.isIntersecting)) return;
-        watch.disconnect();
-        window.dash_clientside.set_props('%s', {data: true});
+        if (!entries.some(e => e.isIntersecting) || timer) return;
+        timer = setTimeout(() => {
+            timer = null;
+            if (!inView()) return;
+            watch.disconnect();
+            window.dash_clientside.set_props('%s', {data: true});
+        }, 400);
     });
     watch.observe(el);
     return no;
@@ -321,7 +329,7 @@ def register(app: Any, *, groups_id: str, band_id: str) -> None:
         State(ids.CMP_LT_BLOCK, "value"),
         prevent_initial_call=True,
     )(fill_layer_choices)
-    app.clientside_callback(WHEN_SEEN_JS, Output(ids.CMP_LT_SEEN, "data"), Input(ids.CMP_META, "data"),
+    app.clientside_callback(WHEN_SEEN_JS, Output(ids.CMP_LT_SEEN, "data"), Input(ids.CMP_SCALARS, "children"),
                             State(ids.CMP_LT_SEEN, "data"))
     app.callback(
         Output(ids.CMP_LT_GRAPH, "figure"),

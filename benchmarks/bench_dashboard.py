@@ -14,7 +14,10 @@ Measured (median of ``--repeat``):
     sort by a summary metric, filter by config; a run with 10,000 metric keys -> its first chart;
     the bytes a cold browser (empty cache) moves for the runs page and then a run page.
 
-Run: ``.venv/bin/python benchmarks/bench_dashboard.py [--runs 20] [--steps 2000] [--layers 48]``.
+Run: ``.venv/bin/python benchmarks/bench_dashboard.py [--runs 20] [--steps 2000] [--layers 48]``;
+``--home DIR`` seeds DIR once and reuses it, ``--only run_interactive,compare_20`` measures those rows
+only (to compare two checkouts on one data dir, run alternately: the rows of one round run in sequence,
+so a page that leaves the server busy slows the next row).
 Targets (docs): interactive <= 2 s, layer switch <= 0.5 s, compare (20 runs) <= 3 s, live <= 2 s,
 10k-run table first rows and sort <= 1 s, cold page <= 3 MB transferred.
 """

@@ -14,7 +14,10 @@ Measured (median of ``--repeat``):
     sort by a summary metric, filter by config; a run with 10,000 metric keys -> its first chart;
     the bytes a cold browser (empty cache) moves for the runs page and then a run page.
 
-Run: ``.venv/bin/python benchmarks/bench_dashboard.py [--runs 20] [--steps 2000] [--layers 48]``.
+Run: ``.venv/bin/python benchmarks/bench_dashboard.py [--runs 20] [--steps 2000] [--layers 48]``;
+``--home DIR`` seeds DIR once and reuses it, ``--only run_interactive,compare_20`` measures those rows
+only (to compare two checkouts on one data dir, run alternately: the rows of one round run in sequence,
+so a page that leaves the server busy slows the next row).
 Targets (docs): interactive <= 2 s, layer switch <= 0.5 s, compare (20 runs) <= 3 s, live <= 2 s,
 10k-run table first rows and sort <= 1 s, cold page <= 3 MB transferred.
 """
@@ -32,11 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import CHROMIUM, CHROMIUM_ARGS, LiveServer  # noqa: E402  (a real `optiscope serve`)
-from tests.dashboard.seed import Seeder, seed_many_keys_run, training_run  # noqa: E402
+from tests.dashboard.seed import Seeder, training_run  # noqa: E402
 from tests.pg_cluster import free_port  # noqa: E402
-from tests.server.test_run_query import BEST, N, seed_sweep  # noqa: E402
 
 N_KEYS = 10_000
+ROWS = ("run_interactive", "spectra_tab", "layer_switch", "compare_20", "live_latency", "runs10k_first",
+        "runs10k_sort", "runs10k_filter", "keys10k_chart", "cold_page_mb")
 
 GRAPH_STATE_JS = """(sel) => Array.from(document.querySelectorAll(sel + ' .js-plotly-plot')).map(g => {
     // typed arrays from numpy arrive as {dtype, bdata, shape}: count their elements from the shape
@@ -80,6 +84,9 @@ def seed_scale(server: LiveServer) -> tuple[str, str]:
     from sqlalchemy import create_engine
     from sqlalchemy.orm import sessionmaker
 
+    from tests.dashboard.seed import seed_many_keys_run  # imported here: --only run_interactive runs on older trees
+    from tests.server.test_run_query import seed_sweep
+
     engine = create_engine(f"sqlite:///{server.home / 'optiscope.db'}")
     try:
         project, _ = seed_sweep(sessionmaker(engine))
@@ -97,6 +104,8 @@ def seed_scale(server: LiveServer) -> tuple[str, str]:
 def measure_scale(browser, server: LiveServer, project: str, keys_run: str, cold_run: str,  # noqa: ANN001
                   results: dict[str, list[float]]) -> None:
     """One round of the scale figures, each in a fresh browser context (a cold cache)."""
+    from tests.server.test_run_query import BEST, N
+
     first_name = "#runs-table td[data-dash-column=name]"
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
@@ -132,6 +141,30 @@ def measure_scale(browser, server: LiveServer, project: str, keys_run: str, cold
     context.close()
 
 
+def measure_live(server: LiveServer, page, repeat: int, results: dict[str, list[float]]) -> None:  # noqa: ANN001
+    """Batch POSTed -> the point is in the browser's figure, on a fresh running run."""
+    live_id = f"bench-live-{int(time.time())}"  # a fresh running run (old ones time out as crashed)
+    seeder = Seeder(server.api, server.token)
+    try:
+        training_run(seeder, live_id, name="bench live", tau=50.0, steps=100, layers=["fc1.weight"],
+                     finish=False, per_layer_scalars=False, neuron_arrays=False)
+        page.goto(f"{server.url}/runs/{live_id}")
+        wait_graphs(page, "#run-tab-scalars", 1)
+        step = 99
+        for _ in range(repeat):
+            step += 1
+            t = time.perf_counter()
+            seeder.post(live_id, scalars=[{"key": "loss", "steps": [step], "times": [time.time()],
+                                           "values": [0.01]}])
+            page.wait_for_function(
+                f"document.querySelector('#run-scalars .js-plotly-plot').data[0].x.includes({step})",
+                timeout=30_000, polling=20)
+            results["live_latency"].append(time.perf_counter() - t)
+            time.sleep(0.37)  # land at different phases of the 1 s poll
+    finally:
+        seeder.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
@@ -139,15 +172,23 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=48)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--home", default=None,
-                    help="reuse a data directory seeded by an earlier run of this script (skips seeding)")
+                    help="data directory: reused when an earlier run of this script seeded it, else seeded into")
+    ap.add_argument("--only", default=",".join(ROWS),
+                    help="comma-separated rows to measure (e.g. run_interactive, to bisect one figure); "
+                         f"any of {', '.join(ROWS)}")
     args = ap.parse_args()
+    only = {r.strip() for r in args.only.split(",") if r.strip()}
+    if only - set(ROWS):
+        ap.error(f"--only: unknown row(s) {', '.join(sorted(only - set(ROWS)))}; choose from {', '.join(ROWS)}")
 
     from playwright.sync_api import sync_playwright
 
     home = Path(args.home or tempfile.mkdtemp(prefix="bench-dash-"))
+    home.mkdir(parents=True, exist_ok=True)
+    reuse = (home / "optiscope.db").exists()  # checked before the server creates it
     server = LiveServer(port=free_port(), home=home, db_url=None, env={}).start()
     try:
-        if args.home:
+        if reuse:
             import httpx
 
             runs = httpx.get(f"{server.api}/runs", params={"q": "bench run", "limit": 1000}).json()["data"]
@@ -157,10 +198,7 @@ def main() -> None:
             ids = seed(server, runs=args.runs, steps=args.steps, layers=args.layers)
             print(f"seeded {len(ids)} runs x {args.layers} layers x {args.steps} steps in "
                   f"{time.perf_counter() - t:.1f} s (data in {home}; --home {home} reuses it)")
-        results: dict[str, list[float]] = {k: [] for k in ("run_interactive", "spectra_tab", "layer_switch",
-                                                           "compare_20", "live_latency", "runs10k_first",
-                                                           "runs10k_sort", "runs10k_filter", "keys10k_chart",
-                                                           "cold_page_mb")}
+        results: dict[str, list[float]] = {k: [] for k in ROWS if k in only}
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -168,57 +206,50 @@ def main() -> None:
             page.on("pageerror", lambda e: errors.append(str(e)))
             big = ids[0]
             layer_a, layer_b = "block0.attn.qkv.weight", f"block{(args.layers - 1) // 4}.mlp.fc2.weight"
-            for i in range(args.repeat + 1):  # the first round warms caches and is not counted
-                t = time.perf_counter()
-                page.goto(f"{server.url}/runs/{big}")
-                wait_graphs(page, "#run-tab-scalars", 4)
-                run_s = time.perf_counter() - t
-                t = time.perf_counter()
-                page.locator(".tab", has_text="Spectra").first.click()
-                wait_graphs(page, "#run-tab-spectra", 3)
-                tab_s = time.perf_counter() - t
-                target = layer_b if i % 2 == 0 else layer_a
-                t = time.perf_counter()
-                page.evaluate(f"window.dash_clientside.set_props('run-layer', {{value: {target!r}}})")
-                wait_graphs(page, "#run-tab-spectra", 2, title_has=target)
-                switch_s = time.perf_counter() - t
-                t = time.perf_counter()
-                page.goto(f"{server.url}/compare?runs={','.join(ids)}")
-                page.locator("#cmp-ttt-result").wait_for(timeout=60_000)
-                wait_graphs(page, "#cmp-scalars", 2)
-                wait_graphs(page, "#" + "cmp-spec-overlay", 1)
-                cmp_s = time.perf_counter() - t
+            page_rows = {"run_interactive", "spectra_tab", "layer_switch"} & only
+            for i in range(args.repeat + 1 if page_rows or "compare_20" in only else 0):
+                # the first round warms caches and is not counted
+                timed: dict[str, float] = {}
+                if page_rows:
+                    t = time.perf_counter()
+                    page.goto(f"{server.url}/runs/{big}")
+                    wait_graphs(page, "#run-tab-scalars", 4)
+                    timed["run_interactive"] = time.perf_counter() - t
+                if page_rows - {"run_interactive"}:
+                    t = time.perf_counter()
+                    page.locator(".tab", has_text="Spectra").first.click()
+                    wait_graphs(page, "#run-tab-spectra", 3)
+                    timed["spectra_tab"] = time.perf_counter() - t
+                if "layer_switch" in only:
+                    target = layer_b if i % 2 == 0 else layer_a
+                    t = time.perf_counter()
+                    page.evaluate(f"window.dash_clientside.set_props('run-layer', {{value: {target!r}}})")
+                    wait_graphs(page, "#run-tab-spectra", 2, title_has=target)
+                    timed["layer_switch"] = time.perf_counter() - t
+                if "compare_20" in only:
+                    t = time.perf_counter()
+                    page.goto(f"{server.url}/compare?runs={','.join(ids)}")
+                    page.locator("#cmp-ttt-result").wait_for(timeout=60_000)
+                    wait_graphs(page, "#cmp-scalars", 2)
+                    wait_graphs(page, "#" + "cmp-spec-overlay", 1)
+                    timed["compare_20"] = time.perf_counter() - t
                 if i:
-                    results["run_interactive"].append(run_s)
-                    results["spectra_tab"].append(tab_s)
-                    results["layer_switch"].append(switch_s)
-                    results["compare_20"].append(cmp_s)
-            live_id = f"bench-live-{int(time.time())}"  # a fresh running run (old ones time out as crashed)
-            seeder = Seeder(server.api, server.token)
-            training_run(seeder, live_id, name="bench live", tau=50.0, steps=100, layers=["fc1.weight"],
-                         finish=False, per_layer_scalars=False, neuron_arrays=False)
-            page.goto(f"{server.url}/runs/{live_id}")
-            wait_graphs(page, "#run-tab-scalars", 1)
-            step = 99
-            for i in range(args.repeat):
-                step += 1
+                    for k, v in timed.items():
+                        if k in results:
+                            results[k].append(v)
+            if "live_latency" in only:
+                measure_live(server, page, args.repeat, results)
+            scale_rows = {"runs10k_first", "runs10k_sort", "runs10k_filter", "keys10k_chart", "cold_page_mb"}
+            if scale_rows & only:
                 t = time.perf_counter()
-                seeder.post(live_id, scalars=[{"key": "loss", "steps": [step], "times": [time.time()],
-                                                    "values": [0.01]}])
-                page.wait_for_function(f"document.querySelector('#run-scalars .js-plotly-plot').data[0].x.includes({step})",
-                                       timeout=30_000, polling=20)
-                results["live_latency"].append(time.perf_counter() - t)
-                time.sleep(0.37)  # land at different phases of the 1 s poll
-            seeder.close()
-            t = time.perf_counter()
-            project, keys_run = seed_scale(server)
-            print(f"seeded {N:,} runs and a {N_KEYS:,}-key run in {time.perf_counter() - t:.1f} s")
-            for i in range(args.repeat + 1):
-                scale: dict[str, list[float]] = {k: [] for k in results}
-                measure_scale(browser, server, project, keys_run, big, scale)
-                if i:  # the first round warms the server's caches
-                    for k, v in scale.items():
-                        results[k] += v
+                project, keys_run = seed_scale(server)
+                print(f"seeded 10,000 runs and a {N_KEYS:,}-key run in {time.perf_counter() - t:.1f} s")
+                for i in range(args.repeat + 1):
+                    scale: dict[str, list[float]] = {k: [] for k in ROWS}
+                    measure_scale(browser, server, project, keys_run, big, scale)
+                    if i:  # the first round warms the server's caches
+                        for k in scale_rows & only:
+                            results[k] += scale[k]
             browser.close()
         targets = {"run_interactive": 2.0, "spectra_tab": None, "layer_switch": 0.5, "compare_20": 3.0,
                    "live_latency": 2.0, "runs10k_first": 1.0, "runs10k_sort": 1.0, "runs10k_filter": None,
@@ -226,6 +257,8 @@ def main() -> None:
         print(f"\nheadless Chromium, {len(ids)} runs of {args.layers} layers x {args.steps} steps "
               f"(spectra of 256 values every 10 steps); median [min..max] of {args.repeat}")
         for name, vals in results.items():
+            if not vals:
+                continue
             target = targets[name]
             med = statistics.median(vals)
             unit = "MB" if name.endswith("_mb") else "s"

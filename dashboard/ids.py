@@ -107,6 +107,8 @@ CMP_LT_LAYER = "cmp-lt-layer"  # a layer, or an all-layer aggregate (median / ma
 CMP_LT_BLOCK = "cmp-lt-block"  # restrict the aggregate to one block
 CMP_LT_X = "cmp-lt-x"
 CMP_LT_GRAPH = "cmp-lt-graph"
+CMP_LT_SECTION = "cmp-lt-section"
+CMP_LT_SEEN = "cmp-lt-seen"  # true once the per-layer graph has scrolled into view (it is drawn from then on)
 CMP_EXPORT = "cmp-export"
 
 

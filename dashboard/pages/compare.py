@@ -240,7 +240,8 @@ def layout(runs: str | None = None, keys: str | None = None, x: str | None = Non
                                                               {"label": " samples seen", "value": X_SAMPLES}])),
                 ], className="controls"),
                 dcc.Loading(graph(ids.CMP_LT_GRAPH), type="dot", delay_show=400),
-            ], className="section"),
+                dcc.Store(id=ids.CMP_LT_SEEN, data=False),
+            ], className="section", id=ids.CMP_LT_SECTION),
             # -- spectra and neurons at a matched step
             html.Section([
                 html.H3("Spectra and neuron update norms at a matched point"),

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from dash import Input, Output, State
+from dash.exceptions import PreventUpdate
 
 from .. import figures as F
 from .. import group_figures as GF
@@ -31,13 +32,19 @@ from ..state import current_api
 
 __all__ = ["AGG_MEDIAN", "AGG_MAX", "ALL_LAYERS", "PREFERRED", "quantity_options", "default_quantity",
            "layer_options", "scope_options", "layers_in_scope", "aggregate", "role_of", "layer_controls",
-           "draw_layer_over_time", "register"]
+           "draw_layer_over_time", "draw_when_seen", "register"]
 
 AGG_MEDIAN = "~median"
 AGG_MAX = "~max"
 AGGREGATES = {AGG_MEDIAN: "median over layers", AGG_MAX: "max over layers"}
 ALL_LAYERS = "~all"
 LAYER_POINTS = 2000  # per (run, layer) series: per-layer diagnostics are logged every few steps, so exact
+# Points read for one chart, over every (run, layer) series. The median over 48 layers of 20 runs logged at
+# every one of 2,000 steps read 1.9M points (~17 s on a loaded 2-core host, the server busy for all of it,
+# so the next page opened behind it — issue 19's run-page slowdown): past this budget each series is
+# downsampled on the server and an aggregate is taken over step ranges (``aggregate(bins=)``).
+LAYER_POINT_BUDGET = 200_000
+MIN_LAYER_POINTS = 100  # the fewest points asked per series, however many runs and layers
 # the diagnostics issue 19 names, offered first; any other per-layer quantity follows
 PREFERRED = ("neuron.", "sv.", "update_ratio", "gdiff.", "kfac.")
 
@@ -86,22 +93,73 @@ def layers_in_scope(layers: Sequence[str], scope: str | None) -> list[str]:
     return list(layers)
 
 
-def aggregate(per_layer: Sequence[tuple[Sequence[int], Sequence[float]]], agg: str) -> tuple[list[int], list[float]]:
+def aggregate(per_layer: Sequence[tuple[Sequence[int], Sequence[float]]], agg: str, *,
+              max_steps: int | None = None) -> tuple[list[int], list[float]]:
     """(steps, value) of the median or max over layers at each step any layer logged, over the layers
-    with a finite value there (a layer logging every 25 steps does not blank the others' steps)."""
-    steps = sorted({int(s) for st, _ in per_layer for s in st})
-    if not steps:
+    with a finite value there (a layer logging every 25 steps does not blank the others' steps).
+
+    ``max_steps``: the points asked per series. More distinct steps than that means the series were
+    downsampled on the server (see :data:`LAYER_POINT_BUDGET`) and the layers' points no longer share
+    steps, so the steps are split into ``max_steps // 2`` equal ranges (the downsampling keeps a min
+    and a max per range) and each layer contributes its mean (median) or max (max) over a range. A
+    range's step is the mean of the steps in it."""
+    rows = [(np.asarray(st, dtype=np.int64), np.asarray(ys, dtype=float)) for st, ys in per_layer]
+    rows = [(st, ys) for st, ys in rows if len(st)]
+    if not rows:
         return [], []
-    index = {s: i for i, s in enumerate(steps)}
-    grid = np.full((len(per_layer), len(steps)), np.nan)
-    for row, (st, ys) in enumerate(per_layer):
-        for s, y in zip(st, ys):
-            grid[row, index[int(s)]] = y
-    grid[~np.isfinite(grid)] = np.nan
+    all_steps = np.concatenate([st for st, _ in rows])
+    steps = np.unique(all_steps)
+    if max_steps is not None and len(steps) > max_steps:
+        return _binned(rows, agg, max(2, max_steps // 2))
+    grid = np.full((len(rows), len(steps)), np.nan)
+    for row, (st, ys) in enumerate(rows):
+        grid[row, np.searchsorted(steps, st)] = ys
+    return [int(s) for s in steps], _over_layers(grid, agg)
+
+
+def _over_layers(grid: np.ndarray, agg: str) -> list[float]:
+    grid = np.where(np.isfinite(grid), grid, np.nan)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a step where no layer has a finite value
         vals = np.nanmax(grid, axis=0) if agg == AGG_MAX else np.nanmedian(grid, axis=0)
-    return steps, [float(v) for v in vals]
+    return [float(v) for v in vals]
+
+
+def _binned(rows: Sequence[tuple[np.ndarray, np.ndarray]], agg: str, bins: int) -> tuple[list[int], list[float]]:
+    """The binned aggregate (see :func:`aggregate`); a layer without a point in a range, but logged on
+    both sides of it, contributes its value interpolated at the range's middle (so the median is
+    always over the same layers, not over whichever happened to keep a point there)."""
+    lo = min(int(st.min()) for st, _ in rows)
+    hi = max(int(st.max()) for st, _ in rows)
+    edges = np.linspace(lo, hi + 1, bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    grid = np.full((len(rows), bins), np.nan)
+    step_sum, step_n = np.zeros(bins), np.zeros(bins)
+    for row, (st, ys) in enumerate(rows):
+        which = np.clip(np.searchsorted(edges, st, side="right") - 1, 0, bins - 1)
+        np.add.at(step_sum, which, st)
+        np.add.at(step_n, which, 1)
+        finite = np.isfinite(ys)
+        w, y = which[finite], ys[finite]
+        if agg == AGG_MAX:
+            cell = np.full(bins, -np.inf)
+            np.maximum.at(cell, w, y)
+            got = np.isfinite(cell)
+        else:
+            total, count = np.zeros(bins), np.zeros(bins)
+            np.add.at(total, w, y)
+            np.add.at(count, w, 1)
+            got = count > 0
+            cell = np.divide(total, count, out=np.full(bins, np.nan), where=got)
+        if finite.any():
+            fs = st[finite]
+            inside = (centres >= fs.min()) & (centres <= fs.max()) & ~got
+            cell = np.where(inside, np.interp(centres, fs, y), cell)
+            got = got | inside
+        grid[row] = np.where(got, cell, np.nan)
+    keep = step_n > 0
+    steps = np.rint(step_sum[keep] / step_n[keep]).astype(np.int64)
+    return [int(s) for s in steps], _over_layers(grid[:, keep], agg)
 
 
 def title(quantity: str, layer: str, scope: str | None, n: int, unit: str) -> str:
@@ -112,11 +170,18 @@ def title(quantity: str, layer: str, scope: str | None, n: int, unit: str) -> st
     return f"{quantity} — {layer} — {n} {unit}"
 
 
+def points_per_series(n_series: int) -> int:
+    """Points to ask per (run, layer) series so that one chart reads at most ~:data:`LAYER_POINT_BUDGET`."""
+    return int(max(MIN_LAYER_POINTS, min(LAYER_POINTS, LAYER_POINT_BUDGET // max(n_series, 1))))
+
+
 def series_lines(series: Sequence[Mapping[str, Any]], meta: Mapping[str, Mapping[str, Any]], quantity: str,
-                 layer: str, layers: Sequence[str], colors: Mapping[str, tuple[str, str]]
-                 ) -> list[tuple[str, F.Line]]:
+                 layer: str, layers: Sequence[str], colors: Mapping[str, tuple[str, str]], *,
+                 points: int = LAYER_POINTS) -> list[tuple[str, F.Line]]:
     """(run id, line) per run that logged it: the layer's series, or the aggregate over ``layers``; ``colors``: run id ->
-    (colour, dash). ``x`` is the step; the caller converts to samples seen."""
+    (colour, dash). ``x`` is the step; the caller converts to samples seen. ``points``: what was asked per
+    series — below :data:`LAYER_POINTS` the series may be downsampled, so an aggregate bins the steps."""
+    max_steps = None if points >= LAYER_POINTS else points
     by_run: dict[str, dict[str, Mapping[str, Any]]] = {}
     for s in series:
         by_run.setdefault(s["run_id"], {})[s["key"]] = s
@@ -125,7 +190,7 @@ def series_lines(series: Sequence[Mapping[str, Any]], meta: Mapping[str, Mapping
         got = by_run.get(rid, {})
         if layer in AGGREGATES:
             per = [(got[k]["steps"], got[k]["y"]) for k in (f"{quantity}/{lay}" for lay in layers) if k in got]
-            steps, ys = aggregate(per, layer)
+            steps, ys = aggregate(per, layer, max_steps=max_steps)
         else:
             s = got.get(f"{quantity}/{layer}")
             steps, ys = (list(s["steps"]), list(s["y"])) if s else ([], [])
@@ -181,13 +246,14 @@ def draw_layer_over_time(quantity, layer, scope, x, meta, groups, band, catalog)
     run_ids = list(meta)
     keys = [f"{quantity}/{lay}" for lay in layers]
     try:
-        series = api.series(run_ids, keys, x="step", points=LAYER_POINTS)
+        points = points_per_series(len(run_ids) * len(keys))
+        series = api.series(run_ids, keys, x="step", points=points)
         samples = {s["run_id"]: (s["steps"], s["y"]) for s in api.series(run_ids, ["samples_seen"], x="step",
                                                                          points=5000)} if x == X_SAMPLES else {}
     except ApiError as exc:
         return F.empty_figure("per-layer diagnostics over time", f"cannot load the series: {exc}")
     colors = {rid: (run_color(rid), run_dash(rid)) for rid in run_ids}
-    by_run = dict(series_lines(series, meta, quantity, layer, layers, colors))
+    by_run = dict(series_lines(series, meta, quantity, layer, layers, colors, points=points))
     if x == X_SAMPLES:
         by_run = {rid: F.Line(ln.name, steps_to_samples(ln.steps, *samples.get(rid, ([], []))), ln.y, color=ln.color,
                               steps=ln.steps, dash=ln.dash) for rid, ln in by_run.items()}
@@ -211,6 +277,43 @@ def draw_layer_over_time(quantity, layer, scope, x, meta, groups, band, catalog)
     return fig
 
 
+# The section sits below the fold. Its all-layer aggregate reads every layer of every run (~1 s of
+# the server's CPU for 20 runs x 48 layers on a loaded 2-core host) and the matched-step panels and
+# the next page a user opens waited behind it, so it is drawn once its graph scrolls into view (or
+# at once where IntersectionObserver is missing). The observer is set up once the scalar charts are
+# in (before, the sections above are empty and this one is in view), on the section (the graph's own
+# node is replaced when its dcc.Loading re-renders), and wants the section in view for 400 ms.
+WHEN_SEEN_JS = """(scalars, seen) => {
+    const no = window.dash_clientside.no_update;
+    if (seen) return no;
+    const el = document.getElementById('%s');
+    if (!el || !window.IntersectionObserver) return true;
+    if (el.__optiscopeWatched) return no;
+    el.__optiscopeWatched = true;
+    // in view for a moment, not only while the sections above are still empty and short
+    const inView = () => { const r = el.getBoundingClientRect(); return r.top < window.innerHeight && r.bottom > 0; };
+    let timer = null;
+    const watch = new IntersectionObserver((entries) => {
+        if (!entries.some(e => e.isIntersecting) || timer) return;
+        timer = setTimeout(() => {
+            timer = null;
+            if (!inView()) return;
+            watch.disconnect();
+            window.dash_clientside.set_props('%s', {data: true});
+        }, 400);
+    });
+    watch.observe(el);
+    return no;
+}""" % (ids.CMP_LT_SECTION, ids.CMP_LT_SEEN)
+
+
+def draw_when_seen(seen, quantity, layer, scope, x, meta, groups, band, catalog):
+    """:func:`draw_layer_over_time`, once the graph has been in view (see ``WHEN_SEEN_JS``)."""
+    if not seen:
+        raise PreventUpdate
+    return draw_layer_over_time(quantity, layer, scope, x, meta, groups, band, catalog)
+
+
 def register(app: Any, *, groups_id: str, band_id: str) -> None:
     """Register the section's callbacks on ``app`` (a Dash app, or the ``dash`` module's global list);
     ``groups_id`` / ``band_id``: the compare page's group store and band choice."""
@@ -226,9 +329,12 @@ def register(app: Any, *, groups_id: str, band_id: str) -> None:
         State(ids.CMP_LT_BLOCK, "value"),
         prevent_initial_call=True,
     )(fill_layer_choices)
+    app.clientside_callback(WHEN_SEEN_JS, Output(ids.CMP_LT_SEEN, "data"), Input(ids.CMP_SCALARS, "children"),
+                            State(ids.CMP_LT_SEEN, "data"))
     app.callback(
         Output(ids.CMP_LT_GRAPH, "figure"),
+        Input(ids.CMP_LT_SEEN, "data"),
         Input(ids.CMP_LT_QUANTITY, "value"), Input(ids.CMP_LT_LAYER, "value"), Input(ids.CMP_LT_BLOCK, "value"),
         Input(ids.CMP_LT_X, "value"), Input(ids.CMP_META, "data"), Input(groups_id, "data"), Input(band_id, "value"),
         State(ids.CMP_KEYS, "data"),
-    )(draw_layer_over_time)
+    )(draw_when_seen)

@@ -52,7 +52,15 @@ def _wait_title(page, start: str) -> None:  # noqa: ANN001
 def test_per_layer_diagnostic_over_time_plots_the_logged_values(server, seeded, page) -> None:  # noqa: ANN001
     console = _console_errors(page)
     run_ids = ",".join(seeded[r] for r in NAMES)
+    page.set_viewport_size({"width": 1400, "height": 500})
     page.goto(server.url + f"/compare?runs={run_ids}&keys=loss&lt_q=sv.weight.cond&lt_layer=~max")
+    # below the fold the section reads nothing (its aggregate reads every layer of every run) ...
+    graphs_with_data(page, "#cmp-scalars", 1)
+    page.wait_for_timeout(1500)
+    assert page.evaluate("document.querySelector('#cmp-lt-section').getBoundingClientRect().top") > 500
+    assert page.evaluate(f"(({GRAPH} || {{}}).data || []).length") == 0
+    # ... and is drawn once it scrolls into view
+    page.locator("#cmp-lt-graph").scroll_into_view_if_needed()
     graphs_with_data(page, "#cmp-lt-graph", 1)
     _wait_title(page, "sv.weight.cond: max over layers")
     _check(page, seeded, 1.0)  # max of fc1 (10·…) and fc2 (11·…)
@@ -75,6 +83,7 @@ def test_per_layer_diagnostic_over_time_plots_the_logged_values(server, seeded, 
     page.wait_for_function("new URLSearchParams(location.search).get('lt_q') === 'sv.weight.spectral_norm'",
                            timeout=TIMEOUT_MS)
     page.reload()
+    page.locator("#cmp-lt-graph").scroll_into_view_if_needed()
     _wait_title(page, "sv.weight.spectral_norm — fc1.weight")
     for t in _traces(page):
         np.testing.assert_allclose(t["y"], 1.0, rtol=1e-6)  # 1 + 0.01 · 0 · drift for layer 0
@@ -127,3 +136,41 @@ def test_per_layer_against_samples_seen_and_a_missing_layer(server, seeded, requ
     missing = CL.draw_layer_over_time("sv.weight.cond", "no.such.layer", CL.ALL_LAYERS, "step", meta, None,
                                        "minmax", catalog)
     assert "no picked run logged sv.weight.cond for no.such.layer" in str(missing.layout.annotations[0].text)
+
+
+def test_aggregate_over_downsampled_series_bins_the_steps() -> None:
+    # 48 layers keeping different 208 of 2,000 steps (as the server's downsampling leaves them): the
+    # median / max over step ranges still follows the logged values (exact would need every point)
+    rng = np.random.default_rng(0)
+    per = []
+    for i in range(48):
+        st = np.sort(rng.choice(2000, 208, replace=False))
+        per.append((st.tolist(), ((10.0 + i) * (1.0 + 0.001 * st)).tolist()))
+    steps, med = CL.aggregate(per, CL.AGG_MEDIAN, max_steps=208)
+    assert 50 <= len(steps) <= 104 and steps == sorted(steps)
+    np.testing.assert_allclose(med, 33.5 * (1.0 + 0.001 * np.asarray(steps)), rtol=0.03)
+    steps, top = CL.aggregate(per, CL.AGG_MAX, max_steps=208)
+    np.testing.assert_allclose(top, 57.0 * (1.0 + 0.001 * np.asarray(steps)), rtol=0.03)
+    # at or under the cap the exact per-step path is kept
+    exact_steps, _ = CL.aggregate([(list(range(100)), [1.0] * 100)], CL.AGG_MEDIAN, max_steps=208)
+    assert exact_steps == list(range(100))
+
+
+def test_many_runs_and_layers_read_a_bounded_number_of_points(server, seeded, request_ctx,  # noqa: ANN001
+                                                              monkeypatch) -> None:
+    """20 runs x 48 layers x 2,000 steps read 1.9M points for one chart (17 s, the server busy for all
+    of it); the section now asks each series for at most LAYER_POINT_BUDGET / (runs x layers) points
+    and bins the aggregate. Here a small budget forces that path on the real server's downsampling."""
+    cmp = sys.modules["dashboard.pages.compare"]
+    run_ids = [seeded[r] for r in NAMES]
+    meta, catalog, _ = cmp.load_runs(run_ids)
+    monkeypatch.setattr(CL, "LAYER_POINT_BUDGET", 300)  # 6 series -> 50, raised to MIN_LAYER_POINTS (100) each
+    assert CL.points_per_series(6) == CL.MIN_LAYER_POINTS < STEPS
+    fig = CL.draw_layer_over_time("sv.weight.cond", CL.AGG_MEDIAN, CL.ALL_LAYERS, "step", meta, None, "minmax",
+                                   catalog)
+    assert len(fig.data) == 3
+    for t in fig.data:
+        x = np.asarray(t.x)
+        # ~100 of the 200 logged steps (the downsampling keeps each range's min and max), first and last kept
+        assert 25 <= len(x) <= CL.MIN_LAYER_POINTS + 2 and x[0] == 0 and x[-1] == STEPS - 1
+        np.testing.assert_allclose(t.y, _logged(0.5, x), rtol=0.01)  # the median of fc1 and fc2

@@ -54,7 +54,7 @@ from probe.diagnostics.layers import Layer
 from probe.diagnostics.measures import clone_all, local_shard
 from probe.diagnostics.quantities import CADENCES, MOVED, SOURCES, GradientDiff, assemble
 from probe.diagnostics.quantity import Needs, PostStep, PreStep, Quantity, Records, overrides
-from probe.diagnostics.schedule import period_of
+from probe.diagnostics.schedule import never, period_of
 from probe.diagnostics.sink import RunLike
 
 __all__ = ["Monitor", "attach", "RunLike", "SPECTRUM_SOURCES"]
@@ -183,7 +183,11 @@ class Monitor:
         # two steps it was due at) and the last step it was due at: its floor is one run per 10 periods.
         self._periods: dict[str, int] = {q.name: period_of(q.schedule) or 1 for q in self._budgeted}
         # (name, schedule, vectors schedule, declared period) of each budgeted quantity, read every step
-        self._schedules = [(q.name, q.schedule, q.vectors_schedule, period_of(q.schedule)) for q in self._budgeted]
+        # (a quantity turned off, with no arrays either, is left out: nothing to check every step)
+        self._schedules = [(q.name, _due_of(q), q.vectors_schedule, period_of(q.schedule)) for q in self._budgeted
+                           if _due_of(q) is not never or q.vectors_schedule is not never]
+        self._fixed_scheduled = [(q, _due_of(q)) for q in self._fixed if _due_of(q) is not never]
+        self._closing = self._hooked["at_close"]
         self._last_due: dict[str, int] = {}
         self._fixed_due: list[Quantity] = []  # fixed quantities due this step (thinned or not)
         self._fixed_now = False  # whether the fixed per-step part runs (is not thinned) this step
@@ -534,7 +538,9 @@ class Monitor:
         state = self._opt_state.pop(idx, None)
         if state is None:
             return
-        plan = self._plan + [q for q in self._fixed_measure if self._fixed_now and q in self._fixed_due]
+        plan = self._plan
+        if self._fixed_measure and self._fixed_now:
+            plan = plan + [q for q in self._fixed_measure if q in self._fixed_due]
         if plan:
             with torch.no_grad():
                 self._measure(idx, optimizer, state, plan)
@@ -578,7 +584,7 @@ class Monitor:
         if "layers" not in self.disabled:
             with self._guard("layers"):
                 self._refresh_layers()
-        self._fixed_due = [q for q in self._fixed if q.name not in self.disabled and q.is_due(step)]
+        self._fixed_due = [q for q, due in self._fixed_scheduled if due(step) and q.name not in self.disabled]
         self._fixed_now = False
         if self._fixed_due:  # the fixed part, thinned when it alone exceeds the budget
             self._fixed_waited += 1
@@ -653,7 +659,7 @@ class Monitor:
         # What this hook spends from here on (e.g. the flush) counts towards the next step.
         self._probe_s = -in_hook
         self._last_close = now
-        closing = self._hooked["at_close"]
+        closing = self._closing
         if closing:
             self._records.step = step
             for q in closing:
@@ -783,6 +789,11 @@ class Monitor:
                 )
             except Exception:  # noqa: BLE001 - warnings turned into errors (-W error) must not reach training
                 pass
+
+
+def _due_of(q: Quantity) -> Callable[[int], bool]:
+    """``q``'s due test read every step: its schedule itself, unless the class overrides ``is_due``."""
+    return q.is_due if overrides(q, "is_due") else q.schedule
 
 
 def _closure_of(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Callable[[], Any] | None:

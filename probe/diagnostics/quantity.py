@@ -158,7 +158,7 @@ class Quantity:
         name: key prefix and failure domain (``mon.errors[name]``).
         budgeted: whether the overhead budget may defer it (``False``: the cheap per-step part, which
             is only thinned when it alone exceeds the budget; its ``before_step`` then sees
-            ``ctx.thinned``).
+            ``ctx.thinned``). Its ``needs`` are not captured: ΔW and internals are budgeted work.
         priority: order among quantities planned in one step (lower first; built-ins 0–40).
         overlaps_others: its ``measure`` runs the other planned measures through ``meanwhile`` while
             it waits (the CPU spectra); at most one planned quantity has it.

@@ -48,6 +48,20 @@ def _wait_title(page, start: str) -> None:  # noqa: ANN001
                            arg=start, timeout=TIMEOUT_MS)
 
 
+def _scroll_to_section(page) -> None:  # noqa: ANN001
+    """Scroll the per-layer graph into view. The graph is re-mounted while the page's callbacks fill the
+    section, so the element found can be detached mid-scroll: find it again and retry."""
+    from playwright.sync_api import Error
+    for _ in range(10):
+        try:
+            page.locator("#cmp-lt-graph").scroll_into_view_if_needed(timeout=TIMEOUT_MS)
+            return
+        except Error as exc:
+            if "not attached" not in str(exc):
+                raise
+    page.locator("#cmp-lt-graph").scroll_into_view_if_needed(timeout=TIMEOUT_MS)
+
+
 @pytest.mark.browser
 def test_per_layer_diagnostic_over_time_plots_the_logged_values(server, seeded, page) -> None:  # noqa: ANN001
     console = _console_errors(page)
@@ -60,7 +74,7 @@ def test_per_layer_diagnostic_over_time_plots_the_logged_values(server, seeded, 
     assert page.evaluate("document.querySelector('#cmp-lt-section').getBoundingClientRect().top") > 500
     assert page.evaluate(f"(({GRAPH} || {{}}).data || []).length") == 0
     # ... and is drawn once it scrolls into view
-    page.locator("#cmp-lt-graph").scroll_into_view_if_needed()
+    _scroll_to_section(page)
     graphs_with_data(page, "#cmp-lt-graph", 1)
     _wait_title(page, "sv.weight.cond: max over layers")
     _check(page, seeded, 1.0)  # max of fc1 (10·…) and fc2 (11·…)
@@ -83,7 +97,7 @@ def test_per_layer_diagnostic_over_time_plots_the_logged_values(server, seeded, 
     page.wait_for_function("new URLSearchParams(location.search).get('lt_q') === 'sv.weight.spectral_norm'",
                            timeout=TIMEOUT_MS)
     page.reload()
-    page.locator("#cmp-lt-graph").scroll_into_view_if_needed()
+    _scroll_to_section(page)
     _wait_title(page, "sv.weight.spectral_norm — fc1.weight")
     for t in _traces(page):
         np.testing.assert_allclose(t["y"], 1.0, rtol=1e-6)  # 1 + 0.01 · 0 · drift for layer 0

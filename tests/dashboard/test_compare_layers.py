@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 
 from dashboard.colors import run_color
 from dashboard.pages import compare_layers as CL
@@ -48,18 +49,16 @@ def _wait_title(page, start: str) -> None:  # noqa: ANN001
                            arg=start, timeout=TIMEOUT_MS)
 
 
-def _scroll_to_section(page) -> None:  # noqa: ANN001
-    """Scroll the per-layer graph into view. The graph is re-mounted while the page's callbacks fill the
-    section, so the element found can be detached mid-scroll: find it again and retry."""
-    from playwright.sync_api import Error
-    for _ in range(10):
+def _scroll_graph_into_view(page, attempts: int = 10) -> None:  # noqa: ANN001
+    """The graph is re-mounted while the page's callbacks fill the section, so the element Playwright
+    found can be detached mid-scroll: find it again and retry."""
+    for attempt in range(attempts):
         try:
             page.locator("#cmp-lt-graph").scroll_into_view_if_needed(timeout=TIMEOUT_MS)
             return
-        except Error as exc:
-            if "not attached" not in str(exc):
+        except PlaywrightError as exc:
+            if "not attached" not in str(exc) or attempt == attempts - 1:
                 raise
-    page.locator("#cmp-lt-graph").scroll_into_view_if_needed(timeout=TIMEOUT_MS)
 
 
 @pytest.mark.browser
@@ -74,7 +73,7 @@ def test_per_layer_diagnostic_over_time_plots_the_logged_values(server, seeded, 
     assert page.evaluate("document.querySelector('#cmp-lt-section').getBoundingClientRect().top") > 500
     assert page.evaluate(f"(({GRAPH} || {{}}).data || []).length") == 0
     # ... and is drawn once it scrolls into view
-    _scroll_to_section(page)
+    _scroll_graph_into_view(page)
     graphs_with_data(page, "#cmp-lt-graph", 1)
     _wait_title(page, "sv.weight.cond: max over layers")
     _check(page, seeded, 1.0)  # max of fc1 (10·…) and fc2 (11·…)
@@ -97,7 +96,7 @@ def test_per_layer_diagnostic_over_time_plots_the_logged_values(server, seeded, 
     page.wait_for_function("new URLSearchParams(location.search).get('lt_q') === 'sv.weight.spectral_norm'",
                            timeout=TIMEOUT_MS)
     page.reload()
-    _scroll_to_section(page)
+    _scroll_graph_into_view(page)
     _wait_title(page, "sv.weight.spectral_norm — fc1.weight")
     for t in _traces(page):
         np.testing.assert_allclose(t["y"], 1.0, rtol=1e-6)  # 1 + 0.01 · 0 · drift for layer 0

@@ -26,7 +26,7 @@ from dash import html
 from ..api import ApiClient
 from ..components import flatten, fmt_value
 from ..queries import run_page
-from .compare_groups import ALL_BUT_SEED
+from ..grouping import ALL_BUT_SEED
 
 __all__ = ["RunGroup", "GroupedRuns", "group_by_options", "parse_group_by", "group_runs", "fetch_matching",
            "group_table_rows", "group_compare_href", "MAX_GROUPED_RUNS"]

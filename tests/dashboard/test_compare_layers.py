@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Error as PlaywrightError
 
 from dashboard.colors import run_color
-from dashboard.pages import compare_layers as CL
+from dashboard.pages.compare import layers as CL
 
 from .test_browser import TIMEOUT_MS, graphs_with_data
 from .test_compare_colors import console_errors as _console_errors

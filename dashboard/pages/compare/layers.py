@@ -7,7 +7,7 @@ found could only be asked one step at a time. An aggregate is taken per run and 
 the layers that logged the diagnostic at that step (median, or max: the worst layer), optionally over
 one block (``blocks.3``) or one layer role (``blocks.*.fc.weight``) only.
 
-The callbacks register through :func:`register`, which ``compare.py`` calls each time the app
+The callbacks register through :func:`register`, which the package's ``__init__`` calls each time the app
 re-executes it (see ``dashboard.app._load_pages``), with the ids of the page's group stores.
 """
 
@@ -19,16 +19,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from dash import Input, Output, State
+from dash import Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
-from .. import figures as F
-from .. import group_figures as GF
-from .. import ids
-from ..api import ApiError
-from ..colors import group_color, run_color, run_dash
-from ..series import X_SAMPLES, X_STEP, X_TITLES, block_of, steps_to_samples
-from ..state import current_api
+from ... import figures as F
+from ... import group_figures as GF
+from ... import ids
+from ...api import ApiError
+from ...colors import group_color, run_color, run_dash
+from ...components import control, graph
+from ...series import X_SAMPLES, X_STEP, X_TITLES, block_of, steps_to_samples
+from ...state import current_api
 
 __all__ = ["AGG_MEDIAN", "AGG_MAX", "ALL_LAYERS", "PREFERRED", "quantity_options", "default_quantity",
            "layer_options", "scope_options", "layers_in_scope", "aggregate", "role_of", "layer_controls",
@@ -312,6 +313,31 @@ def draw_when_seen(seen, quantity, layer, scope, x, meta, groups, band, catalog)
     if not seen:
         raise PreventUpdate
     return draw_layer_over_time(quantity, layer, scope, x, meta, groups, band, catalog)
+
+
+def section(lt: Sequence[Any], lt_x: str | None) -> html.Section:
+    """The diagnostic, layer, scope and x-axis controls and the graph (``lt``: ``layer_controls``)."""
+    return html.Section([
+        html.H3("Per-layer diagnostics over time"),
+        html.P("One per-layer diagnostic for every run (or each group's mean with its band) against step: "
+               "a single layer, or the median / max over the layers (all, one role such as "
+               "blocks.*.fc.weight, or one block) at each logged step.", className="hint"),
+        html.Div([
+            control("diagnostic", dcc.Dropdown(id=ids.CMP_LT_QUANTITY, options=lt[0], value=lt[1],
+                                               clearable=False, placeholder="no per-layer diagnostics"),
+                    width="280px"),
+            control("layer", dcc.Dropdown(id=ids.CMP_LT_LAYER, options=lt[2], value=lt[3], clearable=False),
+                    width="280px"),
+            control("over", dcc.Dropdown(id=ids.CMP_LT_BLOCK, options=lt[4], value=lt[5], clearable=False),
+                    width="240px"),
+            control("x axis", dcc.RadioItems(id=ids.CMP_LT_X, inline=True,
+                                             value=lt_x if lt_x in (X_STEP, X_SAMPLES) else X_STEP,
+                                             options=[{"label": " step", "value": X_STEP},
+                                                      {"label": " samples seen", "value": X_SAMPLES}])),
+        ], className="controls"),
+        dcc.Loading(graph(ids.CMP_LT_GRAPH), type="dot", delay_show=400),
+        dcc.Store(id=ids.CMP_LT_SEEN, data=False),
+    ], className="section", id=ids.CMP_LT_SECTION)
 
 
 def register(app: Any, *, groups_id: str, band_id: str) -> None:

@@ -1,7 +1,8 @@
 """The compare page's seed groups: the group-by choice, the group time-to-target table, the "why" list.
 
-Pure builders (no callbacks: those live in ``compare.py``, the module the app reloads per Dash app).
-Every number comes from the server's ``/analysis/*`` endpoints; this module only lays them out.
+The builders are pure: every number comes from the server's ``/analysis/*`` endpoints and this
+module only lays them out; the group-by callback registers through :func:`register`, which the
+package's ``__init__`` calls each time the app re-executes it.
 """
 
 from __future__ import annotations
@@ -9,16 +10,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dash import dcc, html
+from dash import Input, Output, dcc, html, no_update
 
-from ..api import ApiClient
-from ..components import flatten, fmt_duration, fmt_value, message
+from ... import ids
+from ...api import ApiClient, ApiError
+from ...components import control, flatten, fmt_duration, fmt_value, message
+from ...grouping import ALL_BUT_SEED, NO_GROUPING
+from ...state import current_api
+from .page_ids import CMP_GROUP_BY, CMP_GROUPS, CMP_GROUPS_SUMMARY
 
 __all__ = ["ALL_BUT_SEED", "NO_GROUPING", "group_by_options", "parse_group_by", "group_by_keys", "load_groups",
-           "groups_summary", "group_ttt_table", "why_panel", "default_sides"]
-
-ALL_BUT_SEED = "~all-but-seed"  # the dropdown value for the default grouping (every config key but seed)
-NO_GROUPING = "none"  # in the URL: group_by=none shows each run on its own
+           "groups_summary", "group_ttt_table", "why_panel", "default_sides", "initial_groups",
+           "update_groups", "group_by_row", "register"]
 
 
 def group_by_options(meta: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]]:
@@ -154,3 +157,54 @@ def why_panel(result: Mapping[str, Any]) -> html.Div:
             + (f" (steps {min(steps.values())}–{max(steps.values())})" if steps else ""))
     notes = [html.P(n, className="hint") for n in result.get("notes") or []]
     return html.Div([html.P(head, className="hint"), *notes, html.Ol(items, id="cmp-why-list")])
+
+
+# -- the group-by choice --------------------------------------------------------------------------
+
+def group_by_row(meta: Mapping[str, Mapping[str, Any]], grouping: Sequence[str], groups: Mapping[str, Any]) -> html.Div:
+    """The group-by dropdown and the summary of the groups it makes."""
+    return html.Div([
+        control("group by", dcc.Dropdown(id=CMP_GROUP_BY, options=group_by_options(meta), value=grouping,
+                                         multi=True, placeholder="each run on its own"), width="420px"),
+        html.Div(groups_summary(groups), id=CMP_GROUPS_SUMMARY),
+    ], className="controls")
+
+
+def initial_groups(api: ApiClient, meta: Mapping[str, Mapping[str, Any]],
+                   wanted: list[str] | None) -> tuple[list[str], dict[str, Any]]:
+    """(group-by choice, groups) for the first render. No choice in the URL: group by everything but
+    the seed when that puts two or more runs together (seeds of one recipe), else show each run."""
+    if wanted is None:
+        try:
+            auto = load_groups(api, meta, [ALL_BUT_SEED]) if len(meta) >= 2 else None
+        except ApiError:
+            auto = None
+        if auto and any(g["n"] >= 2 for g in auto["groups"]):
+            return [ALL_BUT_SEED], auto
+        wanted = []
+    try:
+        return wanted, load_groups(api, meta, wanted)
+    except ApiError:
+        return [], load_groups(api, meta, [])
+
+
+def update_groups(group_by, meta):
+    """Regroup when the choice or the picked runs change (the server groups; the page draws)."""
+    meta = meta or {}
+    try:
+        groups = load_groups(current_api(), meta, group_by or [])
+    except ApiError as exc:
+        return no_update, message("Cannot group these runs", str(exc), kind="error"), group_by_options(meta)
+    return groups, groups_summary(groups), group_by_options(meta)
+
+
+def register(app: Any) -> None:
+    """Register the section's callbacks on ``app`` (a Dash app, or the ``dash`` module's global list)."""
+    app.callback(
+        Output(CMP_GROUPS, "data"),
+        Output(CMP_GROUPS_SUMMARY, "children"),
+        Output(CMP_GROUP_BY, "options"),
+        Input(CMP_GROUP_BY, "value"),
+        Input(ids.CMP_META, "data"),
+        prevent_initial_call=True,
+    )(update_groups)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.integrations.stored import stored_series
-from tests.integrations.torchrun import torchrun
+from tests.integrations.torchrun import client_env, torchrun
 
 pytestmark = pytest.mark.distributed
 
@@ -81,8 +81,7 @@ INTERNAL = ("sv.pre_orth.", "sv.post_orth.", "orth_err/", "normuon.")  # the opt
 def test_ddp_muon_family_stores_every_matrix_internals_once_under_its_own_key(  # noqa: ANN001
         live_server, tmp_path) -> None:
     srv = live_server()
-    env = {"OPTISCOPE_URL": srv.url, "OPTISCOPE_TOKEN": srv.token, "OPTISCOPE_HOME": str(srv.home / "client")}
-    out = torchrun(JOB, tmp_path, env)
+    out = torchrun(JOB, tmp_path, client_env(srv))
     for cls in ("Muon", "NorMuon"):
         result = out[cls]
         series = stored_series(srv.api, srv.headers, result["run_id"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.integrations.stored import stored_series
-from tests.integrations.torchrun import torchrun
+from tests.integrations.torchrun import client_env, torchrun
 
 pytestmark = pytest.mark.distributed
 
@@ -59,8 +59,7 @@ if rank == 0:
 
 def test_fsdp2_grad_norm_is_the_global_norm(live_server, tmp_path) -> None:  # noqa: ANN001
     srv = live_server()
-    env = {"OPTISCOPE_URL": srv.url, "OPTISCOPE_TOKEN": srv.token, "OPTISCOPE_HOME": str(srv.home / "client")}
-    out = torchrun(JOB, tmp_path, env)
+    out = torchrun(JOB, tmp_path, client_env(srv))
     series = stored_series(srv.api, srv.headers, out["run_id"])
     truth = out["truth"]
     assert len(truth) == 1 + 6  # the total and 6 parameters (3 weights, 3 biases)

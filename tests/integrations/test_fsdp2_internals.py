@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.integrations.stored import stored_series
-from tests.integrations.torchrun import torchrun
+from tests.integrations.torchrun import client_env, torchrun
 
 pytestmark = pytest.mark.distributed
 
@@ -126,8 +126,7 @@ def _arrays(srv, run_id: str, key: str) -> list[dict]:  # noqa: ANN001
 def test_fsdp2_muon_family_internals_are_the_whole_matrix_once_on_rank0(  # noqa: ANN001
         live_server, tmp_path) -> None:
     srv = live_server()
-    env = {"OPTISCOPE_URL": srv.url, "OPTISCOPE_TOKEN": srv.token, "OPTISCOPE_HOME": str(srv.home / "client")}
-    out = torchrun(JOB, tmp_path, env)
+    out = torchrun(JOB, tmp_path, client_env(srv))
     for cls in ("Muon", "NorMuon"):
         result = out[cls]
         matrices = result["matrices"]

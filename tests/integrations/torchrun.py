@@ -14,6 +14,12 @@ from tests.pg_cluster import free_port
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def client_env(srv: Any) -> dict[str, str]:
+    """The environment a job's ``optiscope`` client needs to log to the live server ``srv``
+    (``tests.conftest.LiveServer``): its URL, a token, and a client home of its own."""
+    return {"OPTISCOPE_URL": srv.url, "OPTISCOPE_TOKEN": srv.token, "OPTISCOPE_HOME": str(srv.home / "client")}
+
+
 def torchrun(script: str, tmp_path: Path, env: dict[str, str], timeout: float = 240) -> dict[str, Any]:
     path = tmp_path / "job.py"
     path.write_text(script)

@@ -25,6 +25,8 @@ decorating at import.
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import Any
 
 import dash
@@ -34,10 +36,6 @@ from ... import ids
 from ...api import ApiError
 from ...components import message
 from ...state import current_api
-from . import config_diff as config_diff_section
-from . import groups as CG
-from . import layers as CL
-from . import matched, picker, scalars, state, time_to_target as ttt, url, why as why_section
 # the names tests, tools and other modules use (``dashboard.pages.compare.<name>``)
 from .config_diff import config_diff, show_config_diff
 from .groups import initial_groups, update_groups
@@ -53,6 +51,18 @@ from .time_to_target import default_direction, default_target, group_time_to_tar
 from .why import WHY_TOP, why, why_sides
 
 TITLE = "Optiscope · compare"
+
+
+def _section(name: str) -> ModuleType:
+    """A section module by name. Not ``from . import why``: three sections share their name with a
+    function re-exported above (``why``, ``time_to_target``, ``config_diff``), and when the app
+    re-executes this module that form would find the function the last run bound here."""
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+CG, CL = _section("groups"), _section("layers")
+picker, state, scalars, matched, url = (_section(n) for n in ("picker", "state", "scalars", "matched", "url"))
+ttt, why_section, config_diff_section = (_section(n) for n in ("time_to_target", "why", "config_diff"))
 
 
 def layout(runs: str | None = None, keys: str | None = None, x: str | None = None, layer: str | None = None,

@@ -89,3 +89,31 @@ def test_url_layer_and_step_open_that_view_and_unknown_ones_fall_back_visibly(se
     page.wait_for_function("() => document.querySelector('#run-view-note').innerText === ''",
                            timeout=TIMEOUT_MS)
     assert page.errors == []
+
+
+@pytest.mark.browser
+def test_a_tab_body_enters_the_page_when_first_opened_and_stays(server, seeded, page) -> None:
+    """Hidden tabs cost nothing on load: no graphs drawn for them and no callback round trips
+    (a run that logs everything had 23 hidden graphs and 15 empty round trips); opening a tab mounts
+    its panels once, with data, and switching back does not mount them again."""
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.post_data or "") if "_dash-update-component" in r.url else None)
+    page.goto(server.url + f"/runs/{seeded['slow']}")
+    scalars = graphs_with_data(page, "#run-tab-scalars", 1)
+    page.wait_for_load_state("networkidle")
+    assert page.locator(".js-plotly-plot").count() == len(scalars)  # only the visible tab's graphs exist
+    assert page.locator("#run-tab-spectra .js-plotly-plot").count() == 0
+    assert not [a for a in asked if "-fresh" in a], "a hidden tab's panel callback fired on load"
+    page.locator("#run-tabs .tab", has_text="Spectra").click()
+    graphs_with_data(page, "#run-tab-spectra", 2)
+    heatmap = page.locator("#run-tab-spectra .js-plotly-plot").first.element_handle()
+    page.locator("#run-tabs .tab", has_text="Scalars").click()
+    page.locator("#run-tab-spectra").wait_for(state="hidden", timeout=TIMEOUT_MS)
+    page.locator("#run-tabs .tab", has_text="Spectra").click()
+    page.locator("#run-tab-spectra").wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert heatmap.evaluate("(g) => g.isConnected && g.data.length > 0")  # the same graph, not re-mounted
+    # a link that opens on a tab holds that tab's body from the start
+    page.goto(server.url + f"/runs/{seeded['slow']}?tab=neurons")
+    graphs_with_data(page, "#run-tab-neurons", 1)
+    assert page.locator("#run-tab-spectra .js-plotly-plot").count() == 0
+    assert page.errors == []

@@ -2,7 +2,7 @@
 
 Shape: a header (``header``), a controls bar shared by every tab (``controls``: one source of
 truth, mirrored into the URL), and one body per tab (``tabs/<tab>.py``: its graphs and callbacks);
-only the active tab's callbacks do work. Tabs the run logged nothing for are left out of the strip,
+a tab's body enters the page when the tab is first opened (``tab_bodies``). Tabs the run logged nothing for are left out of the strip,
 and a note names the ``probe.attach`` option that turns each one on.
 
 Live: a ``dcc.Interval`` drives the scalar charts' ``Patch`` appends (``tabs/scalars``) and, on a
@@ -28,7 +28,7 @@ from ...components import message
 from ...queries import Catalog
 from ...series import X_CHOICES, X_STEP
 from ...state import current_api, current_config
-from . import catalog_store, controls, keep_view, live
+from . import catalog_store, controls, keep_view, live, tab_bodies
 from .header import created_ts, header
 from .tabs import MODULES, TAB_IDS, TABS, Tab
 from .tabs import scalars as scalars_tab
@@ -97,8 +97,7 @@ def layout(run_id: str | None = None, tab: str | None = None, layer: str | None 
         first, cursor = scalars_tab.first_graphs(api, run["id"], chosen, x=x, smooth=smooth_v, log_y=log_y,
                                                  origin=created_ts(run), points=cfg.series_points)
     shown = visible_tabs(catalog, run, tab)
-    bodies = [html.Div(t.body(first, chosen) if t.id == "scalars" else t.body(), id=ids.tab_body_id(t.id),
-                       style={"display": "block" if t.id == tab else "none"}) for t in TABS]
+    bodies, mounted = tab_bodies.bodies(tab, scalars_tab.body(first, chosen))
     return html.Div(
         [
             dcc.Store(id=ids.RUN_ID, data=run["id"]),
@@ -115,9 +114,9 @@ def layout(run_id: str | None = None, tab: str | None = None, layer: str | None 
             controls.controls_bar(catalog=catalog, keys=chosen, x=x, smooth=smooth_v, log_y=log_y, metric=metric,
                                   rows=rows, view=controls.initial_view(catalog, tab, layer, source,
                                                                         _int_or_none(step))),
-            html.Div(bodies, id=ids.RUN_TAB_BODY),
+            bodies,
+            mounted,
             html.Div(id=ids.RUN_URL_SINK, hidden=True),
-            *keep_view.stores(),
         ]
     )
 
@@ -125,5 +124,6 @@ def layout(run_id: str | None = None, tab: str | None = None, layer: str | None 
 controls.register(dash)
 live.register(dash)
 keep_view.register(dash)
+tab_bodies.register(dash)
 for _module in MODULES:
     _module.register(dash)

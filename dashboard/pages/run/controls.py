@@ -17,7 +17,7 @@ from ...components import control
 from ...queries import Catalog
 from ...series import X_CHOICES, X_TITLES, block_of
 from .catalog_store import ALL_KEYS
-from .tabs import TAB_IDS, TABS
+from .tabs import TABS
 from .tabs.base import ROWS_AUTO, ROWS_BLOCKS, ROWS_LAYERS, Registrar
 from .tabs.spectra import SUMMARY_METRICS
 
@@ -166,12 +166,6 @@ def show_controls(tab: str):
             for name in CONTROL_NAMES]
 
 
-def show_tab(tab: str):
-    """All tab bodies are in the layout (so every callback output exists); only the active one shows,
-    and the panels' callbacks skip work for hidden tabs."""
-    return [{"display": "block" if t == tab else "none"} for t in TAB_IDS]
-
-
 def layer_choices(catalog: Catalog, tab: str) -> list[str]:
     """Layers that have data for the tab."""
     if tab == "spectra":
@@ -267,7 +261,6 @@ def register(app: Registrar) -> None:
     """``app``: a Dash app or the ``dash`` module (its global ``callback``)."""
     app.callback([Output(ids.control_id(name), "style") for name in CONTROL_NAMES],
                  Input(ids.RUN_TABS, "value"))(show_controls)
-    app.callback([Output(ids.tab_body_id(t), "style") for t in TAB_IDS], Input(ids.RUN_TABS, "value"))(show_tab)
     app.callback(
         Output(ids.RUN_KEYS_SELECT, "options"),
         Input(ids.RUN_KEYS_SELECT, "search_value"), Input(ALL_KEYS, "data"),

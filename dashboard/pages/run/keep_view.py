@@ -19,6 +19,7 @@ new data is autoranged again. Nothing extra travels to the server.
 from __future__ import annotations
 
 from dash import Input, Output, State, dcc
+from dash.development.base_component import Component
 
 from ... import ids
 from .tabs.base import Registrar
@@ -64,9 +65,11 @@ def output(graph_id: str) -> Output:
     return Output(store_id(graph_id), "data")
 
 
-def stores() -> list[dcc.Store]:
-    """One store per panel, for the page layout."""
-    return [dcc.Store(id=store_id(g)) for g in GRAPHS]
+def stores_in(body: Component) -> list[dcc.Store]:
+    """The stores of the keep-view panels in ``body``, to sit beside them: they enter the page with
+    their tab's body, so a panel's callback has nothing to fill (and does not fire) before that."""
+    found = set(body)  # a component iterates over the ids of everything inside it
+    return [dcc.Store(id=store_id(g)) for g in GRAPHS if g in found]
 
 
 def register(app: Registrar) -> None:

@@ -3,7 +3,7 @@ s_proj, β*/η*, the noise scale and the KL-norm split, per layer over time."""
 
 from __future__ import annotations
 
-from dash import Input, Output, State, html
+from dash import Input, State, html
 
 from .... import figures as F
 from .... import ids

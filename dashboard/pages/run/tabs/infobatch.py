@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from dash import Input, Output, State, html
+from dash import Input, State, html
 
 from .... import figures as F
 from .... import ids

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dash import Input, Output, State, html
+from dash import Input, State, html
 
 from .... import figures as F
 from .... import ids

@@ -3,7 +3,7 @@ and every layer's CV / frozen fraction over time."""
 
 from __future__ import annotations
 
-from dash import Input, Output, State, html
+from dash import Input, State, html
 
 from .... import figures as F
 from .... import ids

@@ -198,15 +198,19 @@ def analysis_why(
         raise _invalid("a", "the two sides share runs: pick two different groups")
     everyone = [*a_runs, *b_runs]
     index = index_diagnostics(session=session, run_ids=[r.id for r in everyone], want=is_compared)
+    field = "key" if match == "loss" else "match"
     try:
         matched = match_runs(everyone, match=match, at=at, match_key=key, direction=direction,
                              last_steps=index.last_steps() if match == "step" and at is None else None)
     except ValueError as exc:
-        raise _invalid("key" if match == "loss" else "match", str(exc)) from None
+        raise _invalid(field, str(exc)) from None
     near = load_nearest(session=session, index=index, steps=matched.steps)
     a_runs, b_runs = ([_with_series(r, near.get(r.id, {})) for r in side] for side in (a_runs, b_runs))
-    result = why(a_runs, b_runs, a_label=a_label, baseline_label=b_label, match=match, at=at,
-                 match_key=key, direction=direction, top=top, matched=matched)
+    try:
+        result = why(a_runs, b_runs, a_label=a_label, baseline_label=b_label, match=match, at=at,
+                     match_key=key, direction=direction, top=top, matched=matched)
+    except ValueError as exc:
+        raise _invalid(field, str(exc)) from None
     out = result.as_dict()
     out["rows"] = out["rows"][:top]
     out.update(a_run_ids=[r.id for r in a_runs], baseline_run_ids=[r.id for r in b_runs])

@@ -228,9 +228,12 @@ def _matched_step(run: RunData, match: Match, at: float, match_key: str, directi
 
 def _nearest_index(steps: np.ndarray, step: int) -> int:
     """Index of the point logged nearest to ``step`` (the earlier one on a tie); ``steps`` non-empty."""
-    i = int(np.searchsorted(steps, step, side="left"))
-    cands = [j for j in (i - 1, i) if 0 <= j < len(steps)]
-    return min(cands, key=lambda j: (abs(int(steps[j]) - step), int(steps[j])))
+    i = int(steps.searchsorted(step, side="left"))  # steps[i - 1] < step <= steps[i]
+    if i == 0:
+        return 0
+    if i == len(steps):
+        return i - 1
+    return i - 1 if step - int(steps[i - 1]) <= int(steps[i]) - step else i
 
 
 def _nearest(steps: np.ndarray, values: np.ndarray, step: int) -> float | None:

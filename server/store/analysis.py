@@ -168,6 +168,8 @@ def chunks_near(chunks: Sequence[ChunkMeta], step: int) -> list[ChunkMeta]:
     with a smaller step_max has no point as near as that largest step_max, and all the chunks sharing
     it are kept, so every duplicate of the nearest step is there, in the order they were logged.
     """
+    if len(chunks) == 1:  # the usual case (a run shorter than CHUNK_POINTS steps): it is always needed
+        return list(chunks)
     below = max((c.step_max for c in chunks if c.step_max < step), default=None)
     above = min((c.step_min for c in chunks if c.step_min > step), default=None)
     return [c for c in chunks
@@ -208,17 +210,22 @@ def _around(chunks: Sequence[ChunkMeta], blobs: Mapping[int, tuple[bytes, bytes]
     """The (at most two) points of these chunks either side of ``step``: index ``i - 1`` and ``i`` of a
     left binary search in the step-sorted points, as ``why._nearest_index`` reads them."""
     if len(chunks) == 1:
-        st, va = (np.frombuffer(b, dt) for b, dt in zip(blobs[chunks[0].id], (I8, F8), strict=True))
+        st_blob, va_blob = blobs[chunks[0].id]
+        st, va = np.frombuffer(st_blob, I8), np.frombuffer(va_blob, F8)
+        in_order = chunks[0].ordered
     else:
         st = np.concatenate([np.frombuffer(blobs[c.id][0], I8) for c in chunks])
         va = np.concatenate([np.frombuffer(blobs[c.id][1], F8) for c in chunks])
-    # in order already when each chunk is and they follow each other; else a stable sort, as a full read
-    in_order = all(c.ordered for c in chunks) and all(
-        chunks[k].step_min >= chunks[k - 1].step_max for k in range(1, len(chunks)))
+        # in order already when each chunk is and they follow each other; else a stable sort, as a full read
+        in_order = all(c.ordered for c in chunks) and all(
+            chunks[k].step_min >= chunks[k - 1].step_max for k in range(1, len(chunks)))
     if not in_order and len(st) > 1 and not bool((st[1:] >= st[:-1]).all()):
         order = np.argsort(st, kind="stable")
         st, va = st[order], va[order]
-    i = int(np.searchsorted(st, step, side="left"))
-    window = slice(max(i - 1, 0), i + 1)
-    near_steps, near_values = st[window].copy(), va[window].copy()
-    return Points(near_steps, np.full(len(near_steps), np.nan), near_values)
+    i = int(st.searchsorted(step, side="left"))
+    lo = i - 1 if i else 0
+    return Points(st[lo:i + 1].copy(), _NAN2[:min(i + 1, len(st)) - lo], va[lo:i + 1].copy())
+
+
+_NAN2 = np.full(2, np.nan)
+_NAN2.flags.writeable = False  # shared by every window's ``times`` (not read): nobody may write it

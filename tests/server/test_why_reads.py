@@ -182,7 +182,7 @@ def test_chunks_near_keep_every_chunk_that_can_hold_the_nearest_point(
 
 def test_chunks_near_with_equal_edges_keeps_every_chunk_that_shares_them() -> None:
     def chunk(seq: int, lo: int, hi: int) -> ChunkMeta:
-        return ChunkMeta(id=seq, seq=seq, step_min=lo, step_max=hi, ordered=True)
+        return ChunkMeta(id=seq, seq=seq, step_min=lo, step_max=hi)
 
     chunks = [chunk(0, 0, 100), chunk(1, 50, 100), chunk(2, 90, 99), chunk(3, 200, 300), chunk(4, 200, 250),
               chunk(5, 201, 400)]

@@ -158,7 +158,7 @@ def test_chunks_near_keep_every_chunk_that_can_hold_the_nearest_point(
     api, a, b = runs
     session = api.app.state.sessionmaker()
     try:
-        index = index_diagnostics(session=session, run_ids=[a[0], b[0]], want=is_compared)
+        index = index_diagnostics(session=session, run_ids=[a[0], a[1], b[0]], want=is_compared)
     finally:
         session.close()
     dense = {index.keys[sid]: cs for sid, cs in index.chunks.items()}
@@ -170,6 +170,9 @@ def test_chunks_near_keep_every_chunk_that_can_hold_the_nearest_point(
     assert [c.seq for c in chunks_near(plain, 4999)] == [0, 1]
     assert [c.seq for c in chunks_near(plain, 12_000)] == [2, 3]
     assert [c.seq for c in chunks_near(plain, 25_000)] == [3] and [c.seq for c in chunks_near(plain, -5)] == [0]
+    rewound = dense[(a[1], f"update_ratio/{LAYERS[0]}")]  # 9,000..17,191 cut at 15,000, 17,192.. dropped
+    assert [(c.step_min, c.step_max) for c in rewound] == [
+        (0, CHUNK_POINTS - 1), (CHUNK_POINTS, 8999), (9000, 14_999), (15_000, 19_999)]
     resumed = dense[(b[0], f"update_ratio/{LAYERS[0]}")]
     assert [(c.step_min, c.step_max) for c in resumed] == [
         (0, CHUNK_POINTS - 1), (CHUNK_POINTS, 8999), (9000, 11_999), (9000, 11_999), (14_000, 19_999)]

@@ -43,10 +43,6 @@ def _query(params: Mapping[str, str | int]) -> str:
     return "&".join(f"{_quote(str(k))}={_quote(str(v))}" for k, v in params.items())
 
 
-def _run_link(run_id: str, params: dict[str, str | int]) -> str:
-    return f"/runs/{run_id}?" + _query(params)
-
-
 def panel_for(quantity: str, layer: str, *, step: int | None, a_run: str, baseline_run: str,
               compare_runs: Sequence[str]) -> Panel:
     """The panel that shows ``quantity`` of ``layer`` at ``step`` (A's matched step)."""
@@ -71,6 +67,7 @@ def panel_for(quantity: str, layer: str, *, step: int | None, a_run: str, baseli
         tab_params = {"tab": "kfac", "layer": layer, **at}
         name = f"run page › KFAC › {layer}"
     if tab_params is not None:
-        return Panel(name, _run_link(a_run, tab_params), _run_link(baseline_run, tab_params))
+        query = _query(tab_params)
+        return Panel(name, f"/runs/{a_run}?{query}", f"/runs/{baseline_run}?{query}")
     link = "/compare?" + _query({"runs": ",".join(compare_runs), "keys": f"{quantity}/{layer}"})
     return Panel(f"compare page › Scalars › {quantity}/{layer}", link, link)

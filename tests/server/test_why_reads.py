@@ -194,3 +194,15 @@ def test_chunks_near_with_equal_edges_keeps_every_chunk_that_shares_them() -> No
     assert [c.seq for c in chunks_near(chunks, 500)] == [5]
     assert chunks_near([], 5) == []
 
+
+
+def test_why_links_quote_as_urlencode_does() -> None:
+    """The links are built with cached quoting; they must be the characters ``urlencode`` gives."""
+    from urllib.parse import urlencode
+
+    from server.analysis.panels import _query
+
+    for params in ({"tab": "spectra", "layer": "blocks.0.mlp.fc.weight", "step": 40},
+                   {"layer": "a b+c&d=e/f,g?h#i%j", "step": -3, "metric": "ünï"},
+                   {"runs": "r1,r2,r3", "keys": "sv.update.cond/h.0.attn weight"}):
+        assert _query(params) == urlencode(params, safe=",/")

@@ -9,9 +9,10 @@ key selected, A and baseline overlaid.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlencode
+from functools import lru_cache
+from urllib.parse import quote_plus
 
 __all__ = ["Panel", "panel_for"]
 
@@ -29,8 +30,17 @@ class Panel:
     baseline_link: str
 
 
-def _run_link(run_id: str, params: dict[str, str | int]) -> str:
-    return f"/runs/{run_id}?" + urlencode(params, safe=",/")
+@lru_cache(maxsize=4096)
+def _quote(text: str) -> str:
+    return quote_plus(text, safe=",/")
+
+
+def _query(params: Mapping[str, str | int]) -> str:
+    """``urllib.parse.urlencode(params, safe=",/")`` character for character (it quotes ``str(k)`` and
+    ``str(v)`` with ``quote_plus``), with each quoted piece cached: a "why" builds two links for each of
+    a few hundred rows out of the same few dozen layer names and keys, and quoting them afresh was a
+    fifth of its ranking time."""
+    return "&".join(f"{_quote(str(k))}={_quote(str(v))}" for k, v in params.items())
 
 
 def panel_for(quantity: str, layer: str, *, step: int | None, a_run: str, baseline_run: str,
@@ -57,6 +67,7 @@ def panel_for(quantity: str, layer: str, *, step: int | None, a_run: str, baseli
         tab_params = {"tab": "kfac", "layer": layer, **at}
         name = f"run page › KFAC › {layer}"
     if tab_params is not None:
-        return Panel(name, _run_link(a_run, tab_params), _run_link(baseline_run, tab_params))
-    link = "/compare?" + urlencode({"runs": ",".join(compare_runs), "keys": f"{quantity}/{layer}"}, safe=",/")
+        query = _query(tab_params)
+        return Panel(name, f"/runs/{a_run}?{query}", f"/runs/{baseline_run}?{query}")
+    link = "/compare?" + _query({"runs": ",".join(compare_runs), "keys": f"{quantity}/{layer}"})
     return Panel(f"compare page › Scalars › {quantity}/{layer}", link, link)

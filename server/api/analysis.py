@@ -10,7 +10,8 @@ same read policy as ``GET /runs`` (``ReaderDep``). Every bad parameter is a 422 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -19,11 +20,13 @@ from sqlalchemy.orm import Session
 
 from server.analysis import Group, RunData, group_runs, group_time_to_target, parse_filters, why
 from server.analysis.crossing import SAMPLES_KEY
+from server.analysis.groups import SeriesLike
 from server.analysis.layers import is_compared
+from server.analysis.why import match_runs
 from server.api.deps import ReaderDep, SessionDep, check_readable
 from server.auth import Principal
 from server.errors import InvalidBody
-from server.store.analysis import MAX_RUNS, load_run_data, select_runs
+from server.store.analysis import MAX_RUNS, index_diagnostics, load_nearest, load_run_data, select_runs
 from server.wire import WireJSONResponse
 
 router = APIRouter(tags=["analysis"])
@@ -78,6 +81,11 @@ def _runs(session: Session, *, run_id: Sequence[str] | None, project: str | None
     except ValueError as exc:
         raise _invalid("run_id" if run_id else "project", str(exc)) from None
     return load_run_data(session=session, runs=runs, want=want)
+
+
+def _with_series(run: RunData, extra: Mapping[str, SeriesLike]) -> RunData:
+    """``run`` with ``extra`` series added; a series it already holds in full is kept."""
+    return replace(run, series={**extra, **run.series})
 
 
 def _pick(groups: Sequence[Group], filters: dict[str, Any], field: str) -> Group:
@@ -177,8 +185,10 @@ def analysis_why(
     if at is not None and not math.isfinite(at):
         raise _invalid("at", "at must be a finite number")
     a_filters, b_filters = _filters(a, "a"), _filters(baseline, "baseline")
+    # Only the series that match progress are read in full; the per-layer diagnostics after the
+    # matching, and only near each run's matched step (server.store.analysis.load_nearest).
     runs = _runs(session, run_id=run_id, project=project, tag=tag, config=config, reader=reader,
-                 want=lambda k: is_compared(k) or k in (key, SAMPLES_KEY))
+                 want=lambda k: k in (key, SAMPLES_KEY))
     if not runs:
         raise _invalid("run_id" if run_id else "project", "no runs selected")
     groups = group_runs(runs, _group_by(group_by))
@@ -186,11 +196,21 @@ def analysis_why(
     b_label, b_runs = _side(groups, runs, b_filters, baseline_run, "baseline")
     if {r.id for r in a_runs} & {r.id for r in b_runs}:
         raise _invalid("a", "the two sides share runs: pick two different groups")
+    everyone = [*a_runs, *b_runs]
+    index = index_diagnostics(session=session, run_ids=[r.id for r in everyone], want=is_compared)
+    field = "key" if match == "loss" else "match"
+    try:
+        matched = match_runs(everyone, match=match, at=at, match_key=key, direction=direction,
+                             last_steps=index.last_steps() if match == "step" and at is None else None)
+    except ValueError as exc:
+        raise _invalid(field, str(exc)) from None
+    near = load_nearest(session=session, index=index, steps=matched.steps)
+    a_runs, b_runs = ([_with_series(r, near.get(r.id, {})) for r in side] for side in (a_runs, b_runs))
     try:
         result = why(a_runs, b_runs, a_label=a_label, baseline_label=b_label, match=match, at=at,
-                     match_key=key, direction=direction, top=top)
+                     match_key=key, direction=direction, top=top, matched=matched)
     except ValueError as exc:
-        raise _invalid("key" if match == "loss" else "match", str(exc)) from None
+        raise _invalid(field, str(exc)) from None
     out = result.as_dict()
     out["rows"] = out["rows"][:top]
     out.update(a_run_ids=[r.id for r in a_runs], baseline_run_ids=[r.id for r in b_runs])

@@ -129,4 +129,5 @@ def band_figure(
                                 # named in the x-unified label like every other line, not "x=…"
                                 "hovertemplate": f"{F.safe_text(line.name)}: %{{y:.4g}}<extra></extra>"})
     fig = base.to_dict()
-    return go.Figure({"data": [*bands, *fig["data"], *members], "layout": fig["layout"]})
+    # unvalidated like every figure here: validating 20 member lines of 2,000 points cost ~0.8 s per chart
+    return F.raw_figure([*bands, *fig["data"], *members], fig["layout"])

@@ -156,12 +156,17 @@ BASE_STYLES = (
 )
 
 
-def color_styles(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The table's styles: each run's name cell carries the run's colour (``colors.run_color``) as a
-    left bar, the colour its lines have on the run and compare pages."""
-    return list(BASE_STYLES) + [
-        {"if": {"row_index": i, "column_id": "name"}, "borderLeft": f"6px solid {run_color(row['id'])}"}
-        for i, row in enumerate(rows)]
+def color_rules(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """The table's ``css``: each run's name cell carries the run's colour (``colors.run_color``) as a
+    left bar, the colour its lines have on the run and compare pages.
+
+    One stylesheet rule per row (the cells carry ``data-dash-row``), not one ``style_data_conditional``
+    entry per row: the table tests every conditional style against every cell on each draw, and 50
+    per-row entries cost ~0.3 s of the browser's time on a 2-core box before the first rows showed
+    (``docs/benchmarks.md``, stop 19). ``!important``: the table's own cell styles are inline."""
+    return [{"selector": f'td[data-dash-column="name"][data-dash-row="{i}"]',
+             "rule": f"border-left: 6px solid {run_color(row['id'])} !important"}
+            for i, row in enumerate(rows)]
 
 
 def split_filters(text: str | None) -> list[str]:
@@ -296,6 +301,7 @@ def layout(q: str | None = None, status: str | None = None, project: str | None 
                             "maxWidth": "260px", "overflow": "hidden", "textOverflow": "ellipsis"},
                 style_header={"fontWeight": "600", "backgroundColor": "#f2f4f7"},
                 style_data_conditional=list(BASE_STYLES),
+                css=[],
             ),
             dcc.Store(id=ids.RUNS_VERSION, data=0),
             dcc.Store(id=ids.RUNS_SEEN, data=None),
@@ -323,7 +329,7 @@ def _triggered() -> Any:
     Output(ids.RUNS_TABLE, "page_count"),
     Output(ids.RUNS_SEEN, "data"),
     Output(ids.RUNS_COLUMNS, "options"),
-    Output(ids.RUNS_TABLE, "style_data_conditional"),
+    Output(ids.RUNS_TABLE, "css"),
     Output(RUNS_GROUP_BY, "options"),
     Output(RUNS_GROUP_METRIC, "options"),
     Input(ids.RUNS_SEARCH, "value"),
@@ -365,7 +371,7 @@ def load_runs(q, status, project, tag, _clicks, _ticks, _version, selected_ids, 
     except ApiError as exc:
         title = "Cannot apply this filter" if exc.status == 422 else "Cannot load runs"
         return (no_update, [], [], "", no_update, no_update, message(title, str(exc), kind="error"), 1, None,
-                no_update, list(BASE_STYLES), no_update, no_update)
+                no_update, [], no_update, no_update)
     columns, rows = table_rows(page.runs, chosen)
     keep = set(selected_ids or [])
     selected = [i for i, row in enumerate(rows) if row["id"] in keep]
@@ -384,7 +390,7 @@ def load_runs(q, status, project, tag, _clicks, _ticks, _version, selected_ids, 
     new_seen = {"query": query, "as_of": page.as_of, "count": page.count}
     config_keys = [*page.facets.get("config_keys", []), *(k for r in page.runs for k in flatten(r.get("config")))]
     return (columns, rows, selected, count, projects, tags, hint, pages, new_seen, column_options(page.facets),
-            color_styles(rows), RG.group_by_options(config_keys), list(page.facets.get("summary_keys", [])))
+            color_rules(rows), RG.group_by_options(config_keys), list(page.facets.get("summary_keys", [])))
 
 
 @callback(

@@ -40,7 +40,10 @@ from . import runs_groups as RG
 TITLE = "Optiscope · runs"
 STATUSES = ("running", "finished", "crashed")
 REFRESH_MS = 5000
-PAGE_SIZE = 50
+# Rows per page: what a 1000 px window shows. Each row costs the browser ~15 ms to draw on a loaded
+# 2-core box (its name cell is Markdown, for the link): 50 rows kept the 10,000-run table's first
+# rows over the 1 s bar (docs/benchmarks.md, stop 19).
+PAGE_SIZE = 25
 # component ids of the grouping (kept here: dashboard/ids.py is shared by every page)
 RUNS_GROUP_BY = "runs-group-by"
 RUNS_GROUP_METRIC = "runs-group-metric"
@@ -149,19 +152,34 @@ def table_rows(runs: Sequence[Mapping[str, Any]], chosen: Sequence[str] | None =
     return columns, rows
 
 
-BASE_STYLES = (
-    {"if": {"filter_query": '{status} = "● live"', "column_id": "status"}, "color": "#2ca02c", "fontWeight": "600"},
-    {"if": {"filter_query": '{status} = "crashed"', "column_id": "status"}, "color": "#d62728"},
-    {"if": {"filter_query": "{alerts} > 0", "column_id": "alerts"}, "color": "#d62728"},
-)
+_LIVE = "color: #2ca02c !important; font-weight: 600 !important"
+_RED = "color: #d62728 !important"
+_PLAIN = "color: inherit; font-weight: inherit"
 
 
-def color_styles(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The table's styles: each run's name cell carries the run's colour (``colors.run_color``) as a
-    left bar, the colour its lines have on the run and compare pages."""
-    return list(BASE_STYLES) + [
-        {"if": {"row_index": i, "column_id": "name"}, "borderLeft": f"6px solid {run_color(row['id'])}"}
-        for i, row in enumerate(rows)]
+def row_rules(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """The table's ``css``: each run's name cell carries the run's colour (``colors.run_color``) as a
+    left bar, the colour its lines have on the run and compare pages; a live run's status is green, a
+    crashed one's and any alert count red.
+
+    Stylesheet rules by row (the cells carry ``data-dash-row``), not ``style_data_conditional``: the
+    table tests every conditional style against every cell on each draw, and the 53 entries (one per
+    row for the colour) cost ~0.3 s of the browser's time on a 2-core box before the first rows showed
+    (``docs/benchmarks.md``, stop 19). The table never removes a rule it was given, so every row gets
+    its status and alerts rule, plain ones included (a page turn must not keep the last page's red).
+    ``!important``: the table's own cell styles are inline."""
+    rules = []
+    for i, row in enumerate(rows):
+        cell = f'td[data-dash-row="{i}"]'
+        status = row.get("status")
+        rules += [
+            {"selector": f'{cell}[data-dash-column="name"]',
+             "rule": f"border-left: 6px solid {run_color(row['id'])} !important"},
+            {"selector": f'{cell}[data-dash-column="status"]',
+             "rule": _LIVE if status == "● live" else _RED if status == "crashed" else _PLAIN},
+            {"selector": f'{cell}[data-dash-column="alerts"]', "rule": _RED if (row.get("alerts") or 0) > 0 else _PLAIN},
+        ]
+    return rules
 
 
 def split_filters(text: str | None) -> list[str]:
@@ -295,7 +313,7 @@ def layout(q: str | None = None, status: str | None = None, project: str | None 
                 style_cell={"fontSize": "13px", "padding": "4px 8px", "textAlign": "left",
                             "maxWidth": "260px", "overflow": "hidden", "textOverflow": "ellipsis"},
                 style_header={"fontWeight": "600", "backgroundColor": "#f2f4f7"},
-                style_data_conditional=list(BASE_STYLES),
+                css=[],
             ),
             dcc.Store(id=ids.RUNS_VERSION, data=0),
             dcc.Store(id=ids.RUNS_SEEN, data=None),
@@ -323,7 +341,7 @@ def _triggered() -> Any:
     Output(ids.RUNS_TABLE, "page_count"),
     Output(ids.RUNS_SEEN, "data"),
     Output(ids.RUNS_COLUMNS, "options"),
-    Output(ids.RUNS_TABLE, "style_data_conditional"),
+    Output(ids.RUNS_TABLE, "css"),
     Output(RUNS_GROUP_BY, "options"),
     Output(RUNS_GROUP_METRIC, "options"),
     Input(ids.RUNS_SEARCH, "value"),
@@ -365,7 +383,7 @@ def load_runs(q, status, project, tag, _clicks, _ticks, _version, selected_ids, 
     except ApiError as exc:
         title = "Cannot apply this filter" if exc.status == 422 else "Cannot load runs"
         return (no_update, [], [], "", no_update, no_update, message(title, str(exc), kind="error"), 1, None,
-                no_update, list(BASE_STYLES), no_update, no_update)
+                no_update, [], no_update, no_update)
     columns, rows = table_rows(page.runs, chosen)
     keep = set(selected_ids or [])
     selected = [i for i, row in enumerate(rows) if row["id"] in keep]
@@ -384,7 +402,7 @@ def load_runs(q, status, project, tag, _clicks, _ticks, _version, selected_ids, 
     new_seen = {"query": query, "as_of": page.as_of, "count": page.count}
     config_keys = [*page.facets.get("config_keys", []), *(k for r in page.runs for k in flatten(r.get("config")))]
     return (columns, rows, selected, count, projects, tags, hint, pages, new_seen, column_options(page.facets),
-            color_styles(rows), RG.group_by_options(config_keys), list(page.facets.get("summary_keys", [])))
+            row_rules(rows), RG.group_by_options(config_keys), list(page.facets.get("summary_keys", [])))
 
 
 @callback(

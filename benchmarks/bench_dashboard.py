@@ -78,6 +78,21 @@ def seed(server: LiveServer, *, runs: int, steps: int, layers: int) -> list[str]
     return ids
 
 
+def _seeded_sweep(engine) -> str | None:  # noqa: ANN001
+    """The 10,000-run project an earlier invocation seeded into this ``--home``, if any: seeding one
+    per invocation made every later run read a larger database than the one before (unfair A/B)."""
+    from sqlalchemy import func, select
+
+    from server.models import Project, Run
+    from tests.server.test_run_query import N
+
+    with engine.connect() as conn:
+        return conn.execute(
+            select(Project.name).join(Run, Run.project_id == Project.id).where(Project.name.like("sweep-%"))
+            .group_by(Project.id, Project.name).having(func.count() == N).order_by(Project.id).limit(1)
+        ).scalar()
+
+
 def seed_scale(server: LiveServer) -> tuple[str, str]:
     """A 10,000-run project (bulk insert into the server's SQLite file: 10,000 POSTs would time the
     HTTP layer, not the table) and one run with 10,000 metric keys. Returns (project, run id)."""
@@ -89,7 +104,7 @@ def seed_scale(server: LiveServer) -> tuple[str, str]:
 
     engine = create_engine(f"sqlite:///{server.home / 'optiscope.db'}")
     try:
-        project, _ = seed_sweep(sessionmaker(engine))
+        project = _seeded_sweep(engine) or seed_sweep(sessionmaker(engine))[0]
     finally:
         engine.dispose()
     rid = f"bench-10k-keys-{int(time.time())}"  # fresh per invocation (--home reuses the data)

@@ -43,7 +43,6 @@ def search_run_options(search: str | None, selected: Sequence[str] | None,
     return keep + [run_option(r) for r in matches if r["id"] not in seen]
 
 
-
 def picker_choices(api: ApiClient, run_ids: Sequence[str]) -> tuple[list[Mapping[str, Any]], list[dict[str, str]],
                                                                     list[str], list[Any]]:
     """(runs read: the newest and the URL's, picker options, the URL's runs that exist, notes) for the
@@ -78,7 +77,7 @@ def picker_row(options: Sequence[Mapping[str, Any]], valid: Sequence[str]) -> ht
 def register(app: Any) -> None:
     """Register the section's callbacks on ``app`` (a Dash app, or the ``dash`` module's global list)."""
     app.callback(
-    Output(ids.CMP_RUNS, "options"), Input(ids.CMP_RUNS, "search_value"),
-    State(ids.CMP_RUNS, "value"), State(ids.CMP_RUNS, "options"),
-    prevent_initial_call=True,
+        Output(ids.CMP_RUNS, "options"), Input(ids.CMP_RUNS, "search_value"),
+        State(ids.CMP_RUNS, "value"), State(ids.CMP_RUNS, "options"),
+        prevent_initial_call=True,
     )(search_run_options)

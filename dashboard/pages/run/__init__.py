@@ -2,8 +2,9 @@
 
 Shape: a header (``header``), a controls bar shared by every tab (``controls``: one source of
 truth, mirrored into the URL), and one body per tab (``tabs/<tab>.py``: its graphs and callbacks);
-a tab's body enters the page when the tab is first opened (``tab_bodies``). Tabs the run logged nothing for are left out of the strip,
-and a note names the ``probe.attach`` option that turns each one on.
+a tab's body enters the page when the tab is first opened (``tab_bodies``). Tabs the run logged
+nothing for are left out of the strip, and a note names the ``probe.attach`` option that turns each
+one on.
 
 Live: a ``dcc.Interval`` drives the scalar charts' ``Patch`` appends (``tabs/scalars``) and, on a
 slower beat, the header and data version the heavier panels listen to (``live``); those panels

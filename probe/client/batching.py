@@ -11,6 +11,7 @@ only if ``torch`` is already loaded (otherwise nobody could have made one).
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import defaultdict
 from typing import Any, Iterator, Sequence
@@ -87,6 +88,7 @@ class BatchBuilder:
         self.problems = problems or Problems()
         self.seq = 0
         self.lost = 0
+        self._seq_lock = threading.Lock()  # the sender's encoder and a finish() take-over may both number
         """Values that could not be converted (not a number, a tensor with several elements, ...)."""
 
     def build(self, records: Sequence[Record]) -> list[protocol.Batch]:
@@ -107,8 +109,10 @@ class BatchBuilder:
             start = end
 
     def _next_id(self) -> str:
-        self.seq += 1
-        return protocol.batch_id(self.run_id, self.seq, self.rank, self.session)
+        with self._seq_lock:  # two batches with one id: the server would keep only the first
+            self.seq += 1
+            seq = self.seq
+        return protocol.batch_id(self.run_id, seq, self.rank, self.session)
 
     def _lose(self, kind: str, message: str, n: int = 1) -> None:
         self.lost += n

@@ -24,6 +24,7 @@ _ENV_TUNING: tuple[tuple[str, str, type], ...] = (
     ("spool_max_bytes", "OPTISCOPE_SPOOL_MAX_BYTES", int),
     ("flush_interval", "OPTISCOPE_FLUSH_INTERVAL", float),
     ("fsync", "OPTISCOPE_FSYNC", str),
+    ("term_timeout", "OPTISCOPE_TERM_TIMEOUT", float),
 )
 """Tuning a cluster admin may want to set for every job without touching training code."""
 
@@ -85,6 +86,10 @@ class ClientConfig:
         backoff_base, backoff_max: exponential backoff (with jitter) between tries, in seconds.
         finish_timeout: how long ``finish()`` may wait for the last batches before leaving them in
             the spool for ``optiscope sync``.
+        term_timeout: the same on SIGTERM. Shorter: whoever sends SIGTERM sends SIGKILL after a grace
+            period (``docker stop``: 10 s) that the user's own handler and the interpreter's exit also
+            need, and a job being stopped must go promptly whatever the server's speed. What is not
+            delivered by then is on disk for ``optiscope sync``.
     """
 
     url: str = DEFAULT_URL
@@ -102,6 +107,7 @@ class ClientConfig:
     backoff_base: float = 0.25
     backoff_max: float = 30.0
     finish_timeout: float = 30.0
+    term_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         positive = ("flush_interval", "heartbeat_interval", "timeout", "backoff_base", "backoff_max")
@@ -113,8 +119,9 @@ class ClientConfig:
                 raise ValueError(f"Invalid {name}: {getattr(self, name)} (must be >= 1)")
         if self.fsync not in ("batch", "none"):
             raise ValueError(f"Invalid fsync: {self.fsync!r} (must be 'batch' or 'none')")
-        if self.finish_timeout < 0:
-            raise ValueError(f"Invalid finish_timeout: {self.finish_timeout} (must be >= 0)")
+        for name in ("finish_timeout", "term_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Invalid {name}: {getattr(self, name)} (must be >= 0)")
 
     @property
     def api(self) -> str:

@@ -11,9 +11,10 @@ How a run ends:
 * ``run.finish()``, leaving a ``with`` block normally, or interpreter exit (``atexit``) → finished;
 * an exception leaving the ``with`` block, or an uncaught exception (``sys.excepthook``) → crashed;
 * SIGTERM (``kill``, a scheduler's preemption, ``docker stop``) → what is queued is delivered (or
-  spooled) and the run is marked crashed, then the signal takes its usual course (the previous
-  handler, or the default exit with status 143); installed only from the main thread, and never
-  over a handler that ignores the signal;
+  spooled) and the run is marked crashed, within ``ClientConfig.term_timeout`` (5 s) whatever the
+  server does, then the signal takes its usual course (the previous handler, or the default exit
+  with status 143); installed only from the main thread, and never over a handler that ignores
+  the signal;
 * a process killed outright (SIGKILL, OOM) cannot say anything: heartbeats stop and the server's
   reaper marks the run crashed; ``optiscope sync`` does the same for a spool it left unfinished.
 
@@ -77,6 +78,7 @@ class Run:
         sender: Sender | None = None,
         problems: Problems | None = None,
         finish_timeout: float = 30.0,
+        term_timeout: float = 5.0,
     ) -> None:
         self.id = run_id
         self.project = project
@@ -87,6 +89,7 @@ class Run:
         self._sender = sender
         self._problems = problems or Problems(f"[{run_id[:8]}]")
         self._finish_timeout = finish_timeout
+        self._term_timeout = term_timeout
         self._q = sender.queue if sender is not None else None
         self._maxlen = (sender.queue.maxlen or 0) if sender is not None else 0
         self._high_water = sender.high_water if sender is not None else 0
@@ -204,12 +207,13 @@ class Run:
             self._problems.report("flush", f"flush failed ({exc!r})")
             return False
 
-    def finish(self, status: str = "finished") -> None:
+    def finish(self, status: str = "finished", *, timeout: float | None = None) -> None:
         """End the run: deliver (or spool) what is queued, then mark it ``status`` on the server.
 
-        Idempotent; called for you by the context manager, ``atexit`` and ``sys.excepthook``.
-        Waits at most ``ClientConfig.finish_timeout``; whatever is not delivered by then stays
-        in the spool for ``optiscope sync``.
+        Idempotent; called for you by the context manager, ``atexit``, ``sys.excepthook`` and on
+        SIGTERM. Waits at most ``timeout`` seconds (default ``ClientConfig.finish_timeout``; on
+        SIGTERM ``ClientConfig.term_timeout``); whatever is not delivered by then stays in the
+        spool for ``optiscope sync``.
         """
         if status not in ("finished", "crashed"):
             raise ValueError(f"Invalid status: {status!r} (must be 'finished' or 'crashed')")
@@ -221,11 +225,11 @@ class Run:
         _LIVE.discard(self)
         sender = self._sender
         assert sender is not None
+        wait = self._finish_timeout if timeout is None else timeout
         try:
-            if not sender.close(status, self._finish_timeout):  # type: ignore[arg-type]
+            if not sender.close(status, wait):  # type: ignore[arg-type]
                 self._problems.report(
-                    "finish_timeout",
-                    f"finish() gave up after {self._finish_timeout}s; undelivered batches stay in the spool",
+                    "finish_timeout", f"finish() gave up after {wait}s; undelivered batches stay in the spool"
                 )
         except Exception as exc:  # noqa: BLE001
             self._problems.report("finish", f"finish failed ({exc!r})")
@@ -280,10 +284,11 @@ _hooks_lock = threading.Lock()
 _hooks_installed = False
 
 
-def _finish_all(status: str) -> None:
+def _finish_all(status: str, *, terminated: bool = False) -> None:
+    """Finish every live run; ``terminated``: on SIGTERM, each within its ``term_timeout``."""
     for run in list(_LIVE):
         try:
-            run.finish(status)  # type: ignore[arg-type]
+            run.finish(status, timeout=run._term_timeout if terminated else None)  # type: ignore[arg-type]
         except Exception:  # noqa: BLE001 - at exit, nothing may raise
             pass
 
@@ -323,7 +328,7 @@ def _install_sigterm_handler() -> None:
         return
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        _finish_all("crashed")
+        _finish_all("crashed", terminated=True)
         if callable(previous):
             previous(signum, frame)
             return
@@ -530,6 +535,7 @@ def init(
         sender=sender,
         problems=problems,
         finish_timeout=settings.finish_timeout,
+        term_timeout=settings.term_timeout,
     )
     _install_hooks()
     _LIVE.add(run)

@@ -56,6 +56,11 @@ new records keep moving to disk instead of piling up in memory."""
 
 _AUTH_STATUSES = (401, 403)
 
+END_REQUEST_SHARE = 0.4
+"""At the end, no request may take longer than this share of the time ``finish()`` waits: the last
+batch and the final status both fit before the deadline (0.8 of it), however short the wait is (a
+SIGTERM allows seconds, see ``ClientConfig.term_timeout``), instead of one 10 s request eating it all."""
+
 
 class CudaOrder:
     """Orders the sender thread's device-to-host copies after the streams that produced logged tensors.
@@ -168,6 +173,10 @@ class Sender:
         self._final_status: protocol.Status = "finished"
         self._finish_deadline = math.inf  # set by close()
         self._finish_requested = False  # a request was made since closing began
+        self._end_timeout = config.timeout  # seconds per request once closing (set by close())
+        self._spool_lock = threading.Lock()
+        self._abandoned = False
+        """Set (under ``_spool_lock``) when close() ran out of time and its caller took the spool over."""
 
         self.state = OFFLINE if transport is None else ONLINE
         self.created = False
@@ -234,17 +243,69 @@ class Sender:
         return self._thread is not None and self._thread.is_alive()
 
     def close(self, status: protocol.Status, timeout: float | None) -> bool:
-        """Drain, deliver or spool everything, finish the run; True if the thread ended in time."""
+        """Drain, deliver or spool everything, finish the run; True if the thread ended in time.
+
+        Returns after ``timeout`` at the latest, whatever the server does. If the thread is still
+        busy then (a request sent before closing began, under the client's full ``timeout``), the
+        caller's thread takes the spool over (:meth:`_take_over`): what is still queued goes to
+        disk for ``optiscope sync`` instead of dying with the process in memory.
+        """
         if self._thread is None:
             return True
         self._final_status = status
         # the end's network work must be over before finish() stops waiting (set here, not when the
         # thread notices: a request in flight now already eats into that time)
         self._finish_deadline = self._clock() + 0.8 * timeout if timeout is not None else math.inf
+        if timeout is not None:
+            self._end_timeout = min(self.config.timeout, END_REQUEST_SHARE * timeout)
         self._closing.set()
         self.wake.set()
         self._thread.join(timeout)
-        return not self._thread.is_alive()
+        if not self._thread.is_alive():
+            return True
+        self._take_over()
+        return False
+
+    def _take_over(self) -> None:
+        """From the caller of :meth:`close`, once its time is up and the thread is stuck in a request:
+        spool what is still queued (and the batch in flight: should it arrive after all, the server
+        answers its copy as a duplicate) with the final status, and leave the thread nothing to write.
+        Records the thread had taken for later batches of the same cycle are counted as lost by it."""
+        with self._spool_lock:
+            self._abandoned = True
+            spool = self.spool
+            if spool is None:
+                n = len(self.queue)
+                self.queue.clear()
+                if n:
+                    self.unspooled += n
+                    self.problems.report("no_spool", f"finish() ran out of time with no spool on disk; {n} records lost")
+                return
+            ahead = self._ahead
+            records = [self.queue.popleft() for _ in range(len(self.queue))]
+            try:
+                spool.new_segment()  # never the segment a replay in flight may delete when it is done
+                if ahead is not None:
+                    spool.append(ahead[0])
+                if records:
+                    self.cuda_order.wait()
+                    for batch in self.builder.iter_build(records):
+                        spool.append(batch)
+                spool.write_finish(self._final_status)
+            except OSError as exc:
+                self.problems.report("spool_write", f"could not write the spool at the end ({exc})")
+            finally:
+                spool.release()
+            self.problems.report(
+                "unsynced",
+                f"the server did not answer in time: run {self.run_id} is kept in {spool.directory}; "
+                "run `optiscope sync` to deliver it",
+            )
+
+    def _limits(self) -> dict[str, Any]:
+        """Per-request ``timeout`` and ``cancel`` for the transport: once closing, a request gets at most
+        the end's share of the time and the transport's retries stop."""
+        return {"timeout": self._end_timeout if self._closing.is_set() else None, "cancel": self._closing}
 
     # -- the thread ------------------------------------------------------------------------------------
 
@@ -402,6 +463,9 @@ class Sender:
     def _deliver(self, batch: protocol.Batch, attempts: int | None) -> None:
         # A backed-up queue means the server is slower than training logs: spool (fast, ordered)
         # and let replay catch up, rather than let memory fill and drop records.
+        if self._closing.is_set():  # a cycle that began before close(): the end's rules from now on
+            self._send_at_finish(batch)
+            return
         backed_up = len(self.queue) >= self.high_water
         if self.state == ONLINE and self.created and not self.spool and not backed_up:
             try:
@@ -419,7 +483,7 @@ class Sender:
         reading it back doubled the end's work: a run that logged faster than the flush interval
         spent its finish() encoding, fsyncing and re-reading its whole tail."""
         if (self.state == ONLINE and self.created and not self.spool
-                and self._clock() + self.config.timeout <= self._finish_deadline):
+                and self._clock() + self._end_timeout <= self._finish_deadline):
             self._finish_requested = True
             try:
                 self._post(batch, attempts=1)
@@ -462,11 +526,14 @@ class Sender:
         if self.spool is None:
             return "no_spool", "server unreachable and no spool on disk"
         dropped_before = self.spool.dropped_records
-        try:
-            self.spool.append(batch)
-            self.spooled_batches += 1
-        except OSError as exc:
-            return "spool_write", f"could not write the spool ({exc})"
+        with self._spool_lock:
+            if self._abandoned:
+                return "finish_timeout", "finish() ran out of time while this batch waited behind a request"
+            try:
+                self.spool.append(batch)
+                self.spooled_batches += 1
+            except OSError as exc:
+                return "spool_write", f"could not write the spool ({exc})"
         newly_dropped = self.spool.dropped_records - dropped_before
         if newly_dropped:
             self.problems.report(
@@ -483,7 +550,8 @@ class Sender:
         ahead = self._ahead
         encoded = ahead[1] if ahead is not None and ahead[0] is batch else None
         try:
-            answer = self.transport.send_batch(self.run_id, batch, attempts=attempts, encoded=encoded)
+            answer = self.transport.send_batch(self.run_id, batch, attempts=attempts, encoded=encoded,
+                                               **self._limits())
         except PermanentError as exc:
             if exc.status in _AUTH_STATUSES:
                 self._halt(exc)
@@ -515,7 +583,7 @@ class Sender:
     def _create(self, attempts: int | None) -> None:
         assert self.transport is not None
         try:
-            self.transport.create_run(self.create_body, attempts=attempts)
+            self.transport.create_run(self.create_body, attempts=attempts, **self._limits())
         except PermanentError as exc:
             self._halt(exc)
             raise _StopReplay from exc
@@ -538,6 +606,8 @@ class Sender:
                 deadline = self._clock() + REPLAY_BUDGET_S
 
                 def send(batch: protocol.Batch) -> None:
+                    if self._abandoned:
+                        raise _StopReplay  # the spool is no longer this thread's
                     if self._clock() > deadline or len(self.queue) >= self.high_water or not self._start_request():
                         raise _Pause
                     self._post(batch, attempts=attempts)
@@ -569,7 +639,7 @@ class Sender:
         on disk whatever happens to it), then only one whose whole ``timeout`` ends before the deadline."""
         if not self._closing.is_set() or not self._finish_requested:
             return True
-        return self._clock() + self.config.timeout <= self._finish_deadline
+        return self._clock() + self._end_timeout <= self._finish_deadline
 
     def _start_request(self) -> bool:
         """:meth:`_time_for_a_request`, counting the request as made when it may start."""
@@ -587,6 +657,10 @@ class Sender:
         while (self.spool or not self.created) and self.state in (ONLINE, OUTAGE):
             if not self._time_for_a_request():
                 return
+            # A request of this finish already failed (a batch sent straight away at the end): its
+            # backoff, or the server's Retry-After, holds here too.
+            if self.state == OUTAGE and self._finish_requested and not self._wait_to_retry():
+                return
             if self._catch_up(attempts=1):
                 continue
             failures += 1
@@ -600,7 +674,7 @@ class Sender:
         the finish deadline; False (no wait) when it would not: the process may exit in the middle of
         it. Sleeping is fine here: training is over."""
         retry_at = max(self._next_try, self._clock())
-        if retry_at + self.config.timeout > self._finish_deadline:
+        if retry_at + self._end_timeout > self._finish_deadline:
             return False
         time.sleep(max(retry_at - self._clock(), 0.0))
         return True
@@ -646,7 +720,7 @@ class Sender:
             if not self._start_request():
                 return failure
             try:
-                self.transport.finish(self.run_id, status, attempts=1)
+                self.transport.finish(self.run_id, status, attempts=1, **self._limits())
                 return None
             except PermanentError as exc:
                 return str(exc)
@@ -658,33 +732,46 @@ class Sender:
         return failure
 
     def _shutdown(self) -> None:
+        """Mark the run finished (or leave the status for ``optiscope sync``) and close the spool.
+
+        The spool is touched under ``_spool_lock``, and not at all once :meth:`_take_over` has it;
+        the network call is made outside the lock so that a take-over never waits for it."""
         status = self._final_status
         if self.state == ONLINE and self.created and not self.spool and self.transport is not None:
             if not self.owns_run:
-                if self.spool is not None:
-                    self.spool.remove()
+                self._with_spool(lambda spool: spool.remove())
                 return
             failure = self._mark_finished(status)
             if failure is not None:
                 self.problems.report("finish", f"could not mark the run {status} on the server ({failure})")
-                if self.spool is not None:
-                    self.spool.write_finish(status)  # `optiscope sync` marks it
-                    self.spool.release()
+
+                def keep(spool: RunSpool) -> None:
+                    spool.write_finish(status)  # `optiscope sync` marks it
+                    spool.release()
+
+                self._with_spool(keep)
                 return
-            if self.spool is not None:
-                self.spool.remove()
+            self._with_spool(lambda spool: spool.remove())
             return
-        if self.spool is None:
-            return
-        self.spool.write_finish(status)
-        pending = self.spool.pending_batches
-        self.spool.release()
-        if self.state != OFFLINE:
-            self.problems.report(
-                "unsynced",
-                f"{pending} batches of run {self.run_id} are kept in {self.spool.directory}; "
-                "run `optiscope sync` to deliver them",
-            )
+
+        def keep_pending(spool: RunSpool) -> None:
+            spool.write_finish(status)
+            pending = spool.pending_batches
+            spool.release()
+            if self.state != OFFLINE:
+                self.problems.report(
+                    "unsynced",
+                    f"{pending} batches of run {self.run_id} are kept in {spool.directory}; "
+                    "run `optiscope sync` to deliver them",
+                )
+
+        self._with_spool(keep_pending)
+
+    def _with_spool(self, act: Callable[[RunSpool], None]) -> None:
+        """``act(spool)`` under the lock, unless there is no spool or the caller of close() took it over."""
+        with self._spool_lock:
+            if self.spool is not None and not self._abandoned:
+                act(self.spool)
 
     def _debug_state(self) -> dict[str, Any]:
         """A snapshot for tests and the benchmark."""

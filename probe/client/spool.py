@@ -226,6 +226,11 @@ class RunSpool:
             segment.records += protocol.batch_size(batch)
         self._enforce_limit()
 
+    def new_segment(self) -> None:
+        """Start a new segment for the next appends: a replay still reading the active one deletes
+        that one when it is done, never what is appended from now on."""
+        self._rotate()
+
     def _rotate(self) -> None:
         self._close_active()
         path = self.directory / f"{self._next_index:012d}{SEGMENT_SUFFIX}"

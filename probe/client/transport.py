@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import random
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -153,23 +154,32 @@ class Transport:
 
     # -- the API calls the client needs ------------------------------------------------------------
 
-    def create_run(self, body: protocol.RunCreate, *, attempts: int | None = None) -> dict[str, Any]:
-        """``POST /runs``: idempotent on the client-chosen id (200 if it exists already)."""
-        return self.request("POST", "/runs", body, attempts=attempts)
+    def create_run(self, body: protocol.RunCreate, *, attempts: int | None = None, timeout: float | None = None,
+                   cancel: threading.Event | None = None) -> dict[str, Any]:
+        """``POST /runs``: idempotent on the client-chosen id (200 if it exists already).
+
+        ``timeout`` and ``cancel`` (here and below): as for :meth:`request`."""
+        return self.request("POST", "/runs", body, attempts=attempts, timeout=timeout, cancel=cancel)
 
     def send_batch(self, run_id: str, batch: protocol.Batch, *, attempts: int | None = None,
-                   encoded: Encoded | None = None) -> dict[str, Any]:
+                   encoded: Encoded | None = None, timeout: float | None = None,
+                   cancel: threading.Event | None = None) -> dict[str, Any]:
         """``POST /runs/{id}/batches``; a resent ``batch_id`` is answered ``{"duplicate": true}``.
 
         ``encoded``: ``batch`` already passed through :meth:`encode` (the sender encodes the next batch
         while this one is in flight)."""
-        return self.request("POST", f"/runs/{run_id}/batches", batch, attempts=attempts, encoded=encoded)
+        return self.request("POST", f"/runs/{run_id}/batches", batch, attempts=attempts, encoded=encoded,
+                            timeout=timeout, cancel=cancel)
 
-    def heartbeat(self, run_id: str, *, attempts: int | None = None) -> dict[str, Any]:
-        return self.request("POST", f"/runs/{run_id}/heartbeat", None, attempts=attempts)
+    def heartbeat(self, run_id: str, *, attempts: int | None = None, timeout: float | None = None,
+                  cancel: threading.Event | None = None) -> dict[str, Any]:
+        return self.request("POST", f"/runs/{run_id}/heartbeat", None, attempts=attempts, timeout=timeout,
+                            cancel=cancel)
 
-    def finish(self, run_id: str, status: protocol.Status, *, attempts: int | None = None) -> dict[str, Any]:
-        return self.request("POST", f"/runs/{run_id}/finish", {"status": status}, attempts=attempts)
+    def finish(self, run_id: str, status: protocol.Status, *, attempts: int | None = None,
+               timeout: float | None = None, cancel: threading.Event | None = None) -> dict[str, Any]:
+        return self.request("POST", f"/runs/{run_id}/finish", {"status": status}, attempts=attempts,
+                            timeout=timeout, cancel=cancel)
 
     def get(self, path: str, params: Any = None) -> Any:
         """A GET with the same error mapping (used by ``optiscope sync`` and tests)."""
@@ -178,26 +188,35 @@ class Transport:
     # -- machinery ----------------------------------------------------------------------------------
 
     def request(self, method: str, path: str, body: Any, *, attempts: int | None = None,
-                encoded: Encoded | None = None) -> Any:
+                encoded: Encoded | None = None, timeout: float | None = None,
+                cancel: threading.Event | None = None) -> Any:
         """Send ``body`` (wire-encoded JSON) and return the decoded answer.
 
         Retries transient failures up to ``attempts`` (default ``max_attempts``) times, waiting
         ``backoff`` (or the server's ``Retry-After``) in between. Raises :class:`TransientError`
         after the last try and :class:`PermanentError` at once. ``encoded`` is ``encode(body)``
         when the caller made it ahead of time.
+
+        ``timeout``: seconds for this call's tries instead of the client's own (the end of a run has
+        less time than a request normally gets). ``cancel``: once set, no further try is made and the
+        wait between tries ends at once: a run being terminated must not sit out ``max_attempts``
+        tries and their backoff (tens of seconds against a server that stopped answering).
         """
         content, headers = encoded if encoded is not None else self.encode(body)
         tries = self.max_attempts if attempts is None else max(1, attempts)
         for attempt in range(tries):
             try:
-                return self._send(method, path, content, headers, None)
+                return self._send(method, path, content, headers, None, timeout)
             except TransientError as exc:
-                if attempt + 1 >= tries:
+                if attempt + 1 >= tries or (cancel is not None and cancel.is_set()):
                     raise
                 delay = self.backoff.delay(attempt, self._rng)
                 if exc.retry_after is not None:
                     delay = max(delay, exc.retry_after)
-                self._sleep(delay)
+                if cancel is None:
+                    self._sleep(delay)
+                elif cancel.wait(delay):
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _once(self, method: str, path: str, body: Any, params: Any) -> Any:
@@ -217,10 +236,13 @@ class Transport:
             headers["Content-Encoding"] = "gzip"
         return content, headers
 
-    def _send(self, method: str, path: str, content: bytes | None, headers: dict[str, str], params: Any) -> Any:
+    def _send(self, method: str, path: str, content: bytes | None, headers: dict[str, str], params: Any,
+              timeout: float | None = None) -> Any:
         self.requests += 1
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         try:
-            response = self._client.request(method, self.api + path, content=content, headers=headers, params=params)
+            response = self._client.request(method, self.api + path, content=content, headers=headers,
+                                            params=params, **extra)
         except (httpx.TransportError, OSError) as exc:  # connect errors, timeouts, resets
             raise TransientError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         status = response.status_code

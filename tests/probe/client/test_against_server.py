@@ -254,6 +254,11 @@ TERMINATED_SCRIPT = textwrap.dedent(
 )
 
 
+TERM_EXIT_S = 10.0
+"""A terminated child exits within this: ``term_timeout`` (5 s) plus the interpreter's exit, with room for
+a loaded CI machine; ``docker stop`` sends SIGKILL at 10 s."""
+
+
 @pytest.mark.parametrize("user_handler", [False, True], ids=["default", "chained"])
 def test_sigterm_delivers_what_is_queued_marks_crashed_and_keeps_the_exit(
     live_server: Callable, tmp_path: Path, user_handler: bool
@@ -265,12 +270,15 @@ def test_sigterm_delivers_what_is_queued_marks_crashed_and_keeps_the_exit(
                             stdout=subprocess.PIPE, text=True)
     try:
         run_id, spool_dir = proc.stdout.readline().split()
+        t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+        took = time.monotonic() - t0
         rest = proc.stdout.read()
     finally:
         if proc.poll() is None:
             proc.kill()
+    assert took < TERM_EXIT_S
     if user_handler:
         assert proc.returncode == 3 and "user handler" in rest  # the user's handler still ran, after ours
     else:
@@ -279,6 +287,40 @@ def test_sigterm_delivers_what_is_queued_marks_crashed_and_keeps_the_exit(
     assert httpx.get(run_url, headers=srv.headers).json()["status"] == "crashed"
     assert _series_steps(srv, run_id, "loss") == list(range(500))
     assert not Path(spool_dir).exists()  # everything was delivered: nothing left to sync
+
+
+@pytest.mark.slow
+def test_sigterm_against_a_frozen_server_exits_in_its_time_and_keeps_everything_for_sync(
+    live_server: Callable, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The server stops answering (SIGSTOP: it accepts connections, never replies) before the child's
+    # first POST /runs: that request is in flight, with the full 10 s timeout, when SIGTERM comes.
+    srv = live_server(env={"OPTISCOPE_HEARTBEAT_TIMEOUT": "600"})
+    client_home = tmp_path / "client"
+    env = {**os.environ, "OPTISCOPE_URL": srv.url, "OPTISCOPE_TOKEN": srv.token, "OPTISCOPE_HOME": str(client_home),
+           "USER_HANDLER": ""}
+    srv.process.send_signal(signal.SIGSTOP)
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", TERMINATED_SCRIPT], cwd=REPO_ROOT, env=env,
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            run_id, spool_dir = proc.stdout.readline().split()
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+            took = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    finally:
+        srv.process.send_signal(signal.SIGCONT)
+    assert took < TERM_EXIT_S and proc.returncode == -signal.SIGTERM
+    assert Path(spool_dir).exists()  # the queued points went to disk, not down with the process
+    sync = ["sync", "--url", srv.url, "--token", srv.token, "--home", str(client_home)]
+    assert optiscope_main(sync) == 0 and not Path(spool_dir).exists()
+    assert f"{run_id}: " in capsys.readouterr().out
+    assert httpx.get(f"{srv.api}/runs/{run_id}", headers=srv.headers).json()["status"] == "crashed"
+    assert _series_steps(srv, run_id, "loss") == list(range(500))
 
 
 def test_resuming_a_run_id_adds_points_instead_of_being_deduplicated(

@@ -296,6 +296,30 @@ def test_finish_starts_no_request_it_cannot_end_in_time_against_a_slow_server(
     assert sorted(fake_server.steps("loss")) == list(range(6))
 
 
+def test_finish_in_its_time_while_a_request_hangs_keeps_the_queue_on_disk(
+    fake_server: FakeServer, fast_settings: ClientConfig
+) -> None:
+    # As on SIGTERM while the first POST /runs hangs: that request was sent with the full timeout
+    # before finish began, so the sender thread cannot end in time; finish's caller spools the queue.
+    fake_server.hang = 1.5
+    settings = dataclasses.replace(fast_settings, flush_interval=30.0, timeout=1.5)
+    run = _init(fake_server, settings)
+    time.sleep(0.1)  # the create is in flight
+    for step in range(50):
+        run.log({"loss": float(step)}, step=step)
+    t0 = time.monotonic()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        run.finish("crashed", timeout=0.5)
+    assert time.monotonic() - t0 < 0.8
+    assert any("optiscope sync" in m for m in _optiscope_warnings(record))
+    time.sleep(1.6)  # the hung request ends: the sender thread must leave the spool alone now
+    report = _sync(fake_server, settings)
+    assert report.ok and report.status == "crashed"
+    assert fake_server.steps("loss") == list(range(50))  # every point, once
+    assert fake_server.runs[run.id]["status"] == "crashed"
+
+
 def test_a_flush_waiting_when_finish_begins_is_answered(fake_server: FakeServer, fast_settings: ClientConfig) -> None:
     settings = dataclasses.replace(fast_settings, flush_interval=5.0)  # only flush() and finish() wake the sender
     run = _init(fake_server, settings)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import threading
+import time
 
 import httpx
 import pytest
@@ -106,3 +108,34 @@ def test_loopback_bodies_are_sent_plain(api: str, compressed: bool) -> None:
 def test_backoff_is_capped() -> None:
     rng = random.Random(1)
     assert all(Backoff(base=1.0, maximum=8.0).delay(k, rng) <= 8.0 for k in range(100))
+
+
+def test_a_cancelled_call_makes_no_further_try_and_does_not_wait() -> None:
+    # the run is being terminated: the 2nd and 3rd tries and their backoff would outlast its time
+    cancel = threading.Event()
+    responses = [httpx.Response(503), httpx.Response(503), httpx.Response(200, json={})]
+    transport, sleeps, seen = _transport(responses, max_attempts=3)
+    cancel.set()
+    t0 = time.monotonic()
+    with pytest.raises(TransientError, match="503"):
+        transport.request("POST", "/runs", {}, cancel=cancel)
+    assert len(seen) == 1 and sleeps == [] and time.monotonic() - t0 < 0.5
+
+
+def test_cancelling_during_the_backoff_ends_the_wait_at_once() -> None:
+    cancel = threading.Event()
+    responses = [httpx.Response(503), httpx.Response(200, json={})]
+    transport, _, seen = _transport(responses, max_attempts=2)  # backoff base 1 s: the wait is >= 0.5 s
+    threading.Timer(0.05, cancel.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(TransientError):
+        transport.request("POST", "/runs", {}, cancel=cancel)
+    assert len(seen) == 1 and time.monotonic() - t0 < 0.4
+
+
+def test_a_per_call_timeout_reaches_the_http_client() -> None:
+    transport, _, seen = _transport([httpx.Response(200, json={}), httpx.Response(200, json={})])
+    transport.request("POST", "/runs", {}, timeout=1.5)
+    transport.request("POST", "/runs", {})
+    assert seen[0].extensions["timeout"]["read"] == 1.5
+    assert seen[1].extensions["timeout"]["read"] == 5.0  # the client's own (httpx's default)

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from scipy import stats
 
 from server.analysis.crossing import SAMPLES_KEY, first_crossing
 from server.analysis.groups import RunData
@@ -318,6 +317,11 @@ def _rank(a_vals: list[dict[tuple[str, str], float]], b_vals: list[dict[tuple[st
                             "baseline": b_val, "ratio": a_val / b_val if log and b_val else None,
                             "diff": a_val - b_val, "effect": effect, "p": None, "log": log})
     if with_seeds and pending:
+        # Imported here, not at the top: scipy.stats costs ~1.2 s to import, which every
+        # `optiscope serve` start paid (~40 % of it; several seconds on a loaded machine) before its
+        # first "why" question with seeds, if any.
+        from scipy import stats
+
         # Welch's p for every pair in one vectorised call: scipy's per-call argument handling cost
         # ~0.7 ms a row (0.2 s for 288 rows); the ufunc underneath gives the same number either way.
         ps = 2 * stats.t.sf(np.array(t_abs), np.array(t_df))

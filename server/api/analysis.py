@@ -26,7 +26,14 @@ from server.analysis.why import match_runs
 from server.api.deps import ReaderDep, SessionDep, check_readable
 from server.auth import Principal
 from server.errors import InvalidBody
-from server.store.analysis import MAX_RUNS, index_diagnostics, load_nearest, load_run_data, select_runs
+from server.store.analysis import (
+    MAX_RUNS,
+    damaged_reads,
+    index_diagnostics,
+    load_nearest,
+    load_run_data,
+    select_runs,
+)
 from server.wire import WireJSONResponse
 
 router = APIRouter(tags=["analysis"])
@@ -162,9 +169,12 @@ def analysis_time_to_target(
         base = groups[0]
     rows = group_time_to_target(groups, base, key=key, target=target, direction=direction,
                                 rng=np.random.default_rng(RNG_SEED), n_resamples=N_RESAMPLES)
-    return WireJSONResponse({"key": key, "target": target, "direction": direction, "baseline": base.label,
-                             "group_by": _group_by(group_by), "level": 0.95,
-                             "rows": [r.as_dict() for r in rows]})
+    out = {"key": key, "target": target, "direction": direction, "baseline": base.label,
+           "group_by": _group_by(group_by), "level": 0.95, "rows": [r.as_dict() for r in rows]}
+    damaged = damaged_reads(runs)
+    if damaged:  # stored chunks that could not be read were skipped: say whose (store.damaged_rows)
+        out["damaged"] = damaged
+    return WireJSONResponse(out)
 
 
 @router.get("/analysis/why")
@@ -214,4 +224,9 @@ def analysis_why(
     out = result.as_dict()
     out["rows"] = out["rows"][:top]
     out.update(a_run_ids=[r.id for r in a_runs], baseline_run_ids=[r.id for r in b_runs])
+    damaged = damaged_reads([*a_runs, *b_runs])
+    if damaged:  # stored chunks that could not be read were skipped: say whose (store.damaged_rows)
+        out["damaged"] = damaged
+        out["notes"] = [*out["notes"], *(f"run {d['run_id']}: {d['chunks']} unreadable stored chunk(s) of "
+                                         f"{d['key']} skipped" for d in damaged)]
     return WireJSONResponse(out)

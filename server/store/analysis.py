@@ -7,12 +7,16 @@ each would be a few thousand queries. Here one query per 900 series fetches all 
 The "why" reads each diagnostic at one step per run, so it need not read every point of it:
 ``index_diagnostics`` reads the chunks' step ranges (no blobs) and ``load_nearest`` the steps and values
 of only the chunks that can hold the point nearest that step, keeping just the points around it.
+
+A stored chunk whose blobs cannot be read (``store.damaged_rows.chunk_is_sound``) is skipped, as the
+series readers do: the statistic is computed from the rest, and each ``Points`` counts what it skipped
+in ``damaged`` so that :func:`damaged_reads` can name the run and key in the answer.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +27,12 @@ from sqlalchemy.orm import Session
 from server.analysis.groups import RunData
 from server.errors import RunNotFound
 from server.models import Run, Series, SeriesChunk
+from server.store.damaged_rows import chunk_is_sound
 from server.store.runs import list_runs
 from server.store.series import F8, I8, Points
 
 __all__ = ["select_runs", "load_run_data", "MAX_RUNS", "ChunkMeta", "DiagnosticIndex", "index_diagnostics",
-           "chunks_near", "load_nearest"]
+           "chunks_near", "load_nearest", "damaged_reads"]
 
 MAX_RUNS = 200
 _IN_BATCH = 900  # SQLite's bound-parameter limit is 999 on old builds
@@ -95,10 +100,15 @@ def _load_many(session: Session, series_ids: list[int]) -> dict[int, Points]:
         for row in rows:
             parts.setdefault(row[0], []).append(row)
     out: dict[int, Points] = {}
-    for sid, rows in parts.items():
+    for sid, all_rows in parts.items():
+        rows = [r for r in all_rows if chunk_is_sound(sid, r[1], r[3], r[2])]
+        damaged = len(all_rows) - len(rows)
+        if not rows:
+            out[sid] = Points.empty(damaged)
+            continue
         pts = Points(np.concatenate([np.frombuffer(r[1], I8) for r in rows]),
                      np.concatenate([np.frombuffer(r[2], F8) for r in rows]),
-                     np.concatenate([np.frombuffer(r[3], F8) for r in rows]))
+                     np.concatenate([np.frombuffer(r[3], F8) for r in rows]), damaged)
         if len(pts) > 1 and not bool((pts.steps[1:] >= pts.steps[:-1]).all()):
             pts = pts.take(np.argsort(pts.steps, kind="stable"))
         out[sid] = pts
@@ -194,20 +204,39 @@ def load_nearest(
     blobs: dict[int, tuple[bytes, bytes]] = {}
     for start in range(0, len(wanted), _IN_BATCH):
         batch = wanted[start:start + _IN_BATCH]
-        for cid, st, va in session.execute(
-            select(SeriesChunk.id, SeriesChunk.steps, SeriesChunk.values).where(SeriesChunk.id.in_(batch))
+        for cid, sid, st, va in session.execute(
+            select(SeriesChunk.id, SeriesChunk.series_id, SeriesChunk.steps, SeriesChunk.values)
+            .where(SeriesChunk.id.in_(batch))
         ):
-            blobs[cid] = (st, va)
+            if chunk_is_sound(sid, st, va, None):  # an unreadable one is left out (logged there)
+                blobs[cid] = (st, va)
     out: dict[str, dict[str, Points]] = {rid: {} for rid in steps}
     for sid, cs in chosen.items():
         rid, key = index.keys[sid]
-        out[rid][key] = _around(cs, blobs, steps[rid])
+        sound = [c for c in cs if c.id in blobs]
+        out[rid][key] = _around(sound, blobs, steps[rid], damaged=len(cs) - len(sound))
     return out
 
 
-def _around(chunks: Sequence[ChunkMeta], blobs: Mapping[int, tuple[bytes, bytes]], step: int) -> Points:
+def damaged_reads(runs: Iterable[RunData]) -> list[dict[str, Any]]:
+    """``{"run_id", "key", "chunks"}`` for every series of ``runs`` read with unreadable chunks skipped,
+    in run then key order: what an answer computed without them names (empty when nothing was)."""
+    out = []
+    for run in runs:
+        for key in sorted(run.series):
+            n = getattr(run.series[key], "damaged", 0)
+            if n:
+                out.append({"run_id": run.id, "key": key, "chunks": n})
+    return out
+
+
+def _around(chunks: Sequence[ChunkMeta], blobs: Mapping[int, tuple[bytes, bytes]], step: int, *,
+            damaged: int = 0) -> Points:
     """The (at most two) points of these chunks either side of ``step``: index ``i - 1`` and ``i`` of a
-    left binary search in the step-sorted points, as ``why._nearest_index`` reads them."""
+    left binary search in the step-sorted points, as ``why._nearest_index`` reads them. ``damaged``:
+    the chunks left out as unreadable, carried on the result."""
+    if not chunks:
+        return Points.empty(damaged)
     if len(chunks) == 1:
         st_blob, va_blob = blobs[chunks[0].id]
         st, va = np.frombuffer(st_blob, I8), np.frombuffer(va_blob, F8)
@@ -220,7 +249,7 @@ def _around(chunks: Sequence[ChunkMeta], blobs: Mapping[int, tuple[bytes, bytes]
         st, va = st[order], va[order]
     i = int(st.searchsorted(step, side="left"))
     lo = i - 1 if i else 0
-    return Points(st[lo:i + 1].copy(), _NAN2[:min(i + 1, len(st)) - lo], va[lo:i + 1].copy())
+    return Points(st[lo:i + 1].copy(), _NAN2[:min(i + 1, len(st)) - lo], va[lo:i + 1].copy(), damaged)
 
 
 _NAN2 = np.full(2, np.nan)

@@ -10,6 +10,7 @@ The reference is the straightforward computation: ``load_run_data`` of every poi
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -206,3 +207,61 @@ def test_why_links_quote_as_urlencode_does() -> None:
                    {"layer": "a b+c&d=e/f,g?h#i%j", "step": -3, "metric": "ünï"},
                    {"runs": "r1,r2,r3", "keys": "sv.update.cond/h.0.attn weight"}):
         assert _query(params) == urlencode(params, safe=",/")
+
+
+def _damage_chunk(api: Api, run_id: str, key: str, seq: int, **blobs: bytes) -> None:
+    """Overwrite blobs of one stored chunk directly in the database, as an older version or another tool
+    might have left them (the ingest API never writes such a row)."""
+    from sqlalchemy import select, update
+
+    from server.models import Series, SeriesChunk
+
+    session = api.app.state.sessionmaker()
+    try:
+        cid = session.execute(
+            select(SeriesChunk.id).join(Series, Series.id == SeriesChunk.series_id)
+            .where(Series.run_id == run_id, Series.key == key, SeriesChunk.seq == seq)
+        ).scalar_one()
+        session.execute(update(SeriesChunk).where(SeriesChunk.id == cid).values(**blobs))
+        session.commit()
+    finally:
+        session.close()
+
+
+def test_why_skips_an_unreadable_chunk_answers_with_the_rest_and_names_it(make_api: Callable[..., Api]) -> None:
+    api = make_api(max_body_bytes=64 * 1024 * 1024)
+    project = uuid.uuid4().hex
+
+    def small_run(name: str, seed: int, level: float) -> str:  # two batches: two chunks per series
+        run_id = uuid.uuid4().hex
+        r = api.post("/runs", json={"id": run_id, "project": project, "name": name,
+                                    "config": {"optimizer": name, "seed": seed}})
+        assert r.status_code == 201, r.text
+        rng = np.random.default_rng(seed)
+        for lo, hi in ((0, 1000), (1000, 2000)):
+            _send(api, run_id, _scalars(np.arange(lo, hi), rng, level, progress=True))
+        return run_id
+
+    a = [small_run("gpt-a", 0, 1.0), small_run("gpt-a", 1, 1.0)]
+    b = [small_run("gpt-b", 0, 1.3), small_run("gpt-b", 1, 1.3)]
+    diag = f"update_ratio/{LAYERS[0]}"
+    # the chunk holding the matched step: 3 bytes are no float64s; a progress series' steps cut short
+    _damage_chunk(api, a[0], diag, 1, values=b"\x01\x02\x03")
+    _damage_chunk(api, b[1], "val_loss", 0, steps=b"\x00" * 12)
+    for params in ({"match": "step", "at": 1500, "top": 100}, {"match": "loss", "top": 100}):
+        query = [("run_id", i) for i in a + b] + [("a_run", i) for i in a] + [("baseline_run", i) for i in b] + list(
+            params.items())
+        r = api.get("/analysis/why", params=query)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["damaged"] == [{"run_id": a[0], "key": diag, "chunks": 1},
+                                  {"run_id": b[1], "key": "val_loss", "chunks": 1}]
+        assert f"run {a[0]}: 1 unreadable stored chunk(s) of {diag} skipped" in out["notes"]
+        assert out["compared"] >= 8 and out["significant"] >= 1  # the rest is still compared
+        # the same rows as a full read of what is readable (the damaged chunks skipped there too)
+        reference = json.loads(_full_read(api, params, a, b))
+        assert out["rows"] == reference["rows"] and out["matched_steps"] == reference["matched_steps"]
+    r = api.get("/analysis/time-to-target", params=[("run_id", i) for i in a + b] + [
+        ("key", "val_loss"), ("target", 2.5), ("baseline_run", b[0])])
+    assert r.status_code == 200, r.text  # the same reader: skipped and named there too
+    assert r.json()["damaged"] == [{"run_id": b[1], "key": "val_loss", "chunks": 1}]

@@ -285,10 +285,13 @@ _hooks_installed = False
 
 
 def _finish_all(status: str, *, terminated: bool = False) -> None:
-    """Finish every live run; ``terminated``: on SIGTERM, each within its ``term_timeout``."""
+    """Finish every live run; ``terminated``: on SIGTERM, all of them within ``term_timeout`` of the
+    signal (one budget for the process, not one per run: the grace period is the process's)."""
+    start = time.monotonic()
     for run in list(_LIVE):
+        timeout = max(0.0, run._term_timeout - (time.monotonic() - start)) if terminated else None
         try:
-            run.finish(status, timeout=run._term_timeout if terminated else None)  # type: ignore[arg-type]
+            run.finish(status, timeout=timeout)  # type: ignore[arg-type]
         except Exception:  # noqa: BLE001 - at exit, nothing may raise
             pass
 

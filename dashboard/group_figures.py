@@ -18,7 +18,6 @@ from typing import Literal
 
 import numpy as np
 import plotly.graph_objects as go
-from scipy import stats
 
 from . import figures as F
 
@@ -81,6 +80,10 @@ def group_curve(name: str, members: Sequence[F.Line], *, band: Band, color: str)
         if band == "minmax":
             low, high = np.nanmin(rows, axis=0), np.nanmax(rows, axis=0)
         else:
+            # Imported here: scipy.stats costs ~1.2 s (several on a busy machine) that every
+            # `optiscope serve` start paid, for the first group band drawn, if any.
+            from scipy import stats
+
             sd = np.nanstd(rows, axis=0, ddof=1)
             t = stats.t.ppf(0.975, np.maximum(count - 1, 1))
             half = np.where(count >= 2, t * sd / np.sqrt(np.maximum(count, 1)), 0.0)

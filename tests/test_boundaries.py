@@ -73,3 +73,20 @@ def test_modules_allowed_across_a_line_import_only_the_standard_library(module: 
     path = ROOT / (module.replace(".", "/") + ".py")
     outside = {name.split(".")[0] for name in _imported_modules(path)} - set(sys.stdlib_module_names) - {"__future__"}
     assert not outside, f"{module} imports {sorted(outside)}"
+
+
+def test_the_served_app_does_not_import_scipy_stats_until_a_statistic_needs_it(tmp_path: Path) -> None:
+    """scipy.stats costs ~1.2 s to import (several on a busy machine): every ``optiscope serve`` start, and
+    so every live-server test, paid it before its first group band or why with seeds, if any."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from server.config import Settings\n"
+        "from server.main import create_app\n"
+        f"create_app(Settings(home={str(tmp_path)!r}, reaper_interval=0))\n"
+        "assert 'dashboard' in sys.modules, 'the dashboard was not mounted: the check would prove nothing'\n"
+        "assert 'scipy.stats' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=ROOT)

@@ -279,7 +279,8 @@ class Sender:
                 self.queue.clear()
                 if n:
                     self.unspooled += n
-                    self.problems.report("no_spool", f"finish() ran out of time with no spool on disk; {n} records lost")
+                    self.problems.report("no_spool",
+                                         f"finish() ran out of time with no spool on disk; {n} records lost")
                 return
             ahead = self._ahead
             records = [self.queue.popleft() for _ in range(len(self.queue))]

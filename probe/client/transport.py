@@ -154,8 +154,8 @@ class Transport:
 
     # -- the API calls the client needs ------------------------------------------------------------
 
-    def create_run(self, body: protocol.RunCreate, *, attempts: int | None = None, timeout: float | None = None,
-                   cancel: threading.Event | None = None) -> dict[str, Any]:
+    def create_run(self, body: protocol.RunCreate, *, attempts: int | None = None,
+                   timeout: float | None = None, cancel: threading.Event | None = None) -> dict[str, Any]:
         """``POST /runs``: idempotent on the client-chosen id (200 if it exists already).
 
         ``timeout`` and ``cancel`` (here and below): as for :meth:`request`."""

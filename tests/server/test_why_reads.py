@@ -228,7 +228,8 @@ def _damage_chunk(api: Api, run_id: str, key: str, seq: int, **blobs: bytes) -> 
         session.close()
 
 
-def test_why_skips_an_unreadable_chunk_answers_with_the_rest_and_names_it(make_api: Callable[..., Api]) -> None:
+def test_why_skips_an_unreadable_chunk_answers_with_the_rest_and_names_it(
+        make_api: Callable[..., Api]) -> None:
     api = make_api(max_body_bytes=64 * 1024 * 1024)
     project = uuid.uuid4().hex
 
@@ -249,8 +250,8 @@ def test_why_skips_an_unreadable_chunk_answers_with_the_rest_and_names_it(make_a
     _damage_chunk(api, a[0], diag, 1, values=b"\x01\x02\x03")
     _damage_chunk(api, b[1], "val_loss", 0, steps=b"\x00" * 12)
     for params in ({"match": "step", "at": 1500, "top": 100}, {"match": "loss", "top": 100}):
-        query = [("run_id", i) for i in a + b] + [("a_run", i) for i in a] + [("baseline_run", i) for i in b] + list(
-            params.items())
+        query = [("run_id", i) for i in a + b] + [("a_run", i) for i in a] + [
+            ("baseline_run", i) for i in b] + list(params.items())
         r = api.get("/analysis/why", params=query)
         assert r.status_code == 200, r.text
         out = r.json()

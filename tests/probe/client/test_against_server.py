@@ -297,8 +297,8 @@ def test_sigterm_against_a_frozen_server_exits_in_its_time_and_keeps_everything_
     # first POST /runs: that request is in flight, with the full 10 s timeout, when SIGTERM comes.
     srv = live_server(env={"OPTISCOPE_HEARTBEAT_TIMEOUT": "600"})
     client_home = tmp_path / "client"
-    env = {**os.environ, "OPTISCOPE_URL": srv.url, "OPTISCOPE_TOKEN": srv.token, "OPTISCOPE_HOME": str(client_home),
-           "USER_HANDLER": ""}
+    env = {**os.environ, "OPTISCOPE_URL": srv.url, "OPTISCOPE_TOKEN": srv.token,
+           "OPTISCOPE_HOME": str(client_home), "USER_HANDLER": ""}
     srv.process.send_signal(signal.SIGSTOP)
     try:
         proc = subprocess.Popen([sys.executable, "-c", TERMINATED_SCRIPT], cwd=REPO_ROOT, env=env,

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 import httpx
+import orjson
 
 from .config import DashboardConfig
 
@@ -135,7 +136,8 @@ class ApiClient:
             return response.text
         if response.status_code == 204 or not response.content:
             return None
-        return response.json()
+        # orjson: the compare page parses ~20 runs' keys and series per load, ~4x faster than json
+        return orjson.loads(response.content)
 
     def _get(self, path: str, **params: Any) -> Any:
         return self._request("GET", path, _params(**params))

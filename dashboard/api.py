@@ -168,13 +168,14 @@ class ApiClient:
         tags: Sequence[str] | None = None,
         q: str | None = None,
         config: Sequence[str] | None = None,
+        ids: Sequence[str] | None = None,
         limit: int = 1000,
         offset: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:
-        """``GET /runs``: (runs, total count matching the filters)."""
+        """``GET /runs``: (runs, total count matching the filters); ``ids``: only those runs."""
         body = self._get(
             "/runs", project=project, status=status, tag=list(tags or []) or None, q=q,
-            config=list(config or []) or None, limit=limit, offset=offset,
+            config=list(config or []) or None, id=list(ids or []) or None, limit=limit, offset=offset,
         )
         runs = [_decode_run(r) for r in body.get("data", [])]
         return runs, int(body.get("count", len(runs)))

@@ -8,7 +8,9 @@ Measured (median of ``--repeat``):
   * run page: navigation start -> the default scalar charts drawn with data ("interactive");
   * spectra tab: click -> heatmap, spectrum at step and the 48-layer summary drawn;
   * layer switch on the spectra tab: new layer set -> heatmap and spectrum re-drawn for it;
-  * compare page with 20 runs: navigation -> overlaid scalars, time-to-target table and matched spectra;
+  * compare page with 20 runs: navigation -> the first overlaid scalar chart (the issue's "to first
+    chart", ``compare_20_first``), and -> both scalar charts, the time-to-target table and the matched
+    spectra (``compare_20``);
   * live latency: batch POSTed -> the point is in the browser's figure;
   * scale: a 10,000-run project (written straight into the SQLite file) — runs table first rows,
     sort by a summary metric, filter by config; a run with 10,000 metric keys -> its first chart;
@@ -18,7 +20,8 @@ Run: ``.venv/bin/python benchmarks/bench_dashboard.py [--runs 20] [--steps 2000]
 ``--home DIR`` seeds DIR once and reuses it, ``--only run_interactive,compare_20`` measures those rows
 only (to compare two checkouts on one data dir, run alternately: the rows of one round run in sequence,
 so a page that leaves the server busy slows the next row).
-Targets (docs): interactive <= 2 s, layer switch <= 0.5 s, compare (20 runs) <= 3 s, live <= 2 s,
+Targets (docs): interactive <= 2 s, layer switch <= 0.5 s, compare (20 runs) <= 3 s to the first chart
+(and, our own bar, to all three panels), live <= 2 s,
 10k-run table first rows and sort <= 1 s, cold page <= 3 MB transferred.
 """
 
@@ -39,8 +42,8 @@ from tests.dashboard.seed import Seeder, training_run  # noqa: E402
 from tests.pg_cluster import free_port  # noqa: E402
 
 N_KEYS = 10_000
-ROWS = ("run_interactive", "spectra_tab", "layer_switch", "compare_20", "live_latency", "runs10k_first",
-        "runs10k_sort", "runs10k_filter", "keys10k_chart", "cold_page_mb")
+ROWS = ("run_interactive", "spectra_tab", "layer_switch", "compare_20_first", "compare_20", "live_latency",
+        "runs10k_first", "runs10k_sort", "runs10k_filter", "keys10k_chart", "cold_page_mb")
 
 GRAPH_STATE_JS = """(sel) => Array.from(document.querySelectorAll(sel + ' .js-plotly-plot')).map(g => {
     // typed arrays from numpy arrive as {dtype, bdata, shape}: count their elements from the shape
@@ -222,7 +225,7 @@ def main() -> None:
             big = ids[0]
             layer_a, layer_b = "block0.attn.qkv.weight", f"block{(args.layers - 1) // 4}.mlp.fc2.weight"
             page_rows = {"run_interactive", "spectra_tab", "layer_switch"} & only
-            for i in range(args.repeat + 1 if page_rows or "compare_20" in only else 0):
+            for i in range(args.repeat + 1 if page_rows or {"compare_20", "compare_20_first"} & only else 0):
                 # the first round warms caches and is not counted
                 timed: dict[str, float] = {}
                 if page_rows:
@@ -241,9 +244,11 @@ def main() -> None:
                     page.evaluate(f"window.dash_clientside.set_props('run-layer', {{value: {target!r}}})")
                     wait_graphs(page, "#run-tab-spectra", 2, title_has=target)
                     timed["layer_switch"] = time.perf_counter() - t
-                if "compare_20" in only:
+                if {"compare_20", "compare_20_first"} & only:
                     t = time.perf_counter()
                     page.goto(f"{server.url}/compare?runs={','.join(ids)}")
+                    wait_graphs(page, "#cmp-scalars", 1)
+                    timed["compare_20_first"] = time.perf_counter() - t
                     page.locator("#cmp-ttt-result").wait_for(timeout=60_000)
                     wait_graphs(page, "#cmp-scalars", 2)
                     wait_graphs(page, "#" + "cmp-spec-overlay", 1)
@@ -266,7 +271,8 @@ def main() -> None:
                         for k in scale_rows & only:
                             results[k] += scale[k]
             browser.close()
-        targets = {"run_interactive": 2.0, "spectra_tab": None, "layer_switch": 0.5, "compare_20": 3.0,
+        targets = {"run_interactive": 2.0, "spectra_tab": None, "layer_switch": 0.5, "compare_20_first": 3.0,
+                   "compare_20": 3.0,
                    "live_latency": 2.0, "runs10k_first": 1.0, "runs10k_sort": 1.0, "runs10k_filter": None,
                    "keys10k_chart": None, "cold_page_mb": 3.0}
         print(f"\nheadless Chromium, {len(ids)} runs of {args.layers} layers x {args.steps} steps "

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 import httpx
+import orjson
 
 from .config import DashboardConfig
 
@@ -135,7 +136,8 @@ class ApiClient:
             return response.text
         if response.status_code == 204 or not response.content:
             return None
-        return response.json()
+        # orjson: the compare page parses ~20 runs' keys and series per load, ~4x faster than json
+        return orjson.loads(response.content)
 
     def _get(self, path: str, **params: Any) -> Any:
         return self._request("GET", path, _params(**params))
@@ -166,13 +168,14 @@ class ApiClient:
         tags: Sequence[str] | None = None,
         q: str | None = None,
         config: Sequence[str] | None = None,
+        ids: Sequence[str] | None = None,
         limit: int = 1000,
         offset: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:
-        """``GET /runs``: (runs, total count matching the filters)."""
+        """``GET /runs``: (runs, total count matching the filters); ``ids``: only those runs."""
         body = self._get(
             "/runs", project=project, status=status, tag=list(tags or []) or None, q=q,
-            config=list(config or []) or None, limit=limit, offset=offset,
+            config=list(config or []) or None, id=list(ids or []) or None, limit=limit, offset=offset,
         )
         runs = [_decode_run(r) for r in body.get("data", [])]
         return runs, int(body.get("count", len(runs)))

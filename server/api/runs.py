@@ -49,6 +49,9 @@ def _config_filter(raw: str) -> tuple[str, str]:
     return key.strip(), value
 
 
+MAX_ID_FILTER = 200  # ``id=`` values in one GET /runs: under SQLite's bound-parameter limit with room
+
+
 @router.get("/runs")
 def list_runs(
     reader: ReaderDep, session: SessionDep,
@@ -56,6 +59,7 @@ def list_runs(
     status: Literal["running", "finished", "crashed"] | None = None,
     tag: Annotated[list[str] | None, Query()] = None,
     q: str | None = None,
+    id: Annotated[list[str] | None, Query()] = None,
     config: Annotated[list[str] | None, Query()] = None,
     filter: Annotated[list[str] | None, Query()] = None,
     sort: str | None = None,
@@ -71,9 +75,13 @@ def list_runs(
 
     ``filter=lr>=0.01`` (repeatable; ``config=key=value`` is ``filter=config.key=value``),
     ``sort=-summary.loss`` (any run column, config key or summary metric; overrides ``order``),
-    ``updated_since`` (ISO time: only runs changed since, plus ``changed`` and ``as_of``), ``facets=true`` (adds
-    projects, tags and config/summary keys).
+    ``id=a&id=b`` (only those runs, at most ``MAX_ID_FILTER``), ``updated_since`` (ISO time: only runs
+    changed since, plus ``changed`` and ``as_of``), ``facets=true`` (adds projects, tags and
+    config/summary keys).
     """
+    if id is not None and len(id) > MAX_ID_FILTER:
+        raise InvalidBody([{"loc": ["query", "id"], "type": "too_long",
+                            "msg": f"at most {MAX_ID_FILTER} id= values in one request, got {len(id)}"}])
     if reader is not None and reader.project is not None:  # a scoped token lists only its project
         if project is not None and project != reader.project:
             return WireJSONResponse({"data": [], "count": 0})
@@ -88,7 +96,8 @@ def list_runs(
             column = order.lstrip("-")
             sort = f"-{column}" if (order.startswith("-") or descending) else column
         run_query.parse_sort(sort)
-        query = run_query.RunQuery(project=project, status=status, tags=tuple(tag or ()), q=q, filters=conditions,
+        query = run_query.RunQuery(project=project, status=status, tags=tuple(tag or ()), q=q, ids=tuple(id or ()),
+                                   filters=conditions,
                                    sort=sort, limit=limit, offset=offset, updated_since=updated_since)
         as_of = dt.datetime.now(dt.timezone.utc)  # before the query: a run changed during it is seen next time
         rows, count, changed = run_query.query_runs(session, query)

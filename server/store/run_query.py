@@ -177,6 +177,7 @@ class RunQuery:
     status: str | None = None
     tags: Sequence[str] = ()
     q: str | None = None
+    ids: Sequence[str] = ()  # only these runs (the compare page reads the runs its URL names at once)
     filters: Sequence[Condition] = ()
     sort: str = "-created_at"
     limit: int = 200
@@ -194,6 +195,8 @@ def _filtered(query: RunQuery, js: _Json) -> Select[Any]:
         stmt = stmt.where(Run.id.in_(select(RunTag.run_id).where(RunTag.tag == tag)))
     if query.q:
         stmt = stmt.where(func.lower(Run.name).contains(query.q.lower(), autoescape=True))
+    if query.ids:
+        stmt = stmt.where(Run.id.in_(list(query.ids)))
     for cond in query.filters:
         stmt = stmt.where(_condition(cond, js))
     return stmt

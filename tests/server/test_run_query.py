@@ -116,3 +116,17 @@ def test_updated_since_returns_only_changed_runs_and_facets_come_from_the_server
 def test_bad_filter_or_sort_is_422_naming_the_field(api: Api, params: dict, loc: list) -> None:
     r = api.get("/runs", params=params)
     assert r.status_code == 422 and loc in [d["loc"] for d in r.json()["detail"]], r.text
+
+
+def test_id_filter_returns_exactly_the_named_runs_with_the_other_filters(sweep) -> None:
+    api, project, _ = sweep
+    rid = f"{project[-12:]}-{{:05d}}".format
+    wanted = [rid(3), rid(0), rid(N - 1), "no-such-run"]  # the compare page's URL: old runs, and a typo
+    body = _list(api, id=wanted, limit=10)
+    assert body["count"] == 3 and sorted(r["id"] for r in body["data"]) == sorted(wanted[:3])
+    assert {r["name"] for r in body["data"]} == {"run 3", "run 0", f"run {N - 1}"}
+    # it narrows, it does not widen: with a filter only the named runs that pass it
+    assert [r["id"] for r in _list(api, id=wanted, filter="summary.acc < 0.001", limit=10)["data"]] == [rid(3), rid(0)]
+    assert _list(api, id=wanted, project="another-project", limit=10)["count"] == 0
+    r = api.get("/runs", params={"id": [rid(i) for i in range(201)]})
+    assert r.status_code == 422 and ["query", "id"] in [d["loc"] for d in r.json()["detail"]], r.text

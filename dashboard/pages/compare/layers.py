@@ -209,10 +209,11 @@ def draw_layer_over_time(quantity, layer, scope, x, meta, groups, band, catalog)
 # The section sits below the fold. Its all-layer aggregate reads every layer of every run (~1 s of
 # the server's CPU for 20 runs x 48 layers on a loaded 2-core host) and the matched-step panels and
 # the next page a user opens waited behind it, so it is drawn once its graph scrolls into view (or
-# at once where IntersectionObserver is missing). The observer is set up once the scalar charts are
-# in (before, the sections above are empty and this one is in view), on the section (the graph's own
-# node is replaced when its dcc.Loading re-renders), and wants the section in view for 400 ms.
-WHEN_SEEN_JS = """(scalars, seen) => {
+# at once where IntersectionObserver is missing). The observer is set up once the time-to-target
+# table above is in (the scalar charts come with the page; until that table fills, the sections
+# above are short and this one would be in view), on the section (the graph's own node is replaced
+# when its dcc.Loading re-renders), and wants the section in view for 400 ms.
+WHEN_SEEN_JS = """(above, seen) => {
     const no = window.dash_clientside.no_update;
     if (seen) return no;
     const el = document.getElementById('%s');
@@ -283,7 +284,7 @@ def register(app: Any, *, groups_id: str, band_id: str) -> None:
         State(ids.CMP_LT_BLOCK, "value"),
         prevent_initial_call=True,
     )(fill_layer_choices)
-    app.clientside_callback(WHEN_SEEN_JS, Output(ids.CMP_LT_SEEN, "data"), Input(ids.CMP_SCALARS, "children"),
+    app.clientside_callback(WHEN_SEEN_JS, Output(ids.CMP_LT_SEEN, "data"), Input(ids.CMP_TTT_TABLE, "children"),
                             State(ids.CMP_LT_SEEN, "data"))
     app.callback(
         Output(ids.CMP_LT_GRAPH, "figure"),

@@ -47,17 +47,12 @@ def picker_choices(api: ApiClient, run_ids: Sequence[str]) -> tuple[list[Mapping
                                                                     list[str], list[Any]]:
     """(runs read: the newest and the URL's, picker options, the URL's runs that exist, notes) for the
     first render; raises ``ApiError`` when the server cannot list runs. The URL's runs older than the
-    newest listed are read concurrently, and returned so the page does not read them again."""
+    newest listed are read in one request, and returned so the page does not read them again."""
     runs, _ = api.list_runs(limit=PICKER_RECENT)
-    known = {r["id"]: r for r in runs}
+    known = {r["id"] for r in runs}
     missing = [r for r in dict.fromkeys(run_ids) if r not in known]
-
-    def one(rid: str) -> Mapping[str, Any] | None:
-        try:
-            return api.get_run(rid)
-        except ApiError:  # unknown (or unreadable): reported below as ignored
-            return None
-    runs = [*runs, *(r for r in api.map(one, missing) if r is not None)]
+    if missing:  # unknown (or unreadable) ids are not listed: reported below as ignored
+        runs += api.list_runs(ids=missing, limit=len(missing))[0]
     options = [run_option(r) for r in runs]
     found = {r["id"] for r in runs}
     valid = [r for r in run_ids if r in found]

@@ -12,9 +12,9 @@ from dash import Input, Output, dcc, html
 from ... import figures as F
 from ... import group_figures as GF
 from ... import ids
-from ...api import ApiClient
+from ...api import ApiClient, ApiError
 from ...colors import run_color, run_dash
-from ...components import control, graph
+from ...components import control, graph, message
 from ...series import X_CHOICES, X_SAMPLES, X_STEP, X_TIME, X_TITLES, relative_time, steps_to_samples, y_title
 from ...state import current_config, current_api
 from .page_ids import CMP_BAND, CMP_GROUPS, CMP_MEMBERS
@@ -24,29 +24,59 @@ CHART_POINT_BUDGET = 12_000
 
 
 def section(key_options: Sequence[str], keys: Sequence[str], x: str | None, smooth: float, log: str | None,
-            band: str | None) -> html.Section:
-    """The scalar controls (keys, x axis, smoothing, y scale, group band, members) and the charts."""
+            band: str | None, charts: Sequence[Any] = ()) -> html.Section:
+    """The scalar controls (keys, x axis, smoothing, y scale, group band, members) and the charts:
+    ``charts`` are the first ones, drawn in the page's own response (``first_charts``)."""
     return html.Section([
         html.H3("Scalars"),
         html.Div([
             control("scalars", dcc.Dropdown(id="cmp-keys-select", options=key_options, multi=True,
                                             value=keys), width="320px"),
-            control("x axis", dcc.RadioItems(id=ids.CMP_X, value=x if x in X_CHOICES else X_STEP, inline=True,
+            control("x axis", dcc.RadioItems(id=ids.CMP_X, value=x_choice(x), inline=True,
                                              options=[{"label": " " + X_TITLES[c].split(" (")[0], "value": c}
                                                       for c in X_CHOICES])),
             control("smoothing (EMA)", dcc.Slider(id=ids.CMP_SMOOTH, min=0, max=0.99, step=0.01, value=smooth,
                                                   marks={0: "0", 0.5: "0.5", 0.9: "0.9"}), width="220px"),
             control("y scale", dcc.Checklist(id=ids.CMP_LOG, options=[{"label": " log", "value": "log"}],
-                                             value=["log"] if log in ("1", "log", "true") else [])),
-            control("group band", dcc.RadioItems(id=CMP_BAND, inline=True,
-                                                 value=band if band in GF.BAND_LABELS else "minmax",
+                                             value=log_choice(log))),
+            control("group band", dcc.RadioItems(id=CMP_BAND, inline=True, value=band_choice(band),
                                                  options=[{"label": " " + label, "value": v}
                                                           for v, label in GF.BAND_LABELS.items()])),
             control("members", dcc.Checklist(id=CMP_MEMBERS, value=[],
                                              options=[{"label": " show each seed", "value": "show"}])),
         ], className="controls"),
-        dcc.Loading(html.Div(id=ids.CMP_SCALARS, className="grid2"), type="dot", delay_show=400),
+        dcc.Loading(html.Div(list(charts), id=ids.CMP_SCALARS, className="grid2"), type="dot", delay_show=400),
     ], className="section")
+
+
+def x_choice(x: str | None) -> str:
+    """The x axis a ``?x=`` value asks for (step when it names none)."""
+    return x if x in X_CHOICES else X_STEP
+
+
+def log_choice(log: str | None) -> list[str]:
+    """The y-scale checklist's value for a ``?log=`` value."""
+    return ["log"] if log in ("1", "log", "true") else []
+
+
+def band_choice(band: str | None) -> str:
+    """The group band a ``?band=`` value asks for (min–max when it names none)."""
+    return band if band in GF.BAND_LABELS else "minmax"
+
+
+def first_charts(keys: Sequence[str], x: str | None, smooth: float, log: str | None, meta: Mapping[str, Any],
+                 groups: Mapping[str, Any] | None, band: str | None) -> list[Any]:
+    """The scalar charts the page opens with, drawn in the page's own response.
+
+    Why not by the callback: the page's other panels fire their callbacks at the same moment, and
+    on one server process they share one interpreter, so the scalars (the first thing a reader
+    looks at) waited for all of them; drawn here, they arrive with the page. The callback redraws
+    them when a control changes (``prevent_initial_call``).
+    """
+    try:
+        return draw_scalars(keys, x_choice(x), smooth, log_choice(log), meta, groups, band_choice(band), [])
+    except ApiError as exc:
+        return [message("Cannot load the scalars", str(exc), kind="error")]
 
 
 def overlay_lines(api: ApiClient, meta: Mapping[str, Mapping[str, Any]], key: str, series: Sequence[Mapping[str, Any]],
@@ -137,4 +167,5 @@ def register(app: Any) -> None:
         Input(CMP_GROUPS, "data"),
         Input(CMP_BAND, "value"),
         Input(CMP_MEMBERS, "value"),
+        prevent_initial_call=True,  # the page's response holds the first charts (``first_charts``)
     )(draw_scalars)

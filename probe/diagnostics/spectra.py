@@ -47,7 +47,7 @@ def _randomized_top_k(a: Tensor, k: int, oversample: int, power_iters: int, gene
     for _ in range(power_iters):  # power iterations sharpen a slowly decaying spectrum
         q, _ = torch.linalg.qr(a.mT @ q)
         q, _ = torch.linalg.qr(a @ q)
-    return torch.linalg.svdvals(q.mT @ a)[:k]
+    return torch.linalg.svdvals(a.mT @ q)[:k]  # (qᵀa)ᵀ: LAPACK's SVD is faster on the tall orientation
 
 
 def singular_values(
@@ -77,6 +77,15 @@ def singular_values(
     if min(a.shape) <= full_max_dim:
         values, frob_sq, finite = _exact([a])
         return _masked(values[0], frob_sq[0], finite[0], truncated=False)
+    if a.device.type == "cpu":
+        # One float64 pass gives ‖M‖_F² and finiteness (float32 entries cannot overflow it); the
+        # accelerator way, a mask of every entry and a zeroed copy, cost more than the estimate's
+        # QRs here (1.8 + 0.5 ms of ≈7 for 512×784). A host branch is free on the CPU.
+        frob_sq = torch.linalg.vector_norm(a, dtype=torch.float64).square()
+        finite = torch.isfinite(frob_sq)
+        values = _randomized_top_k(a if bool(finite) else torch.zeros_like(a), top_k, oversample, power_iters,
+                                   generator)
+        return _masked(values, frob_sq.float(), finite, truncated=True)
     zeroed, finite = _zero_if_non_finite(a[None])
     values = _randomized_top_k(zeroed[0], top_k, oversample, power_iters, generator)
     return _masked(values, zeroed[0].square().sum(), finite[0], truncated=True)

@@ -37,3 +37,31 @@ def test_compare_scalars_come_with_the_page_and_redraw_when_a_control_changes(se
                            timeout=TIMEOUT_MS)
     assert [a for a in asked if "cmp-scalars.children" in a]
     assert page.errors == []
+
+
+def test_plotly_starts_loading_with_the_compare_and_run_pages_once_and_not_with_the_runs_table(
+    server, seeded, page,  # noqa: ANN001
+) -> None:
+    """``assets/plotly_early.js``: on the chart pages plotly.js is requested before the page's own
+    layout response is back (dcc.Graph would ask only after it), once; the runs table never loads it."""
+    events: list[tuple[str, str]] = []
+    page.on("request", lambda r: events.append(("ask", r.url)))
+    page.on("requestfinished", lambda r: events.append(("done", r.url + " " + (r.post_data or ""))))
+
+    def plotly_asks() -> list[int]:
+        return [i for i, (kind, url) in enumerate(events) if kind == "ask" and url.endswith("/plotly.min.js")]
+
+    page.goto(server.url + "/?project=dash-tests")
+    page.locator("#runs-table td[data-dash-column=name]").first.wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_load_state("networkidle")
+    assert plotly_asks() == [] and page.evaluate("typeof window.Plotly") == "undefined"
+    for url in (f"/compare?keys=loss&runs={seeded['baseline']},{seeded['fast']}", f"/runs/{seeded['slow']}"):
+        events.clear()
+        page.goto(server.url + url)
+        graphs_with_data(page, "#cmp-scalars" if "compare" in url else "#run-tab-scalars", 1)
+        page.wait_for_load_state("networkidle")
+        asks = plotly_asks()
+        layout_back = next(i for i, (kind, what) in enumerate(events)
+                           if kind == "done" and "_pages_content" in what)
+        assert len(asks) == 1 and asks[0] < layout_back, (url, asks, layout_back)
+    assert page.errors == []

@@ -259,13 +259,9 @@ TERM_EXIT_S = 10.0
 a loaded CI machine; ``docker stop`` sends SIGKILL at 10 s."""
 
 
-@pytest.mark.parametrize("user_handler", [False, True], ids=["default", "chained"])
-def test_sigterm_delivers_what_is_queued_marks_crashed_and_keeps_the_exit(
-    live_server: Callable, tmp_path: Path, user_handler: bool
-) -> None:
-    srv = live_server(env={"OPTISCOPE_HEARTBEAT_TIMEOUT": "600"})  # the reaper cannot be what marks it
-    env = {**os.environ, "OPTISCOPE_URL": srv.url, "OPTISCOPE_TOKEN": srv.token,
-           "OPTISCOPE_HOME": str(tmp_path / "client"), "USER_HANDLER": "1" if user_handler else ""}
+def _terminated(env: dict[str, str]) -> tuple[str, str, float, int, str]:
+    """Run ``TERMINATED_SCRIPT`` and SIGTERM it once it has logged: (run id, spool dir, seconds from the
+    signal to its exit, exit code, what it printed after the first line)."""
     proc = subprocess.Popen([sys.executable, "-c", TERMINATED_SCRIPT], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.PIPE, text=True)
     try:
@@ -278,11 +274,22 @@ def test_sigterm_delivers_what_is_queued_marks_crashed_and_keeps_the_exit(
     finally:
         if proc.poll() is None:
             proc.kill()
+    return run_id, spool_dir, took, proc.returncode, rest
+
+
+@pytest.mark.parametrize("user_handler", [False, True], ids=["default", "chained"])
+def test_sigterm_delivers_what_is_queued_marks_crashed_and_keeps_the_exit(
+    live_server: Callable, tmp_path: Path, user_handler: bool
+) -> None:
+    srv = live_server(env={"OPTISCOPE_HEARTBEAT_TIMEOUT": "600"})  # the reaper cannot be what marks it
+    env = {**os.environ, "OPTISCOPE_URL": srv.url, "OPTISCOPE_TOKEN": srv.token,
+           "OPTISCOPE_HOME": str(tmp_path / "client"), "USER_HANDLER": "1" if user_handler else ""}
+    run_id, spool_dir, took, code, rest = _terminated(env)
     assert took < TERM_EXIT_S
     if user_handler:
-        assert proc.returncode == 3 and "user handler" in rest  # the user's handler still ran, after ours
+        assert code == 3 and "user handler" in rest  # the user's handler still ran, after ours
     else:
-        assert proc.returncode == -signal.SIGTERM  # the default action, as without the probe
+        assert code == -signal.SIGTERM  # the default action, as without the probe
     run_url = f"{srv.api}/runs/{run_id}"
     assert httpx.get(run_url, headers=srv.headers).json()["status"] == "crashed"
     assert _series_steps(srv, run_id, "loss") == list(range(500))
@@ -301,20 +308,10 @@ def test_sigterm_against_a_frozen_server_exits_in_its_time_and_keeps_everything_
            "OPTISCOPE_HOME": str(client_home), "USER_HANDLER": ""}
     srv.process.send_signal(signal.SIGSTOP)
     try:
-        proc = subprocess.Popen([sys.executable, "-c", TERMINATED_SCRIPT], cwd=REPO_ROOT, env=env,
-                                stdout=subprocess.PIPE, text=True)
-        try:
-            run_id, spool_dir = proc.stdout.readline().split()
-            t0 = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
-            took = time.monotonic() - t0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        run_id, spool_dir, took, code, _ = _terminated(env)
     finally:
         srv.process.send_signal(signal.SIGCONT)
-    assert took < TERM_EXIT_S and proc.returncode == -signal.SIGTERM
+    assert took < TERM_EXIT_S and code == -signal.SIGTERM
     assert Path(spool_dir).exists()  # the queued points went to disk, not down with the process
     sync = ["sync", "--url", srv.url, "--token", srv.token, "--home", str(client_home)]
     assert optiscope_main(sync) == 0 and not Path(spool_dir).exists()
